@@ -1,0 +1,37 @@
+# Two commands: `make run` opens the app on the demo bundle, `make test` runs the tests.
+# Both create .venv when it is missing or stale (requirements.txt or pyproject.toml changed).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUNS_DIR ?= runs
+export HF_HUB_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install run test demo bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then $(PYTHON) -m venv $(VENV); fi
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@if [ -f $(RUNS_DIR)/demo/.complete ]; then echo "demo bundle present in $(RUNS_DIR)/demo"; \
+	elif [ -f train/build_demo.py ]; then $(BIN)/python train/build_demo.py --out $(RUNS_DIR)/demo; \
+	else echo "no demo builder yet (train/build_demo.py); the app opens a placeholder"; fi
+
+run: demo
+	$(BIN)/streamlit run app.py --server.headless true -- --runs-dir $(RUNS_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+bench: $(STAMP)
+	$(BIN)/python train/bench.py losses
+
+clean:
+	rm -rf $(VENV) .pytest_cache
