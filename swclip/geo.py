@@ -84,11 +84,16 @@ def haversine_m(a: Any, b: Any, check: bool = True):
     b = _as_float64(b) if not _is_torch(a) else _torch().as_tensor(b, dtype=_torch().float64, device=a.device)
     if a.shape[-1] != 2 or b.shape[-1] != 2:
         raise ValueError(f"haversine_m needs (..., 2) inputs, got {tuple(a.shape)} and {tuple(b.shape)}")
-    lat1, lon1 = xp.deg2rad(a[..., 0]), xp.deg2rad(a[..., 1])
-    lat2, lon2 = xp.deg2rad(b[..., 0]), xp.deg2rad(b[..., 1])
-    h = xp.sin((lat2 - lat1) / 2) ** 2 + xp.cos(lat1) * xp.cos(lat2) * xp.sin((lon2 - lon1) / 2) ** 2
-    h = xp.clip(h, 0.0, 1.0)  # rounding can push antipodal h a hair above 1
-    return 2.0 * EARTH_RADIUS_M * xp.arcsin(xp.sqrt(h))
+    lat1, lat2 = xp.deg2rad(a[..., 0]), xp.deg2rad(b[..., 0])
+    dlon = xp.deg2rad(b[..., 1] - a[..., 1])
+    # The atan2 (Vincenty, sphere) form of the haversine distance: the same
+    # great circle, but well conditioned both at 1 m and at the antipodes,
+    # where asin(sqrt(h)) loses about 0.2 m.
+    s1, c1, s2, c2 = xp.sin(lat1), xp.cos(lat1), xp.sin(lat2), xp.cos(lat2)
+    cdl = xp.cos(dlon)
+    y = xp.sqrt((c2 * xp.sin(dlon)) ** 2 + (c1 * s2 - s1 * c2 * cdl) ** 2)
+    x = s1 * s2 + c1 * c2 * cdl
+    return EARTH_RADIUS_M * xp.arctan2(y, x)
 
 
 def unit_vectors(latlon: Any):

@@ -63,13 +63,12 @@ def _check_inputs(image_features, location_features, latlon=None):
 
 
 def soft_cross_entropy(logits, targets):
-    """Mean over rows of −Σ_j q_ij log softmax(logits)_ij. logits, targets: (B, M).
+    """Mean over rows of −Σ_j q_ij log softmax(logits)_ij. logits, targets: (B, M), rows of targets sum to 1.
 
-    Written as logsumexp − Σ q·s, which holds because each target row sums to 1,
-    and avoids 0·(−inf) where a softmax underflows.
+    torch's cross_entropy with probability targets, in float32 (bf16 logits
+    from autocast are upcast): it is faster on CPU than a hand-written form.
     """
-    logits = logits.float()
-    return (torch.logsumexp(logits, 1) - (targets * logits).sum(1)).mean()
+    return F.cross_entropy(logits.float(), targets)
 
 
 class ClipLoss(nn.Module):

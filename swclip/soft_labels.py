@@ -25,6 +25,10 @@ from swclip.geo import check_latlon, pairwise_haversine_m
 
 KERNELS = ("gaussian", "exponential", "onehot")
 
+# Bandwidths below a micrometre are the one-hot limit: float32 distances cannot
+# resolve them, and 1/σ² would overflow to inf and turn D = 0 into NaN.
+MIN_SIGMA_M = 1e-6
+
 
 def check_kernel(kernel: str, sigma_m: float) -> None:
     """Raise ValueError for an unknown kernel or a negative / non-finite σ."""
@@ -37,13 +41,13 @@ def check_kernel(kernel: str, sigma_m: float) -> None:
 def kernel_weights(distance_m: Any, sigma_m: float, kernel: str = "gaussian", inplace: bool = False):
     """Kernel k_σ(D) applied elementwise; numpy or torch, dtype preserved.
 
-    distance_m: any shape, metres. σ = 0, or kernel ``onehot``, gives 1[D == 0].
-    ``inplace=True`` (torch only) overwrites ``distance_m``, which saves the
+    distance_m: any shape, metres. σ = 0 (below ``MIN_SIGMA_M``), or kernel
+    ``onehot``, gives 1[D == 0]. ``inplace=True`` (torch only) overwrites ``distance_m``, which saves the
     B×B temporaries on the loss path.
     """
     check_kernel(kernel, sigma_m)
     is_torch = type(distance_m).__module__.startswith("torch")
-    if kernel == "onehot" or sigma_m == 0:
+    if kernel == "onehot" or sigma_m < MIN_SIGMA_M:
         same = distance_m == 0
         return same.to(distance_m.dtype) if is_torch else same.astype(np.float64)
     if is_torch:

@@ -1,0 +1,247 @@
+import math
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swclip.geo import pairwise_haversine_m
+from swclip.losses import (
+    ClipLoss,
+    EmbeddingMemoryBank,
+    NeighbourhoodConsistencyLoss,
+    SemivariogramWeightedLoss,
+    SoftClipLoss,
+)
+from swclip.soft_labels import soft_targets
+from tests.reference import log_softmax_row, soft_clip_loss_loop
+
+
+def batch(b=16, d=32, seed=0, extent_deg=0.03):
+    g = torch.Generator().manual_seed(seed)
+    image = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
+    location = F.normalize(image + 0.7 * torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
+    latlon = torch.stack(
+        [53.48 + extent_deg * torch.rand(b, generator=g, dtype=torch.float64), -2.24 + extent_deg * torch.rand(b, generator=g, dtype=torch.float64)], 1
+    )
+    return image.float(), location.float(), latlon
+
+
+def grads(loss_fn, image, location, *args, **kwargs):
+    image, location = image.clone().requires_grad_(), location.clone().requires_grad_()
+    out = loss_fn(image, location, *args, **kwargs)
+    total = sum(out.values())
+    total.backward()
+    return total.detach(), image.grad, location.grad
+
+
+def test_clip_loss_equals_open_clip_reference():
+    image, location, _ = batch(24, 64, seed=1)
+    scale = torch.tensor(1 / 0.07)
+    ours, g_img, g_loc = grads(ClipLoss(), image, location, scale)
+    ref, r_img, r_loc = grads(lambda a, b, s: {"l": open_clip.loss.ClipLoss()(a, b, s)}, image, location, scale)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g_img, r_img)
+    torch.testing.assert_close(g_loc, r_loc)
+
+
+@pytest.mark.parametrize("kernel, sigma_m", [("gaussian", 300.0), ("exponential", 150.0), ("gaussian", 0.0)])
+def test_soft_clip_loss_equals_loop_reference_value_and_gradient(kernel, sigma_m):
+    image, location, latlon = batch(10, 8, seed=2)
+    image, location = image.double(), location.double()
+    scale = 12.0
+    q = soft_targets(latlon.numpy(), sigma_m, kernel).tolist()
+    sim = (image @ location.T).tolist()
+    ref_value = soft_clip_loss_loop(sim, q, scale)
+    value, g_img, _ = grads(SoftClipLoss(sigma_m, kernel), image, location, torch.tensor(scale, dtype=torch.float64), latlon)
+    assert value.item() == pytest.approx(ref_value, rel=1e-5)
+    # gradient of the loop reference, by central differences on one coordinate per row
+    eps = 1e-6
+    for i in range(3):
+        bumped = [image.clone(), image.clone()]
+        bumped[0][i, 0] += eps
+        bumped[1][i, 0] -= eps
+        lp = soft_clip_loss_loop((bumped[0] @ location.T).tolist(), q, scale)
+        lm = soft_clip_loss_loop((bumped[1] @ location.T).tolist(), q, scale)
+        assert g_img[i, 0].item() == pytest.approx((lp - lm) / (2 * eps), rel=1e-3, abs=1e-6)
+
+
+@given(st.integers(2, 24), st.integers(0, 1000), st.sampled_from(["gaussian", "exponential"]))
+def test_sigma_zero_soft_clip_equals_clip(b, seed, kernel):
+    image, location, latlon = batch(b, 16, seed)
+    scale = torch.tensor(20.0)
+    soft, gs_img, gs_loc = grads(SoftClipLoss(0.0, kernel), image, location, scale, latlon)
+    hard, gh_img, gh_loc = grads(ClipLoss(), image, location, scale)
+    torch.testing.assert_close(soft, hard)
+    torch.testing.assert_close(gs_img, gh_img)
+    torch.testing.assert_close(gs_loc, gh_loc)
+
+
+@given(st.integers(3, 24), st.integers(0, 1000), st.floats(10.0, 2000.0))
+def test_losses_are_invariant_to_permuting_the_batch(b, seed, sigma_m):
+    image, location, latlon = batch(b, 16, seed)
+    perm = torch.randperm(b, generator=torch.Generator().manual_seed(seed))
+    scale = torch.tensor(14.0)
+    for loss in (ClipLoss(), SoftClipLoss(sigma_m), SoftClipLoss(sigma_m, nc_weight=0.5)):
+        a = sum(loss(image, location, scale, latlon).values())
+        p = sum(loss(image[perm], location[perm], scale, latlon[perm]).values())
+        torch.testing.assert_close(a, p, rtol=1e-5, atol=1e-6)
+
+
+def nc_loop(image, q, tau):
+    """KL(Q⁰ ‖ softmax_{j≠i}(v_i·v_j/τ)) by loops, mean over rows with neighbour mass."""
+    n = len(image)
+    total, rows = 0.0, 0
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        mass = sum(q[i][j] for j in others)
+        if mass <= 0:
+            continue
+        lp = log_softmax_row([sum(a * b for a, b in zip(image[i], image[j])) / tau for j in others])
+        kl = 0.0
+        for k, j in enumerate(others):
+            q0 = q[i][j] / mass
+            if q0 > 0:
+                kl += q0 * (math.log(q0) - lp[k])
+        total, rows = total + kl, rows + 1
+    return total / rows
+
+
+def test_neighbourhood_consistency_equals_loop_reference():
+    image, location, latlon = batch(12, 8, seed=3)
+    q = soft_targets(latlon, 400.0)
+    got = NeighbourhoodConsistencyLoss(0.2)(image.double(), image.double(), q.double())
+    ref = nc_loop(image.double().tolist(), q.double().tolist(), 0.2)
+    assert got.item() == pytest.approx(ref, rel=1e-6)
+    out = SoftClipLoss(400.0, nc_weight=0.3, nc_temperature=0.2)(image, location, torch.tensor(10.0), latlon)
+    assert set(out) == {"contrastive_loss", "nc_loss"}
+    assert out["nc_loss"].item() == pytest.approx(0.3 * ref, rel=1e-4)
+
+
+def test_neighbourhood_consistency_is_zero_without_neighbours_and_never_nan():
+    image, location, latlon = batch(8, 8, seed=4)
+    image = image.requires_grad_()
+    out = NeighbourhoodConsistencyLoss()(image, image, soft_targets(latlon, 0.0))
+    out.backward()
+    assert out.item() == 0.0 and torch.isfinite(image.grad).all()
+
+
+def test_neighbourhood_consistency_prefers_geographically_consistent_embeddings():
+    _, _, latlon = batch(32, 8, seed=5)
+    q = soft_targets(latlon, 500.0)
+    # embeddings that are the (centred) positions themselves follow geography exactly
+    xy = (latlon - latlon.mean(0)).float() * 100
+    aligned = F.normalize(torch.cat([xy, torch.ones(32, 1)], 1), dim=1)
+    scrambled = aligned[torch.randperm(32, generator=torch.Generator().manual_seed(0))]
+    nc = NeighbourhoodConsistencyLoss(0.05)
+    assert nc(aligned, aligned, q) < nc(scrambled, scrambled, q)
+
+
+class ConstantVariogram:
+    """γ(h) = 0.6 everywhere, range 800 m: enough to exercise both weighting branches."""
+
+    range_m = 800.0
+
+    def gamma_torch(self, h_m):
+        return torch.full_like(h_m, 0.6)
+
+
+def weighted_clip_loop(image, location, latlon, scale, beta, gamma, range_m):
+    """Weighted InfoNCE by loops: w_ij multiplies exp(s_ij) of the negatives in the denominator."""
+    n = len(image)
+    dist = pairwise_haversine_m(np.array(latlon))
+    cos = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    w = [[1.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            r = gamma - (1 - cos(image[i], image[j]))
+            if r > 0:
+                w[i][j] = math.exp(-beta * r) if dist[i, j] <= range_m else math.exp(beta * r)
+    total = 0.0
+    for a, b in ((image, location), (location, image)):
+        for i in range(n):
+            s = [scale * cos(a[i], b[j]) for j in range(n)]
+            denom = sum(w[i][j] * math.exp(s[j]) for j in range(n))
+            total += -(s[i] - math.log(denom)) / n
+    return total / 2
+
+
+def test_semivariogram_weighted_loss_equals_loop_reference():
+    image, location, latlon = batch(12, 4, seed=6, extent_deg=0.02)
+    loss = SemivariogramWeightedLoss(beta=2.0)
+    loss.set_variogram(ConstantVariogram())
+    got = loss(image, location, torch.tensor(5.0), latlon)["contrastive_loss"]
+    ref = weighted_clip_loop(image.double().tolist(), location.double().tolist(), latlon.tolist(), 5.0, 2.0, 0.6, 800.0)
+    assert got.item() == pytest.approx(ref, rel=1e-5)
+    stats = loss.last_stats
+    assert stats["false_negative_frac"] > 0 and stats["hard_negative_frac"] > 0  # both branches were exercised
+
+
+def test_semivariogram_loss_is_clip_until_fitted_and_refits_on_schedule():
+    image, location, latlon = batch(16, 8, seed=7)
+    scale = torch.tensor(10.0)
+    calls = []
+
+    def fit_fn(embeddings, ll):
+        calls.append(embeddings.shape[0])
+        return ConstantVariogram()
+
+    loss = SemivariogramWeightedLoss(beta=1.0, bank_size=40, refit_every=3, min_fit_samples=32, fit_fn=fit_fn)
+    clip = ClipLoss()(image, location, scale)["contrastive_loss"]
+    for step in range(1, 7):
+        out = loss(image, location, scale, latlon)["contrastive_loss"]
+        if step < 3:
+            torch.testing.assert_close(out, clip)
+    assert calls == [40, 40]  # refit at calls 3 and 6, from a full 40-row bank
+    assert loss.variogram is not None
+
+
+def test_memory_bank_keeps_the_most_recent_rows():
+    bank = EmbeddingMemoryBank(5)
+    seen = []
+    for k in range(4):
+        emb = torch.full((3, 2), float(k)) + torch.arange(3.0)[:, None] / 10
+        bank.push(emb, torch.zeros(3, 2, dtype=torch.float64))
+        seen.extend(emb[:, 0].tolist())
+    got, _ = bank.contents()
+    assert sorted(got[:, 0].tolist()) == pytest.approx(sorted(seen[-5:]))
+
+
+def test_bf16_autocast_on_cpu_stays_close_to_float32():
+    image, location, latlon = batch(64, 32, seed=8)
+    scale = torch.tensor(14.0)
+    for loss in (ClipLoss(), SoftClipLoss(200.0, nc_weight=0.5)):
+        ref = sum(loss(image, location, scale, latlon).values())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = sum(loss(image, location, scale, latlon).values())
+        assert low.dtype == torch.float32 and torch.isfinite(low)
+        assert low.item() == pytest.approx(ref.item(), rel=3e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    image, location, latlon = batch(128, 32, seed=9)
+    scale = torch.tensor(14.0)
+    for loss in (ClipLoss(), SoftClipLoss(200.0, nc_weight=0.5)):
+        cpu = sum(loss(image, location, scale, latlon).values())
+        gpu = sum(loss(image.cuda(), location.cuda(), scale.cuda(), latlon.cuda()).values())
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input_is_refused_with_a_clear_message():
+    image, location, latlon = batch(8, 8)
+    with pytest.raises(ValueError, match="location_features"):
+        ClipLoss()(image, location[:5], torch.tensor(1.0))
+    with pytest.raises(ValueError, match="latlon"):
+        SoftClipLoss(10.0)(image, location, torch.tensor(1.0), latlon[:3])
+    with pytest.raises(ValueError, match="sigma_m"):
+        SoftClipLoss(-5.0)
+    with pytest.raises(ValueError, match="nc_weight"):
+        SoftClipLoss(5.0, nc_weight=-1)
+    with pytest.raises(ValueError, match="beta"):
+        SemivariogramWeightedLoss(beta=-1)
