@@ -245,3 +245,34 @@ def test_bad_input_is_refused_with_a_clear_message():
         SoftClipLoss(5.0, nc_weight=-1)
     with pytest.raises(ValueError, match="beta"):
         SemivariogramWeightedLoss(beta=-1)
+
+
+def test_no_batch_by_batch_float64_matrix_on_the_loss_path():
+    """The trigonometry is float64 per point; nothing (B, B) may be float64 (issue 2's memory rule)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    b = 48
+    big_float64 = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.ndim == 2 and min(t.shape) >= b // 2:
+                    big_float64.append((str(func), tuple(t.shape)))
+            return out
+
+    image, location, latlon = batch(b, 16, seed=10)
+    sv = SemivariogramWeightedLoss(beta=1.0, refit_every=0)
+    sv.set_variogram(ConstantVariogram())
+    with Watch():
+        for loss in (SoftClipLoss(200.0, nc_weight=0.5), sv):
+            v, l_ = image.clone().requires_grad_(), location.clone().requires_grad_()
+            sum(loss(v, l_, torch.tensor(10.0), latlon).values()).backward()
+    assert big_float64 == []
+    # and the watch itself works: the float64 numpy-style path would be caught
+    with Watch():
+        from swclip.geo import pairwise_haversine_m
+
+        pairwise_haversine_m(latlon, dtype=torch.float64)
+    assert big_float64

@@ -1,0 +1,88 @@
+"""Loss forward + backward time: ClipLoss vs SoftClipLoss (± NC) vs SemivariogramWeightedLoss.
+
+    .venv/bin/python -m benchmarks.losses [--batch 256 1024 4096] [--dim 512] [--repeats 5] [--device cpu]
+
+Prints a table of median times and the ratio to ClipLoss at each batch size,
+measured interleaved in one run, and writes benchmarks/results/losses-<machine>.json.
+The goal (issue 2): SoftClipLoss at most 1.5x ClipLoss on CPU at B = 4096.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import interleaved_times, machine, write_result
+from swclip.losses import ClipLoss, SemivariogramWeightedLoss, SoftClipLoss
+
+
+class SphericalVariogram:
+    """A fixed spherical γ(h) (nugget 0.3, sill 0.9, range 600 m). The loss's cost does not
+    depend on how γ was fitted, only on evaluating it, so the benchmark fixes one."""
+
+    range_m = 600.0
+
+    def gamma_torch(self, h_m):
+        x = (h_m / self.range_m).clamp(max=1.0)
+        return 0.3 + 0.6 * (1.5 * x - 0.5 * x**3)
+
+
+def make_batch(b: int, d: int, device: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    image = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    location = F.normalize(image + torch.randn(b, d, generator=g), dim=1)
+    # a city-sized batch: 4 km x 4 km
+    latlon = torch.stack([51.48 + 0.036 * torch.rand(b, generator=g, dtype=torch.float64),
+                          -0.15 + 0.058 * torch.rand(b, generator=g, dtype=torch.float64)], 1)
+    return image.to(device), location.to(device), latlon.to(device)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sigma-m", type=float, default=150.0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true", help="run under bf16 autocast")
+    args = parser.parse_args(argv)
+
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    sv = SemivariogramWeightedLoss(beta=1.0, refit_every=0)
+    sv.set_variogram(SphericalVariogram())
+    losses = {
+        "clip": ClipLoss(),
+        "swclip": SoftClipLoss(args.sigma_m),
+        "swclip+nc": SoftClipLoss(args.sigma_m, nc_weight=0.5),
+        "semivariogram": sv,
+    }
+    rows = []
+    for b in args.batch:
+        image, location, latlon = make_batch(b, args.dim, args.device)
+        scale = torch.tensor(1 / 0.07, device=args.device)
+
+        def step(loss):
+            def run():
+                v, l_ = image.clone().requires_grad_(), location.clone().requires_grad_()
+                with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
+                    total = sum(loss(v, l_, scale, latlon).values())
+                total.backward()
+            return run
+
+        times = interleaved_times({name: step(loss) for name, loss in losses.items()}, args.repeats, sync=sync)
+        base = times["clip"]["median_s"]
+        for name, t in times.items():
+            rows.append({"batch": b, "dim": args.dim, "loss": name, **t, "ratio_to_clip": t["median_s"] / base})
+
+    print(f"{'B':>6} {'loss':<14} {'median ms':>10} {'x clip':>7}")
+    for r in rows:
+        print(f"{r['batch']:>6} {r['loss']:<14} {1000 * r['median_s']:>10.1f} {r['ratio_to_clip']:>7.2f}")
+    path = write_result("losses", {"device": args.device, "bf16": args.bf16, "sigma_m": args.sigma_m, "rows": rows})
+    print(f"wrote {path}  ({machine()['cpu_cores']} cores, device {args.device})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
