@@ -130,7 +130,9 @@ def pairwise_haversine_m(a: Any, b: Any = None, dtype: Any = None, check: bool =
         xa, xb = (xa - centre).to(out_dtype), (xb - centre).to(out_dtype)
         # direct differences: the |x|²+|y|²−2x·y shortcut cancels catastrophically
         chord = torch.cdist(xa, xb, compute_mode="donot_use_mm_for_euclid_dist")  # (N, M)
-        return 2.0 * EARTH_RADIUS_M * torch.asin(torch.clamp(chord / 2.0, max=1.0))
+        if chord.requires_grad:  # differentiable distances (e.g. a regression loss): no in-place ops
+            return 2.0 * EARTH_RADIUS_M * torch.asin(torch.clamp(chord / 2.0, max=1.0))
+        return chord.mul_(0.5).clamp_(max=1.0).asin_().mul_(2.0 * EARTH_RADIUS_M)  # in place: no (N, M) temporaries
     a64 = np.asarray(a, dtype=np.float64)
     b64 = a64 if b is None else np.asarray(b, dtype=np.float64)
     return haversine_m(a64[:, None, :], b64[None, :, :], check=False)

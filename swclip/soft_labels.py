@@ -61,9 +61,9 @@ def kernel_weights(distance_m: Any, sigma_m: float, kernel: str = "gaussian", in
     return np.exp(-d / sigma_m)
 
 
-# Rows per block on the torch path: a (256, 4096) float32 block is 4 MiB, so the
-# five elementwise passes of distance -> kernel run from cache, not from RAM.
-ROW_BLOCK = 256
+# Rows per block on the torch path: distances and kernel are computed a block of
+# rows at a time, in place, so the peak extra memory is one (ROW_BLOCK, M) block.
+ROW_BLOCK = 512
 
 
 def soft_targets(latlon: Any, sigma_m: float, kernel: str = "gaussian", latlon_cols: Any = None, check: bool = True):

@@ -138,3 +138,12 @@ def test_bad_coordinates_are_refused_with_a_clear_message(bad, match):
         geo.haversine_m(np.array(bad), np.array(bad))
     with pytest.raises(ValueError, match=match):
         geo.pairwise_haversine_m(np.array(bad))
+
+
+def test_torch_pairwise_distance_is_differentiable():
+    ll = torch.tensor([[51.5, -0.12], [51.51, -0.11], [51.52, -0.13]], dtype=torch.float64, requires_grad=True)
+    d = geo.pairwise_haversine_m(ll, dtype=torch.float64)
+    d[0, 1].backward()
+    # moving point 1 north-east increases its distance from point 0: positive gradients
+    assert ll.grad[1, 0] > 0 and ll.grad[1, 1] > 0
+    assert torch.isfinite(ll.grad[[0, 1]]).all()
