@@ -1,0 +1,36 @@
+"""SW-CLIP Explorer, the Streamlit frame: shared sidebar, URL state, one page per task.
+
+    streamlit run app.py -- --runs-dir runs      # or SWCLIP_RUNS_DIR=runs, or the default runs/
+
+The pages in app_pages/ are thin (not pages/: with a pages/ folder next to it,
+Streamlit 1.67 runs a page file on its own, without this frame, when a link
+opens that page directly): the maths lives in swclip/, the figures in
+swclip/figures.py and swclip/maps.py, the Streamlit glue in app_support.py.
+"""
+
+import streamlit as st
+
+import app_support as sup
+
+st.set_page_config(page_title="SW-CLIP Explorer", page_icon=":material/map:", layout="wide")
+
+PAGES = [
+    st.Page("app_pages/overview.py", title="Runs", icon=":material/list:", default=True),
+    st.Page("app_pages/predict.py", title="Predict", icon=":material/add_a_photo:"),
+    st.Page("app_pages/error_map.py", title="Error map", icon=":material/map:"),
+    st.Page("app_pages/semivariogram.py", title="Semivariogram", icon=":material/show_chart:"),
+    st.Page("app_pages/soft_labels.py", title="Soft labels", icon=":material/grid_on:"),
+    st.Page("app_pages/neighbourhoods.py", title="Neighbourhoods", icon=":material/hub:"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("app_pages/failures.py", title="Failures", icon=":material/report:"),
+]
+
+sup.begin_run()
+sup.install_static()
+page = st.navigation(PAGES)
+view = sup.sidebar()
+sup.banner(view)
+try:
+    page.run()
+finally:
+    sup.prune_url()

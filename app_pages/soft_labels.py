@@ -1,0 +1,76 @@
+"""Soft labels: what SW-CLIP's targets look like for a batch from one city, at the sidebar's σ.
+
+The matrix is ``swclip.soft_labels.soft_targets``, the very function the loss
+calls. Rows and columns follow a Hilbert curve through the batch, so
+geographic neighbours sit together and the soft mass shows as blocks.
+"""
+
+import time
+
+import numpy as np
+import streamlit as st
+
+import app_support as sup
+from swclip import figures, maps
+from swclip.soft_labels import KERNELS, effective_positives, soft_targets
+from swclip.spatial_bins import hilbert_order
+
+view = sup.current_view()
+run = sup.require_run(view, "the soft-label page")
+
+st.title("Soft labels")
+df_all = sup.predictions(view.runs_root, run.run_id, run.stamp)
+cities = sorted(df_all["city"].astype(str).unique()) if "city" in df_all else []
+city = view.city_or_none() or (cities[0] if cities else None)
+if view.city_or_none() is None and city:
+    st.caption(f"Soft labels are per city; showing **{city}** (pick one in the sidebar).")
+df = sup.city_predictions(view.runs_root, run.run_id, run.stamp, city)
+latlon_all = df[["lat", "lon"]].to_numpy(np.float64)
+
+c1, c2, c3 = st.columns([2, 2, 1])
+with c1:
+    kernel = sup.url_widget(st.radio, "Kernel", "kernel", "gaussian", valid=lambda v: v in KERNELS, options=list(KERNELS), horizontal=True)
+with c2:
+    max_b = int(min(512, len(latlon_all)))
+    batch = sup.url_widget(st.slider, "Batch size B", "batch", min(256, max_b), parse=int, valid=lambda v: isinstance(v, int) and 2 <= v <= max_b, min_value=2, max_value=max(max_b, 3), step=1)
+with c3:
+    seed = sup.url_widget(st.number_input, "Seed", "seed", 0, parse=int, valid=lambda v: isinstance(v, int) and v >= 0, min_value=0, step=1)
+
+if len(latlon_all) < 2:
+    st.warning("This city has fewer than two samples; there is no batch to show.")
+    st.stop()
+
+t0 = time.perf_counter()
+rng = np.random.default_rng(int(seed))
+pick = rng.choice(len(latlon_all), size=min(int(batch), len(latlon_all)), replace=False)
+latlon = latlon_all[pick]
+order = hilbert_order(latlon)
+latlon = latlon[order]  # (B, 2) in space-filling order
+sigma_m = view.sigma_m
+q = soft_targets(latlon, sigma_m, kernel)  # (B, B), rows sum to 1
+onehot = soft_targets(latlon, 0.0, "onehot")
+neff = effective_positives(q)  # (B,)
+compute_s = time.perf_counter() - t0
+
+st.markdown(
+    f"**{city}** · B = {len(latlon)} · σ = {sigma_m:g} m · kernel `{kernel}` · "
+    f"median effective positives per row **{np.median(neff):.2f}** (one-hot: 1). "
+    f"Targets computed in {compute_s * 1000:.0f} ms."
+)
+
+left, right = st.columns(2)
+with left:
+    st.plotly_chart(figures.target_heatmap(q, f"SW-CLIP targets Q (σ = {sigma_m:g} m, {kernel})"), width="stretch", key="q")
+with right:
+    st.plotly_chart(figures.target_heatmap(onehot, "One-hot CLIP targets (σ → 0)", zmax=1.0), width="stretch", key="onehot")
+
+left, right = st.columns(2)
+with left:
+    rgb = maps.ramp(np.arange(len(latlon)), 0, len(latlon) - 1)
+    pts = maps.points_frame(latlon, rgb, row=np.arange(len(latlon)), neff=np.round(neff, 2))
+    st.markdown("**The batch on the map**, coloured by its position along the space-filling order (the matrix's row order).")
+    deck = sup.city_deck(view, run, city, [maps.scatter_layer(pts, radius_m=14)], latlon_all, tooltip={"text": "row {row}\neffective positives {neff}"})
+    st.pydeck_chart(deck, height=430, key="batch_map")
+with right:
+    st.plotly_chart(figures.kernel_curve(sigma_m, kernel), width="stretch", key="kernel")
+    st.plotly_chart(figures.effective_positives_figure(neff, len(latlon)), width="stretch", key="neff")

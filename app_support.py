@@ -1,0 +1,297 @@
+"""Streamlit glue shared by app.py and app_pages/: runs directory, sidebar, URL state, caches.
+
+The library (``swclip``) never imports streamlit; this module is the one place
+that adapts it to the app.
+
+URL state: every value a link should reproduce (runs, city, σ, and each page's
+own controls) is read from ``st.query_params`` the first time a session sees
+it, kept in ``st.session_state`` (which survives page switches, when
+Streamlit clears the query string), and written back to the URL on every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from swclip import appstate, maps
+
+APP_DIR = Path(__file__).resolve().parent
+ENV_RUNS_DIR = "SWCLIP_RUNS_DIR"
+STATIC_DIR = APP_DIR / "static"
+
+# σ choices in metres, a round-number log scale (about 10 per decade) from 5 m to 5 km.
+SIGMA_CHOICES_M = tuple(int(m * 10**e) for e in range(0, 4) for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8) if 5 <= m * 10**e <= 5000)
+ALL_CITIES = "All cities"
+
+_STORE = "_url_state"
+_WRITTEN = "_url_written"
+_VIEW = "_view"
+
+
+def default_runs_dir() -> str:
+    """--runs-dir (after ``--`` on the streamlit command line), else $SWCLIP_RUNS_DIR, else runs/."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--runs-dir")
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    return args.runs_dir or os.environ.get(ENV_RUNS_DIR) or "runs"
+
+
+# ----------------------------------------------------------------- URL state
+
+
+def url_get(key: str, default: Any, parse: Callable[[str], Any] = str) -> Any:
+    """The session's value for ``key``: from the URL the first time, then from session state."""
+    store = st.session_state.setdefault(_STORE, {})
+    if key not in store:
+        raw = st.query_params.get(key)
+        try:
+            store[key] = parse(raw) if raw not in (None, "") else default
+        except (TypeError, ValueError):
+            store[key] = default
+    return store[key]
+
+
+def url_set(key: str, value: Any, fmt: Callable[[Any], str] = str) -> None:
+    """Remember ``value`` for the session and put it in the URL."""
+    st.session_state.setdefault(_STORE, {})[key] = value
+    st.session_state.setdefault(_WRITTEN, set()).add(key)
+    text = fmt(value)
+    if st.query_params.get(key) != text:
+        st.query_params[key] = text
+
+
+def url_widget(
+    widget: Callable,
+    label: str,
+    key: str,
+    default: Any,
+    parse: Callable[[str], Any] = str,
+    fmt: Callable[[Any], str] = str,
+    valid: Optional[Callable[[Any], bool]] = None,
+    **kwargs: Any,
+) -> Any:
+    """A widget whose value lives in the URL under ``key``.
+
+    ``valid`` rejects a stale or hand-edited URL value (a run that no longer
+    exists, a σ off the scale) in favour of ``default``.
+    """
+    wkey = f"url:{key}"
+    value = url_get(key, default, parse)
+    if valid is not None and not valid(value):
+        value = default
+    if wkey not in st.session_state or (valid is not None and not valid(st.session_state[wkey])):
+        st.session_state[wkey] = value
+    out = widget(label, key=wkey, **kwargs)
+    url_set(key, out, fmt)
+    return out
+
+
+def begin_run() -> None:
+    """Start of every script run (app.py): forget which URL keys were written."""
+    st.session_state[_WRITTEN] = set()
+
+
+def prune_url() -> None:
+    """End of every script run: drop URL keys no widget wrote (another page's controls)."""
+    written = st.session_state.get(_WRITTEN, set())
+    for key in list(st.query_params.keys()):
+        if key not in written:
+            del st.query_params[key]
+
+
+# ----------------------------------------------------------------- runs and caches
+
+
+@st.cache_resource(show_spinner=False)
+def install_static() -> str:
+    """Copy Leaflet into ./static once per server process (served at /app/static/leaflet)."""
+    return str(maps.install_leaflet(STATIC_DIR))
+
+
+@st.cache_data(show_spinner=False, ttl=10)
+def discover(runs_root: str) -> list[appstate.RunInfo]:
+    return appstate.discover_runs(runs_root)
+
+
+@st.cache_data(show_spinner=False)
+def world(runs_root: str, run_id: str, stamp: float) -> Optional[dict]:
+    """The demo world.json of a run (None for real data)."""
+    run = next((r for r in discover(runs_root) if r.run_id == run_id), None)
+    if run is None:
+        return None
+    return appstate.read_world(appstate.find_world(run, runs_root))
+
+
+@st.cache_data(show_spinner="Reading predictions…")
+def predictions(runs_root: str, run_id: str, stamp: float) -> pd.DataFrame:
+    """predictions.parquet of a run (one row per evaluation sample)."""
+    path = appstate.inside_root(runs_root, Path(run_id) / "predictions.parquet")
+    return pd.read_parquet(path)
+
+
+@st.cache_data(show_spinner=False)
+def city_predictions(runs_root: str, run_id: str, stamp: float, city: Optional[str]) -> pd.DataFrame:
+    """The rows of one city (all rows for None / 'All cities')."""
+    df = predictions(runs_root, run_id, stamp)
+    if city in (None, ALL_CITIES) or "city" not in df:
+        return df
+    return df[df["city"] == city].reset_index(drop=True)
+
+
+@st.cache_data(show_spinner=False)
+def nearby_places(latlon_key: tuple) -> pd.DataFrame:
+    return maps.nearby_places(np.asarray(latlon_key, dtype=np.float64).reshape(-1, 2))
+
+
+# ----------------------------------------------------------------- the view
+
+
+@dataclass
+class View:
+    """What the sidebar selected: shared by every page."""
+
+    runs_root: str
+    available: list = field(default_factory=list)
+    selected: list = field(default_factory=list)
+    city: Optional[str] = None
+    sigma_m: float = 100.0
+
+    @property
+    def run(self) -> Optional[appstate.RunInfo]:
+        return self.selected[0] if self.selected else None
+
+    @property
+    def is_demo(self) -> bool:
+        return bool(self.selected) and all(r.is_demo for r in self.selected)
+
+    def city_or_none(self) -> Optional[str]:
+        return None if self.city in (None, ALL_CITIES) else self.city
+
+
+def _nearest_choice(sigma_m: float) -> int:
+    return min(SIGMA_CHOICES_M, key=lambda s: abs(np.log(s) - np.log(max(sigma_m, 1e-3))))
+
+
+def sidebar() -> View:
+    """Draw the shared sidebar and return the selection."""
+    sb = st.sidebar
+    if "runs_root" not in st.session_state:
+        st.session_state["runs_root"] = default_runs_dir()
+    runs_root = sb.text_input("Runs directory", key="runs_root", help="Folder of run directories; the app reads nothing outside it. Set with `--runs-dir` or $SWCLIP_RUNS_DIR.")
+    runs = discover(runs_root)
+    view = View(runs_root=runs_root, available=runs)
+    if not runs:
+        sb.warning(f"No runs in `{runs_root}` yet.")
+        st.session_state[_VIEW] = view
+        return view
+    by_id = {r.run_id: r for r in runs}
+    ids = list(by_id)
+    with sb:
+        chosen = url_widget(
+            st.multiselect, "Runs (the first is the main one)", "run", [ids[0]],
+            parse=lambda s: [x for x in s.split(",") if x], fmt=",".join,
+            valid=lambda v: isinstance(v, list) and len(v) > 0 and all(x in by_id for x in v),
+            options=ids, format_func=lambda i: by_id[i].label,
+        )
+        if not chosen:
+            st.caption("Pick at least one run; showing the newest.")
+            chosen = [ids[0]]
+        view.selected = [by_id[i] for i in chosen]
+        df = predictions(runs_root, view.run.run_id, view.run.stamp)
+        cities = [ALL_CITIES] + (sorted(df["city"].astype(str).unique()) if "city" in df else [])
+        view.city = url_widget(st.selectbox, "City", "city", cities[1] if len(cities) > 1 else ALL_CITIES, valid=lambda v: v in cities, options=cities)
+        default_sigma = _nearest_choice(view.run.sigma_m or 100.0)
+        view.sigma_m = float(
+            url_widget(
+                st.select_slider, "σ, kernel bandwidth (m, log scale)", "sigma", default_sigma,
+                parse=lambda s: int(float(s)), valid=lambda v: v in SIGMA_CHOICES_M,
+                options=SIGMA_CHOICES_M, format_func=lambda s: f"{s:g} m",
+            )
+        )
+        manifest_popover(view)
+    st.session_state[_VIEW] = view
+    return view
+
+
+def manifest_popover(view: View) -> None:
+    """The main run's manifest summary, one click away."""
+    run = view.run
+    with st.popover("Manifest of the main run", width="stretch"):
+        st.markdown(f"**{run.run_id}**" + ("  ·  demo world" if run.is_demo else ""))
+        m = run.manifest
+        summary = {k: m[k] for k in ("model", "loss", "data", "split", "seeds", "git_commit", "metrics") if k in m}
+        st.json(summary or m, expanded=1)
+        with st.expander("Full manifest.json"):
+            st.json(m, expanded=False)
+
+
+def current_view() -> View:
+    """The View the frame built for this run (pages call this)."""
+    return st.session_state.get(_VIEW) or View(runs_root=default_runs_dir())
+
+
+def banner(view: View) -> None:
+    """Say plainly when the data is the procedural demo world."""
+    if view.is_demo:
+        st.info(
+            "**Demo world.** These runs were trained on the procedural multi-city world built by "
+            "`train/build_demo.py`: synthetic street views whose appearance varies in space with known ranges, "
+            "tiny models trained for minutes on a CPU. Point the app at your own runs with `--runs-dir`.",
+            icon=":material/science:",
+        )
+
+
+def require_run(view: View, what: str = "this page") -> appstate.RunInfo:
+    """The main run, or a friendly empty state and stop."""
+    if view.run is None:
+        st.title("SW-CLIP Explorer")
+        st.warning(f"No runs found in `{view.runs_root}`, so there is nothing for {what} to show yet.")
+        st.markdown(
+            "- `make run` builds the demo bundle (a procedural world and small CPU-trained models) "
+            "into `runs/demo/` and opens the app on it.\n"
+            "- Or build it yourself: `python train/build_demo.py --out runs/demo`.\n"
+            "- Runs trained elsewhere: copy their run directories under one folder and start "
+            "`streamlit run app.py -- --runs-dir /path/to/runs` (or set `SWCLIP_RUNS_DIR`)."
+        )
+        st.stop()
+    return view.run
+
+
+def context_for(view: View, run: appstate.RunInfo, city: Optional[str], latlon: np.ndarray) -> dict:
+    """Local map context for one city: demo streets, else nearby place names."""
+    w = world(view.runs_root, run.run_id, run.stamp)
+    streets = appstate.city_streets(w, city) if city else []
+    if streets:
+        return {"streets": streets, "places": None}
+    if len(latlon) == 0:
+        return {"streets": [], "places": None}
+    probe = latlon[np.linspace(0, len(latlon) - 1, min(len(latlon), 64)).astype(int)]
+    return {"streets": [], "places": nearby_places(tuple(map(tuple, np.round(probe, 4))))}
+
+
+@st.cache_data(show_spinner=False)
+def train_log(runs_root: str, run_id: str, stamp: float) -> Optional[pd.DataFrame]:
+    """train_log.csv of a run, or None."""
+    path = appstate.inside_root(runs_root, Path(run_id) / "train_log.csv")
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+
+
+def city_deck(view: View, run: appstate.RunInfo, city: Optional[str], layers: list, frame_latlon: np.ndarray, tooltip: Optional[dict] = None, height_px: int = 430, width_px: int = 460):
+    """A pydeck map of one city: local context (demo streets or place names) under ``layers``."""
+    ctx = context_for(view, run, city, np.asarray(frame_latlon, dtype=np.float64).reshape(-1, 2))
+    ctx_layers = maps.context_layers(ctx["streets"], ctx["places"], outlines=None)
+    return maps.deck(ctx_layers + list(layers), frame_latlon, tooltip=tooltip, height_px=height_px, width_px=width_px, paper=bool(ctx["streets"]))

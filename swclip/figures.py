@@ -1,0 +1,218 @@
+"""Plotly chart builders for the app (maps live in ``swclip.maps``).
+
+Each function takes plain arrays or DataFrames and returns a
+``plotly.graph_objects.Figure``, so the charts are testable without
+Streamlit. Plotly's cartesian charts work offline (plotly.js ships with
+Streamlit); its geo charts do not (their topojson comes from a CDN), so the
+small maps here are cartesian lon/lat plots with the aspect fixed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from swclip.soft_labels import kernel_weights
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+_LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=40), template="plotly_white", height=340)
+
+
+def _fig(title: str, **layout: Any) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), **{**_LAYOUT, **layout})
+    return fig
+
+
+# ----------------------------------------------------------------- soft labels
+
+
+def kernel_curve(sigma_m: float, kernel: str, max_m: Optional[float] = None, compare: Sequence[str] = ("gaussian", "exponential")) -> go.Figure:
+    """k_σ(d) against distance d (metres), the chosen kernel bold, the others faint; σ marked."""
+    max_m = max_m or max(4.0 * sigma_m, 100.0)
+    d = np.linspace(0.0, max_m, 400)
+    fig = _fig(f"Kernel k_σ(d), σ = {sigma_m:g} m", xaxis_title="distance d (m)", yaxis_title="weight", height=300)
+    for i, name in enumerate(dict.fromkeys([kernel, *compare])):
+        if name == "onehot":
+            y = (d == 0).astype(float)
+        else:
+            y = kernel_weights(d, sigma_m, name)
+        fig.add_trace(
+            go.Scatter(x=d, y=y, name=name, mode="lines", line=dict(width=3 if name == kernel else 1, color=PALETTE[i]), opacity=1.0 if name == kernel else 0.5)
+        )
+    fig.add_vline(x=sigma_m, line_dash="dot", line_color="grey", annotation_text="σ")
+    fig.update_yaxes(range=[0, 1.05])
+    return fig
+
+
+def target_heatmap(targets: Any, title: str, zmax: Optional[float] = None, height: int = 420) -> go.Figure:
+    """(B, B) target matrix as a heatmap, row i = image i, column j = location j.
+
+    Colour is the target probability; ``zmax`` fixes the scale so two
+    matrices side by side compare (default: the largest off-diagonal mass,
+    so soft structure is visible next to the 1/row diagonal).
+    """
+    q = np.asarray(targets, dtype=np.float32)
+    if zmax is None:
+        off = q.copy()
+        np.fill_diagonal(off, 0.0)
+        zmax = float(max(off.max(), 1e-6)) if q.shape[0] > 1 else 1.0
+    fig = _fig(title, height=height, xaxis_title="location j (space-filling order)", yaxis_title="image i")
+    fig.add_trace(go.Heatmap(z=q, zmin=0.0, zmax=zmax, colorscale="Viridis", colorbar=dict(title="q", thickness=12), hovertemplate="i=%{y} j=%{x} q=%{z:.3g}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
+    fig.update_xaxes(constrain="domain")
+    return fig
+
+
+def effective_positives_figure(neff: Any, batch_size: int) -> go.Figure:
+    """Effective positives 1/Σq² per row (space-filling order), with its median."""
+    n = np.asarray(neff, dtype=np.float64)
+    fig = _fig(f"Effective positives per row (median {np.median(n):.2f} of {batch_size})", xaxis_title="row i (space-filling order)", yaxis_title="1 / Σ_j q_ij²", height=300)
+    fig.add_trace(go.Bar(x=np.arange(len(n)), y=n, marker_color=PALETTE[0], name="per row"))
+    fig.add_hline(y=float(np.median(n)), line_dash="dot", line_color=PALETTE[1], annotation_text="median")
+    return fig
+
+
+# ----------------------------------------------------------------- errors
+
+
+def error_histogram(errors: Mapping[str, Any], log_x: bool = True) -> go.Figure:
+    """Histogram of error_m per group (run or city), log-spaced bins in metres."""
+    fig = _fig("Error distribution", xaxis_title="error (m)", yaxis_title="samples", barmode="overlay")
+    allv = np.concatenate([np.asarray(v, dtype=np.float64) for v in errors.values()]) if errors else np.array([1.0])
+    allv = allv[np.isfinite(allv)]
+    lo, hi = max(float(allv.min()) if allv.size else 1.0, 1.0), max(float(allv.max()) if allv.size else 10.0, 10.0)
+    for i, (name, v) in enumerate(errors.items()):
+        v = np.asarray(v, dtype=np.float64)
+        x = np.log10(np.maximum(v, 1.0)) if log_x else v
+        fig.add_trace(go.Histogram(x=x, name=str(name), opacity=0.6, marker_color=PALETTE[i % len(PALETTE)], nbinsx=40))
+    if log_x:
+        ticks = [t for t in (1, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 100_000, 1_000_000) if lo / 2 <= t <= hi * 2]
+        fig.update_xaxes(tickvals=np.log10(ticks), ticktext=[f"{t:g}" for t in ticks], title="error (m, log scale)")
+    return fig
+
+
+def error_cdf(errors: Mapping[str, Any], thresholds_m: Sequence[float] = (25, 50, 100, 250, 500, 1000)) -> go.Figure:
+    """Empirical CDF of error_m per group on a log x axis, thresholds as dotted lines."""
+    fig = _fig("Share of samples within distance", xaxis_title="error (m, log scale)", yaxis_title="fraction ≤ error", xaxis_type="log")
+    for i, (name, v) in enumerate(errors.items()):
+        v = np.sort(np.asarray(v, dtype=np.float64))
+        if v.size == 0:
+            continue
+        y = np.arange(1, v.size + 1) / v.size
+        fig.add_trace(go.Scatter(x=np.maximum(v, 0.5), y=y, name=str(name), mode="lines", line=dict(color=PALETTE[i % len(PALETTE)], width=2, shape="hv")))
+    for t in thresholds_m:
+        fig.add_vline(x=t, line_dash="dot", line_color="lightgrey")
+    fig.update_yaxes(range=[0, 1.01])
+    return fig
+
+
+# ----------------------------------------------------------------- variograms
+
+
+def variogram_figure(
+    curves: Sequence[Mapping[str, Any]],
+    sigma_m: Optional[float] = None,
+    suggested_sigma_m: Optional[float] = None,
+    true_ranges_m: Sequence[float] = (),
+    title: str = "Semivariogram",
+    y_title: str = "γ(h)",
+) -> go.Figure:
+    """Empirical (markers) and fitted (line) semivariograms, one colour per curve.
+
+    Each curve: ``name``, ``lags_m`` (L,), ``gamma`` (L,), optional ``fit_h_m``
+    and ``fit_gamma`` for the model line, optional ``range_m``. Vertical lines:
+    the sidebar σ, the σ the fitted range suggests, and true field ranges.
+    """
+    fig = _fig(title, xaxis_title="lag h (m)", yaxis_title=y_title, height=380)
+    for i, c in enumerate(curves):
+        colour = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=np.asarray(c["lags_m"]), y=np.asarray(c["gamma"]), mode="markers", name=f"{c['name']} (empirical)", marker=dict(color=colour, size=7)))
+        if c.get("fit_h_m") is not None:
+            fig.add_trace(go.Scatter(x=np.asarray(c["fit_h_m"]), y=np.asarray(c["fit_gamma"]), mode="lines", name=f"{c['name']} (fit)", line=dict(color=colour, width=2)))
+        if c.get("range_m"):
+            fig.add_vline(x=float(c["range_m"]), line_dash="dash", line_color=colour, opacity=0.6)
+    if sigma_m:
+        fig.add_vline(x=float(sigma_m), line_color="black", line_width=2, annotation_text=f"σ = {sigma_m:g} m", annotation_position="top left")
+    if suggested_sigma_m:
+        fig.add_vline(x=float(suggested_sigma_m), line_color=PALETTE[4], line_dash="dashdot", annotation_text=f"suggested σ {suggested_sigma_m:.0f} m", annotation_position="bottom right")
+    for r in true_ranges_m:
+        fig.add_vline(x=float(r), line_color="lightgrey", line_dash="dot")
+    return fig
+
+
+# ----------------------------------------------------------------- embeddings
+
+
+def embedding_scatter(xy: Any, colours: Any, anchor: Optional[int] = None, highlight: Sequence[int] = (), title: str = "Embeddings, 2-D projection", hover: Optional[Sequence[str]] = None) -> go.Figure:
+    """2-D projection of embeddings, each dot coloured by where it is (``maps.position_colours``)."""
+    xy = np.asarray(xy, dtype=np.float64)
+    rgb = np.asarray(colours, dtype=np.uint8)
+    fig = _fig(title, xaxis_title="component 1", yaxis_title="component 2", height=420, showlegend=True)
+    fig.add_trace(
+        go.Scattergl(
+            x=xy[:, 0], y=xy[:, 1], mode="markers", name="samples",
+            marker=dict(size=5, color=[f"rgb({r},{g},{b})" for r, g, b in rgb], opacity=0.8),
+            text=hover, hovertemplate="%{text}<extra></extra>" if hover is not None else None,
+        )
+    )
+    if len(highlight):
+        h = np.asarray(highlight, dtype=int)
+        fig.add_trace(go.Scatter(x=xy[h, 0], y=xy[h, 1], mode="markers", name="neighbours", marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(color="black", width=2))))
+    if anchor is not None:
+        fig.add_trace(go.Scatter(x=[xy[anchor, 0]], y=[xy[anchor, 1]], mode="markers", name="anchor", marker=dict(size=16, symbol="star", color="gold", line=dict(color="black", width=1))))
+    return fig
+
+
+def mini_map(
+    truth_latlon: Sequence[float],
+    pred_latlon: Optional[Sequence[float]] = None,
+    others_latlon: Any = None,
+    streets: Sequence[Any] = (),
+    height: int = 260,
+    title: str = "",
+) -> go.Figure:
+    """A small offline map as a cartesian lon/lat plot (aspect fixed for the latitude).
+
+    Truth is a green circle, prediction a red cross with a line from the
+    truth, ``others`` (e.g. nearest training images) small blue dots; streets
+    grey lines for context.
+    """
+    fig = _fig(title, height=height, margin=dict(l=5, r=5, t=30 if title else 5, b=5), showlegend=False)
+    pts = [np.asarray(truth_latlon, dtype=np.float64).reshape(1, 2)]
+    for p in streets:
+        p = np.asarray(p, dtype=np.float64)
+        fig.add_trace(go.Scatter(x=p[:, 1], y=p[:, 0], mode="lines", line=dict(color="#c8c8c8", width=1), hoverinfo="skip"))
+    if others_latlon is not None and len(others_latlon):
+        o = np.asarray(others_latlon, dtype=np.float64).reshape(-1, 2)
+        pts.append(o)
+        fig.add_trace(go.Scatter(x=o[:, 1], y=o[:, 0], mode="markers", marker=dict(size=6, color=PALETTE[0]), name="neighbours"))
+    t = pts[0][0]
+    if pred_latlon is not None:
+        p = np.asarray(pred_latlon, dtype=np.float64)
+        pts.append(p.reshape(1, 2))
+        fig.add_trace(go.Scatter(x=[t[1], p[1]], y=[t[0], p[0]], mode="lines", line=dict(color=PALETTE[1], width=1, dash="dot"), hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=[p[1]], y=[p[0]], mode="markers", marker=dict(size=12, symbol="x", color=PALETTE[1]), name="prediction"))
+    fig.add_trace(go.Scatter(x=[t[1]], y=[t[0]], mode="markers", marker=dict(size=12, color=PALETTE[2], line=dict(color="white", width=1)), name="truth"))
+    allp = np.concatenate(pts)
+    pad_lat = max(np.ptp(allp[:, 0]) * 0.15, 2e-4)
+    pad_lon = max(np.ptp(allp[:, 1]) * 0.15, 2e-4)
+    fig.update_xaxes(range=[allp[:, 1].min() - pad_lon, allp[:, 1].max() + pad_lon], showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(
+        range=[allp[:, 0].min() - pad_lat, allp[:, 0].max() + pad_lat], showticklabels=False, showgrid=False, zeroline=False,
+        scaleanchor="x", scaleratio=1.0 / max(math.cos(math.radians(float(t[0]))), 1e-3),
+    )
+    return fig
+
+
+def train_curves(log: pd.DataFrame) -> go.Figure:
+    """Loss terms against step from a run's train_log.csv (every column named loss*)."""
+    fig = _fig("Training loss", xaxis_title="step", yaxis_title="loss", height=280)
+    cols = [c for c in log.columns if c.startswith("loss")] if "step" in log else []
+    for i, c in enumerate(cols):
+        fig.add_trace(go.Scatter(x=log["step"], y=log[c], name=c, mode="lines", line=dict(color=PALETTE[i % len(PALETTE)])))
+    return fig
