@@ -223,7 +223,9 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
-    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    from swclip.runs import atomic_write_bytes
+
+    atomic_write_bytes(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
 
 
 # --------------------------------------------------------------------------- losses
@@ -348,14 +350,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and one rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -1,0 +1,129 @@
+"""The demo bundle: a synthetic world plus small CPU-trained runs, built once (train/build_demo.py).
+
+    <out>/world/            swclip.synth.make_world output + split.csv (the sample table with a split column)
+    <out>/<run_id>/         one run per model (manifest.json, model.safetensors, artefacts), .complete when built
+    <out>/results.json|md   the results table (median/mean error, acc@100/250/500 m, recall@1)
+    <out>/.complete         written last
+
+Every step is skipped when its output is complete, so an interrupted build
+resumes where it stopped. The models (DEMO_MODELS) share one config family
+(train/configs/demo_*.yaml) and differ only in the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "train" / "configs"
+
+# run id -> (config file, overrides). σ values bracket the world's shortest field ranges (150 m).
+DEMO_MODELS: dict[str, tuple[str, list]] = {
+    "clip": ("demo_clip.yaml", []),
+    "swclip-s50": ("demo_swclip.yaml", ["loss.sigma_m=50"]),
+    "swclip-s150": ("demo_swclip.yaml", ["loss.sigma_m=150"]),
+    "swclip-s400": ("demo_swclip.yaml", ["loss.sigma_m=400"]),
+    "swclip-nc-s50": ("demo_swclip_nc.yaml", ["loss.sigma_m=50"]),
+}
+# The world: as in the calibration note, several cities of a few thousand street samples at 32 px.
+WORLD = {"cities": ["London", "Manchester", "Bristol", "Edinburgh"], "samples_per_city": 1500, "image_size": 32}
+SPLIT = {"test_frac": 0.2, "block_m": 200.0, "buffer_m": 30.0}
+TABLE_KEYS = ("median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "recall@1")
+
+
+def _log(msg: str, progress: bool) -> None:
+    if progress:
+        print(f"[build_demo] {msg}", flush=True)
+
+
+def build_world(world_dir: Path, seed: int = 0, cities=None, samples_per_city: Optional[int] = None,
+                progress: bool = True) -> Path:
+    """Render the world (unless world.json is there) and write split.csv (unless there). -> split.csv."""
+    from swclip.data import read_table, spatial_split
+    from swclip.runs import atomic_write
+    from swclip.synth import make_world
+
+    world_dir = Path(world_dir)
+    if not (world_dir / "world.json").is_file():
+        _log(f"rendering the demo world into {world_dir}", progress)
+        make_world(world_dir, seed=seed, cities=cities or WORLD["cities"],
+                   samples_per_city=samples_per_city or WORLD["samples_per_city"], image_size=WORLD["image_size"],
+                   overwrite=True, progress=progress)
+    split_csv = world_dir / "split.csv"
+    if not split_csv.is_file():
+        table = read_table(world_dir / "samples.csv", world_dir)
+        table = spatial_split(table, test_frac=SPLIT["test_frac"], block_m=SPLIT["block_m"], buffer_m=SPLIT["buffer_m"],
+                              seed=seed)
+        atomic_write(split_csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.7f"))
+        counts = table["split"].value_counts().to_dict()
+        _log(f"spatial split ({SPLIT['block_m']:g} m blocks, {SPLIT['buffer_m']:g} m buffer): {counts}", progress)
+    return split_csv
+
+
+def build_demo(out="runs/demo", seed: int = 0, steps: Optional[int] = None, models=None, samples_per_city=None,
+               cities=None, rebuild: bool = False, progress: bool = True, extra_overrides: tuple = ()) -> dict:
+    """Build what is missing of the bundle; -> {run_id: metrics}. See the module docstring."""
+    from swclip.evaluation import evaluate_run
+    from swclip.train_utils import load_config
+    from swclip.training import read_train_table, train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    timings = {}
+    split_csv = build_world(out / "world", seed, cities, samples_per_city, progress)
+    timings["world_s"] = time.perf_counter() - t_start
+    names = list(models or DEMO_MODELS)
+    unknown = [n for n in names if n not in DEMO_MODELS]
+    if unknown:
+        raise ValueError(f"unknown demo model(s) {unknown}; choose from {list(DEMO_MODELS)}")
+    results, table = {}, None
+    for i, run_id in enumerate(names):
+        run_dir = out / run_id
+        if (run_dir / ".complete").is_file() and not rebuild:
+            _log(f"[{i + 1}/{len(names)}] {run_id}: already built", progress)
+        else:
+            config, over = DEMO_MODELS[run_id]
+            over = list(over) + [f"run_id={run_id}", f"out_dir={out}", f"seed={seed}", f"data.table={split_csv}",
+                                 f"data.root={split_csv.parent}", f"progress={progress}", *extra_overrides]
+            if steps:
+                over.append(f"steps={steps}")
+            cfg = load_config(CONFIG_DIR / config, over)
+            if table is None:
+                table = read_train_table(cfg)
+            (run_dir / ".complete").unlink(missing_ok=True)
+            t0 = time.perf_counter()
+            _log(f"[{i + 1}/{len(names)}] training {run_id} ({cfg.loss.name}, {cfg.steps} steps of {cfg.batch_size})", progress)
+            train(cfg, table=table)
+            t1 = time.perf_counter()
+            evaluate_run(run_dir, progress=progress)
+            timings[run_id] = {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1}
+            (run_dir / ".complete").write_text(json.dumps(timings[run_id]))
+        results[run_id] = json.loads((run_dir / "metrics.json").read_text())
+    timings["total_s"] = time.perf_counter() - t_start
+    write_results(out, results, timings)
+    _log(f"done in {timings['total_s']:.0f} s\n" + results_markdown(results), progress)
+    tmp = out / f".complete.tmp{os.getpid()}"
+    tmp.write_text(json.dumps({"models": names, "seed": seed, "timings": timings}))
+    os.replace(tmp, out / ".complete")
+    return results
+
+
+def results_markdown(results: dict) -> str:
+    head = "| model | median error (m) | mean error (m) | acc@100 m | acc@250 m | acc@500 m | recall@1 |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
+    for run_id, m in results.items():
+        lines.append(f"| {run_id} | {m['median_m']:.0f} | {m['mean_m']:.0f} | {m['acc@100m']:.3f} | {m['acc@250m']:.3f} | "
+                     f"{m['acc@500m']:.3f} | {m.get('recall@1', float('nan')):.3f} |")
+    return "\n".join(lines)
+
+
+def write_results(out: Path, results: dict, timings: dict) -> None:
+    from swclip.runs import atomic_write_bytes, atomic_write_json
+
+    table = {run_id: {k: m.get(k) for k in TABLE_KEYS} for run_id, m in results.items()}
+    atomic_write_json(out / "results.json", {"results": table, "timings": timings})
+    atomic_write_bytes(out / "results.md", (results_markdown(results) + "\n").encode())

@@ -1,0 +1,174 @@
+"""Evaluate a trained run on held-out samples and write the artefacts the app reads.
+
+    evaluate_run("runs/demo/swclip-s50")                    # data and split from the run's manifest
+    evaluate_run("copied/run", table="/data/x.csv", root="/data")   # a run trained elsewhere
+
+What it does:
+    gallery      the training locations, duplicates removed, encoded by the location tower
+                 (swclip.index.Gallery.from_locations) -> gallery.npz
+    embeddings   every eval image through model.preprocess_val and the image tower -> embeddings.npy (N, D)
+    predictions  faiss top-k over the gallery (swclip.index.Predictor): top-1 is the prediction
+                 (pred_lat, pred_lon, error_m); the knn-kde estimate is kept beside it
+                 (kde_lat, kde_lon, kde_error_m, radius_m) -> predictions.parquet
+    metrics      swclip.metrics.summarize (metre and km thresholds, overall and per city),
+                 recall@1/5/10, the knn-kde summary -> metrics.json, and a summary in manifest.json
+
+recall@k is image → location retrieval inside the eval set: each eval image
+ranks the eval set's distinct locations; a hit is its own location among the
+first k. (The gallery holds training locations only, so a held-out place is
+never in it: the metre errors measure localisation, recall@k measures
+retrieval.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+RECALL_KS = (1, 5, 10)
+
+
+def _split_rows(table, split: Optional[str]):
+    if split and "split" in table.columns:
+        rows = table[table["split"] == split].reset_index(drop=True)
+        if len(rows) == 0:
+            raise ValueError(f"no rows with split == {split!r} (splits present: {sorted(table['split'].unique())})")
+        return rows
+    if split and split != "train":
+        raise ValueError(f"the table has no 'split' column, so split {split!r} cannot be selected; "
+                         "make one with swclip.data.spatial_split")
+    return table
+
+
+def encode_images(model, table, root, batch_size: int = 256, num_workers: int = 0, progress: bool = False) -> np.ndarray:
+    """Every image of ``table`` through model.preprocess_val and the image tower. -> (N, D) float32, L2-normalised."""
+    from swclip.data import ImageDataset
+
+    ds = ImageDataset(table, root, transform=model.preprocess_val)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    out = []
+    it = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="encoding eval images", leave=False)
+    with torch.inference_mode():
+        for batch in it:
+            out.append(model.encode_image(batch["image"]).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def retrieval_recall(model, image_embeddings: np.ndarray, latlon: np.ndarray, city=None, ks=RECALL_KS) -> dict:
+    """Image → location recall@k inside the eval set (see the module docstring)."""
+    from swclip.index import SearchIndex
+    from swclip.metrics import recall_at_k
+
+    uniq, inverse = np.unique(np.round(latlon, 7), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    first = np.zeros(len(uniq), dtype=np.int64)
+    first[inverse[::-1]] = np.arange(len(latlon))[::-1]
+    with torch.inference_mode():
+        loc = model.encode_location(latlon[first], None if city is None else list(np.asarray(city)[first])).cpu().numpy()
+    k = min(max(ks), len(uniq))
+    _, ranked = SearchIndex(loc, kind="flat").search(image_embeddings, k)
+    return recall_at_k(ranked, inverse, [kk for kk in ks if kk <= k])
+
+
+def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
+             bandwidth_m: Optional[float] = None, progress: bool = False) -> dict:
+    """-> {"predictions": DataFrame, "embeddings": (N, D), "gallery": Gallery, "metrics": dict}."""
+    import pandas as pd
+
+    from swclip.index import Gallery, Predictor
+    from swclip.metrics import errors_m, summarize
+
+    model.eval()
+    text = getattr(getattr(model, "config", None), "location_tower", "gps") == "text"
+    train_city = train_table["city"].astype(str).tolist() if text and "city" in train_table else None
+    gallery = Gallery.from_locations(model, train_table[["lat", "lon"]].to_numpy(np.float64), city=train_city,
+                                     progress=progress)
+    predictor = Predictor(model, gallery, bandwidth_m=bandwidth_m)
+    emb = encode_images(model, eval_table, root, batch_size, num_workers, progress)
+    preds = predictor.predict_embeddings(emb, top_k)
+    true = eval_table[["lat", "lon"]].to_numpy(np.float64)
+    pred = np.array([p.latlon for p in preds])
+    kde = np.array([p.estimate for p in preds])
+    err, kde_err = errors_m(pred, true), errors_m(kde, true)
+    city = eval_table["city"].astype(str).to_numpy() if "city" in eval_table else None
+    df = pd.DataFrame({
+        "id": eval_table["id"].astype(str).to_numpy() if "id" in eval_table else np.arange(len(eval_table)).astype(str),
+        "city": city if city is not None else "",
+        "lat": true[:, 0], "lon": true[:, 1],
+        "pred_lat": pred[:, 0], "pred_lon": pred[:, 1], "error_m": err,
+        "kde_lat": kde[:, 0], "kde_lon": kde[:, 1], "kde_error_m": kde_err,
+        "radius_m": [p.radius_m for p in preds],
+        "topk_lat": [p.latlon_topk[:, 0].tolist() for p in preds],
+        "topk_lon": [p.latlon_topk[:, 1].tolist() for p in preds],
+        "topk_prob": [p.prob.tolist() for p in preds],
+        "topk_score": [p.score.tolist() for p in preds],
+        "image": eval_table["image"].astype(str).to_numpy(),
+    })
+    metrics = summarize(err, city)
+    metrics.update(retrieval_recall(model, emb, true, city if text else None))
+    metrics["knn_kde"] = summarize(kde_err)
+    metrics["n_gallery"] = len(gallery)
+    metrics["top_k"] = int(top_k)
+    metrics["kde_bandwidth_m"] = predictor.bandwidth_m
+    return {"predictions": df, "embeddings": emb, "gallery": gallery, "metrics": metrics}
+
+
+def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = None, split: Optional[str] = None,
+                 train_split: Optional[str] = None, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
+                 device: str = "cpu", progress: bool = False, checkpoint: Optional[str] = None) -> dict:
+    """Evaluate a run directory in place; -> metrics.
+
+    table / root: the sample table and image root (default: the manifest's; give them for a run
+    trained elsewhere). split / train_split: eval and gallery splits (default: the manifest's,
+    else "test" / "train"). checkpoint: evaluate these weights (a checkpoints/step_* folder)
+    instead of the run's final model.safetensors; the run's model.safetensors and manifest are then
+    replaced by that checkpoint's weights, so the artefacts always match the run's weights.
+    """
+    from swclip.data import read_table
+    from swclip.runs import atomic_write_json, load_run, read_manifest, save_run
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    if checkpoint is not None:
+        from swclip.train_utils import load_checkpoint
+
+        run = load_run(run_dir, device=device)
+        weights, _, meta = load_checkpoint(checkpoint)
+        run.model.load_state_dict(weights)
+        keep = {k: v for k, v in manifest.items() if k not in ("schema_version", "model", "weights_sha256", "created_utc")}
+        save_run(run_dir, run.model, {**keep, "evaluated_checkpoint_step": meta.get("step")})
+    run = load_run(run_dir, device=device)
+    data = run.manifest.get("data", {}) or {}
+    table = table or data.get("table")
+    root = root if root is not None else (data.get("root") or None)
+    if not table:
+        raise ValueError(f"{run_dir}: the manifest names no data table; pass table= (and root=)")
+    if not Path(table).exists():
+        raise FileNotFoundError(f"sample table {table} not found (run trained elsewhere? pass table= and root=)")
+    full = read_table(table, root)
+    split = split or data.get("eval_split") or "test"
+    train_split = train_split or data.get("train_split") or "train"
+    eval_rows, train_rows = _split_rows(full, split), _split_rows(full, train_split)
+    root = root or str(Path(table).parent)
+    res = evaluate(run.model, train_rows, eval_rows, root, top_k, batch_size, num_workers,
+                   bandwidth_m=run.manifest.get("kde_bandwidth_m"), progress=progress)
+    from swclip import runs
+
+    runs.write_predictions(run_dir, res["predictions"])
+    runs.write_embeddings(run_dir, res["embeddings"])
+    runs.write_gallery(run_dir, res["gallery"])
+    metrics = {**res["metrics"], "eval_split": split, "gallery_split": train_split, "table": str(table)}
+    runs.write_metrics(run_dir, metrics)
+    summary_keys = ("n", "median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "acc@1km", "recall@1", "geoscore")
+    m = read_manifest(run_dir)
+    m["metrics"] = {k: metrics[k] for k in summary_keys if k in metrics}
+    m["kde_bandwidth_m"] = metrics["kde_bandwidth_m"]
+    atomic_write_json(run_dir / "manifest.json", m)
+    return metrics
