@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("swclip.cli", "print versions, the torch device and where runs are looked for"),
+    "synth": ("swclip.synth.cli", "render the procedural demo world (eight UK cities) into a folder"),
 }
 
 
