@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from swclip import appstate, maps
+from swclip import appstate, maps, runs
 
 APP_DIR = Path(__file__).resolve().parent
 ENV_RUNS_DIR = "SWCLIP_RUNS_DIR"
@@ -118,24 +118,33 @@ def install_static() -> str:
 
 
 @st.cache_data(show_spinner=False, ttl=10)
-def discover(runs_root: str) -> list[appstate.RunInfo]:
+def discover(runs_root: str) -> tuple[list, list]:
+    """(runs, broken) under the root; re-listed every 10 s so new runs appear."""
     return appstate.discover_runs(runs_root)
+
+
+def _run(runs_root: str, run_id: str) -> Optional[appstate.RunInfo]:
+    return next((r for r in discover(runs_root)[0] if r.run_id == run_id), None)
 
 
 @st.cache_data(show_spinner=False)
 def world(runs_root: str, run_id: str, stamp: float) -> Optional[dict]:
     """The demo world.json of a run (None for real data)."""
-    run = next((r for r in discover(runs_root) if r.run_id == run_id), None)
-    if run is None:
-        return None
-    return appstate.read_world(appstate.find_world(run, runs_root))
+    run = _run(runs_root, run_id)
+    return appstate.read_world(appstate.find_world(run, runs_root)) if run else None
+
+
+@st.cache_data(show_spinner=False)
+def streets(runs_root: str, run_id: str, stamp: float) -> dict:
+    """{city: street polylines} of a demo run's world ({} for real data)."""
+    run = _run(runs_root, run_id)
+    return appstate.read_streets(appstate.find_world(run, runs_root)) if run else {}
 
 
 @st.cache_data(show_spinner="Reading predictions…")
 def predictions(runs_root: str, run_id: str, stamp: float) -> pd.DataFrame:
     """predictions.parquet of a run (one row per evaluation sample)."""
-    path = appstate.inside_root(runs_root, Path(run_id) / "predictions.parquet")
-    return pd.read_parquet(path)
+    return runs.read_predictions(appstate.inside_root(runs_root, run_id))
 
 
 @st.cache_data(show_spinner=False)
@@ -187,13 +196,17 @@ def sidebar() -> View:
     if "runs_root" not in st.session_state:
         st.session_state["runs_root"] = default_runs_dir()
     runs_root = sb.text_input("Runs directory", key="runs_root", help="Folder of run directories; the app reads nothing outside it. Set with `--runs-dir` or $SWCLIP_RUNS_DIR.")
-    runs = discover(runs_root)
-    view = View(runs_root=runs_root, available=runs)
-    if not runs:
+    found, broken = discover(runs_root)
+    view = View(runs_root=runs_root, available=found)
+    if broken:
+        with sb.expander(f"{len(broken)} run(s) cannot be read"):
+            for run_id, err in broken:
+                st.caption(f"**{run_id}**: {err}")
+    if not found:
         sb.warning(f"No runs in `{runs_root}` yet.")
         st.session_state[_VIEW] = view
         return view
-    by_id = {r.run_id: r for r in runs}
+    by_id = {r.run_id: r for r in found}
     ids = list(by_id)
     with sb:
         chosen = url_widget(
@@ -268,10 +281,9 @@ def require_run(view: View, what: str = "this page") -> appstate.RunInfo:
 
 def context_for(view: View, run: appstate.RunInfo, city: Optional[str], latlon: np.ndarray) -> dict:
     """Local map context for one city: demo streets, else nearby place names."""
-    w = world(view.runs_root, run.run_id, run.stamp)
-    streets = appstate.city_streets(w, city) if city else []
-    if streets:
-        return {"streets": streets, "places": None}
+    lines = streets(view.runs_root, run.run_id, run.stamp).get(city, []) if city else []
+    if lines:
+        return {"streets": lines, "places": None}
     if len(latlon) == 0:
         return {"streets": [], "places": None}
     probe = latlon[np.linspace(0, len(latlon) - 1, min(len(latlon), 64)).astype(int)]
@@ -281,12 +293,9 @@ def context_for(view: View, run: appstate.RunInfo, city: Optional[str], latlon: 
 @st.cache_data(show_spinner=False)
 def train_log(runs_root: str, run_id: str, stamp: float) -> Optional[pd.DataFrame]:
     """train_log.csv of a run, or None."""
-    path = appstate.inside_root(runs_root, Path(run_id) / "train_log.csv")
-    if not path.is_file():
-        return None
     try:
-        return pd.read_csv(path)
-    except (OSError, ValueError, pd.errors.ParserError):
+        return runs.read_train_log(appstate.inside_root(runs_root, run_id))
+    except runs.RunError:
         return None
 
 
@@ -295,3 +304,20 @@ def city_deck(view: View, run: appstate.RunInfo, city: Optional[str], layers: li
     ctx = context_for(view, run, city, np.asarray(frame_latlon, dtype=np.float64).reshape(-1, 2))
     ctx_layers = maps.context_layers(ctx["streets"], ctx["places"], outlines=None)
     return maps.deck(ctx_layers + list(layers), frame_latlon, tooltip=tooltip, height_px=height_px, width_px=width_px, paper=bool(ctx["streets"]))
+
+
+@st.cache_data(show_spinner="Reading embeddings…")
+def embeddings(runs_root: str, run_id: str, stamp: float) -> Optional[np.ndarray]:
+    """embeddings.npy of a run as float32 (N, D), row-aligned with predictions; None when absent."""
+    try:
+        return np.asarray(runs.read_embeddings(appstate.inside_root(runs_root, run_id), mmap=False), dtype=np.float32)
+    except runs.RunError:
+        return None
+
+
+def city_rows(runs_root: str, run: appstate.RunInfo, city: Optional[str]) -> np.ndarray:
+    """Row indices of one city in a run's predictions (and so in its embeddings)."""
+    df = predictions(runs_root, run.run_id, run.stamp)
+    if city in (None, ALL_CITIES):
+        return np.arange(len(df))
+    return np.flatnonzero(df["city"].astype(str).to_numpy() == city)

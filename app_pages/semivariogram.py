@@ -1,9 +1,135 @@
-"""semivariogram page (being built)."""
+"""Semivariogram: how fast embeddings and errors decorrelate with distance, per city, and the σ it suggests."""
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 
 import app_support as sup
+from swclip import appstate, figures, maps
+from swclip.spatial_stats import local_morans_i, morans_i
+from swclip.variogram import MODELS, empirical_variogram, fit_best, fit_variogram, suggest_bandwidth
+
+LISA_RGB = {"HH": (215, 25, 28), "LL": (44, 123, 182), "HL": (253, 174, 97), "LH": (171, 217, 233), "ns": (150, 150, 150)}
 
 view = sup.current_view()
-sup.require_run(view)
-st.title("semivariogram")
+run = sup.require_run(view, "the semivariogram page")
+st.title("Semivariogram")
+
+df_all = sup.predictions(view.runs_root, run.run_id, run.stamp)
+cities = sorted(df_all["city"].astype(str).unique())
+city = view.city_or_none() or cities[0]
+if view.city_or_none() is None:
+    st.caption(f"Variograms are per city: showing **{city}** (pick another in the sidebar).")
+
+c1, c2, c3 = st.columns(3)
+with c1:
+    model = sup.url_widget(st.selectbox, "Model", "model", "best", valid=lambda v: v in ("best", *MODELS), options=["best", *MODELS], help="'best': the lowest RMSE of all scikit-gstat models")
+with c2:
+    n_bins = sup.url_widget(st.slider, "Lag bins", "bins", 15, parse=int, valid=lambda v: isinstance(v, int) and 5 <= v <= 40, min_value=5, max_value=40)
+with c3:
+    kernel = sup.url_widget(st.radio, "Kernel for the suggested σ", "vkernel", "gaussian", valid=lambda v: v in ("gaussian", "exponential"), options=["gaussian", "exponential"], horizontal=True)
+
+
+@st.cache_data(show_spinner="Fitting variograms…", max_entries=64)
+def variogram_of(runs_root, run_id, stamp, city, what, model, bins):
+    """Empirical + fitted variogram of a run's embeddings ('embedding') or log10 errors ('error') in one city."""
+    r = next(x for x in sup.discover(runs_root)[0] if x.run_id == run_id)
+    rows = sup.city_rows(runs_root, r, city)
+    df = sup.predictions(runs_root, run_id, stamp).iloc[rows]
+    latlon = df[["lat", "lon"]].to_numpy(np.float64)
+    if what == "embedding":
+        emb = sup.embeddings(runs_root, run_id, stamp)
+        if emb is None:
+            return None, None
+        emp = empirical_variogram(latlon, embeddings=emb[rows], bins=bins, max_pairs=300_000, seed=0)
+    else:
+        emp = empirical_variogram(latlon, values=np.log10(np.maximum(df["error_m"].to_numpy(np.float64), 1.0)), bins=bins, max_pairs=300_000, seed=0)
+    fit = fit_best(emp) if model == "best" else fit_variogram(emp, model)
+    return emp, fit
+
+
+def curve(name, emp, fit):
+    c = {"name": name, "lags_m": emp.lag_m, "gamma": emp.gamma}
+    if fit is not None and fit.ok:
+        h = np.linspace(0, float(np.nanmax(emp.bin_edges_m)), 200)
+        c.update(fit_h_m=h, fit_gamma=fit.gamma(h), range_m=fit.range_m)
+    return c
+
+
+def fit_row(name, emp, fit):
+    row = {"variogram": name, "model": fit.model if fit.ok else "—", "nugget": fit.nugget, "sill": fit.sill, "range (m)": fit.range_m,
+           f"suggested σ, {kernel} (m)": suggest_bandwidth(fit.range_m, kernel) if fit.ok else np.nan,
+           "pairs used": emp.n_pairs_used if emp is not None else 0, "note": "" if fit.ok else fit.reason}
+    if fit.ok and fit.range_at_bound:
+        row["note"] = "range at the largest lag: the true range may be longer"
+    return row
+
+
+world = sup.world(view.runs_root, run.run_id, run.stamp)
+true_ranges = appstate.city_true_ranges(world, city)
+
+curves, rows, suggested = [], [], None
+for r in view.selected:
+    emp, fit = variogram_of(view.runs_root, r.run_id, r.stamp, city, "embedding", model, n_bins)
+    if emp is None:
+        st.warning(f"{r.run_id} has no embeddings.npy: no embedding variogram.")
+        continue
+    curves.append(curve(r.run_id, emp, fit))
+    rows.append(fit_row(f"{r.run_id}: embeddings (1 − cos)", emp, fit))
+    if suggested is None and fit.ok:
+        suggested = suggest_bandwidth(fit.range_m, kernel)
+
+st.plotly_chart(
+    figures.variogram_figure(curves, sigma_m=view.sigma_m, suggested_sigma_m=suggested, true_ranges_m=list(true_ranges.values()),
+                             title=f"Embedding dissimilarity γ(h) in {city}", y_title="γ(h): mean 1 − cos between embeddings"),
+    width="stretch", key="vg_emb",
+)
+legend = "Black line: the sidebar σ. Orange dash-dot: the σ the main run's fitted range suggests. Dashed: fitted ranges."
+if true_ranges:
+    legend += f" Dotted grey: the demo world's true field ranges in {city} ({', '.join(f'{v:.0f}' for v in sorted(true_ranges.values()))} m)."
+st.caption(legend)
+
+emp_e, fit_e = variogram_of(view.runs_root, run.run_id, run.stamp, city, "error", model, n_bins)
+rows.append(fit_row(f"{run.run_id}: log10 error", emp_e, fit_e))
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+    "nugget": st.column_config.NumberColumn(format="%.4f"), "sill": st.column_config.NumberColumn(format="%.4f"),
+    "range (m)": st.column_config.NumberColumn(format="%.0f"), f"suggested σ, {kernel} (m)": st.column_config.NumberColumn(format="%.0f"),
+})
+
+st.subheader(f"Spatial structure of the errors of {run.run_id}")
+
+
+@st.cache_data(show_spinner="Moran's I and LISA (999 permutations)…", max_entries=32)
+def autocorrelation(runs_root, run_id, stamp, city):
+    df = sup.city_predictions(runs_root, run_id, stamp, city)
+    latlon = df[["lat", "lon"]].to_numpy(np.float64)
+    values = np.log10(np.maximum(df["error_m"].to_numpy(np.float64), 1.0))
+    return morans_i(values, latlon, k=8, permutations=999, seed=0), local_morans_i(values, latlon, k=8, permutations=999, seed=0)
+
+
+left, right = st.columns([1, 2])
+with left:
+    st.plotly_chart(
+        figures.variogram_figure([curve("log10 error", emp_e, fit_e)], sigma_m=view.sigma_m, title="Error variogram", y_title="γ(h) of log10 error"),
+        width="stretch", key="vg_err",
+    )
+gi, lisa = autocorrelation(view.runs_root, run.run_id, run.stamp, city)
+with right:
+    if gi.ok:
+        verdict = "errors cluster in space" if gi.I > gi.expected_I and gi.p_value < 0.05 else "no significant clustering" if gi.p_value >= 0.05 else "errors are dispersed"
+        st.markdown(f"**Global Moran's I** of log10 error (8 nearest neighbours): I = **{gi.I:.3f}** (expected {gi.expected_I:.3f} without structure), permutation p = **{gi.p_value:.3f}** ({gi.permutations} permutations): {verdict}.")
+    else:
+        st.info(f"No Moran's I: {gi.reason}")
+    if lisa.ok:
+        df = sup.city_predictions(view.runs_root, run.run_id, run.stamp, city)
+        labels = np.asarray(lisa.labels)
+        rgb = np.array([LISA_RGB.get(lab, LISA_RGB["ns"]) for lab in labels], dtype=np.uint8)
+        pts = maps.points_frame(df[["lat", "lon"]], rgb, id=df["id"].astype(str), error_m=df["error_m"].round(0), cluster=labels)
+        st.pydeck_chart(sup.city_deck(view, run, city, [maps.scatter_layer(pts, radius_m=18, alpha=240)], df[["lat", "lon"]].to_numpy(), tooltip={"text": "{id}: {cluster}, error {error_m} m"}, width_px=600), height=430, key="lisa")
+        counts = lisa.counts()
+        st.caption(
+            "LISA clusters (p ≤ 0.05): **HH** red, large errors among large errors ({HH}); **LL** blue, small among small ({LL}); "
+            "**HL** orange ({HL}) and **LH** light blue ({LH}) are outliers; grey not significant ({ns}).".format(**counts)
+        )
+    else:
+        st.info(f"No LISA map: {lisa.reason}")

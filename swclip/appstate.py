@@ -2,11 +2,13 @@
 
 The app reads run directories (DESIGN.md, "The run directory") under one
 root, and nothing outside it: every path that comes from a manifest, a
-predictions table or the URL goes through :func:`inside_root`, which refuses
-absolute paths and ``../`` escapes.
+predictions table or the URL goes through :func:`inside_root`
+(``swclip.runs.resolve_inside``), which refuses ``../`` escapes, absolute
+paths elsewhere and symlinks that leave the root.
 
-- :func:`discover_runs` finds runs (any folder with a manifest.json, up to
-  three levels down), newest first, and says which belong to the demo bundle.
+- :func:`discover_runs` lists runs (``swclip.runs.list_runs``), newest first,
+  says which belong to the demo bundle, and keeps broken ones apart with
+  their error.
 - :func:`find_world` finds the synthetic world a demo run was trained on, so
   the maps can draw its streets and the semivariogram page its true ranges.
 """
@@ -21,27 +23,16 @@ from typing import Any, Optional
 
 import numpy as np
 
+from swclip import runs
+
 MANIFEST = "manifest.json"
 WORLD = "world.json"
 MAX_DEPTH = 3
 
 
-class OutsideRootError(ValueError):
-    """A path points outside the runs directory."""
-
-
 def inside_root(root: Path | str, path: Path | str) -> Path:
-    """Resolve ``path`` (relative to ``root``, or absolute) and check it stays inside ``root``.
-
-    Symlinks are resolved before the check, so a link cannot escape either.
-    Raises OutsideRootError naming the offending path.
-    """
-    root_r = Path(root).resolve()
-    p = Path(path)
-    full = (p if p.is_absolute() else root_r / p).resolve()
-    if full != root_r and root_r not in full.parents:
-        raise OutsideRootError(f"refusing to read {str(path)!r}: it is outside the runs directory {str(root_r)!r}")
-    return full
+    """``path`` (relative to ``root``, or absolute) resolved; ``swclip.runs.RunError`` if it leaves ``root``."""
+    return runs.resolve_inside(root, path)
 
 
 @dataclass
@@ -62,27 +53,31 @@ class RunInfo:
             return 0.0
 
     @property
+    def loss_name(self) -> str:
+        loss = self.manifest.get("loss")
+        return str(loss.get("name", "")) if isinstance(loss, dict) else str(loss or "")
+
+    @property
     def sigma_m(self) -> Optional[float]:
-        """The run's soft-label bandwidth (None for one-hot CLIP)."""
-        loss = self.manifest.get("loss") or {}
-        for src in (loss, self.manifest):
-            for key in ("sigma_m", "sigma"):
-                v = src.get(key) if isinstance(src, dict) else None
-                if isinstance(v, (int, float)) and v > 0:
-                    return float(v)
-        return None
+        """The run's soft-label bandwidth in metres; None for one-hot CLIP.
+
+        The manifest's top-level ``sigma_m`` (0 for losses without soft
+        labels) wins over ``loss.sigma_m``, which keeps the config default
+        even for a one-hot run.
+        """
+        v = self.manifest.get("sigma_m")
+        if v is None and self.loss_name.startswith("swclip"):
+            v = (self.manifest.get("loss") or {}).get("sigma_m")
+        return float(v) if isinstance(v, (int, float)) and v > 0 else None
 
     @property
     def label(self) -> str:
-        """Short human label: id, loss kind and σ."""
-        loss = self.manifest.get("loss") or {}
-        kind = loss.get("name") or loss.get("kind") or self.manifest.get("loss_name") or ""
-        sigma = self.sigma_m
+        """Short human label: id, loss and σ."""
         bits = [self.run_id]
-        if kind:
-            bits.append(str(kind))
-        if sigma:
-            bits.append(f"σ={sigma:g} m")
+        if self.loss_name:
+            bits.append(self.loss_name)
+        if self.sigma_m:
+            bits.append(f"σ={self.sigma_m:g} m")
         return " · ".join(bits)
 
 
@@ -95,32 +90,31 @@ def _read_json(path: Path) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
-def discover_runs(runs_root: Path | str) -> list[RunInfo]:
-    """All runs under ``runs_root`` (folders holding manifest.json, depth ≤ 3), newest first.
+def discover_runs(runs_root: Path | str) -> tuple[list[RunInfo], list[tuple[str, str]]]:
+    """Runs under ``runs_root`` (folders holding manifest.json, depth ≤ 3), newest first.
 
-    A run is marked demo when its manifest says so (``demo: true`` or a data
-    source of kind ``synth``) or when a folder between it and the root holds
-    the world.json of the procedural world.
+    Returns (runs, broken): broken runs as (run_id, error) so the app can say
+    what is wrong with them instead of hiding them. A run is marked demo when
+    its manifest says so (``demo: true`` or a data source of kind ``synth``)
+    or when a folder between it and the root holds the procedural world's
+    world.json.
     """
     root = Path(runs_root)
     if not root.is_dir():
-        return []
+        return [], []
     root_r = root.resolve()
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root_r, followlinks=False):
-        rel = Path(dirpath).relative_to(root_r)
-        depth = len(rel.parts)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < MAX_DEPTH else []
-        if MANIFEST not in filenames or depth == 0:
+    found, broken = [], []
+    for info in runs.list_runs(root_r, max_depth=MAX_DEPTH):
+        if info.run_id == ".":
+            continue  # the root itself is not a run of this root
+        if info.error or not isinstance(info.manifest, dict):
+            broken.append((info.run_id, info.error or "manifest.json is not a JSON object"))
             continue
-        manifest = _read_json(Path(dirpath) / MANIFEST)
-        if manifest is None:
-            continue
-        run = RunInfo(rel.as_posix(), Path(dirpath), manifest)
+        run = RunInfo(Path(info.run_id).as_posix(), Path(info.path), info.manifest)
         run.is_demo = _looks_demo(run, root_r)
         found.append(run)
     found.sort(key=lambda r: (-r.stamp, r.run_id))
-    return found
+    return found, broken
 
 
 def _looks_demo(run: RunInfo, root: Path) -> bool:
@@ -128,7 +122,7 @@ def _looks_demo(run: RunInfo, root: Path) -> bool:
     if m.get("demo") is True:
         return True
     data = m.get("data") or {}
-    if isinstance(data, dict) and str(data.get("kind") or data.get("source") or "").lower() in ("synth", "demo", "procedural"):
+    if isinstance(data, dict) and data.get("synthetic") is True:
         return True
     return find_world(run, root) is not None
 
@@ -136,6 +130,14 @@ def _looks_demo(run: RunInfo, root: Path) -> bool:
 def find_world(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
     """world.json of the procedural world this run used, searched from the run up to the root."""
     root = Path(runs_root).resolve()
+    data = run.manifest.get("data")
+    if isinstance(data, dict) and data.get("root"):
+        try:
+            cand = inside_root(root, run.path / str(data["root"]) / WORLD) if not Path(str(data["root"])).is_absolute() else inside_root(root, Path(str(data["root"])) / WORLD)
+            if cand.is_file():
+                return cand
+        except runs.RunError:
+            pass  # a data root outside the runs directory is never read
     here = run.path.resolve()
     while True:
         for cand in (here / WORLD, here / "world" / WORLD):
@@ -166,17 +168,20 @@ def world_city(world: Optional[dict], city: Optional[str]) -> Optional[dict]:
     return None
 
 
-def city_streets(world: Optional[dict], city: Optional[str]) -> list[np.ndarray]:
-    """The city's street polylines as (M, 2) latlon arrays (empty when unknown)."""
-    entry = world_city(world, city)
-    if not entry:
-        return []
-    raw = entry.get("streets_latlon") or entry.get("streets") or []
-    out = []
-    for line in raw:
-        a = np.asarray(line, dtype=np.float64)
-        if a.ndim == 2 and a.shape[1] == 2 and len(a) >= 2 and np.isfinite(a).all():
-            out.append(a)
+def read_streets(world_path: Optional[Path]) -> dict[str, list[np.ndarray]]:
+    """{city: street polylines as (M, 2) latlon} from the streets.geojson beside world.json."""
+    if world_path is None:
+        return {}
+    geo = _read_json(Path(world_path).parent / "streets.geojson")
+    out: dict[str, list[np.ndarray]] = {}
+    for feat in (geo or {}).get("features", []):
+        try:
+            city = str(feat["properties"]["city"])
+            coords = np.asarray(feat["geometry"]["coordinates"], dtype=np.float64)[:, ::-1]  # [lon, lat] -> latlon
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+        if coords.ndim == 2 and len(coords) >= 2 and np.isfinite(coords).all():
+            out.setdefault(city, []).append(coords)
     return out
 
 
@@ -196,9 +201,12 @@ def city_true_ranges(world: Optional[dict], city: Optional[str]) -> dict[str, fl
 
 
 def read_metrics(run: RunInfo) -> dict:
-    """metrics.json of a run ({} when absent), else the manifest's metrics summary."""
-    m = _read_json(run.path / "metrics.json")
-    if m is None:
+    """metrics.json of a run, else the manifest's metrics summary, else {}."""
+    try:
+        m = runs.read_metrics(run.path)
+    except runs.RunError:
+        m = None
+    if not isinstance(m, dict):
         m = run.manifest.get("metrics") if isinstance(run.manifest.get("metrics"), dict) else {}
     return m
 

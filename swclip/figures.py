@@ -86,10 +86,12 @@ def error_histogram(errors: Mapping[str, Any], log_x: bool = True) -> go.Figure:
     allv = np.concatenate([np.asarray(v, dtype=np.float64) for v in errors.values()]) if errors else np.array([1.0])
     allv = allv[np.isfinite(allv)]
     lo, hi = max(float(allv.min()) if allv.size else 1.0, 1.0), max(float(allv.max()) if allv.size else 10.0, 10.0)
+    edges = (np.log10(lo), np.log10(hi)) if log_x else (0.0, hi)
+    xbins = dict(start=edges[0], end=edges[1] + 1e-9, size=max((edges[1] - edges[0]) / 40, 1e-6))  # shared bins
     for i, (name, v) in enumerate(errors.items()):
         v = np.asarray(v, dtype=np.float64)
         x = np.log10(np.maximum(v, 1.0)) if log_x else v
-        fig.add_trace(go.Histogram(x=x, name=str(name), opacity=0.6, marker_color=PALETTE[i % len(PALETTE)], nbinsx=40))
+        fig.add_trace(go.Histogram(x=x, name=str(name), opacity=0.6, marker_color=PALETTE[i % len(PALETTE)], xbins=xbins))
     if log_x:
         ticks = [t for t in (1, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 100_000, 1_000_000) if lo / 2 <= t <= hi * 2]
         fig.update_xaxes(tickvals=np.log10(ticks), ticktext=[f"{t:g}" for t in ticks], title="error (m, log scale)")
@@ -128,7 +130,7 @@ def variogram_figure(
     and ``fit_gamma`` for the model line, optional ``range_m``. Vertical lines:
     the sidebar σ, the σ the fitted range suggests, and true field ranges.
     """
-    fig = _fig(title, xaxis_title="lag h (m)", yaxis_title=y_title, height=380)
+    fig = _fig(title, xaxis_title="lag h (m)", yaxis_title=y_title, height=400, legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
     for i, c in enumerate(curves):
         colour = PALETTE[i % len(PALETTE)]
         fig.add_trace(go.Scatter(x=np.asarray(c["lags_m"]), y=np.asarray(c["gamma"]), mode="markers", name=f"{c['name']} (empirical)", marker=dict(color=colour, size=7)))
@@ -142,6 +144,9 @@ def variogram_figure(
         fig.add_vline(x=float(suggested_sigma_m), line_color=PALETTE[4], line_dash="dashdot", annotation_text=f"suggested σ {suggested_sigma_m:.0f} m", annotation_position="bottom right")
     for r in true_ranges_m:
         fig.add_vline(x=float(r), line_color="lightgrey", line_dash="dot")
+    lags = [float(np.nanmax(c["lags_m"])) for c in curves if len(c["lags_m"]) and np.isfinite(c["lags_m"]).any()]
+    if lags:
+        fig.update_xaxes(range=[0, max(lags) * 1.05])
     return fig
 
 

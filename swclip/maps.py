@@ -257,6 +257,9 @@ def hex_layer(bins: dict, vmin: float, vmax: float, log: bool = True, alpha: int
             "polygon": [p.round(6).tolist() for p in bins["polygon_lonlat"]],
             "value": np.round(bins["value"], 1),
             "count": bins["count"].astype(int),
+            # Named like the point layers' fields, so one tooltip template serves both.
+            "id": [f"hexagon of {c} sample(s), median" for c in bins["count"]],
+            "error_m": np.round(bins["value"], 0),
             "r": rgb[:, 0].astype(int),
             "g": rgb[:, 1].astype(int),
             "b": rgb[:, 2].astype(int),
