@@ -19,7 +19,9 @@ import plotly.graph_objects as go
 from swclip.soft_labels import kernel_weights
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-_LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=40), template="plotly_white", height=340)
+_LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=40), template="plotly_white", height=360,
+               legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))  # legend below: narrow columns keep their plot
+NICE_TICKS_M = (1, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 1_000_000, 10_000_000)
 
 
 def _fig(title: str, **layout: Any) -> go.Figure:
@@ -93,8 +95,8 @@ def error_histogram(errors: Mapping[str, Any], log_x: bool = True) -> go.Figure:
         x = np.log10(np.maximum(v, 1.0)) if log_x else v
         fig.add_trace(go.Histogram(x=x, name=str(name), opacity=0.6, marker_color=PALETTE[i % len(PALETTE)], xbins=xbins))
     if log_x:
-        ticks = [t for t in (1, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 100_000, 1_000_000) if lo / 2 <= t <= hi * 2]
-        fig.update_xaxes(tickvals=np.log10(ticks), ticktext=[f"{t:g}" for t in ticks], title="error (m, log scale)")
+        ticks = [t for t in NICE_TICKS_M if lo / 2 <= t <= hi * 2]
+        fig.update_xaxes(tickvals=np.log10(ticks), ticktext=[f"{t / 1000:g} km" if t >= 1000 else f"{t:g}" for t in ticks], title="error (m, log scale)")
     return fig
 
 
@@ -109,6 +111,10 @@ def error_cdf(errors: Mapping[str, Any], thresholds_m: Sequence[float] = (25, 50
         fig.add_trace(go.Scatter(x=np.maximum(v, 0.5), y=y, name=str(name), mode="lines", line=dict(color=PALETTE[i % len(PALETTE)], width=2, shape="hv")))
     for t in thresholds_m:
         fig.add_vline(x=t, line_dash="dot", line_color="lightgrey")
+    allv = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in errors.values()]) if errors else np.array([1.0])
+    lo, hi = max(float(np.nanmin(allv)), 0.5), max(float(np.nanmax(allv)), 1.0)
+    ticks = [t for t in NICE_TICKS_M if lo / 3 <= t <= hi * 3]
+    fig.update_xaxes(tickvals=ticks, ticktext=[f"{t / 1000:g} km" if t >= 1000 else f"{t:g}" for t in ticks])
     fig.update_yaxes(range=[0, 1.01])
     return fig
 
@@ -130,7 +136,7 @@ def variogram_figure(
     and ``fit_gamma`` for the model line, optional ``range_m``. Vertical lines:
     the sidebar σ, the σ the fitted range suggests, and true field ranges.
     """
-    fig = _fig(title, xaxis_title="lag h (m)", yaxis_title=y_title, height=400, legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
+    fig = _fig(title, xaxis_title="lag h (m)", yaxis_title=y_title, height=400)
     for i, c in enumerate(curves):
         colour = PALETTE[i % len(PALETTE)]
         fig.add_trace(go.Scatter(x=np.asarray(c["lags_m"]), y=np.asarray(c["gamma"]), mode="markers", name=f"{c['name']} (empirical)", marker=dict(color=colour, size=7)))

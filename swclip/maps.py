@@ -63,6 +63,14 @@ def ramp(values: Any, vmin: float, vmax: float, log: bool = False, reverse: bool
     return np.round(_VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac).astype(np.uint8)
 
 
+def diverging(values: Any, limit: float) -> np.ndarray:
+    """Blue (negative, better) through light grey (0) to red (positive, worse). (N,) -> (N, 3) uint8."""
+    t = np.clip(np.asarray(values, dtype=np.float64) / max(float(limit), 1e-12), -1.0, 1.0)[:, None]
+    mid, neg, pos = np.array([225, 225, 225.0]), np.array([33, 102, 172.0]), np.array([178, 24, 43.0])
+    rgb = np.where(t < 0, mid + (neg - mid) * (-t), mid + (pos - mid) * t)
+    return np.round(rgb).astype(np.uint8)
+
+
 def position_colours(latlon: Any) -> np.ndarray:
     """A 2-D colour wheel over the points' extent: east -> red, north -> green.
 
@@ -225,7 +233,7 @@ def scatter_layer(df: pd.DataFrame, radius_m: float = 12.0, alpha: int = 220, pi
         get_position="[lon, lat]",
         get_fill_color=f"[r, g, b, {alpha}]",
         get_radius=radius_m,
-        radius_min_pixels=2,
+        radius_min_pixels=3,
         radius_max_pixels=30,
         pickable=pickable,
         **kw,

@@ -1,0 +1,63 @@
+"""swclip.compare: paired bootstrap against scipy.stats.bootstrap, joins and manifest diffs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from swclip.compare import STATISTICS, manifest_diff, paired_bootstrap, paired_errors
+
+
+def test_paired_bootstrap_matches_scipy_percentile_intervals():
+    rng = np.random.default_rng(0)
+    a = rng.lognormal(5.0, 1.0, 400)
+    b = a * rng.lognormal(-0.2, 0.3, 400)  # B is better on the same samples
+    ours = paired_bootstrap(a, b, {"median_m": STATISTICS["median_m"], "acc@100m": STATISTICS["acc@100m"]}, n_boot=4000, seed=1).set_index("statistic")
+
+    def diff_median(x, y, axis=-1):
+        return np.median(y, axis=axis) - np.median(x, axis=axis)
+
+    ref = stats.bootstrap((a, b), diff_median, paired=True, n_resamples=4000, method="percentile", confidence_level=0.95, random_state=2)
+    lo, hi = ref.confidence_interval
+    scale = hi - lo
+    assert abs(ours.loc["median_m", "diff_lo"] - lo) < 0.1 * scale
+    assert abs(ours.loc["median_m", "diff_hi"] - hi) < 0.1 * scale
+    assert ours.loc["median_m", "diff"] == pytest.approx(np.median(b) - np.median(a))
+    assert ours.loc["median_m", "diff_hi"] < 0  # the improvement is clear
+
+    ref_a = stats.bootstrap((a,), lambda x, axis=-1: np.mean(x <= 100, axis=axis), n_resamples=4000, method="percentile", random_state=3)
+    lo, hi = ref_a.confidence_interval
+    assert abs(ours.loc["acc@100m", "a_lo"] - lo) < 0.02 and abs(ours.loc["acc@100m", "a_hi"] - hi) < 0.02
+
+
+def test_paired_bootstrap_of_identical_runs_has_a_zero_difference():
+    e = np.random.default_rng(1).lognormal(4, 1, 50)
+    out = paired_bootstrap(e, e, n_boot=200)
+    assert (out["diff"] == 0).all() and (out["diff_lo"] == 0).all() and (out["diff_hi"] == 0).all()
+    assert (out["a_lo"] <= out["a"]).all() and (out["a"] <= out["a_hi"]).all()
+
+
+def test_paired_bootstrap_rejects_unpaired_input():
+    with pytest.raises(ValueError, match="paired"):
+        paired_bootstrap([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_bootstrap([1.0], [1.0])
+
+
+def test_paired_errors_joins_on_id():
+    a = pd.DataFrame({"id": ["x", "y", "z"], "lat": [1.0, 2, 3], "lon": [1.0, 2, 3], "error_m": [10.0, 20, 30], "city": ["c"] * 3})
+    b = pd.DataFrame({"id": ["z", "x", "w"], "lat": [3.0, 1, 9], "lon": [3.0, 1, 9], "error_m": [3.0, 1, 9]})
+    j = paired_errors(a, b).set_index("id")
+    assert sorted(j.index) == ["x", "z"]
+    assert j.loc["z", "error_a_m"] == 30 and j.loc["z", "error_b_m"] == 3
+    with pytest.raises(ValueError, match="share no evaluation sample"):
+        paired_errors(a, b.assign(id=["p", "q", "r"]))
+    with pytest.raises(ValueError, match="lack column"):
+        paired_errors(a.drop(columns="error_m"), b)
+
+
+def test_manifest_diff_lists_only_changed_keys():
+    a = {"loss": {"name": "clip", "sigma_m": 150}, "seed": 0, "created_utc": "t1", "model": {"arch": "tiny"}}
+    b = {"loss": {"name": "swclip", "sigma_m": 150}, "seed": 0, "created_utc": "t2", "model": {"arch": "tiny"}, "nc_weight": 0.5}
+    d = manifest_diff(a, b)
+    assert d.to_dict("records") == [{"key": "loss.name", "a": "clip", "b": "swclip"}, {"key": "nc_weight", "a": "(absent)", "b": "0.5"}]
