@@ -144,7 +144,7 @@ def check_image_file(path, decode: bool = False) -> str | None:
     except UnidentifiedImageError:
         return "not an image Pillow can read"
     except Exception as e:
-        return f"unreadable ({e})"
+        return f"truncated or corrupt ({e})"
     return None
 
 
@@ -166,7 +166,7 @@ class ImageDataset:
 
         self.root = Path(root)
         self.paths = [resolve_image_path(self.root, p) for p in table["image"].astype(str)]
-        self.latlon = torch.as_tensor(table[["lat", "lon"]].to_numpy(dtype=np.float64))  # (N, 2)
+        self.latlon = torch.tensor(table[["lat", "lon"]].to_numpy(dtype=np.float64, copy=True))  # (N, 2)
         if transform is None:
             from torchvision.transforms import ToTensor
 
