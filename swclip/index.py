@@ -1,0 +1,380 @@
+"""From an image to places: gallery, faiss search, top-k probabilities, knn-kde.
+
+    predictor = Predictor.from_run("runs/demo/swclip_sigma50")     # model + gallery + faiss index, built once
+    [p] = predictor.predict([pil_image], top_k=5)
+    p.latlon_topk (5, 2), p.prob (5,), p.estimate (lat, lon) (knn-kde), p.radius_m
+
+A ``Gallery`` holds candidate locations (N, 2) and their L2-normalised
+embeddings (N, D) float32: by default the training locations with duplicates
+removed, encoded once by the location tower (kind="location"), or
+training-image embeddings with their locations (kind="image", the "Revisiting
+IM2GPS" kNN baseline, also the app's "nearest training images").
+
+Search is inner product (= cosine) with faiss: exact ``IndexFlatIP`` up to
+``EXACT_MAX`` entries, IVF beyond (HNSW on request); tests/test_index.py
+measures the approximate indexes' recall@10 against exact search.
+
+Probabilities: softmax of logit_scale · cos over the k retrieved candidates
+(the rest of the gallery counts as zero mass). The knn-kde estimate (Vo et al.
+2017) is the mode of a Gaussian kernel density over the candidates' positions,
+weighted by those probabilities, found on the sphere (unit vectors), so
+candidates on both sides of the antimeridian average to the right place.
+``radius_m`` is the probability-weighted mean geodesic distance of the
+candidates from the estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from swclip.geo import EARTH_RADIUS_M, check_latlon, haversine_m, unit_vectors
+
+EXACT_MAX = 1_000_000
+GALLERY_KINDS = ("location", "image")
+
+
+# ------------------------------------------------------------------------------------------ gallery
+
+
+@dataclass
+class Gallery:
+    """Candidates for search. latlon: (N, 2) float64 degrees; embeddings: (N, D) float32, L2-normalised;
+    kind: "location" or "image"; ids: optional (N,) str (e.g. training-image ids or paths)."""
+
+    latlon: np.ndarray
+    embeddings: np.ndarray
+    kind: str = "location"
+    ids: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        self.latlon = np.ascontiguousarray(self.latlon, dtype=np.float64)
+        self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+        check_latlon(self.latlon, "gallery latlon")
+        if self.kind not in GALLERY_KINDS:
+            raise ValueError(f"gallery kind must be one of {GALLERY_KINDS}, got {self.kind!r}")
+        if self.embeddings.ndim != 2 or len(self.embeddings) != len(self.latlon):
+            raise ValueError(f"gallery embeddings must be (N, D) with N = {len(self.latlon)} locations, "
+                             f"got {self.embeddings.shape}")
+        if len(self.latlon) == 0:
+            raise ValueError("gallery is empty")
+        if not np.isfinite(self.embeddings).all():
+            raise ValueError("gallery embeddings contain NaN or inf")
+        norms = np.linalg.norm(self.embeddings, axis=1)
+        if np.abs(norms - 1).max() > 1e-3:
+            raise ValueError(f"gallery embeddings must be L2-normalised; norms range {norms.min():.4f}..{norms.max():.4f}")
+        if self.ids is not None:
+            self.ids = np.asarray(self.ids).astype(str)
+            if self.ids.shape != (len(self.latlon),):
+                raise ValueError(f"gallery ids must be (N,) = ({len(self.latlon)},), got {self.ids.shape}")
+
+    def __len__(self) -> int:
+        return len(self.latlon)
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    @classmethod
+    def from_locations(cls, model, latlon, city: Optional[Sequence[str]] = None, dedup: bool = True,
+                       batch_size: int = 4096, progress: bool = False) -> "Gallery":
+        """Encode candidate locations with ``model.encode_location``, once.
+
+        latlon: (N, 2) degrees; city: N names (read by a text tower's template; kept per row).
+        dedup: drop exact duplicate coordinates (rounded to 1e-7°, about 1 cm), keeping the first.
+        """
+        latlon = np.asarray(latlon, dtype=np.float64)
+        check_latlon(latlon, "gallery latlon")
+        city = None if city is None else np.asarray(city).astype(str)
+        if dedup:
+            _, first = np.unique(np.round(latlon, 7), axis=0, return_index=True)
+            keep = np.sort(first)
+            latlon = latlon[keep]
+            city = None if city is None else city[keep]
+        chunks = []
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(latlon), batch_size)
+        with torch.inference_mode():
+            for s in tqdm(starts, desc="encoding gallery", disable=not progress or len(starts) < 2):
+                c = None if city is None else list(city[s:s + batch_size])
+                chunks.append(model.encode_location(latlon[s:s + batch_size], c).cpu().numpy())
+        return cls(latlon, np.concatenate(chunks), "location", ids=city)
+
+    def save(self, path) -> Path:
+        """gallery.npz, atomically (latlon, embeddings, kind, ids); no pickled objects."""
+        from swclip.runs import atomic_write
+
+        arrays = {"latlon": self.latlon, "embeddings": self.embeddings, "kind": np.array(self.kind)}
+        if self.ids is not None:
+            arrays["ids"] = self.ids
+        path = Path(path)
+
+        def write(tmp: Path):
+            with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the temp name
+                np.savez(f, **arrays)
+
+        return atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path) -> "Gallery":
+        """Inverse of :meth:`save`; ValueError naming the problem for a corrupt or malformed file."""
+        from swclip.runs import RunError
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except Exception as e:  # OSError, ValueError (pickled arrays), zipfile.BadZipFile, EOFError ...
+            raise RunError(f"{path} is not a readable gallery .npz (corrupt, truncated or pickled): {e}") from None
+        missing = [k for k in ("latlon", "embeddings") if k not in data]
+        if missing:
+            raise RunError(f"{path} lacks array(s) {missing}; has {sorted(data)}")
+        try:
+            return cls(data["latlon"], data["embeddings"], str(data.get("kind", "location")), data.get("ids"))
+        except ValueError as e:
+            raise RunError(f"{path}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------- faiss index
+
+
+class SearchIndex:
+    """Inner-product search over (N, D) float32 L2-normalised vectors.
+
+    kind: "auto" (flat up to EXACT_MAX, IVF beyond), "flat" (exact), "ivf" or "hnsw" (approximate).
+    nprobe (IVF) and ef_search (HNSW) trade speed for recall; the defaults reach recall@10 >= 0.95
+    in tests/test_index.py. seed: seeds IVF's k-means.
+    """
+
+    def __init__(self, embeddings: np.ndarray, kind: str = "auto", nlist: Optional[int] = None,
+                 nprobe: Optional[int] = None, hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128,
+                 seed: int = 0):
+        import faiss
+
+        x = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if x.ndim != 2 or len(x) == 0:
+            raise ValueError(f"index needs a non-empty (N, D) array, got {x.shape}")
+        n, d = x.shape
+        if kind == "auto":
+            kind = "flat" if n <= EXACT_MAX else "ivf"
+        if kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif kind == "ivf":
+            nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))  # faiss wants >= 39 points per centroid
+            quantizer = faiss.IndexFlatIP(d)
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = seed
+            rng = np.random.default_rng(seed)
+            train = x if n <= 256 * nlist else x[rng.choice(n, 256 * nlist, replace=False)]
+            index.train(train)
+            index.nprobe = nprobe or max(1, min(nlist, nlist // 16 + 8))
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction, index.hnsw.efSearch = ef_construction, ef_search
+        else:
+            raise ValueError(f"index kind must be auto, flat, ivf or hnsw, got {kind!r}")
+        index.add(x)
+        self.index, self.kind, self.ntotal, self.dim = index, kind, n, d
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """queries: (Q, D) -> (scores (Q, k) float32 cosine, indices (Q, k) int64), best first."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must be (Q, {self.dim}), got {q.shape}")
+        k = min(int(k), self.ntotal)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return self.index.search(q, k)
+
+
+# ------------------------------------------------------------------------------------------- knn-kde
+
+
+def _to_latlon(xyz: np.ndarray) -> np.ndarray:
+    """(..., 3) vectors (any length) -> (..., 2) latlon degrees."""
+    xyz = xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
+    lat = np.degrees(np.arcsin(np.clip(xyz[..., 2], -1.0, 1.0)))
+    lon = np.degrees(np.arctan2(xyz[..., 1], xyz[..., 0]))
+    return np.stack([lat, lon], -1)
+
+
+def kde_density(at_latlon, latlon_candidates, weights, bandwidth_m: float) -> np.ndarray:
+    """Σ_j w_j exp(−d(at, c_j)² / 2h²) at each row of ``at_latlon`` (M, 2) -> (M,). d geodesic metres."""
+    at, c = np.asarray(at_latlon, np.float64), np.asarray(latlon_candidates, np.float64)
+    d = haversine_m(at[:, None, :], c[None, :, :], check=False)  # (M, K)
+    return (np.exp(-0.5 * (d / bandwidth_m) ** 2) * np.asarray(weights, np.float64)[None, :]).sum(1)
+
+
+def knn_kde(latlon_candidates, weights, bandwidth_m: float, iters: int = 30, tol_m: float = 0.01) -> tuple[float, float]:
+    """Mode of the weighted Gaussian kernel density over the candidates (Vo et al. 2017), geodesically.
+
+    latlon_candidates: (K, 2) degrees; weights: (K,) >= 0 (e.g. probabilities); bandwidth_m: the
+    kernel's σ in metres. Starts at the densest candidate and runs mean-shift on the unit sphere
+    (weighted mean of unit vectors, renormalised), so it never averages raw lat/lon and works across
+    the antimeridian and near the poles. Returns (lat, lon) degrees, lon in [-180, 180].
+    """
+    c = np.asarray(latlon_candidates, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    check_latlon(c, "latlon_candidates")
+    if w.shape != (len(c),):
+        raise ValueError(f"weights must be (K,) = ({len(c)},), got {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("weights must be finite, >= 0 and not all zero")
+    if not bandwidth_m > 0:
+        raise ValueError(f"bandwidth_m must be > 0, got {bandwidth_m}")
+    xyz = unit_vectors(c)  # (K, 3)
+    density = kde_density(c, c, w, bandwidth_m)
+    x = xyz[int(np.argmax(density))]
+    for _ in range(iters):
+        d = 2.0 * EARTH_RADIUS_M * np.arcsin(np.clip(np.linalg.norm(xyz - x, axis=1) / 2.0, 0.0, 1.0))  # (K,)
+        k = w * np.exp(-0.5 * (d / bandwidth_m) ** 2)
+        if k.sum() <= 0:  # every candidate far beyond the bandwidth of x: stay on the densest candidate
+            break
+        new = (k[:, None] * xyz).sum(0)
+        new /= np.linalg.norm(new)
+        step_m = 2.0 * EARTH_RADIUS_M * math.asin(min(1.0, float(np.linalg.norm(new - x)) / 2.0))
+        x = new
+        if step_m < tol_m:
+            break
+    lat, lon = _to_latlon(x)
+    return float(lat), float(lon)
+
+
+def weighted_radius_m(center_latlon, latlon_candidates, weights) -> float:
+    """Σ w_j d(center, c_j) / Σ w_j in metres: the probability-weighted spread about ``center``."""
+    c = np.asarray(latlon_candidates, np.float64)
+    w = np.asarray(weights, np.float64)
+    d = haversine_m(np.broadcast_to(np.asarray(center_latlon, np.float64), c.shape), c, check=False)
+    return float((w * d).sum() / w.sum())
+
+
+def softmax_np(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def median_spacing_m(latlon: np.ndarray, sample: int = 10_000, seed: int = 0) -> float:
+    """Median distance from a gallery point to its nearest other point (metres), from a sample."""
+    from scipy.spatial import cKDTree
+
+    xyz = unit_vectors(np.asarray(latlon, np.float64))
+    if len(xyz) < 2:
+        return 0.0
+    tree = cKDTree(xyz)
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(xyz), min(sample, len(xyz)), replace=False)
+    chord, _ = tree.query(xyz[idx], k=2)
+    return float(np.median(2.0 * EARTH_RADIUS_M * np.arcsin(np.clip(chord[:, 1] / 2.0, 0.0, 1.0))))
+
+
+# ---------------------------------------------------------------------------------------- prediction
+
+
+@dataclass
+class Prediction:
+    """One image's answer.
+
+    latlon_topk: (k, 2) candidates, best first; prob: (k,) softmax over them; score: (k,) cosine;
+    index: (k,) gallery rows; ids: (k,) gallery ids or None; estimate: (lat, lon) knn-kde;
+    radius_m: probability-weighted mean distance of the candidates from the estimate.
+    ``latlon`` is the top-1 candidate (retrieval prediction).
+    """
+
+    latlon_topk: np.ndarray
+    prob: np.ndarray
+    score: np.ndarray
+    index: np.ndarray
+    estimate: tuple[float, float]
+    radius_m: float
+    ids: Optional[np.ndarray] = None
+
+    @property
+    def latlon(self) -> tuple[float, float]:
+        return float(self.latlon_topk[0, 0]), float(self.latlon_topk[0, 1])
+
+    def as_rows(self) -> list[dict]:
+        """[{rank, lat, lon, prob, score}] for tables."""
+        return [{"rank": r + 1, "lat": float(ll[0]), "lon": float(ll[1]), "prob": float(p), "score": float(s)}
+                for r, (ll, p, s) in enumerate(zip(self.latlon_topk, self.prob, self.score))]
+
+
+class Predictor:
+    """Model + gallery + faiss index, built once; queries never re-encode the gallery.
+
+    bandwidth_m: knn-kde kernel σ in metres; None takes 4 × the gallery's median nearest-neighbour
+    spacing (street level: tens of metres; a global gallery: kilometres). index_kind: see SearchIndex.
+    """
+
+    def __init__(self, model, gallery: Gallery, bandwidth_m: Optional[float] = None, index_kind: str = "auto",
+                 batch_size: int = 64):
+        if gallery.dim != model.embed_dim:
+            raise ValueError(f"gallery embeddings are {gallery.dim}-d but the model embeds to {model.embed_dim}-d: "
+                             "gallery and model come from different runs")
+        self.model = model.eval()
+        self.gallery = gallery
+        self.index = SearchIndex(gallery.embeddings, kind=index_kind)
+        spacing = median_spacing_m(gallery.latlon)
+        self.bandwidth_m = float(bandwidth_m) if bandwidth_m else max(4.0 * spacing, 1.0)
+        self.batch_size = int(batch_size)
+        with torch.no_grad():
+            self.logit_scale = float(model.scale())
+
+    @classmethod
+    def from_run(cls, run_dir, runs_root=None, gallery: str = "gallery", device: str = "cpu", **kwargs) -> "Predictor":
+        """Load a run (swclip.runs.load_run) and its gallery.npz (or gallery="image_gallery").
+
+        The knn-kde bandwidth comes from ``kwargs``, else the manifest's ``kde_bandwidth_m``, else the gallery.
+        """
+        from swclip.runs import load_run
+
+        run = load_run(run_dir, runs_root=runs_root, device=device)
+        kwargs.setdefault("bandwidth_m", run.manifest.get("kde_bandwidth_m"))
+        predictor = cls(run.model, run.gallery(gallery), **kwargs)
+        predictor.run = run
+        return predictor
+
+    def _encode_batch(self, images: Sequence) -> np.ndarray:
+        batch = torch.stack([self.model.preprocess_val(im) for im in images])  # (B, 3, H, W)
+        with torch.inference_mode():
+            return self.model.encode_image(batch).cpu().numpy()  # (B, D)
+
+    def encode(self, images: Sequence, progress: bool = True) -> np.ndarray:
+        """PIL images -> (N, D) float32 L2-normalised embeddings, in batches with a progress bar."""
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(images), self.batch_size)
+        out = [self._encode_batch(images[s:s + self.batch_size])
+               for s in tqdm(starts, desc="encoding images", disable=not progress or len(starts) < 2)]
+        return np.concatenate(out) if out else np.zeros((0, self.gallery.dim), np.float32)
+
+    def predict_embeddings(self, embeddings: np.ndarray, top_k: int = 5) -> list[Prediction]:
+        """(Q, D) L2-normalised image embeddings -> Q predictions (search, softmax, knn-kde, radius)."""
+        scores, idx = self.index.search(embeddings, top_k)
+        probs = softmax_np(self.logit_scale * scores.astype(np.float64))
+        out = []
+        for s, i, p in zip(scores, idx, probs):
+            ll = self.gallery.latlon[i]
+            est = knn_kde(ll, p, self.bandwidth_m)
+            out.append(Prediction(ll, p, s, i, est, weighted_radius_m(est, ll, p),
+                                  None if self.gallery.ids is None else self.gallery.ids[i]))
+        return out
+
+    def predict(self, images: Sequence, top_k: int = 5, progress: bool = True) -> list[Prediction]:
+        """list of PIL images (decode with swclip.data.open_image) -> list of Prediction, one per image.
+
+        Streams: each batch is preprocessed, encoded and searched before the next is touched.
+        """
+        from tqdm.auto import tqdm
+
+        images = list(images)
+        starts = range(0, len(images), self.batch_size)
+        out: list[Prediction] = []
+        for s in tqdm(starts, desc="predicting", disable=not progress or len(starts) < 2):
+            out += self.predict_embeddings(self._encode_batch(images[s:s + self.batch_size]), top_k)
+        return out

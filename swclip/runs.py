@@ -1,0 +1,439 @@
+"""Run directories that describe themselves (DESIGN.md, "The run directory").
+
+    runs/<run_id>/
+      manifest.json        schema_version, model config (rebuilds the model), git commit, library
+                           versions, weights sha256, and whatever training passes: loss, σ, λ, data hash,
+                           split, seeds, metrics summary
+      model.safetensors    weights
+      predictions.parquet  embeddings.npy  gallery.npz  metrics.json  train_log.csv   (artefacts)
+
+Every file is written atomically (a temporary file in the same folder, then
+os.replace), and manifest.json is written last: a run whose manifest exists is
+complete, and a killed write never leaves a half-file that loads.
+
+Loading rebuilds the model from the manifest alone, then loads the weights
+strictly; a missing key, a wrong shape, an unknown schema version, a corrupt
+file or weights that do not match the manifest's sha256 raise RunError naming
+the problem. Nothing here unpickles: numpy files load with allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+ARTEFACTS = {  # name -> file name inside the run directory
+    "predictions": "predictions.parquet",
+    "embeddings": "embeddings.npy",
+    "gallery": "gallery.npz",
+    "image_gallery": "image_gallery.npz",  # optional: training-image embeddings for image-gallery kNN
+    "metrics": "metrics.json",
+    "train_log": "train_log.csv",
+}
+RESERVED_KEYS = ("schema_version", "model", "weights_sha256", "created_utc")
+_VERSIONED = ("torch", "torchvision", "open_clip", "numpy", "faiss", "safetensors", "pandas", "swclip")
+
+
+class RunError(ValueError):
+    """A run directory or one of its files is missing, corrupt or does not match its manifest."""
+
+
+# --------------------------------------------------------------------------------------------- paths
+
+
+def resolve_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``path`` (absolute, or relative to ``root``) resolved, symlinks included; RunError if it leaves ``root``."""
+    root_r = Path(root).resolve()
+    p = Path(path)
+    p_r = (p if p.is_absolute() else root_r / p).resolve()
+    if p_r != root_r and root_r not in p_r.parents:
+        raise RunError(f"path {str(path)!r} escapes the runs root {str(root_r)!r}; refusing to read it")
+    return p_r
+
+
+# ---------------------------------------------------------------------------------------- atomic I/O
+
+
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], Any]) -> Path:
+    """Write ``path`` atomically: ``write_fn(tmp_path)`` writes a temporary file in the same folder,
+    which is fsynced and then renamed over ``path`` (os.replace). If ``write_fn`` raises or the
+    process dies, ``path`` keeps its old content (or stays absent) and the temporary file is removed
+    (on an exception). Training checkpoints use this too:
+    ``atomic_write(p, lambda tmp: torch.save(state, tmp))``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a run is meant to be read by the app's user too
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_json(path, obj: Any) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode())
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (Path,)):
+        return str(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------- provenance
+
+
+def library_versions() -> dict:
+    """Versions of the libraries a run depends on ({name: version or None})."""
+    out = {}
+    for name in _VERSIONED:
+        try:
+            out[name] = getattr(importlib.import_module(name), "__version__", None)
+        except ImportError:
+            out[name] = None
+    return out
+
+
+def git_commit(repo_dir: str | os.PathLike | None = None) -> Optional[str]:
+    """HEAD commit of the repository holding this package (suffix "-dirty" with local changes), or None."""
+    repo_dir = Path(repo_dir or Path(__file__).resolve().parent.parent)
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_dir,
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# -------------------------------------------------------------------------------------- artefacts
+
+
+def write_predictions(run_dir, df) -> Path:
+    """predictions.parquet: one row per eval sample (id, city, lat, lon, pred_lat, pred_lon, error_m, ...)."""
+    return atomic_write(Path(run_dir) / ARTEFACTS["predictions"], lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def read_predictions(run_dir):
+    import pandas as pd
+
+    path = _artefact_path(run_dir, "predictions")
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise RunError(f"{path} is not a readable parquet file: {e}") from e
+
+
+def write_embeddings(run_dir, embeddings: np.ndarray, dtype=np.float16) -> Path:
+    """embeddings.npy: (N, D) eval image embeddings, row-aligned with predictions (float16 by default)."""
+    arr = np.ascontiguousarray(np.asarray(embeddings), dtype=dtype)
+    if arr.ndim != 2:
+        raise ValueError(f"embeddings must be (N, D), got {arr.shape}")
+    def write(tmp: Path):
+        with open(tmp, "wb") as f:  # a file object: numpy would append ".npy" to the temp name
+            np.save(f, arr, allow_pickle=False)
+
+    return atomic_write(Path(run_dir) / ARTEFACTS["embeddings"], write)
+
+
+def read_embeddings(run_dir, mmap: bool = True) -> np.ndarray:
+    """(N, D) as stored (float16 or float32); memory-mapped by default."""
+    path = _artefact_path(run_dir, "embeddings")
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:
+        raise RunError(f"{path} is not a plain numpy array file (pickled objects are refused): {e}") from e
+    except OSError as e:
+        raise RunError(f"{path} is not a readable .npy file: {e}") from e
+    if arr.ndim != 2:
+        raise RunError(f"{path} must hold an (N, D) array, got shape {arr.shape}")
+    return arr
+
+
+def write_gallery(run_dir, gallery) -> Path:
+    """gallery.npz from a swclip.index.Gallery."""
+    return gallery.save(Path(run_dir) / ARTEFACTS["gallery"])
+
+
+def read_gallery(run_dir, name: str = "gallery"):
+    """gallery.npz (name="gallery", candidate locations) or image_gallery.npz (name="image_gallery")."""
+    from swclip.index import Gallery
+
+    return Gallery.load(_artefact_path(run_dir, name))
+
+
+def write_image_gallery(run_dir, gallery) -> Path:
+    """image_gallery.npz: training-image embeddings and their locations (Gallery with kind="image")."""
+    return gallery.save(Path(run_dir) / ARTEFACTS["image_gallery"])
+
+
+def write_metrics(run_dir, metrics: dict) -> Path:
+    return atomic_write_json(Path(run_dir) / ARTEFACTS["metrics"], metrics)
+
+
+def read_metrics(run_dir) -> dict:
+    return _read_json(_artefact_path(run_dir, "metrics"))
+
+
+def write_train_log(run_dir, rows) -> Path:
+    """train_log.csv from a DataFrame or a list of dicts (step, loss terms, lr, throughput)."""
+    def write(tmp: Path):
+        if hasattr(rows, "to_csv"):
+            rows.to_csv(tmp, index=False)
+            return
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+
+    return atomic_write(Path(run_dir) / ARTEFACTS["train_log"], write)
+
+
+def read_train_log(run_dir):
+    import pandas as pd
+
+    path = _artefact_path(run_dir, "train_log")
+    try:
+        return pd.read_csv(path)
+    except Exception as e:
+        raise RunError(f"{path} is not a readable CSV file: {e}") from e
+
+
+_WRITERS = {"predictions": write_predictions, "embeddings": write_embeddings, "gallery": write_gallery,
+            "image_gallery": write_image_gallery,
+            "metrics": write_metrics, "train_log": write_train_log}
+
+
+def _artefact_path(run_dir, name: str) -> Path:
+    path = resolve_inside(run_dir, ARTEFACTS[name])
+    if not path.is_file():
+        raise RunError(f"run {str(run_dir)!r} has no {ARTEFACTS[name]}")
+    return path
+
+
+def _read_json(path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path} is not valid JSON (corrupt or truncated): {e}") from None
+
+
+# ----------------------------------------------------------------------------------- save / load
+
+
+def save_run(run_dir, model, manifest: dict, artefacts: Optional[dict] = None) -> Path:
+    """Write ``model`` (an SWCLIP), the artefacts, then manifest.json, each atomically.
+
+    manifest: the caller's keys (loss config, sigma_m, nc_weight, data hash, split, seeds, metrics
+    summary, ...). save_run adds schema_version, created_utc, model (the ModelConfig that rebuilds
+    the model), weights_sha256, git_commit and library_versions (unless given).
+    artefacts: {name: value} with names from ARTEFACTS: predictions (DataFrame), embeddings
+    ((N, D) array), gallery (swclip.index.Gallery), metrics (dict), train_log (DataFrame or rows).
+    Returns the run directory.
+    """
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    clash = [k for k in RESERVED_KEYS if k in manifest]
+    if clash:
+        raise ValueError(f"manifest keys {clash} are written by save_run itself; rename them")
+    unknown = sorted(set(artefacts or {}) - set(ARTEFACTS))
+    if unknown:
+        raise ValueError(f"unknown artefact(s) {unknown}; known: {sorted(ARTEFACTS)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    weights = atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    for name, value in (artefacts or {}).items():
+        _WRITERS[name](run_dir, value)
+    full = {
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": model.config.to_dict(),
+        "weights_sha256": sha256_file(weights),
+        "git_commit": manifest.get("git_commit", git_commit()),
+        "library_versions": manifest.get("library_versions", library_versions()),
+        **{k: v for k, v in manifest.items() if k not in ("git_commit", "library_versions")},
+    }
+    atomic_write_json(run_dir / MANIFEST, full)
+    return run_dir
+
+
+def read_manifest(run_dir) -> dict:
+    """manifest.json, checked for a known schema_version and a model config."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a run directory: no {MANIFEST}")
+    manifest = _read_json(path)
+    if not isinstance(manifest, dict):
+        raise RunError(f"{path} must hold a JSON object, got {type(manifest).__name__}")
+    version = manifest.get("schema_version")
+    if version is None:
+        raise RunError(f"{path} has no schema_version")
+    if version != SCHEMA_VERSION:
+        raise RunError(f"{path} has schema_version {version!r}; this swclip reads schema_version {SCHEMA_VERSION} "
+                       "(written by a different swclip version?)")
+    if not isinstance(manifest.get("model"), dict):
+        raise RunError(f"{path} has no 'model' config to rebuild the model from")
+    return manifest
+
+
+def load_weights(model, weights_path, expected_sha256: Optional[str] = None) -> None:
+    """Load a safetensors file into ``model`` strictly; RunError naming missing/unexpected keys or shapes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        raise RunError(f"weights file {weights_path} is missing")
+    if expected_sha256 and sha256_file(weights_path) != expected_sha256:
+        raise RunError(f"{weights_path} does not match the manifest's weights_sha256: the file is corrupt or "
+                       "was replaced by another run's weights")
+    try:
+        state = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RunError(f"{weights_path} is not a readable safetensors file (corrupt or truncated): {e}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise RunError(f"{weights_path} does not fit the model its manifest describes: "
+                       f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
+                       f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
+    bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
+    if bad:
+        k, got, want = bad[0]
+        raise RunError(f"{weights_path}: wrong shape for {len(bad)} tensor(s); first is {k}: file {got}, model {want}")
+    model.load_state_dict(state, strict=True)
+
+
+@dataclass
+class Run:
+    """A loaded run: the rebuilt model (eval mode), its manifest and lazy artefact readers."""
+
+    run_dir: Path
+    model: Any
+    manifest: dict
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def has(self, name: str) -> bool:
+        return (self.run_dir / ARTEFACTS[name]).is_file()
+
+    def predictions(self):
+        return read_predictions(self.run_dir)
+
+    def embeddings(self, mmap: bool = True) -> np.ndarray:
+        return read_embeddings(self.run_dir, mmap)
+
+    def gallery(self, name: str = "gallery"):
+        """The location gallery, or name="image_gallery" for the training-image gallery."""
+        if name not in self._cache:
+            self._cache[name] = read_gallery(self.run_dir, name)
+        return self._cache[name]
+
+    def metrics(self) -> dict:
+        return read_metrics(self.run_dir)
+
+    def train_log(self):
+        return read_train_log(self.run_dir)
+
+
+def load_run(run_dir, runs_root=None, device: str | torch.device = "cpu") -> Run:
+    """Rebuild the model from manifest.json alone, load model.safetensors strictly, eval mode.
+
+    runs_root: when given, ``run_dir`` (absolute or relative to it) must lie inside it.
+    """
+    from swclip.model import ModelConfig, SWCLIP
+
+    run_dir = resolve_inside(runs_root, run_dir) if runs_root is not None else Path(run_dir).resolve()
+    manifest = read_manifest(run_dir)
+    try:
+        config = ModelConfig.from_dict(manifest["model"])
+    except (TypeError, ValueError) as e:
+        raise RunError(f"{run_dir / MANIFEST}: bad model config: {e}") from None
+    model = SWCLIP(config, load_pretrained=False)
+    load_weights(model, resolve_inside(run_dir, WEIGHTS), manifest.get("weights_sha256"))
+    return Run(run_dir=run_dir, model=model.to(device).eval(), manifest=manifest)
+
+
+@dataclass
+class RunInfo:
+    """One entry of :func:`list_runs`: a run id (path relative to the root), its manifest, or why it cannot load."""
+
+    run_id: str
+    path: Path
+    manifest: Optional[dict]
+    error: Optional[str] = None
+
+
+def list_runs(runs_root, max_depth: int = 3) -> list[RunInfo]:
+    """Every folder under ``runs_root`` (down to ``max_depth``) holding a manifest.json, sorted by run id.
+
+    Broken runs are listed with ``error`` set instead of being skipped silently. Symlinks that leave
+    the root are not followed.
+    """
+    root = Path(runs_root).resolve()
+    if not root.is_dir():
+        return []
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        depth = len(Path(dirpath).relative_to(root).parts)
+        if depth >= max_depth:
+            dirnames[:] = []
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if MANIFEST in filenames:
+            path = Path(dirpath)
+            run_id = str(path.relative_to(root)) if path != root else "."
+            try:
+                resolve_inside(root, path / MANIFEST)
+                out.append(RunInfo(run_id, path, read_manifest(path)))
+            except RunError as e:
+                out.append(RunInfo(run_id, path, None, str(e)))
+    return sorted(out, key=lambda r: r.run_id)

@@ -1,0 +1,212 @@
+"""Gallery, faiss search, knn-kde and the predictor, against brute force and naive loops."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from swclip.index import Gallery, Predictor, SearchIndex, kde_density, knn_kde, weighted_radius_m
+from swclip.model import DEMO_CONFIG, SWCLIP
+from swclip.runs import RunError
+
+R = 6_371_008.8
+
+
+def naive_haversine_m(a, b):
+    lat1, lon1, lat2, lon2 = map(math.radians, (a[0], a[1], b[0], b[1]))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * R * math.asin(math.sqrt(min(1.0, h)))
+
+
+def naive_density(p, cands, w, h):
+    return sum(wj * math.exp(-0.5 * (naive_haversine_m(p, c) / h) ** 2) for c, wj in zip(cands, w))
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _clustered(n, d, seed=0, clusters=50):
+    """Clustered unit vectors (cities with spread inside them)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    return _unit(centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, d)))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SWCLIP(DEMO_CONFIG).eval()
+
+
+# ---------------------------------------------------------------------------------------- knn-kde
+
+
+def test_knn_kde_across_the_antimeridian():
+    cands = np.array([[10.0, 179.999], [10.0, -179.999], [10.001, 179.9995], [9.999, -179.9995]])
+    lat, lon = knn_kde(cands, np.ones(4), bandwidth_m=500.0)
+    assert abs(lon) > 179.99  # averaging raw longitudes would give ~0
+    assert abs(lat - 10.0) < 0.001
+    assert naive_haversine_m((lat, lon), (10.0, 180.0)) < 100.0
+
+
+def test_knn_kde_near_the_pole():
+    cands = np.array([[89.999, 0.0], [89.999, 90.0], [89.999, 180.0], [89.999, -90.0]])
+    lat, _ = knn_kde(cands, np.ones(4), bandwidth_m=1000.0)
+    assert lat > 89.9999
+
+
+def test_knn_kde_finds_the_density_mode():
+    rng = np.random.default_rng(1)
+    cands = np.column_stack([48.85 + rng.normal(0, 0.002, 12), 2.35 + rng.normal(0, 0.003, 12)])
+    cands = np.vstack([cands, [[48.90, 2.40], [48.80, 2.30]]])  # two outliers
+    w = rng.uniform(0.2, 1.0, len(cands))
+    h = 150.0
+    lat, lon = knn_kde(cands, w, h)
+    best = naive_density((lat, lon), cands, w, h)
+    # the mode beats every candidate and every point of a fine grid around the cluster (naive loop)
+    assert all(best >= naive_density(c, cands, w, h) - 1e-9 for c in cands)
+    grid = [(48.85 + i * 1e-4, 2.35 + j * 1.5e-4) for i in range(-40, 41, 4) for j in range(-40, 41, 4)]
+    assert best >= max(naive_density(g, cands, w, h) for g in grid) - 1e-6
+    np.testing.assert_allclose(kde_density(np.array([[lat, lon]]), cands, w, h), [best], rtol=1e-9)
+
+
+@given(st.floats(-60, 60), st.floats(-180, 180), st.floats(-180, 180), st.integers(0, 10_000))
+def test_knn_kde_is_equivariant_under_longitude_shifts(lat0, lon0, shift, seed):
+    """Rotating every candidate about the polar axis rotates the estimate the same way."""
+    rng = np.random.default_rng(seed)
+    cands = np.column_stack([lat0 + rng.normal(0, 0.01, 8), lon0 + rng.normal(0, 0.01, 8)])
+    cands[:, 1] = (cands[:, 1] + 180) % 360 - 180
+    w = rng.uniform(0.1, 1, 8)
+    lat_a, lon_a = knn_kde(cands, w, 800.0)
+    shifted = cands.copy()
+    shifted[:, 1] = (shifted[:, 1] + shift + 180) % 360 - 180
+    lat_b, lon_b = knn_kde(shifted, w, 800.0)
+    assert naive_haversine_m((lat_b, lon_b), (lat_a, lon_a + shift)) < 0.05  # metres
+
+
+def test_knn_kde_rejects_bad_input():
+    with pytest.raises(ValueError, match="weights"):
+        knn_kde(np.zeros((3, 2)), np.zeros(3), 10.0)
+    with pytest.raises(ValueError, match="bandwidth_m"):
+        knn_kde(np.zeros((3, 2)), np.ones(3), 0.0)
+    with pytest.raises(ValueError, match="latitude"):
+        knn_kde(np.array([[2.0, 95.0]])[:, ::-1], np.ones(1), 10.0)
+
+
+def test_weighted_radius_against_naive_loop():
+    c = np.array([[0.0, 179.9], [0.0, -179.9], [1.0, 180.0]])
+    w = np.array([0.5, 0.3, 0.2])
+    expected = sum(wj * naive_haversine_m((0.0, 180.0), cj) for cj, wj in zip(c, w)) / w.sum()
+    assert math.isclose(weighted_radius_m((0.0, 180.0), c, w), expected, rel_tol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ search
+
+
+def test_flat_search_equals_brute_force():
+    x, q = _clustered(3000, 32, 0), _clustered(40, 32, 1)
+    scores, idx = SearchIndex(x, kind="flat").search(q, 10)
+    sims = q @ x.T
+    np.testing.assert_array_equal(idx[:, 0], sims.argmax(1))
+    np.testing.assert_allclose(scores, -np.sort(-sims, axis=1)[:, :10], atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_recall_at_10(kind, model):
+    """On what a gallery really holds: location-tower embeddings of street-level points in five cities."""
+    centres = np.array([[51.5, -0.12], [48.85, 2.35], [40.7, -74.0], [-33.9, 151.2], [35.7, 139.7]])
+
+    def points(n, seed):
+        rng = np.random.default_rng(seed)
+        return centres[rng.integers(0, 5, n)] + rng.uniform(-0.02, 0.02, (n, 2))
+
+    with torch.no_grad():
+        x, q = model.encode_location(points(20_000, 0)).numpy(), model.encode_location(points(300, 1)).numpy()
+    _, exact = SearchIndex(x, kind="flat").search(q, 10)
+    _, approx = SearchIndex(x, kind=kind).search(q, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.95, f"{kind} recall@10 = {recall:.3f}"
+
+
+def test_search_rejects_wrong_dimension():
+    with pytest.raises(ValueError, match=r"\(Q, 16\)"):
+        SearchIndex(_clustered(100, 16)).search(_clustered(2, 8), 3)
+
+
+# ----------------------------------------------------------------------------------------- gallery
+
+
+def test_gallery_from_locations_dedups_and_encodes_once(model):
+    latlon = np.array([[51.5, -0.12], [51.501, -0.12], [51.5, -0.12], [51.502, -0.121]])
+    g = Gallery.from_locations(model, latlon)
+    np.testing.assert_array_equal(g.latlon, latlon[[0, 1, 3]])
+    with torch.no_grad():
+        np.testing.assert_array_equal(g.embeddings, model.encode_location(latlon[[0, 1, 3]]).numpy())
+
+
+def test_gallery_save_load_and_corruption(model, tmp_path):
+    g = Gallery(np.array([[1.0, 2.0], [3.0, 4.0]]), _unit(np.eye(2, 8)), kind="image", ids=["a.jpg", "b.jpg"])
+    path = g.save(tmp_path / "gallery.npz")
+    back = Gallery.load(path)
+    assert back.kind == "image" and back.ids.tolist() == ["a.jpg", "b.jpg"]
+    np.testing.assert_array_equal(back.embeddings, g.embeddings)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(RunError, match="not a readable gallery"):
+        Gallery.load(path)
+    np.savez(tmp_path / "x.npz", latlon=np.zeros((2, 2)))
+    with pytest.raises(RunError, match="lacks"):
+        Gallery.load(tmp_path / "x.npz")
+    with pytest.raises(ValueError, match="L2-normalised"):
+        Gallery(np.zeros((2, 2)), np.ones((2, 8)))
+
+
+# --------------------------------------------------------------------------------------- predictor
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_predictor_matches_brute_force_softmax(model):
+    rng = np.random.default_rng(3)
+    latlon = np.column_stack([51.5 + rng.uniform(0, 0.03, 300), -0.12 + rng.uniform(0, 0.04, 300)])
+    g = Gallery.from_locations(model, latlon)
+    p = Predictor(model, g, bandwidth_m=200.0, batch_size=4)
+    ims = _images(7)
+    preds = p.predict(ims, top_k=5, progress=False)
+    with torch.no_grad():
+        q = model.encode_image(torch.stack([model.preprocess_val(im) for im in ims])).numpy()
+        scale = float(model.scale())
+    for pred, qi in zip(preds, q):
+        sims = g.embeddings @ qi
+        top = np.argsort(-sims)[:5]
+        np.testing.assert_array_equal(pred.index, top)
+        logits = scale * sims[top].astype(np.float64)
+        expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        np.testing.assert_allclose(pred.prob, expected, rtol=1e-5)
+        assert np.all(np.diff(pred.prob) <= 1e-12) and pred.radius_m >= 0
+        assert pred.latlon == tuple(latlon[top[0]])
+        assert pred.estimate == knn_kde(latlon[top], pred.prob, 200.0)
+
+
+def test_image_gallery_mode_finds_the_training_image_itself(model):
+    ims = _images(20, seed=5)
+    rng = np.random.default_rng(5)
+    latlon = np.column_stack([rng.uniform(-50, 50, 20), rng.uniform(-170, 170, 20)])
+    emb = Predictor(model, Gallery.from_locations(model, latlon)).encode(ims, progress=False)
+    g = Gallery(latlon, emb, kind="image", ids=[f"img_{i}.png" for i in range(20)])
+    preds = Predictor(model, g).predict(ims[3:6], top_k=4, progress=False)
+    assert [p.ids[0] for p in preds] == ["img_3.png", "img_4.png", "img_5.png"]
+    assert [p.index[0] for p in preds] == [3, 4, 5]
+
+
+def test_predictor_refuses_a_gallery_from_another_model(model):
+    g = Gallery(np.zeros((2, 2)), _unit(np.eye(2, 16)))
+    with pytest.raises(ValueError, match="different runs"):
+        Predictor(model, g)
