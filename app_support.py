@@ -321,3 +321,73 @@ def city_rows(runs_root: str, run: appstate.RunInfo, city: Optional[str]) -> np.
     if city in (None, ALL_CITIES):
         return np.arange(len(df))
     return np.flatnonzero(df["city"].astype(str).to_numpy() == city)
+
+
+@st.cache_data(show_spinner=False)
+def image_root(runs_root: str, run_id: str, stamp: float) -> Optional[str]:
+    run = _run(runs_root, run_id)
+    p = appstate.image_root(run, runs_root) if run else None
+    return str(p) if p else None
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def thumbnail(runs_root: str, img_root: Optional[str], rel: str, size_px: int = 128) -> Optional[np.ndarray]:
+    """A sample image as an (H, W, 3) uint8 thumbnail, or None when missing or unreadable."""
+    from swclip.data import ImageError, open_image
+
+    path = appstate.image_path(Path(img_root) if img_root else None, rel, runs_root)
+    if path is None:
+        return None
+    try:
+        img = open_image(path)
+    except ImageError:
+        return None
+    img = img.resize((size_px, size_px * img.height // max(img.width, 1)), resample=0)  # nearest: tiny renders stay crisp
+    return np.asarray(img)
+
+
+@st.cache_data(show_spinner="Reading the sample table…")
+def sample_table(runs_root: str, run_id: str, stamp: float) -> Optional[pd.DataFrame]:
+    """The run's training/evaluation sample table (id, image, lat, lon, city[, split]); None if not here."""
+    from swclip.data import read_table
+
+    run = _run(runs_root, run_id)
+    path = appstate.table_path(run, runs_root) if run else None
+    if path is None:
+        return None
+    try:
+        return read_table(path, path.parent, check_images=False)
+    except ValueError:
+        return None
+
+
+@st.cache_resource(show_spinner="Loading the model and building its search index…", max_entries=8)
+def predictor(runs_root: str, run_id: str, stamp: float):
+    """(swclip.index.Predictor, None), or (None, why) when the run cannot predict (no weights, no gallery…)."""
+    from swclip.index import Predictor
+
+    try:
+        return Predictor.from_run(appstate.inside_root(runs_root, run_id), runs_root=runs_root), None
+    except (runs.RunError, ValueError, OSError, KeyError) as e:
+        return None, str(e)
+
+
+def exif_latlon(data: bytes) -> Optional[tuple]:
+    """(lat, lon) from a photo's EXIF GPS block, or None; never raises on odd files."""
+    import io
+
+    from swclip.data.table import exif_gps
+
+    try:
+        gps = exif_gps(io.BytesIO(data))
+    except Exception:  # Pillow raises many types on odd EXIF; a missing GPS block is not an error
+        return None
+    lat, lon = gps.get("lat"), gps.get("lon")
+    if lat is None or lon is None or not (np.isfinite(lat) and np.isfinite(lon)) or abs(lat) > 90 or abs(lon) > 180:
+        return None
+    return float(lat), float(lon)
+
+
+def sample_image_path(runs_root: str, img_root: Optional[str], rel: str) -> Optional[Path]:
+    """An evaluation sample's image file, only if it lies inside the runs directory."""
+    return appstate.image_path(Path(img_root) if img_root else None, rel, runs_root)

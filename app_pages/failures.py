@@ -1,9 +1,89 @@
-"""failures page (being built)."""
+"""Failures: the worst predictions per city, with what the model matched them to."""
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 
 import app_support as sup
+from swclip import figures
 
 view = sup.current_view()
-sup.require_run(view)
-st.title("failures")
+run = sup.require_run(view, "the failure gallery")
+st.title("Failures")
+
+df_all = sup.predictions(view.runs_root, run.run_id, run.stamp)
+cities = sorted(df_all["city"].astype(str).unique())
+city = view.city_or_none()
+
+c1, c2, c3 = st.columns(3)
+with c1:
+    per_city = sup.url_widget(st.slider, "Worst per city", "worst", 6, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 30, min_value=1, max_value=30)
+with c2:
+    min_err = sup.url_widget(st.number_input, "Only errors of at least (m)", "minerr", 0, parse=int, valid=lambda v: isinstance(v, int) and v >= 0, min_value=0, step=100)
+with c3:
+    order = sup.url_widget(st.radio, "Rank by", "rank", "retrieval error", valid=lambda v: v in ("retrieval error", "knn-kde error"), options=["retrieval error", "knn-kde error"], horizontal=True)
+col = "kde_error_m" if order == "knn-kde error" and "kde_error_m" in df_all else "error_m"
+
+sel = df_all if city is None else df_all[df_all["city"].astype(str) == city]
+sel = sel[sel[col] >= min_err]
+worst = sel.sort_values(col, ascending=False).groupby(sel["city"].astype(str), sort=True).head(int(per_city))
+worst = worst.sort_values(["city", col], ascending=[True, False]).reset_index(drop=True)
+
+export_cols = [c for c in ("id", "city", "lat", "lon", "pred_lat", "pred_lon", "error_m", "kde_lat", "kde_lon", "kde_error_m", "radius_m", "image") if c in worst]
+st.download_button("Export these failures (CSV)", worst[export_cols].to_csv(index=False).encode(), file_name=f"failures_{run.run_id.replace('/', '_')}.csv", mime="text/csv")
+st.caption(f"{len(worst)} samples: the {per_city} largest {order}s per city{f' in {city}' if city else ''}, at least {min_err} m.")
+
+img_root = sup.image_root(view.runs_root, run.run_id, run.stamp)
+samples = sup.sample_table(view.runs_root, run.run_id, run.stamp)
+streets = sup.streets(view.runs_root, run.run_id, run.stamp)
+if samples is not None:
+    key = pd.Series(np.arange(len(samples)), index=[f"{a:.6f},{b:.6f}" for a, b in zip(samples["lat"].astype(float), samples["lon"].astype(float))])
+    key = key[~key.index.duplicated()]
+else:
+    key = pd.Series(dtype=int)
+if not img_root:
+    st.info("The run's images are not under the runs directory: the gallery shows maps and numbers only.")
+
+
+def matches(row):
+    """The training samples at the model's top-k candidate locations (the gallery is the training locations)."""
+    if samples is None or "topk_lat" not in row or row["topk_lat"] is None:
+        return []
+    out = []
+    for r, (la, lo) in enumerate(zip(row["topk_lat"], row["topk_lon"])):
+        i = key.get(f"{float(la):.6f},{float(lo):.6f}")
+        if i is not None:
+            out.append((r + 1, samples.iloc[int(i)]))
+    return out
+
+
+for c, group in worst.groupby(worst["city"].astype(str), sort=True):
+    st.subheader(c)
+    lines = streets.get(c, [])
+    for _, row in group.iterrows():
+        with st.container(border=True):
+            left, mid, right = st.columns([1, 2, 3])
+            with left:
+                thumb = sup.thumbnail(view.runs_root, img_root, str(row.get("image", ""))) if img_root else None
+                if thumb is not None:
+                    st.image(thumb, caption="query", width="stretch")
+                st.markdown(f"**{row['id']}**  \nerror **{row['error_m']:.0f} m**" + (f"  \nknn-kde {row['kde_error_m']:.0f} m" if "kde_error_m" in row else ""))
+            m = matches(row)
+            with mid:
+                truth = (row["lat"], row["lon"])
+                pred = (row["pred_lat"], row["pred_lon"])
+                near = [l for l in lines if np.min(np.abs(np.asarray(l) - np.asarray(truth)).sum(1)) < 0.02] if lines else []
+                others = np.array([[s["lat"], s["lon"]] for _, s in m], dtype=np.float64).reshape(-1, 2)
+                st.plotly_chart(figures.mini_map(truth, pred, others, near), width="stretch", key=f"mm_{run.run_id}_{row['id']}", config={"displayModeBar": False})
+                st.caption("green: truth · red ×: prediction · blue: training images the model matched")
+            with right:
+                if m:
+                    cols = st.columns(min(len(m), 5))
+                    for (rank, s), cc in zip(m[:5], cols):
+                        with cc:
+                            t = sup.thumbnail(view.runs_root, img_root, str(s.get("image", ""))) if img_root else None
+                            if t is not None:
+                                st.image(t, width="stretch")
+                            st.caption(f"#{rank} · {float(s['lat']):.5f}, {float(s['lon']):.5f}")
+                else:
+                    st.caption("No training sample table here to show what the model matched.")

@@ -1,9 +1,138 @@
-"""neighbourhoods page (being built)."""
+"""Neighbourhoods: does a photo's embedding neighbourhood match its geographic one, and how does σ change it?"""
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 
 import app_support as sup
+from swclip import figures, maps
+from swclip.geo import haversine_m
+from swclip.spatial_stats import embedding_knn, geographic_knn, neighbourhood_overlap
 
 view = sup.current_view()
-sup.require_run(view)
-st.title("neighbourhoods")
+run0 = sup.require_run(view, "the neighbourhood page")
+st.title("Neighbourhoods")
+
+df0 = sup.predictions(view.runs_root, run0.run_id, run0.stamp)
+cities = sorted(df0["city"].astype(str).unique())
+city = view.city_or_none() or cities[0]
+if view.city_or_none() is None:
+    st.caption(f"Neighbourhoods are per city: showing **{city}** (pick another in the sidebar).")
+
+# Runs on the same evaluation samples, ordered by σ (one-hot CLIP first): the bandwidth sweep.
+ids0 = set(df0.loc[df0["city"].astype(str) == city, "id"].astype(str))
+sweep = [r for r in view.available if sup.embeddings(view.runs_root, r.run_id, r.stamp) is not None
+         and ids0 & set(sup.predictions(view.runs_root, r.run_id, r.stamp)["id"].astype(str))]
+sweep.sort(key=lambda r: (r.sigma_m or 0.0, r.run_id))
+if not sweep:
+    st.warning("No run here has embeddings.npy for this city's samples.")
+    st.stop()
+nearest = min(sweep, key=lambda r: abs(np.log((r.sigma_m or 1.0) / view.sigma_m)))
+by_id = {r.run_id: r for r in sweep}
+
+
+def sweep_label(i):
+    r = by_id[i]
+    return f"{'★ ' if r is nearest else ''}{r.run_id} ({'one-hot' if not r.sigma_m else f'σ = {r.sigma_m:g} m'})"
+
+
+c1, c2 = st.columns([3, 1])
+with c1:
+    run_id = sup.url_widget(st.radio, "Run (★: nearest to the sidebar σ)", "nrun", nearest.run_id, valid=lambda v: v in by_id, options=list(by_id), format_func=sweep_label, horizontal=True)
+with c2:
+    k = sup.url_widget(st.slider, "k neighbours", "k", 8, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 24, min_value=1, max_value=24)
+run = by_id[run_id]
+
+
+@st.cache_data(show_spinner="Finding neighbours…", max_entries=64)
+def neighbourhoods(runs_root, run_id, stamp, city, k):
+    """City rows sorted by id, their embeddings' and locations' kNN, overlap@k and a 2-D PCA."""
+    df = sup.predictions(runs_root, run_id, stamp)
+    rows = np.flatnonzero(df["city"].astype(str).to_numpy() == city)
+    rows = rows[np.argsort(df["id"].astype(str).to_numpy()[rows], kind="stable")]  # same order in every run
+    emb = sup.embeddings(runs_root, run_id, stamp)[rows].astype(np.float32)  # (N, D)
+    latlon = df.iloc[rows][["lat", "lon"]].to_numpy(np.float64)
+    k = min(k, len(rows) - 1)
+    e_knn, g_knn = embedding_knn(emb, k), geographic_knn(latlon, k)  # (N, k) each
+    ov = neighbourhood_overlap(emb, latlon, k)
+    centred = emb - emb.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T  # (N, 2) PCA
+    return df.iloc[rows].reset_index(drop=True), e_knn, g_knn, ov, xy
+
+
+table, e_knn, g_knn, ov, xy = neighbourhoods(view.runs_root, run.run_id, run.stamp, city, int(k))
+n = len(table)
+if n < 3:
+    st.warning("Too few samples in this city.")
+    st.stop()
+k = e_knn.shape[1]
+anchor = sup.url_widget(st.number_input, f"Anchor sample (0 – {n - 1}, or click a dot in the projection)", "anchor", 0, parse=int, valid=lambda v: isinstance(v, int) and 0 <= v < n, min_value=0, max_value=n - 1, step=1)
+
+a_ll = table.loc[anchor, ["lat", "lon"]].to_numpy(np.float64)
+e_idx, g_idx = e_knn[anchor], g_knn[anchor]
+e_dist = haversine_m(np.repeat(a_ll[None], k, 0), table.loc[e_idx, ["lat", "lon"]].to_numpy(np.float64))
+g_dist = haversine_m(np.repeat(a_ll[None], k, 0), table.loc[g_idx, ["lat", "lon"]].to_numpy(np.float64))
+overlap_a = len(set(e_idx) & set(g_idx)) / k
+st.markdown(
+    f"Anchor **{table.loc[anchor, 'id']}** in {city} · overlap@{k} for this anchor **{overlap_a:.2f}**, "
+    f"city mean **{ov.mean_overlap:.3f}** (chance {ov.chance_overlap:.3f}) · median distance to embedding neighbours "
+    f"**{np.median(e_dist):.0f} m** against **{np.median(g_dist):.0f} m** for the geographic ones."
+)
+
+img_root = sup.image_root(view.runs_root, run.run_id, run.stamp)
+
+
+def strip(title, idx, dist):
+    st.markdown(title)
+    cols = st.columns(min(len(idx) + 1, 9))
+    items = [(anchor, None)] + list(zip(idx, dist))
+    for j, (i, d) in enumerate(items[: len(cols)]):
+        with cols[j]:
+            thumb = sup.thumbnail(view.runs_root, img_root, str(table.loc[i, "image"])) if "image" in table and img_root else None
+            cap = "anchor" if d is None else f"{d:.0f} m" + (" ✓" if i in set(g_idx) and i in set(e_idx) else "")
+            if thumb is not None:
+                st.image(thumb, caption=cap, width="stretch")
+            else:
+                st.caption(cap)
+
+
+strip(f"**{k} nearest in embedding space** (distance on the ground; ✓ also a geographic neighbour)", e_idx, e_dist)
+strip(f"**{k} nearest on the ground**", g_idx, g_dist)
+if not img_root:
+    st.caption("The run's images are not under the runs directory, so no thumbnails; the distances still hold.")
+
+
+def on_pick():
+    sel = st.session_state.get("proj")
+    pts = (sel or {}).get("selection", {}).get("points", []) if isinstance(sel, dict) else getattr(getattr(sel, "selection", None), "points", [])
+    if pts and pts[0].get("curve_number", 0) == 0 and "point_index" in pts[0]:
+        st.session_state["url:anchor"] = int(pts[0]["point_index"])
+
+
+colours = maps.position_colours(table[["lat", "lon"]].to_numpy(np.float64))
+left, right = st.columns(2)
+with left:
+    fig = figures.embedding_scatter(xy, colours, anchor=anchor, highlight=e_idx, title=f"Embeddings of {city} (PCA), coloured by position",
+                                    hover=[f"{i}: {s}" for i, s in enumerate(table["id"].astype(str))])
+    st.plotly_chart(fig, width="stretch", key="proj", on_select=on_pick, selection_mode="points")
+with right:
+    pts = maps.points_frame(table[["lat", "lon"]], colours, idx=np.arange(n), id=table["id"].astype(str))
+    ring = maps.points_frame(table.loc[e_idx, ["lat", "lon"]], np.tile([0, 0, 0], (k, 1)))
+    star = maps.points_frame(a_ll[None], np.array([[255, 200, 0]]))
+    layers = [maps.scatter_layer(pts, radius_m=12), maps.scatter_layer(ring, radius_m=30, alpha=255, pickable=False, stroked=True, filled=False, line_width_min_pixels=2, get_line_color=[0, 0, 0]),
+              maps.scatter_layer(star, radius_m=45, alpha=255, pickable=False)]
+    st.markdown("**The same colours on the map.** Gold: anchor; black rings: its embedding neighbours.")
+    st.pydeck_chart(sup.city_deck(view, run, city, layers, table[["lat", "lon"]].to_numpy(np.float64), tooltip={"text": "{idx}: {id}"}), height=430, key="nb_map")
+
+st.subheader("Across the bandwidth sweep")
+rows = []
+for r in sweep:
+    _, _, _, ov_r, _ = neighbourhoods(view.runs_root, r.run_id, r.stamp, city, int(k))
+    rows.append({"run": ("★ " if r is nearest else "") + r.run_id, "σ (m)": r.sigma_m or 0.0, f"mean overlap@{k}": ov_r.mean_overlap,
+                 "median distance to embedding neighbours (m)": ov_r.median_embedding_neighbour_dist_m, "shown": r is run})
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+    f"mean overlap@{k}": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.3f"),
+    "median distance to embedding neighbours (m)": st.column_config.NumberColumn(format="%.0f"),
+})
+st.caption("Switch the run above to watch the anchor's neighbourhood change with σ; the anchor is the same sample in every run.")

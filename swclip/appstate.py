@@ -217,3 +217,63 @@ def overall_metrics(metrics: dict) -> dict:
     if isinstance(inner, dict):
         return inner
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def image_root(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
+    """The folder a run's image paths are relative to, if it is inside the runs directory.
+
+    Tried in order: the manifest's ``data.root`` as written (absolute, or
+    relative to where training ran), the same relative to the run folder, and
+    the folder of the demo world found by :func:`find_world`. Runs trained
+    elsewhere usually have none of these here; the app then shows no
+    thumbnails and says so.
+    """
+    root = Path(runs_root).resolve()
+    data = run.manifest.get("data")
+    cands = []
+    if isinstance(data, dict) and data.get("root"):
+        given = Path(str(data["root"]))
+        cands += [given if given.is_absolute() else Path.cwd() / given, run.path / given]
+    world = find_world(run, root)
+    if world is not None:
+        cands.append(world.parent)
+    for cand in cands:
+        try:
+            p = inside_root(root, cand)
+        except runs.RunError:
+            continue
+        if p.is_dir():
+            return p
+    return None
+
+
+def image_path(img_root: Optional[Path], rel: str, runs_root: Path | str) -> Optional[Path]:
+    """A sample's image file under ``img_root``, refused (None) if it leaves the runs directory or is absent."""
+    if img_root is None or not isinstance(rel, str) or not rel:
+        return None
+    try:
+        p = inside_root(runs_root, Path(img_root) / rel)
+    except runs.RunError:
+        return None
+    return p if p.is_file() else None
+
+
+def table_path(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
+    """The run's sample table (manifest ``data.table``), if it is a file inside the runs directory."""
+    root = Path(runs_root).resolve()
+    data = run.manifest.get("data")
+    if not (isinstance(data, dict) and data.get("table")):
+        return None
+    given = Path(str(data["table"]))
+    cands = [given] if given.is_absolute() else [Path.cwd() / given, run.path / given]
+    world = find_world(run, root)
+    if world is not None:
+        cands.append(world.parent / given.name)  # the bundle moved: same file name beside world.json
+    for cand in cands:
+        try:
+            p = inside_root(root, cand)
+        except runs.RunError:
+            continue
+        if p.is_file():
+            return p
+    return None
