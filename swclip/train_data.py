@@ -9,7 +9,7 @@ on (seed, epoch, batch, rank) or (seed, epoch, sample). So a run resumed at
 
 - :class:`PreloadedData`: every training image decoded once into a uint8
   tensor; batches are index gathers, augmented on the device as a batch
-  (brightness, noise, shifts). The demo's path: a 2-core CPU cannot afford a
+  (swclip.data.StreetAugment). The demo's path: a 2-core CPU cannot afford a
   PNG decode per sample per step.
 - :class:`LoaderData`: a DataLoader over ``swclip.data.ImageDataset``, with
   workers, pinned memory and persistent workers; the path for real data sets.
@@ -22,6 +22,8 @@ at one step are exactly the single-process global batch.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -75,35 +77,18 @@ class ResumableSampler(Sampler):
         return max(per_rank // self.batch_size - self.start_batch, 0) * self.batch_size
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator, brightness: float = 0.15,
-                  noise_std: float = 0.05, max_shift_px: int = 2) -> torch.Tensor:
-    """Brightness jitter ×U(1 ± brightness), Gaussian noise, integer shifts up to ±max_shift_px (reflect pad).
-
-    images: (B, 3, H, W) float in [0, 1] -> same shape, clamped to [0, 1].
-    All draws come from ``generator`` (on the images' device), so a batch's
-    augmentation is fixed by its seed.
-    """
-    b, _, h, w = images.shape
-    dev = images.device
-    scale = 1 + brightness * (2 * torch.rand(b, 1, 1, 1, generator=generator, device=dev) - 1)
-    out = images * scale
-    if noise_std > 0:
-        out = out + noise_std * torch.randn(out.shape, generator=generator, device=dev)
-    if max_shift_px > 0:
-        p = max_shift_px
-        padded = torch.nn.functional.pad(out, (p, p, p, p), mode="reflect")  # (B, 3, H+2p, W+2p)
-        dy = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev)
-        dx = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev)
-        rows = (dy[:, None] + torch.arange(h, device=dev)[None, :])  # (B, H)
-        cols = (dx[:, None] + torch.arange(w, device=dev)[None, :])  # (B, W)
-        out = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
-                     rows[:, None, :, None], cols[:, None, None, :]]
-    return out.clamp_(0, 1)
-
-
 def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
     """A distinct 63-bit seed per (seed, epoch, batch, rank)."""
     return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def augment_batch(images: torch.Tensor, seed: int, epoch: int, batch: int, rank: int, mean, std) -> torch.Tensor:
+    """swclip.data.StreetAugment (brightness, noise, shifts) on a normalised batch (B, 3, H, W), on its device,
+    with draws fixed by (seed, epoch, batch, rank): a resumed run augments exactly as the uninterrupted one."""
+    from swclip.data import StreetAugment
+
+    gen = torch.Generator(device=images.device).manual_seed(batch_seed(seed, epoch, batch, rank))
+    return StreetAugment(mean=mean, std=std, generator=gen)(images)
 
 
 class TrainData:
@@ -134,6 +119,7 @@ class PreloadedData(TrainData):
         self.n_samples = len(latlon)
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self.rank, self.world_size, self.augment = rank, world_size, augment
+        self.mean_t, self.std_t = tuple(mean), tuple(std)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.steps_per_epoch = (self.n_samples // world_size) // batch_size
@@ -144,11 +130,10 @@ class PreloadedData(TrainData):
         idx_all = torch.as_tensor(epoch_indices(self.n_samples, epoch, self.seed, self.rank, self.world_size))
         for b in range(start_batch, self.steps_per_epoch):
             idx = idx_all[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
-            images = self.images[idx].float().div_(255)  # (B, 3, H, W) in [0, 1]
+            images = (self.images[idx].float().div_(255) - self.mean) / self.std  # (B, 3, H, W) normalised
             if self.augment:
-                gen = torch.Generator(device=self.device).manual_seed(batch_seed(self.seed, epoch, b, self.rank))
-                images = augment_batch(images, gen)
-            yield {"images": (images - self.mean) / self.std, "latlon": self.latlon[idx], "index": idx}
+                images = augment_batch(images, self.seed, epoch, b, self.rank, self.mean_t, self.std_t)
+            yield {"images": images, "latlon": self.latlon[idx], "index": idx}
 
 
 class SyntheticData(TrainData):
@@ -159,7 +144,8 @@ class SyntheticData(TrainData):
         g = torch.Generator().manual_seed(seed)
         self.n_samples, self.batch_size, self.seed, self.device = n, batch_size, seed, device
         self.rank, self.world_size = rank, world_size
-        self.images = torch.randn(min(n, 4 * batch_size), 3, image_size, image_size, generator=g).to(device)
+        # a fixed pool of images (not per-batch-size), so any rank layout sees the same sample i
+        self.images = torch.randn(min(n, 1024), 3, image_size, image_size, generator=g).to(device)
         latlon = torch.tensor(centre, dtype=torch.float64) + 0.02 * (torch.rand(n, 2, generator=g, dtype=torch.float64) - 0.5)
         self.latlon = latlon.to(device)
         self.steps_per_epoch = (n // world_size) // batch_size
@@ -192,11 +178,16 @@ class SeededDataset(torch.utils.data.Dataset):
 
 
 class LoaderData(TrainData):
-    """A DataLoader over a map-style dataset of dicts {"image", "latlon", "index"}; for file-backed data."""
+    """A DataLoader over a map-style dataset of dicts {"image", "latlon", "index"}; for file-backed data.
+
+    The dataset's transform should be deterministic (the model's preprocess_val);
+    augmentation runs on the device per batch (StreetAugment), seeded by position.
+    """
 
     def __init__(self, dataset, batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0):
+                 num_workers: int = 0, augment: bool = True, mean=OPENAI_MEAN, std=OPENAI_STD):
         self.n_samples, self.batch_size, self.device = len(dataset), batch_size, device
+        self.seed, self.rank, self.augment, self.mean, self.std = seed, rank, augment, tuple(mean), tuple(std)
         self.sampler = ResumableSampler(len(dataset), batch_size, seed, rank, world_size)
         self.steps_per_epoch = (self.n_samples // world_size) // batch_size
         if self.steps_per_epoch < 1:
@@ -209,8 +200,11 @@ class LoaderData(TrainData):
     def batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
         self.sampler.set_position(epoch, start_batch)
         nb = self.device.type == "cuda"
-        for batch in self.loader:
-            yield {"images": batch["image"].to(self.device, non_blocking=nb),
+        for b, batch in enumerate(self.loader, start=start_batch):
+            images = batch["image"].to(self.device, non_blocking=nb)
+            if self.augment:  # on the device, as a batch, seeded by its position
+                images = augment_batch(images, self.seed, epoch, b, self.rank, self.mean, self.std)
+            yield {"images": images,
                    "latlon": torch.as_tensor(batch["latlon"], dtype=torch.float64).to(self.device, non_blocking=nb),
                    "index": batch["index"].to(self.device, non_blocking=nb)}
 
@@ -224,30 +218,45 @@ def make_train_data(cfg, image_size: int, device: torch.device, rank: int = 0, w
     if table is None:
         raise ValueError("data.table is empty: give a sample table (CSV / parquet) or set data.synthetic=true")
     if d.preload:
-        images_u8 = preload_images(table, d.root, image_size)
+        images_u8 = preload_images(table, d.root, image_size, progress=cfg.progress)
         return PreloadedData(images_u8, table[["lat", "lon"]].to_numpy(np.float64), cfg.batch_size, cfg.seed, device,
                              rank, world_size, augment=d.augment, mean=mean, std=std)
     from swclip.data import ImageDataset
 
-    return LoaderData(ImageDataset(table, d.root, transform), cfg.batch_size, cfg.seed, device, rank, world_size,
-                      d.num_workers)
+    return LoaderData(ImageDataset(table, d.root or table.attrs.get("root") or ".", transform), cfg.batch_size, cfg.seed,
+                      device, rank, world_size, d.num_workers, augment=d.augment, mean=mean, std=std)
+
+
+_PRELOAD_CACHE: dict = {}  # one entry: the last table decoded (build_demo trains several models on it)
 
 
 def preload_images(table, root, image_size: int, progress: bool = False) -> torch.Tensor:
-    """Decode every image of ``table`` once, resized to image_size². -> uint8 (N, 3, S, S)."""
-    from swclip.data import open_image
+    """Decode every image of ``table`` once, resized (bicubic, as open_clip's preprocess) to image_size².
 
-    out = torch.empty(len(table), 3, image_size, image_size, dtype=torch.uint8)
-    it = enumerate(table["image"].tolist())
+    -> uint8 (N, 3, S, S). The last result is cached in memory, keyed by root, size and the image paths.
+    """
+    from PIL import Image
+
+    from swclip.data import open_image, resolve_image_path
+
+    root = root or table.attrs.get("root") or "."
+    refs = table["image"].astype(str).tolist()
+    key = (str(Path(root).resolve()), image_size, hashlib.sha256("\n".join(refs).encode()).hexdigest())
+    if key in _PRELOAD_CACHE:
+        return _PRELOAD_CACHE[key]
+    out = torch.empty(len(refs), 3, image_size, image_size, dtype=torch.uint8)
+    it = enumerate(refs)
     if progress:
         from tqdm import tqdm
-        it = tqdm(it, total=len(table), desc="decoding images", leave=False)
+
+        it = tqdm(it, total=len(refs), desc="decoding images", leave=False)
     for i, ref in it:
-        img = open_image(ref, root=root) if root else open_image(ref)
-        img = img.convert("RGB")
+        img = open_image(resolve_image_path(root, ref)).convert("RGB")
         if img.size != (image_size, image_size):
-            img = img.resize((image_size, image_size))
+            img = img.resize((image_size, image_size), Image.BICUBIC)
         out[i] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    _PRELOAD_CACHE.clear()
+    _PRELOAD_CACHE[key] = out
     return out
 
 

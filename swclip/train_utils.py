@@ -72,6 +72,9 @@ class LossConfig:
     bank_size: int = 4096  # memory bank rows
     refit_every: int = 100  # steps between variogram refits
     min_fit_samples: int = 256
+    variogram_model: str = "exponential"  # skgstat model fitted to the bank (or "best")
+    variogram_max_lag_m: Optional[float] = None  # lags beyond this are ignored; set it to a few km for street-level
+                                                 # multi-city data, or the inter-city pairs swamp the bins
 
 
 @dataclass
@@ -243,11 +246,20 @@ def build_loss(cfg: LossConfig, world_size: int = 1, rank: int = 0, fit_fn=None)
                                    nc_temperature=cfg.nc_temperature, world_size=world_size, rank=rank)
     if cfg.name == "semivariogram":
         if fit_fn is None:
-            from swclip.variogram import fit_embedding_variogram as fit_fn
+            fit_fn = variogram_fit_fn(cfg)
         return losses.SemivariogramWeightedLoss(beta=cfg.beta, bank_size=cfg.bank_size, refit_every=cfg.refit_every,
                                                 min_fit_samples=cfg.min_fit_samples, fit_fn=fit_fn,
                                                 world_size=world_size, rank=rank)
     raise ValueError(f"loss.name {cfg.name!r} unknown; choose one of {LOSSES}")
+
+
+def variogram_fit_fn(cfg: LossConfig):
+    """swclip.variogram.fit_embedding_variogram with the config's model and max lag."""
+    import functools
+
+    from swclip.variogram import fit_embedding_variogram
+
+    return functools.partial(fit_embedding_variogram, model=cfg.variogram_model, max_lag_m=cfg.variogram_max_lag_m)
 
 
 def sigma_at(cfg: LossConfig, step: int, total_steps: int) -> float:

@@ -277,9 +277,7 @@ class Trainer:
         self.model.to(self.device)
         fit_fn = None
         if cfg.loss.name == "semivariogram":
-            from swclip.variogram import fit_embedding_variogram
-
-            fit_fn = _RecordingFit(fit_embedding_variogram)
+            fit_fn = _RecordingFit(tu.variogram_fit_fn(cfg.loss))
         self.loss_fn = tu.build_loss(cfg.loss, self.dist.world_size, self.dist.rank, fit_fn=fit_fn).to(self.device)
         self.optimizer = tu.build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = tu.build_scheduler(self.optimizer, cfg.optim, cfg.steps)
@@ -466,19 +464,10 @@ def train(cfg: tu.TrainConfig, resume: Optional[str] = None, table=None) -> Path
 
 
 def _train_transform(model, cfg: tu.TrainConfig):
-    """Per-sample transform for the file-backed loader: the data module's augmentation, else the model's preprocess."""
+    """Per-sample transform for the file-backed loader: the model's deterministic preprocess (augmentation runs per batch)."""
     if cfg.data.synthetic or cfg.data.preload:
         return None
-    m = tu.unwrap(model)
-    if cfg.data.augment:
-        try:
-            from swclip.data import train_transform
-
-            size, mean, std = image_spec(model)
-            return train_transform(size, mean=mean, std=std)
-        except ImportError:
-            pass
-    return getattr(m, "preprocess", None)
+    return tu.unwrap(model).preprocess_val
 
 
 def save_final(run_dir: Path, model, cfg: tu.TrainConfig, table, run_id: str) -> None:

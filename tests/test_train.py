@@ -1,0 +1,143 @@
+"""train/train.py + train/evaluate.py end to end on a tiny demo world, for every loss.
+
+For each loss: an uninterrupted run; the same run SIGKILLed mid-epoch in a
+subprocess (after its step-4 checkpoint), then resumed with --resume auto;
+the final weights must match the uninterrupted run's. Then train/evaluate.py
+writes the app's artefacts from the resumed run, checked against the table.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from swclip.geo import haversine_m
+
+ROOT = Path(__file__).resolve().parents[1]
+LOSS_CONFIG = {"clip": "demo_clip.yaml", "swclip": "demo_swclip.yaml", "swclip+nc": "demo_swclip_nc.yaml",
+               "semivariogram": "demo_semivariogram.yaml"}
+# 96 training rows, batch 16: 6 steps per epoch; 9 steps cross an epoch; the kill comes at step 5 (epoch 0, batch 5)
+TINY = ["batch_size=16", "steps=9", "ckpt_every=2", "keep_last=2", "progress=false", "model.gps_hidden=32",
+        "optim.warmup_steps=2", "loss.bank_size=64", "loss.refit_every=2", "loss.min_fit_samples=32", "device=cpu"]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"train_{name}", ROOT / "train" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from swclip.data import read_table, spatial_split
+    from swclip.synth import make_world
+
+    root = tmp_path_factory.mktemp("world")
+    make_world(root, seed=0, cities=["London", "Bristol"], samples_per_city=64, image_size=32, workers=1)
+    table = spatial_split(read_table(root / "samples.csv"), test_frac=0.25, block_m=200, buffer_m=20, seed=0)
+    table.to_csv(root / "split.csv", index=False)
+    assert (table["split"] == "train").sum() == 96
+    return root
+
+
+def args_for(loss, world, out, run_id, *extra):
+    return ["--config", str(ROOT / "train" / "configs" / LOSS_CONFIG[loss]), *TINY, f"data.table={world / 'split.csv'}",
+            f"data.root={world}", f"out_dir={out}", f"run_id={run_id}", *extra]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", list(LOSS_CONFIG))
+def test_kill_resume_evaluate(loss, world, tmp_path):
+    train = load_script("train")
+    assert train.main(args_for(loss, world, tmp_path, "full")) == 0
+    full = load_file(str(tmp_path / "full" / "model.safetensors"))
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "train" / "train.py"),
+                           *args_for(loss, world, tmp_path, "killed", "fault_at_step=5")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    killed = tmp_path / "killed"
+    assert not (killed / "manifest.json").exists()  # it never finished
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+    meta = json.loads((killed / "checkpoints" / "step_00000004" / "meta.json").read_text())
+    assert (meta["epoch"], meta["batch_in_epoch"]) == (0, 4)  # mid-epoch
+    if loss == "semivariogram":  # the variogram had been fitted, and its inputs travel with the checkpoint
+        state = torch.load(killed / "checkpoints" / "step_00000004" / "state.pt", weights_only=True)
+        assert "fit_embeddings" in state["loss"] and state["loss"]["calls"] == 4
+
+    assert train.main(args_for(loss, world, tmp_path, "killed", "--resume", "auto")) == 0
+    resumed = load_file(str(killed / "model.safetensors"))
+    assert full.keys() == resumed.keys()
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], rtol=1e-5, atol=1e-6, msg=k)
+    log = pd.read_csv(killed / "train_log.csv")
+    assert log["step"].tolist() == list(range(1, 10))  # rows after the checkpoint were redone, not duplicated
+    ref_log = pd.read_csv(tmp_path / "full" / "train_log.csv")
+    np.testing.assert_allclose(log["loss"], ref_log["loss"], rtol=1e-5)
+    if loss == "swclip+nc":
+        assert "nc_loss" in log.columns and (log["nc_loss"] > 0).all()
+    for col in ("lr", "logit_scale", "images_per_s", "data_wait_frac", "contrastive_loss"):
+        assert log[col].notna().all(), col
+
+    evaluate = load_script("evaluate")
+    assert evaluate.main([str(killed), "--quiet"]) == 0
+    table = pd.read_csv(world / "split.csv")
+    test = table[table["split"] == "test"].reset_index(drop=True)
+    pred = pd.read_parquet(killed / "predictions.parquet")
+    for col in ("id", "city", "lat", "lon", "pred_lat", "pred_lon", "error_m", "topk_lat", "topk_lon", "topk_prob", "image"):
+        assert col in pred.columns, col
+    assert pred["id"].tolist() == test["id"].astype(str).tolist()
+    np.testing.assert_allclose(pred["error_m"], haversine_m(test[["lat", "lon"]].to_numpy(), pred[["pred_lat", "pred_lon"]].to_numpy()))
+    # every prediction is a training location (the gallery); the top-k is ranked by probability
+    train_ll = {tuple(np.round(r, 7)) for r in table.loc[table["split"] == "train", ["lat", "lon"]].to_numpy()}
+    assert all((round(a, 7), round(b, 7)) in train_ll for a, b in zip(pred["pred_lat"], pred["pred_lon"]))
+    assert all(np.all(np.diff(p) <= 1e-9) for p in pred["topk_prob"])
+    emb = np.load(killed / "embeddings.npy")
+    assert emb.shape[0] == len(pred) and np.allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1, atol=1e-2)
+    gallery = np.load(killed / "gallery.npz")
+    assert len(gallery["latlon"]) == len(train_ll)
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics["n"] == len(test) and metrics["median_m"] == pytest.approx(float(np.median(pred["error_m"])))
+    assert set(metrics["per_city"]) == {"London", "Bristol"}
+    for key in ("acc@100m", "acc@250m", "acc@500m", "acc@25km", "recall@1", "recall@5"):
+        assert 0 <= metrics[key] <= 1, key
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert manifest["loss"]["name"] == loss and manifest["metrics"]["median_m"] == metrics["median_m"]
+
+
+def test_non_finite_loss_stops_with_step_and_term_and_keeps_checkpoint(world, tmp_path):
+    from swclip.train_utils import NonFiniteLossError, list_checkpoints, load_checkpoint
+
+    train = load_script("train")
+    # an absurd learning rate blows the weights up within a few steps
+    argv = args_for("swclip", world, tmp_path, "nan", "optim.lr=1e30", "optim.grad_clip=0", "optim.warmup_steps=0",
+                    "ckpt_every=1", "steps=8")
+    with pytest.raises(NonFiniteLossError, match=r"step (\d+): (loss term 'contrastive_loss'|the gradient norm) is (nan|inf)") as e:
+        train.main(argv)
+    failed_step = int(str(e.value).split()[1].rstrip(":"))
+    ckpts = list_checkpoints(tmp_path / "nan")
+    assert ckpts and json.loads((ckpts[-1] / "meta.json").read_text())["step"] == failed_step - 1
+    weights, _, _ = load_checkpoint(ckpts[-1])
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not (tmp_path / "nan" / "manifest.json").exists()
+
+
+def test_train_cli_errors_are_clear(world, tmp_path):
+    train = load_script("train")
+    with pytest.raises(ValueError, match="loss.nme"):
+        train.main(args_for("clip", world, tmp_path, "x", "loss.nme=clip"))
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        train.main(args_for("clip", world, tmp_path, "x", "--resume", str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match="split"):
+        train.main(args_for("clip", world, tmp_path, "x", "data.train_split=nosuchsplit"))
