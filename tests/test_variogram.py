@@ -192,6 +192,20 @@ def test_fit_best_picks_lowest_rmse(small_field):
     assert best.ok and best.rmse == min(rmses.values()) and rmses[best.model] == best.rmse
 
 
+def test_white_noise_is_flagged_as_unstructured():
+    rng = np.random.default_rng(0)
+    latlon = local_metres_to_degrees(rng.random((400, 2)) * 3000, ORIGIN)
+    emp = empirical_variogram(latlon, values=rng.standard_normal(400))
+    for model in MODELS:
+        fit = fit_variogram(emp, model)
+        assert not fit.ok or (fit.nugget_ratio > 0.9 and "little spatial structure" in fit.warning), model
+
+
+def test_structured_field_has_no_warning(small_field):
+    fit = fit_variogram(empirical_variogram(*small_field, bins=15), "spherical")
+    assert fit.ok and fit.warning == "" and fit.nugget_ratio < 0.5
+
+
 def test_nugget_false_fixes_nugget_at_zero(small_field):
     fit = fit_variogram(empirical_variogram(*small_field, bins=15), "exponential", nugget=False)
     assert fit.ok and fit.nugget == 0.0 and fit.sill == fit.partial_sill
