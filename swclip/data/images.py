@@ -152,18 +152,22 @@ class ImageDataset:
     """A torch map-style Dataset over a sample table with image paths.
 
     table: the sample table (``id, image, lat, lon, city``...); ``image`` paths
-    resolve under ``root``, and paths escaping it are rejected.
+    resolve under ``root`` (default: ``table.attrs["root"]``, which the readers
+    set), and paths escaping it are rejected.
     transform: PIL image -> tensor, normally the model's own open_clip preprocess
     (``open_clip.image_transform``); default: ``torchvision.transforms.ToTensor``.
     Item: ``dict(image=(C, H, W) float tensor, latlon=(2,) float64 tensor, index=int)``,
     with ``index`` the row position in ``table``.
     """
 
-    def __init__(self, table, root, transform=None):
+    def __init__(self, table, root=None, transform=None):
         import torch
 
         from swclip.data.table import resolve_image_path
 
+        root = root if root is not None else table.attrs.get("root")
+        if root is None:
+            raise ValueError("ImageDataset needs root=, the folder the table's image paths are relative to")
         self.root = Path(root)
         self.paths = [resolve_image_path(self.root, p) for p in table["image"].astype(str)]
         self.latlon = torch.tensor(table[["lat", "lon"]].to_numpy(dtype=np.float64, copy=True))  # (N, 2)

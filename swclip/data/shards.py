@@ -76,9 +76,9 @@ def _expand(pattern) -> list[str]:
     else:
         pattern = str(pattern)
         if "{" in pattern:
-            import braceexpand
+            from webdataset.shardlists import expand_urls
 
-            urls = list(braceexpand.braceexpand(pattern))
+            urls = list(expand_urls(pattern))
         else:
             urls = sorted(glob.glob(pattern))
     if not urls:

@@ -57,6 +57,8 @@ def spatial_split(
     check_latlon(latlon, "table lat/lon")
     n = len(table)
     rng = np.random.default_rng(seed)
+    if by is not None and table[by].isna().any():
+        raise ValueError(f"spatial_split: {int(table[by].isna().sum())} row(s) have no {by!r}; validate the table first")
     groups = np.zeros(n, dtype=np.int64) if by is None else pd.factorize(table[by].astype(str), sort=True)[0]
     is_test = np.zeros(n, dtype=bool)
     for g in range(groups.max() + 1 if n else 0):

@@ -163,6 +163,8 @@ def make_world(
     if not 8 <= image_size <= 1024:
         raise ValueError(f"image_size must be in [8, 1024] pixels, got {image_size}")
     names = list(CITIES) if cities is None else list(cities)
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"cities must be distinct names from {list(CITIES)}, got {names}")
     plans = [city_plan(name, list(CITIES).index(name) if name in CITIES else -1, seed) for name in names]
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()):
