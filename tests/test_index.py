@@ -210,3 +210,18 @@ def test_predictor_refuses_a_gallery_from_another_model(model):
     g = Gallery(np.zeros((2, 2)), _unit(np.eye(2, 16)))
     with pytest.raises(ValueError, match="different runs"):
         Predictor(model, g)
+
+
+def test_limit_threads_restores_the_settings():
+    import faiss
+
+    from swclip.index import limit_threads
+
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    with limit_threads(1):
+        assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    with pytest.raises(RuntimeError):
+        with limit_threads(1):
+            raise RuntimeError("boom")
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before

@@ -84,9 +84,9 @@ def test_fresh_process_rebuilds_bit_identical_predictions(trained_run, tmp_path)
     root, run_dir, model, images = trained_run
     for i, im in enumerate(images[:6]):
         im.save(tmp_path / f"{i}.png")
-    with torch.no_grad():
-        here = Predictor(model, runs.read_gallery(run_dir)).predict(images[:6], top_k=5, progress=False)
-        here_emb = model.encode_image(torch.stack([model.preprocess_val(im) for im in images[:6]])).numpy()
+    predictor = Predictor(model, runs.read_gallery(run_dir))
+    here = predictor.predict(images[:6], top_k=5, progress=False)
+    here_emb = predictor.encode(images[:6], progress=False)  # the same code path (and thread count) as there
     script = textwrap.dedent(f"""
         import numpy as np
         from PIL import Image
