@@ -88,6 +88,12 @@ def url_widget(
     value = url_get(key, default, parse)
     if valid is not None and not valid(value):
         value = default
+    if isinstance(value, tuple):
+        # A range widget (select_slider, slider) is a range only when value= is a tuple;
+        # value= stays equal to the widget's own state, so the widget keeps its identity.
+        out = widget(label, key=wkey, value=value, **kwargs)
+        url_set(key, tuple(out), fmt)
+        return tuple(out)
     if wkey not in st.session_state or (valid is not None and not valid(st.session_state[wkey])):
         st.session_state[wkey] = value
     out = widget(label, key=wkey, **kwargs)

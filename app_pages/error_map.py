@@ -31,7 +31,7 @@ with c1:
     lo, hi = sup.url_widget(
         st.select_slider, "Show errors between (m)", "err", (ERROR_STOPS_M[0], ERROR_STOPS_M[-1]),
         parse=lambda s: tuple(int(x) for x in s.split("-")), fmt=lambda v: f"{v[0]}-{v[1]}",
-        valid=lambda v: isinstance(v, tuple) and len(v) == 2 and all(x in ERROR_STOPS_M for x in v) and v[0] < v[1],
+        valid=lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(x in ERROR_STOPS_M for x in v) and v[0] < v[1],
         options=ERROR_STOPS_M, format_func=fmt_m,
     )
 with c2:

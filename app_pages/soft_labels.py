@@ -24,8 +24,13 @@ cities = sorted(df_all["city"].astype(str).unique()) if "city" in df_all else []
 city = view.city_or_none() or (cities[0] if cities else None)
 if view.city_or_none() is None and city:
     st.caption(f"Soft labels are per city; showing **{city}** (pick one in the sidebar).")
-df = sup.city_predictions(view.runs_root, run.run_id, run.stamp, city)
-latlon_all = df[["lat", "lon"]].to_numpy(np.float64)
+samples = sup.sample_table(view.runs_root, run.run_id, run.stamp)
+if samples is not None and "city" in samples:
+    source = "the run's sample table"  # what training batches are drawn from
+    latlon_all = samples.loc[samples["city"].astype(str) == city, ["lat", "lon"]].to_numpy(np.float64)
+else:
+    source = "the evaluation samples (the sample table is not under the runs directory)"
+    latlon_all = sup.city_predictions(view.runs_root, run.run_id, run.stamp, city)[["lat", "lon"]].to_numpy(np.float64)
 
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
@@ -53,7 +58,7 @@ neff = effective_positives(q)  # (B,)
 compute_s = time.perf_counter() - t0
 
 st.markdown(
-    f"**{city}** · B = {len(latlon)} · σ = {sigma_m:g} m · kernel `{kernel}` · "
+    f"**{city}** · B = {len(latlon)} drawn from {source} · σ = {sigma_m:g} m · kernel `{kernel}` · "
     f"median effective positives per row **{np.median(neff):.2f}** (one-hot: 1). "
     f"Targets computed in {compute_s * 1000:.0f} ms."
 )

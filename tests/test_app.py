@@ -1,0 +1,242 @@
+"""The Streamlit app under AppTest, on a fixture run built by the real code (tests/app_fixture.py).
+
+AppTest runs the script in this process, so it sees exceptions, widgets and
+the URL; it cannot tell whether a map draws (tests/test_browser.py looks).
+"""
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ExifTags
+from streamlit.testing.v1 import AppTest
+
+from swclip import appstate, runs
+from tests.app_fixture import fixture_runs
+
+pytestmark = [pytest.mark.xdist_group("app"), pytest.mark.slow]
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGES = ["app_pages/overview.py", "app_pages/predict.py", "app_pages/error_map.py", "app_pages/semivariogram.py",
+         "app_pages/soft_labels.py", "app_pages/neighbourhoods.py", "app_pages/compare.py", "app_pages/failures.py"]
+
+
+@pytest.fixture(scope="module")
+def runs_root(request):
+    return fixture_runs(Path(request.config.cache.mkdir("swclip_app_fixture")))
+
+
+def new_app(root) -> AppTest:
+    os.environ["SWCLIP_RUNS_DIR"] = str(root)
+    return AppTest.from_file(APP, default_timeout=120)
+
+
+def errors_of(at):
+    return [e.value for e in at.exception]
+
+
+def text_of(at) -> str:
+    return "\n".join(str(m.value) for m in at.markdown) + "\n".join(str(c.value) for c in at.caption)
+
+
+def test_every_page_renders_on_the_fixture_run(runs_root):
+    at = new_app(runs_root)
+    at.run()
+    assert not errors_of(at)
+    assert at.title[0].value == "Runs"
+    assert any("Demo world" in str(i.value) for i in at.info), "the demo banner says what the data is"
+    for page in PAGES[1:]:
+        at.switch_page(page)
+        at.run()
+        assert not errors_of(at), f"{page}: {errors_of(at)}"
+        assert at.title, f"{page} drew no title"
+
+
+def test_url_state_survives_page_switches_and_reproduces_the_view(runs_root):
+    at = new_app(runs_root)
+    at.run()
+    at.selectbox(key="url:city").set_value("Manchester")
+    at.select_slider(key="url:sigma").set_value(400)
+    at.run()
+    assert at.query_params["city"] == "Manchester" and at.query_params["sigma"] == "400"
+    at.switch_page("app_pages/soft_labels.py")
+    at.run()
+    assert not errors_of(at)
+    assert at.query_params["city"] == "Manchester" and at.query_params["sigma"] == "400"
+    assert "**Manchester**" in text_of(at) and "σ = 400 m" in text_of(at)
+    kept = dict(at.query_params)
+
+    # A fresh session opened on that link shows the same view.
+    fresh = new_app(runs_root)
+    fresh.query_params.update(kept)
+    fresh.run()
+    assert fresh.selectbox(key="url:city").value == "Manchester"
+    assert fresh.select_slider(key="url:sigma").value == 400
+
+
+def test_soft_labels_follow_the_controls(runs_root):
+    at = new_app(runs_root)
+    at.run()
+    at.switch_page("app_pages/soft_labels.py")
+    at.run()
+    at.slider(key="url:batch").set_value(40)
+    at.radio(key="url:kernel").set_value("exponential")
+    at.run()
+    assert not errors_of(at)
+    md = text_of(at)
+    assert "B = 40" in md and "kernel `exponential`" in md
+    assert at.query_params["batch"] == "40" and at.query_params["kernel"] == "exponential"
+    at.radio(key="url:kernel").set_value("onehot")
+    at.run()
+    assert "median effective positives per row **1.00**" in text_of(at)  # one-hot: exactly one positive per row
+
+
+def test_hand_edited_url_falls_back_to_valid_choices(runs_root):
+    at = new_app(runs_root)
+    at.query_params.update({"run": "../../etc", "city": "Atlantis", "sigma": "-3", "batch": "999999"})
+    at.run()
+    assert not errors_of(at)
+    assert all(r in {"demo/clip", "demo/swclip-s50"} for r in at.multiselect(key="url:run").value)
+    assert at.selectbox(key="url:city").value in ("All cities", "London", "Manchester")
+
+
+def test_error_map_filters_and_other_pages_controls(runs_root):
+    at = new_app(runs_root)
+    at.run()
+    at.switch_page("app_pages/error_map.py")
+    at.run()
+    at.select_slider(key="url:err").set_value((100, 1_000_000))
+    at.slider(key="url:worst").set_value(5)
+    at.run()
+    assert not errors_of(at) and "between 100 m and 1000 km" in text_of(at)
+    at.switch_page("app_pages/neighbourhoods.py")
+    at.run()
+    at.radio(key="url:nrun").set_value("demo/clip")
+    at.number_input(key="url:anchor").set_value(3)
+    at.run()
+    assert not errors_of(at) and "overlap@8" in text_of(at)
+    at.switch_page("app_pages/failures.py")
+    at.run()
+    at.slider(key="url:worst").set_value(2)
+    at.run()
+    assert not errors_of(at) and len(at.get("download_button")) == 1
+
+
+# ----------------------------------------------------------------- uploads
+
+
+def _jpeg(img, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_predict_survives_hostile_uploads_and_reads_exif_gps(runs_root):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    exif[ExifTags.Base.GPSInfo] = {1: "N", 2: (51.0, 30.0, 0.0), 3: "W", 4: (0.0, 7.0, 30.0)}
+    good_jpeg = _jpeg(rgb, exif=exif)
+    bomb = _png(Image.new("1", (9000, 9000)))  # 81 Mpx, a few kB: refused before decoding
+    files = [
+        ("notes.txt", b"this is not an image", "text/plain"),
+        ("empty.jpg", b"", "image/jpeg"),
+        ("cut.jpg", good_jpeg[: len(good_jpeg) // 2], "image/jpeg"),
+        ("bomb.png", bomb, "image/png"),
+        ("gps.jpg", good_jpeg, "image/jpeg"),
+        ("cmyk.jpg", _jpeg(rgb.convert("CMYK")), "image/jpeg"),
+        ("wide.png", _png(Image.fromarray((np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16))), "image/png"),
+        ("alpha.png", _png(rgb.convert("RGBA")), "image/png"),
+    ]
+    at = new_app(runs_root)
+    at.run()
+    at.switch_page("app_pages/predict.py")
+    at.run()
+    at.file_uploader(key="uploads").set_value(files)
+    at.run()
+    assert not errors_of(at)
+    errs = "\n".join(e.value for e in at.error)
+    for name in ("notes.txt", "empty.jpg", "cut.jpg", "bomb.png"):
+        assert name in errs, f"{name} should get its own message:\n{errs}"
+    assert len(at.error) == 4
+    table = at.dataframe[-1].value
+    assert list(table["photo"]) == ["gps.jpg", "cmyk.jpg", "wide.png", "alpha.png"]
+    gps = table.set_index("photo").loc["gps.jpg"]
+    assert gps["truth_from"] == "EXIF GPS"
+    assert gps["true_lat"] == pytest.approx(51.5) and gps["true_lon"] == pytest.approx(-(7.5 / 60))
+    assert np.isfinite(gps["error_m"])
+    assert len(at.get("download_button")) == 2  # CSV and GeoJSON
+
+    # The app keeps working in this session after the bad files.
+    at.file_uploader(key="uploads").set_value(None)
+    at.multiselect(key="url:pick").set_value(at.multiselect(key="url:pick").options[:2])
+    at.run()
+    assert not errors_of(at) and not at.error
+    assert "evaluation label" in text_of(at)
+
+
+# ----------------------------------------------------------------- empty state and paths
+
+
+def test_empty_runs_directory_gets_a_friendly_message(tmp_path):
+    at = new_app(tmp_path)
+    at.run()
+    assert not errors_of(at)
+    assert any("make run" in str(m.value) for m in at.markdown)
+    for page in PAGES[1:]:
+        at.switch_page(page)
+        at.run()
+        assert not errors_of(at), page
+        assert at.warning, f"{page} should explain there are no runs"
+
+
+def test_nothing_is_read_outside_the_runs_directory(runs_root, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "demo" / "clip", root / "stolen", ignore=shutil.ignore_patterns("checkpoints"))
+    man = json.loads((root / "stolen" / "manifest.json").read_text())
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "samples.csv").write_text("id,image,lat,lon,city\na,x.jpg,1,1,X\n")
+    man["data"] = {"root": "../../secret", "table": "../../secret/samples.csv"}
+    (root / "stolen" / "manifest.json").write_text(json.dumps(man))
+    found, broken = appstate.discover_runs(root)
+    run = found[0]
+    assert appstate.image_root(run, root) is None
+    assert appstate.table_path(run, root) is None
+    assert appstate.image_path(root / "stolen", "../../secret/samples.csv", root) is None
+    with pytest.raises(runs.RunError, match="escapes"):
+        appstate.inside_root(root, "../secret/samples.csv")
+    (root / "link").symlink_to(secret)
+    with pytest.raises(runs.RunError):
+        appstate.inside_root(root, "link/samples.csv")
+    # And the app shows the run without thumbnails rather than failing.
+    at = new_app(root)
+    at.run()
+    at.switch_page("app_pages/failures.py")
+    at.run()
+    assert not errors_of(at)
+    assert any("not under the runs directory" in str(i.value) for i in at.info)
+
+
+def test_broken_runs_are_listed_with_their_problem(runs_root, tmp_path):
+    root = tmp_path / "runs"
+    (root / "bad").mkdir(parents=True)
+    (root / "bad" / "manifest.json").write_text("{not json")
+    shutil.copytree(runs_root / "demo" / "clip", root / "good", ignore=shutil.ignore_patterns("checkpoints"))
+    found, broken = appstate.discover_runs(root)
+    assert [r.run_id for r in found] == ["good"]
+    assert broken[0][0] == "bad" and "JSON" in broken[0][1]
+    at = new_app(root)
+    at.run()
+    assert not errors_of(at)
+    assert any("cannot be read" in e.label for e in at.sidebar.expander)
