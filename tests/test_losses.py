@@ -5,7 +5,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swclip.geo import pairwise_haversine_m
@@ -69,6 +69,7 @@ def test_soft_clip_loss_equals_loop_reference_value_and_gradient(kernel, sigma_m
         assert g_img[i, 0].item() == pytest.approx((lp - lm) / (2 * eps), rel=1e-3, abs=1e-6)
 
 
+@settings(max_examples=25)
 @given(st.integers(2, 24), st.integers(0, 1000), st.sampled_from(["gaussian", "exponential"]))
 def test_sigma_zero_soft_clip_equals_clip(b, seed, kernel):
     image, location, latlon = batch(b, 16, seed)
@@ -80,6 +81,7 @@ def test_sigma_zero_soft_clip_equals_clip(b, seed, kernel):
     torch.testing.assert_close(gs_loc, gh_loc)
 
 
+@settings(max_examples=20)
 @given(st.integers(3, 24), st.integers(0, 1000), st.floats(10.0, 2000.0))
 def test_losses_are_invariant_to_permuting_the_batch(b, seed, sigma_m):
     image, location, latlon = batch(b, 16, seed)
