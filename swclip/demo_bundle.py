@@ -63,46 +63,87 @@ def build_world(world_dir: Path, seed: int = 0, cities=None, samples_per_city: O
     return split_csv
 
 
-def build_demo(out="runs/demo", seed: int = 0, steps: Optional[int] = None, models=None, samples_per_city=None,
-               cities=None, rebuild: bool = False, progress: bool = True, extra_overrides: tuple = ()) -> dict:
-    """Build what is missing of the bundle; -> {run_id: metrics}. See the module docstring."""
+def _build_run(job: dict) -> dict:
+    """Train + evaluate one demo run (in a worker process when building in parallel). -> timings."""
+    import torch
+
     from swclip.evaluation import evaluate_run
     from swclip.train_utils import load_config
-    from swclip.training import read_train_table, train
+    from swclip.training import train
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    timings = {}
-    split_csv = build_world(out / "world", seed, cities, samples_per_city, progress)
-    timings["world_s"] = time.perf_counter() - t_start
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
+    cfg = load_config(job["config"], job["overrides"])
+    run_dir = Path(cfg.out_dir) / cfg.run_id
+    (run_dir / ".complete").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    train(cfg)
+    t1 = time.perf_counter()
+    evaluate_run(run_dir, progress=False)
+    timings = {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1, "threads": torch.get_num_threads()}
+    (run_dir / ".complete").write_text(json.dumps(timings))
+    return {"run_id": cfg.run_id, **timings}
+
+
+def build_demo(out="runs/demo", seed: int = 0, steps: Optional[int] = None, models=None, samples_per_city=None,
+               cities=None, rebuild: bool = False, progress: bool = True, extra_overrides: tuple = (),
+               workers: Optional[int] = None) -> dict:
+    """Build what is missing of the bundle; -> {run_id: metrics}. See the module docstring.
+
+    workers: runs trained at once, each in its own process with one torch thread (default: the
+    CPU count, at most 2). On 2 cores two one-thread runs finish sooner than one two-thread run
+    after another: the demo model's ops are too small to split well across threads.
+    """
     names = list(models or DEMO_MODELS)
     unknown = [n for n in names if n not in DEMO_MODELS]
     if unknown:
         raise ValueError(f"unknown demo model(s) {unknown}; choose from {list(DEMO_MODELS)}")
-    results, table = {}, None
-    for i, run_id in enumerate(names):
-        run_dir = out / run_id
-        if (run_dir / ".complete").is_file() and not rebuild:
-            _log(f"[{i + 1}/{len(names)}] {run_id}: already built", progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    timings: dict = {}
+    split_csv = build_world(out / "world", seed, cities, samples_per_city, progress)
+    timings["world_s"] = time.perf_counter() - t_start
+    workers = max(1, min(workers or min(os.cpu_count() or 1, 2), len(names)))
+    jobs = []
+    for run_id in names:
+        if (out / run_id / ".complete").is_file() and not rebuild:
+            _log(f"{run_id}: already built", progress)
+            continue
+        config, over = DEMO_MODELS[run_id]
+        over = list(over) + [f"run_id={run_id}", f"out_dir={out}", f"seed={seed}", f"data.table={split_csv}",
+                             f"data.root={split_csv.parent}", f"progress={progress and workers == 1}", *extra_overrides]
+        if steps:
+            over.append(f"steps={steps}")
+        jobs.append({"run_id": run_id, "config": str(CONFIG_DIR / config), "overrides": over, "threads": 1 if workers > 1 else 0})
+    if jobs:
+        _log(f"training {', '.join(j['run_id'] for j in jobs)}: {min(workers, len(jobs))} at a time", progress)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(jobs), desc="demo runs", unit="run")
+        if workers == 1 or len(jobs) == 1:
+            done = map(_build_run, jobs)
+            pool = None
         else:
-            config, over = DEMO_MODELS[run_id]
-            over = list(over) + [f"run_id={run_id}", f"out_dir={out}", f"seed={seed}", f"data.table={split_csv}",
-                                 f"data.root={split_csv.parent}", f"progress={progress}", *extra_overrides]
-            if steps:
-                over.append(f"steps={steps}")
-            cfg = load_config(CONFIG_DIR / config, over)
-            if table is None:
-                table = read_train_table(cfg)
-            (run_dir / ".complete").unlink(missing_ok=True)
-            t0 = time.perf_counter()
-            _log(f"[{i + 1}/{len(names)}] training {run_id} ({cfg.loss.name}, {cfg.steps} steps of {cfg.batch_size})", progress)
-            train(cfg, table=table)
-            t1 = time.perf_counter()
-            evaluate_run(run_dir, progress=progress)
-            timings[run_id] = {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1}
-            (run_dir / ".complete").write_text(json.dumps(timings[run_id]))
-        results[run_id] = json.loads((run_dir / "metrics.json").read_text())
+            import multiprocessing
+
+            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)))
+            done = pool.imap_unordered(_build_run, jobs)
+        try:
+            for t in done:
+                timings[t.pop("run_id")] = t
+                if bar is not None:
+                    bar.update(1)
+                    bar.write(f"[build_demo] {list(timings)[-1]}: trained in {t['train_s']:.0f} s, evaluated in {t['eval_s']:.0f} s")
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+            if bar is not None:
+                bar.close()
+    results = {run_id: json.loads((out / run_id / "metrics.json").read_text()) for run_id in names}
     timings["total_s"] = time.perf_counter() - t_start
     write_results(out, results, timings)
     _log(f"done in {timings['total_s']:.0f} s\n" + results_markdown(results), progress)

@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-city", type=int, default=None, help="world size per city (default: swclip.demo_bundle's)")
     p.add_argument("--cities", nargs="+", default=None, help="world cities (default: swclip.demo_bundle's)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the runs even where they are complete (the world is kept)")
+    p.add_argument("--workers", type=int, default=None, help="runs trained at once, one torch thread each (default: min(2, CPUs))")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides for every run, e.g. batch_size=128")
     return p
 
 
@@ -41,7 +43,8 @@ def main(argv=None) -> int:
     from swclip.demo_bundle import build_demo
 
     build_demo(args.out, seed=args.seed, steps=args.steps, models=args.models, samples_per_city=args.samples_per_city,
-               cities=args.cities, rebuild=args.rebuild, progress=not args.quiet)
+               cities=args.cities, rebuild=args.rebuild, progress=not args.quiet, workers=args.workers,
+               extra_overrides=tuple(args.overrides))
     return 0
 
 
