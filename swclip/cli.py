@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("swclip.cli", "print versions, the torch device and where runs are looked for"),
     "synth": ("swclip.synth.cli", "render the procedural demo world (eight UK cities) into a folder"),
+    "predict": ("swclip.index", "predict where photos were taken with a trained run (top-k places, knn-kde estimate)"),
 }
 
 

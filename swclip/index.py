@@ -394,6 +394,12 @@ class Predictor:
         probs = softmax_np(self.logit_scale * scores.astype(np.float64))
         out = []
         for s, i, p in zip(scores, idx, probs):
+            if (i < 0).any():  # an approximate index can return fewer than k hits (faiss pads with -1)
+                keep = i >= 0
+                if not keep.any():
+                    raise RuntimeError("the search returned no candidates; raise the index's nprobe / ef_search")
+                s, i = s[keep], i[keep]
+                p = softmax_np(self.logit_scale * s.astype(np.float64))
             ll = self.gallery.latlon[i]
             est = knn_kde(ll, p, self.bandwidth_m)
             out.append(Prediction(ll, p, s, i, est, weighted_radius_m(est, ll, p),
@@ -413,3 +419,40 @@ class Predictor:
         for s in tqdm(starts, desc="predicting", disable=not progress or len(starts) < 2):
             out += self.predict_embeddings(self._encode_batch(images[s:s + self.batch_size]), top_k)
         return out
+
+
+# ------------------------------------------------------------------------------------ `swclip predict`
+
+
+def configure(parser) -> None:
+    """Arguments of ``swclip predict``."""
+    parser.description = ("Predict where street-view photos were taken with a trained run: the top-k gallery "
+                          "places with probabilities, the knn-kde estimate and a confidence radius.")
+    parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    parser.add_argument("--run", required=True, help="run directory (holds manifest.json, model.safetensors, gallery.npz)")
+    parser.add_argument("--runs-root", default=None, help="refuse a --run outside this folder")
+    parser.add_argument("--top-k", type=int, default=5, help="places to list per image (default 5)")
+    parser.add_argument("--gallery", choices=["gallery", "image_gallery"], default="gallery",
+                        help="search candidate locations (default) or training images (kNN baseline)")
+    parser.add_argument("--bandwidth-m", type=float, default=None, help="knn-kde kernel σ in metres (default: the run's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
+
+
+def run(args) -> int:
+    """``swclip predict``: load the run once, then stream the images through it."""
+    import json
+
+    from swclip.data import open_image
+
+    predictor = Predictor.from_run(args.run, runs_root=args.runs_root, gallery=args.gallery,
+                                   bandwidth_m=args.bandwidth_m)
+    images = [open_image(path) for path in args.images]
+    for path, pred in zip(args.images, predictor.predict(images, top_k=args.top_k, progress=len(images) > 1)):
+        if args.json:
+            print(json.dumps({"image": path, "estimate": list(pred.estimate), "radius_m": pred.radius_m,
+                              "top_k": pred.as_rows()}))
+            continue
+        print(f"{path}: knn-kde estimate {pred.estimate[0]:.6f}, {pred.estimate[1]:.6f} (± {pred.radius_m:,.0f} m)")
+        for row in pred.as_rows():
+            print(f"  {row['rank']:>2}. {row['lat']:.6f}, {row['lon']:.6f}   p={row['prob']:.3f}   cos={row['score']:.3f}")
+    return 0

@@ -225,3 +225,13 @@ def test_limit_threads_restores_the_settings():
         with limit_threads(1):
             raise RuntimeError("boom")
     assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+
+
+def test_predictor_drops_the_padding_of_an_approximate_index(model):
+    rng = np.random.default_rng(4)
+    latlon = np.column_stack([51.5 + rng.uniform(0, 0.05, 400), -0.12 + rng.uniform(0, 0.05, 400)])
+    p = Predictor(model, Gallery.from_locations(model, latlon), index_kind="ivf", bandwidth_m=100.0)
+    p.index.index.nprobe = 1  # one list of ~40 entries cannot fill k = 100
+    [pred] = p.predict_embeddings(p.gallery.embeddings[:1], top_k=100)
+    assert 0 < len(pred.index) < 100 and (pred.index >= 0).all()
+    assert math.isclose(pred.prob.sum(), 1.0, rel_tol=1e-9)

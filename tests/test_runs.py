@@ -236,3 +236,18 @@ def test_save_run_refuses_reserved_keys_and_unknown_artefacts(trained_run, tmp_p
         save_run(tmp_path / "x", model, {"schema_version": 7})
     with pytest.raises(ValueError, match="unknown artefact"):
         save_run(tmp_path / "x", model, {}, {"pictures": []})
+
+
+def test_swclip_predict_cli(trained_run, tmp_path, capsys):
+    from swclip.cli import main
+
+    root, run_dir, model, images = trained_run
+    images[0].save(tmp_path / "a.png")
+    assert main(["predict", "--run", str(run_dir), "--runs-root", str(root), "--json", str(tmp_path / "a.png")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    [expected] = Predictor(model, runs.read_gallery(run_dir)).predict([images[0]], progress=False)
+    assert [r["rank"] for r in out["top_k"]] == [1, 2, 3, 4, 5]
+    assert [(r["lat"], r["lon"]) for r in out["top_k"]] == [tuple(x) for x in expected.latlon_topk.tolist()]
+    assert out["estimate"] == list(expected.estimate)
+    assert main(["predict", "--run", str(run_dir), str(tmp_path / "a.png")]) == 0
+    assert "knn-kde estimate" in capsys.readouterr().out
