@@ -15,13 +15,15 @@ What drives what:
   road tint. It differs between cities and is constant inside one;
 - per-image nuisance (``Nuisance``), drawn independently of the location:
   brightness ±15 %, where the building row starts and which way it runs
-  (the heading), horizon jitter, tree positions, cars, pixel noise σ = 0.05.
+  (the heading), horizon jitter, tree positions, cars, pixel noise σ = 0.05
+  (tiles of a fixed noise bank, picked per image: see ``_noise``).
 
 Everything is numpy on (N, H, W) arrays; no Python loop runs per pixel or per image.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -153,9 +155,11 @@ def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.stack([r, g, b], -1)
 
 
-def _paint(img: np.ndarray, mask: np.ndarray, rgb: np.ndarray) -> None:
-    """img (N, H, W, 3) <- rgb where mask (N, H, W); rgb broadcastable to img."""
-    np.copyto(img, np.broadcast_to(rgb, img.shape), where=mask[..., None])
+# layer labels of the label map; painting writes a label, colours come from a palette at the end
+SKY, FACADE, WINDOW, AWNING, PAVEMENT, ROAD, DASH, TRUNK = range(8)
+CROWN = 8  # CROWN + t for tree t
+CAR = CROWN + MAX_TREES  # CAR + c for car c
+N_LABELS = CAR + MAX_CARS
 
 
 def render_batch(fields: dict[str, np.ndarray], style: CityStyle, nuisance: Nuisance, size: int, noise_std: float = 0.05) -> np.ndarray:
@@ -163,6 +167,9 @@ def render_batch(fields: dict[str, np.ndarray], style: CityStyle, nuisance: Nuis
 
     fields: name -> (N,) values in (0, 1) for every name in FIELD_NAMES.
     Returns (N, size, size, 3) uint8.
+
+    Layers are painted as labels into a uint8 (N, H, W) map, and looked up once in
+    a (N, labels, W, 3) palette: a byte per pixel per layer instead of three floats.
     """
     missing = set(FIELD_NAMES) - set(fields)
     if missing:
@@ -172,11 +179,11 @@ def render_batch(fields: dict[str, np.ndarray], style: CityStyle, nuisance: Nuis
     n = len(nz.brightness)
     v = ((np.arange(size) + 0.5) / size)[None, :, None]  # (1, H, 1) top to bottom
     u = ((np.arange(size) + 0.5) / size)[None, None, :]  # (1, 1, W) left to right
-    img = np.empty((n, size, size, 3), dtype=np.float64)
+    label = np.full((n, size, size), SKY, dtype=np.uint8)  # (N, H, W)
+    palette = np.zeros((n, N_LABELS, size, 3), dtype=np.float32)  # (N, labels, W, 3)
 
-    # sky: clear blue to hazy grey, lighter towards the horizon
-    sky = (1 - f["haze"][..., None]) * np.asarray(style.sky_rgb) + f["haze"][..., None] * 0.82  # (N, 1, 1, 3)
-    img[:] = sky * (0.8 + 0.3 * v[..., None])
+    # sky: clear blue to hazy grey (lighter towards the horizon: applied at the end)
+    palette[:, SKY] = ((1 - f["haze"]) * np.asarray(style.sky_rgb) + f["haze"] * 0.82)  # (N, 1, 3)
 
     # buildings: nb across the view, each with its own jittered height and colour
     v_base = 0.66 + nz.horizon[:, None, None]  # (N, 1, 1)
@@ -190,60 +197,97 @@ def render_batch(fields: dict[str, np.ndarray], style: CityStyle, nuisance: Nuis
     in_building = (v >= top) & (v < v_base)  # (N, H, W)
     hue = style.hue_centre + style.hue_spread * (f["facade_hue"] - 0.5) + 0.04 * (_hash01(k, bseed, 2) - 0.5)
     val = 0.3 + 0.6 * f["facade_value"] + 0.06 * (_hash01(k, bseed, 3) - 0.5)
-    facade = hsv_to_rgb(hue, style.saturation, np.clip(val, 0, 1))  # (N, 1, W, 3)
-    _paint(img, in_building, facade)
+    palette[:, FACADE] = hsv_to_rgb(hue, style.saturation, np.clip(val, 0, 1))[:, 0]  # (N, W, 3)
+    label[in_building] = FACADE
 
     # windows on a grid: columns and size from the fields; ground floor left to the awning
     ncol = np.floor(1 + 4.99 * f["window_columns"])
     ws = 0.3 + 0.45 * f["window_size"]
-    cu = ncol * ub - np.floor(ncol * ub)
+    cu = ncol * ub - np.floor(ncol * ub)  # (N, 1, W)
     fv = (v_base - v) / style.floor_h  # storeys above the base, (N, H, 1)
     cv = fv - np.floor(fv)
-    win = (
-        in_building
-        & (np.abs(cu - 0.5) < ws / 2)
-        & (ub > 0.06) & (ub < 0.94)
-        & (np.abs(cv - 0.5) < 0.15 + 0.3 * ws)
-        & (fv >= 1.0)
-        & (v > top + 0.25 * style.floor_h)
-    )
-    win_rgb = (1 - f["window_tone"][..., None]) * np.array([0.08, 0.1, 0.16]) + f["window_tone"][..., None] * np.array([0.8, 0.85, 0.9])
-    _paint(img, win, win_rgb)
+    win_u = (np.abs(cu - 0.5) < ws / 2) & (ub > 0.06) & (ub < 0.94)  # (N, 1, W)
+    win_v = (np.abs(cv - 0.5) < 0.15 + 0.3 * ws) & (fv >= 1.0)  # (N, H, 1)
+    label[in_building & win_u & win_v & (v > top + 0.25 * style.floor_h)] = WINDOW
+    palette[:, WINDOW] = (1 - f["window_tone"]) * np.array([0.08, 0.1, 0.16]) + f["window_tone"] * np.array([0.8, 0.85, 0.9])
 
     # ground-floor awning band, a strong colour cue
-    awning = in_building & (fv >= 0.55) & (fv < 0.95) & (ub > 0.04) & (ub < 0.96)
-    _paint(img, awning, hsv_to_rgb(f["awning_hue"], 0.75, 0.8))
+    label[in_building & ((fv >= 0.55) & (fv < 0.95)) & ((ub > 0.04) & (ub < 0.96))] = AWNING
+    palette[:, AWNING] = hsv_to_rgb(f["awning_hue"], 0.75, 0.8)[:, 0]
 
     # pavement, then the road band at the bottom with a dashed centre line
     road_top = 1.0 - (0.08 + 0.2 * f["road_width"])  # (N, 1, 1)
-    _paint(img, (v >= v_base) & (v < road_top), np.asarray(style.pavement_rgb))
-    grey = 0.12 + 0.4 * f["road_tone"][..., None]
-    _paint(img, np.broadcast_to(v >= road_top, (n, size, size)), grey * np.asarray(style.road_tint))
+    on_road = np.broadcast_to(v >= road_top, (n, size, 1))  # (N, H, 1)
+    label[np.broadcast_to((v >= v_base) & (v < road_top), (n, size, 1))[..., 0]] = PAVEMENT
+    label[on_road[..., 0]] = ROAD
+    palette[:, PAVEMENT] = np.asarray(style.pavement_rgb)
+    palette[:, ROAD] = (0.12 + 0.4 * f["road_tone"]) * np.asarray(style.road_tint)
     centre = (road_top + 1.0) / 2
-    dash = (np.abs(v - centre) < 0.012) & (np.mod(u * 6 + nz.phase[:, None, None], 1.0) < 0.5)
-    _paint(img, dash & (v >= road_top), np.array([0.9, 0.9, 0.85]))
+    dash = (np.abs(v - centre) < 0.012) & on_road & (np.mod(u * 6 + nz.phase[:, None, None], 1.0) < 0.5)
+    label[dash] = DASH
+    palette[:, DASH] = np.array([0.9, 0.9, 0.85])
 
     # trees in front of the façades: count and size from greenery, positions are nuisance
     n_trees = np.floor(f["greenery"] * (MAX_TREES + 0.99))[:, 0, 0]  # (N,)
     r = 0.05 + 0.1 * f["greenery"]  # (N, 1, 1) crown radius
+    cv_t = v_base - 1.6 * r
+    palette[:, TRUNK] = np.array([0.3, 0.2, 0.12])
     for t in range(MAX_TREES):
         on = (n_trees > t)[:, None, None]
         cu_t = nz.tree_u[:, t, None, None]
-        cv_t = v_base - 1.6 * r
+        trunk = on & (np.abs(u - cu_t) < 0.012 + 0.1 * r) & ((v >= cv_t) & (v < v_base + 0.02))
         crown = on & ((u - cu_t) ** 2 + (v - cv_t) ** 2 < r**2)
-        trunk = on & (np.abs(u - cu_t) < 0.012 + 0.1 * r) & (v >= cv_t) & (v < v_base + 0.02)
-        _paint(img, trunk, np.array([0.3, 0.2, 0.12]))
-        _paint(img, crown, np.asarray(style.tree_rgb) * (0.9 + 0.2 * _hash01(np.full((n, 1, 1), t), nz.building_seed[:, None, None], 7))[..., None])
+        label[trunk] = TRUNK
+        label[crown] = CROWN + t
+        shade = 0.9 + 0.2 * _hash01(np.full((n, 1), t), nz.building_seed[:, None], 7)  # (N, 1)
+        palette[:, CROWN + t] = np.asarray(style.tree_rgb) * shade[..., None]
 
     # cars on the road: nuisance, a little occlusion
     for c in range(MAX_CARS):
         on = (nz.car_n > c)[:, None, None]
         cu_c = nz.car_u[:, c, None, None]
-        body = on & (u >= cu_c) & (u < cu_c + 0.2) & (v >= road_top + 0.01) & (v < np.minimum(road_top + 0.09, 0.99))
-        _paint(img, body, nz.car_rgb[:, c, None, None, :])
+        body = on & ((u >= cu_c) & (u < cu_c + 0.2)) & ((v >= road_top + 0.01) & (v < np.minimum(road_top + 0.09, 0.99)))
+        label[body] = CAR + c
+        palette[:, CAR + c] = nz.car_rgb[:, c, None, :]
 
-    img = np.where(nz.mirror[:, None, None, None], img[:, :, ::-1, :], img)
-    img *= nz.brightness[:, None, None, None]
-    noise = np.stack([np.random.default_rng(int(s)).standard_normal((size, size, 3)) for s in nz.noise_seed])
-    img += noise_std * noise
+    # mirror on the byte-sized label map and the small palette, not on the float image
+    flip = nz.mirror[:, None, None]
+    label = np.where(flip, label[:, :, ::-1], label)
+    palette = np.where(flip[..., None], palette[:, :, ::-1], palette)
+    img = palette[np.arange(n)[:, None, None], label, np.arange(size)[None, None, :]]  # (N, H, W, 3)
+    shade = np.where(label == SKY, (0.8 + 0.3 * v).astype(np.float32), np.float32(1.0))  # (N, H, W)
+    img *= (shade * nz.brightness[:, None, None].astype(np.float32))[..., None]
+    img += np.float32(noise_std) * _noise(nz.noise_seed, size)
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+NOISE_TILES = 128
+
+
+@functools.lru_cache(maxsize=4)
+def _noise_bank(size: int) -> np.ndarray:
+    """(NOISE_TILES, size, size, 3) float32 standard normals, the same on every call and machine."""
+    return np.random.default_rng(20240611).standard_normal((NOISE_TILES, size, size, 3), dtype=np.float32)
+
+
+def _noise(seeds: np.ndarray, size: int) -> np.ndarray:
+    """Per-image standard-normal pixel noise, (N, size, size, 3) float32.
+
+    Drawing fresh normals for every image cost more than the rest of the
+    rendering, so each image takes a tile from a fixed bank, flipped and
+    channel-permuted by its own seed (128 × 4 × 6 patterns). The noise is
+    nuisance: which pattern an image gets carries no location signal.
+    """
+    bank = _noise_bank(size)
+    s = seeds.astype(np.uint64)
+    tile = (s % np.uint64(NOISE_TILES)).astype(np.intp)
+    flip_v = ((s >> np.uint64(8)) & np.uint64(1)).astype(bool)
+    flip_h = ((s >> np.uint64(9)) & np.uint64(1)).astype(bool)
+    perm = _PERMS[((s >> np.uint64(10)) % np.uint64(6)).astype(np.intp)]  # (N, 3)
+    ar = np.arange(size)
+    rows = np.where(flip_v[:, None], ar[::-1], ar)  # (N, H)
+    cols = np.where(flip_h[:, None], ar[::-1], ar)  # (N, W)
+    return bank[tile[:, None, None, None], rows[:, :, None, None], cols[:, None, :, None], perm[:, None, None, :]]
+
+
+_PERMS = np.array([(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)])

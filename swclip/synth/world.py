@@ -114,8 +114,9 @@ def _render_chunk(task: tuple) -> int:
     return len(paths)
 
 
-def _city_meta(plan: dict, n: int, spacing: float) -> dict:
+def _city_meta(plan: dict, n: int, spacing: float, seed: int) -> dict:
     ranges = [s.range_m for s in plan["fields"]]
+    idx = plan["index"]
     return dict(
         name=plan["name"],
         slug=plan["slug"],
@@ -128,6 +129,8 @@ def _city_meta(plan: dict, n: int, spacing: float) -> dict:
         style=plan["style"].to_dict(),
         fields=[dict(s.to_dict(), drives=FIELD_VISUALS[s.name]) for s in plan["fields"]],
         range_m=dict(min=min(ranges), median=float(np.median(ranges)), max=max(ranges)),
+        # derived from the world seed; recorded so each stage can be re-run alone
+        seeds=dict(plan=_seed(seed, idx, 0), streets=_seed(seed, idx, 1), samples=_seed(seed, idx, 2), nuisance=_seed(seed, idx, 3)),
     )
 
 
@@ -216,7 +219,7 @@ def make_world(
 
     tables = [d["table"] for d in cities_data]
     latents = [d["latent"] for d in cities_data]
-    metas = [_city_meta(plan, samples_per_city, d["spacing"]) for plan, d in zip(plans, cities_data)]
+    metas = [_city_meta(plan, samples_per_city, d["spacing"], seed) for plan, d in zip(plans, cities_data)]
     features = []
     for plan, d in zip(plans, cities_data):
         for line in d["streets_ll"]:
