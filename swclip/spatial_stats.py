@@ -34,7 +34,8 @@ QUADRANTS = ("HH", "LH", "LL", "HL")  # esda's q = 1, 2, 3, 4
 
 def _to_numpy(a: Any, dtype) -> np.ndarray:
     if type(a).__module__.startswith("torch"):
-        a = a.detach().to("cpu").numpy()
+        a = a.detach().to("cpu")
+        a = (a.float() if a.dtype.itemsize < 4 and a.is_floating_point() else a).numpy()  # bf16 has no numpy dtype
     return np.asarray(a, dtype=dtype)
 
 
@@ -322,6 +323,10 @@ def neighbourhood_overlap(embeddings: Any, latlon: Any, k: int = 10) -> Neighbou
     L2-normalised rows, geographic ones by a KD-tree on unit vectors; memory
     O(N·k), never an N × N matrix. Bad data (N <= k, NaN or zero rows) gives
     ok=False with a reason.
+
+    Samples at one spot (several photos per panorama) tie geographically; the
+    KD-tree keeps an arbitrary k of them, so with many duplicates the overlap
+    is a lower bound.
     """
     emb = _to_numpy(embeddings, np.float32)
     latlon = _to_numpy(latlon, np.float64)

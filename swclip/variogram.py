@@ -279,7 +279,8 @@ def _edges(bins, binning, max_lag_m, x, blocks, rng):
 
 def _to_numpy(a: Any, dtype) -> np.ndarray:
     if type(a).__module__.startswith("torch"):
-        a = a.detach().to("cpu").numpy()
+        a = a.detach().to("cpu")
+        a = (a.float() if a.dtype.itemsize < 4 and a.is_floating_point() else a).numpy()  # bf16 has no numpy dtype
     return np.asarray(a, dtype=dtype)
 
 
@@ -508,17 +509,21 @@ def suggest_bandwidth(range_m: float, kernel: str = "gaussian", level: float = 0
 def fit_embedding_variogram(embeddings, latlon, model: str = "exponential", nugget: bool = True, bins: Any = 20,
                             binning: str = "fixed", max_lag_m: Optional[float] = None,
                             max_pairs: Optional[int] = 1_000_000, seed: int = 0,
-                            min_samples: int = MIN_SAMPLES) -> Optional[VariogramFit]:
+                            min_samples: int = MIN_SAMPLES,
+                            max_nugget_ratio: float = NUGGET_WARN) -> Optional[VariogramFit]:
     """``fit_fn`` for ``swclip.losses.SemivariogramWeightedLoss``: γ(h) of cosine distance, or None.
 
     embeddings: (N, D) tensor or array (any device; copied to the CPU, where the
     pair blocks are small GEMMs); latlon: (N, 2) degrees. model may also be
     "best" (lowest RMSE of all models; slower). Returns the fit, whose
-    ``gamma_torch(h_m)`` runs on the training device, or None when no fit exists.
+    ``gamma_torch(h_m)`` runs on the training device, or None when no fit exists,
+    including a fit whose nugget is at least ``max_nugget_ratio`` of its sill:
+    an embedding space with no spatial structure yet (early training) has no
+    meaningful range, so the loss keeps its previous variogram (or none).
     From a 4096-row bank with 1M pairs this takes tens of milliseconds after
     the first call (which compiles scikit-gstat's numba models).
     """
     emp = empirical_variogram(latlon, embeddings=embeddings, dissimilarity="cosine", bins=bins, binning=binning,
                               max_lag_m=max_lag_m, max_pairs=max_pairs, seed=seed, min_samples=min_samples)
     fit = fit_best(emp, nugget=nugget) if model == "best" else fit_variogram(emp, model, nugget=nugget)
-    return fit if fit.ok else None
+    return fit if fit.ok and not fit.nugget_ratio >= max_nugget_ratio else None

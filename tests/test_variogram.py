@@ -201,6 +201,15 @@ def test_white_noise_is_flagged_as_unstructured():
         assert not fit.ok or (fit.nugget_ratio > 0.9 and "little spatial structure" in fit.warning), model
 
 
+def test_fit_fn_declines_unstructured_embeddings():
+    rng = np.random.default_rng(1)
+    latlon = torch.from_numpy(local_metres_to_degrees(rng.random((400, 2)) * 3000, ORIGIN))
+    emb = torch.randn(400, 16, generator=torch.Generator().manual_seed(0)).bfloat16()  # bf16 as AMP hands it over
+    assert fit_embedding_variogram(emb, latlon) is None
+    fit = fit_embedding_variogram(emb, latlon, max_nugget_ratio=1.01)
+    assert fit is not None and fit.nugget_ratio > 0.9
+
+
 def test_structured_field_has_no_warning(small_field):
     fit = fit_variogram(empirical_variogram(*small_field, bins=15), "spherical")
     assert fit.ok and fit.warning == "" and fit.nugget_ratio < 0.5
