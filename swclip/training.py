@@ -460,6 +460,7 @@ def train(cfg: tu.TrainConfig, resume: Optional[str] = None, table=None) -> Path
         import torch.distributed as dist
 
         dist.barrier()
+        dist.destroy_process_group()
     return run_dir
 
 

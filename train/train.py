@@ -13,6 +13,7 @@ See swclip/training.py for what is written and how.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
 
     cfg = load_config(args.config, args.overrides)
     run_dir = train(cfg, resume=args.resume)
-    if args.evaluate or cfg.evaluate:
+    if (args.evaluate or cfg.evaluate) and int(os.environ.get("RANK", "0")) == 0:
         from swclip.evaluation import evaluate_run
 
         evaluate_run(run_dir)
