@@ -5,6 +5,7 @@
     python benchmarks/predict.py search           # faiss search alone over 100k and 1M entries, D = 64 and 512
     python benchmarks/predict.py steps            # training step (fwd + bwd + AdamW, batch 256) per tiny config
     python benchmarks/predict.py all              # the three, one after the other
+    python benchmarks/predict.py encode --arch ViT-B-32 --dtype bfloat16 --device cuda   # encode images/s (GPU)
     python benchmarks/predict.py photo --run runs/demo/swclip_sigma50    # a trained run and its gallery
 
 ``photo`` uses a 640×480 JPEG held in memory (a street-view photo's size) and,
@@ -14,7 +15,8 @@ depend on what the weights learned. Stages are timed round-robin so load
 drifts hit all alike; the end-to-end figure is Predictor.predict on one image.
 ``search`` times exact IndexFlatIP (what galleries up to 1M use) one query at
 a time and in batches, and IVF at 1M (build time, latency, recall@10 against
-exact) on random unit vectors, the worst case for IVF.
+exact), on what a location gallery holds: a random-init GPS tower's embeddings
+of street-level points (--data random: i.i.d. unit vectors, IVF's worst case).
 Writes benchmarks/results/predict-<machine>.json.
 """
 
@@ -60,7 +62,6 @@ def bench_photo(args) -> dict:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
     jpeg = buf.getvalue()
-    torch.set_grad_enabled(False)
     state = {}
 
     def decode():
@@ -86,10 +87,11 @@ def bench_photo(args) -> dict:
     def end_to_end():
         predictor.predict([open_image(jpeg)], top_k=5, progress=False)
 
-    decode(), preprocess(), encode()
-    t = interleaved_times({"decode": decode, "preprocess": preprocess, "encode": encode,
-                           "encode_all_threads": encode_all_threads, "search_top5": search_top5,
-                           "end_to_end": end_to_end}, repeats=args.repeats, warmup=3)
+    with torch.no_grad():
+        decode(), preprocess(), encode()
+        t = interleaved_times({"decode": decode, "preprocess": preprocess, "encode": encode,
+                               "encode_all_threads": encode_all_threads, "search_top5": search_top5,
+                               "end_to_end": end_to_end}, repeats=args.repeats, warmup=3)
     ms = {k: round(v["median_s"] * 1000, 3) for k, v in t.items()}
     print(f"one photo ({source}, gallery {len(predictor.gallery):,}, D={model.embed_dim}): "
           + ", ".join(f"{k} {v} ms" for k, v in ms.items()))
@@ -98,19 +100,39 @@ def bench_photo(args) -> dict:
             "goal_ms": 300, "meets_goal": ms["end_to_end"] < 300}
 
 
+def gallery_embeddings(n: int, dim: int, kind: str, seed: int = 0) -> np.ndarray:
+    """(n, dim) float32 unit vectors: "gps" = a random-init demo GPS tower's embeddings of street-level
+    points in eight 4 km city boxes (what a location gallery holds: a 2-D manifold), "random" = i.i.d."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return _unit(rng.standard_normal((n, dim), dtype=np.float32))
+    import dataclasses
+
+    import torch
+
+    from swclip.model import DEMO_CONFIG, SWCLIP
+
+    model = SWCLIP(dataclasses.replace(DEMO_CONFIG, embed_dim=dim)).eval()
+    centres = np.column_stack([rng.uniform(50, 56, 8), rng.uniform(-4, 1, 8)])
+    latlon = centres[rng.integers(0, 8, n)] + rng.uniform(-0.018, 0.018, (n, 2))
+    with torch.no_grad():
+        return np.concatenate([model.encode_location(latlon[s:s + 65536], check=False).numpy()
+                               for s in range(0, n, 65536)])
+
+
 def bench_search(args) -> dict:
     from swclip.index import SearchIndex
 
     out = []
-    rng = np.random.default_rng(0)
     for d in args.dims:
         for n in args.sizes:
-            x = _unit(rng.standard_normal((n, d), dtype=np.float32))
-            q = _unit(rng.standard_normal((max(args.queries, 256), d), dtype=np.float32))
+            t0 = time.perf_counter()
+            both = gallery_embeddings(n + max(args.queries, 256), d, args.data)
+            x, q = both[:n], both[n:]
+            print(f"{n:,} x {d} {args.data} embeddings in {time.perf_counter() - t0:.1f} s", flush=True)
             t0 = time.perf_counter()
             flat = SearchIndex(x, kind="flat")
             build_flat = time.perf_counter() - t0
-            single = [None] * args.queries
 
             def one(i=[0]):
                 flat.search(q[i[0] % args.queries: i[0] % args.queries + 1], 10)
@@ -137,13 +159,13 @@ def bench_search(args) -> dict:
                     interleaved_times({"ivf": one_ivf}, repeats=args.queries, warmup=2)["ivf"]["median_s"] * 1000, 3)
                 _, exact = flat.search(q[:100], 10)
                 _, approx = ivf.search(q[:100], 10)
-                row["ivf_recall@10_random_data"] = round(float(np.mean(
+                row["ivf_recall@10"] = round(float(np.mean(
                     [len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])), 3)
                 del ivf
             print(row, flush=True)
             out.append(row)
-            del flat, x, single
-    return {"rows": out, "goal_ms_per_query_1m": 50}
+            del flat, x, q, both
+    return {"data": args.data, "rows": out, "goal_ms_per_query_1m": 50}
 
 
 def bench_steps(args) -> dict:
@@ -188,18 +210,52 @@ def bench_steps(args) -> dict:
     return {"batch": b, "loss": "SoftClipLoss(50 m)", "rows": rows}
 
 
+def bench_encode(args) -> dict:
+    """Image-encode throughput of an architecture (random init, random input): images/s."""
+    import dataclasses
+
+    import torch
+
+    from swclip.model import DEMO_CONFIG, SWCLIP
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = dataclasses.replace(DEMO_CONFIG, arch=args.arch, dtype=args.dtype, image_size=args.image_size)
+    model = SWCLIP(cfg).to(device).eval()
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    x = torch.randn(args.encode_batch, 3, size, size, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def encode():
+        with torch.inference_mode():
+            model.encode_image(x)
+
+    t = interleaved_times({"encode": encode}, repeats=args.step_repeats, warmup=2, sync=sync)["encode"]
+    row = {"arch": args.arch, "image_size": size, "dtype": args.dtype, "device": device, "batch": args.encode_batch,
+           "median_s": round(t["median_s"], 4), "images_per_s": round(args.encode_batch / t["median_s"], 1)}
+    print(row, flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=["photo", "search", "steps", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["photo", "search", "steps", "encode", "all"])
     p.add_argument("--run", help="a run directory for 'photo' (default: the demo config at random init)")
     p.add_argument("--gallery-n", type=int, default=24_000, help="gallery size for 'photo' without --run")
     p.add_argument("--repeats", type=int, default=30, help="timed repetitions per stage for 'photo'")
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="gallery sizes for 'search'")
     p.add_argument("--dims", type=int, nargs="+", default=[64, 512], help="embedding dimensions for 'search'")
     p.add_argument("--queries", type=int, default=50, help="single queries timed per gallery for 'search'")
+    p.add_argument("--data", choices=["gps", "random"], default="gps",
+                   help="search embeddings: a GPS tower's (a real gallery's shape, default) or random unit vectors")
     p.add_argument("--no-ivf", dest="ivf", action="store_false", help="skip the IVF comparison at 1M")
     p.add_argument("--batch", type=int, default=256, help="batch size for 'steps'")
     p.add_argument("--step-repeats", type=int, default=8, help="timed steps per config for 'steps'")
+    p.add_argument("--arch", default="swclip-tiny", help="architecture for 'encode' (e.g. ViT-B-32)")
+    p.add_argument("--image-size", type=int, default=None, help="image size for 'encode' (default: the arch's)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="dtype for 'encode'")
+    p.add_argument("--device", default="auto", help="device for 'encode' (auto: cuda if available)")
+    p.add_argument("--encode-batch", type=int, default=256, help="batch size for 'encode'")
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
     result = {}
@@ -209,6 +265,8 @@ def main(argv=None) -> int:
         result["search"] = bench_search(args)
     if args.what in ("steps", "all"):
         result["steps"] = bench_steps(args)
+    if args.what == "encode":
+        result["encode"] = bench_encode(args)
     if not args.no_write:
         name = "predict" if args.what == "all" else f"predict-{args.what}"
         print("wrote", write_result(name, result))
