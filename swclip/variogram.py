@@ -370,6 +370,29 @@ class VariogramFit:
         i0 = pos.floor().long().clamp(max=t.numel() - 2)
         return torch.lerp(t[i0], t[i0 + 1], pos - i0.to(dtype))
 
+    def practical_range_m(self, level: float = 0.05) -> float:
+        """Distance (metres) where γ first reaches nugget + (1 − level)·partial_sill.
+
+        One convention across models: scikit-gstat's ``range_m`` is nearly that
+        point for the exponential and stable models (they reach 1 − e⁻³ = 95.02 %
+        there), but its gaussian model reaches 98.2 % at ``range_m`` and the
+        spherical 100 %. With the default level
+        this is where the correlation has fallen to 5 %, the distance
+        :func:`suggest_bandwidth` expects. Found on a fine grid of the model, to 0.1 %.
+        """
+        self._require_ok()
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {level}")
+        h = np.linspace(0.0, 4.0 * self.range_m, 4001)
+        frac = (self.gamma(h) - self.nugget) / self.partial_sill if self.partial_sill > 0 else np.ones_like(h)
+        i = int(np.argmax(frac >= 1.0 - level))
+        if frac[i] < 1.0 - level:
+            return float(h[-1])
+        if i == 0:
+            return 0.0
+        t = (1.0 - level - frac[i - 1]) / (frac[i] - frac[i - 1])  # linear between the grid points
+        return float(h[i - 1] + t * (h[i] - h[i - 1]))
+
     def to_dict(self) -> dict:
         """JSON-ready dict of the fit (None for NaN)."""
         return {k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -488,9 +511,11 @@ def suggest_bandwidth(range_m: float, kernel: str = "gaussian", level: float = 0
 
     The rule: k_σ(range_m) = level, with k the soft-label kernel
     (``swclip.soft_labels.kernel_weights``). The default level 0.05 matches
-    the effective range, where the variogram reaches 95 % of its sill, i.e.
-    where the correlation has fallen to 5 %; so pairs beyond the range get
-    less than 5 % of the target mass of a pair at the same spot.
+    the distance where the variogram reaches 95 % of its partial sill, i.e.
+    where the correlation has fallen to 5 % (pass ``fit.practical_range_m()``,
+    which is exactly that for every model; scikit-gstat's ``range_m`` is it for
+    the exponential and stable models only). Pairs beyond that distance then
+    get less than 5 % of the target mass of a pair at the same spot.
 
         gaussian:    exp(−r² / 2σ²) = level  →  σ = r / sqrt(2 ln(1/level))   (≈ r / 2.45)
         exponential: exp(−r / σ)    = level  →  σ = r / ln(1/level)           (≈ r / 3.00)

@@ -176,6 +176,18 @@ def test_fitted_range_recovers_true_range_of_random_field(model, seed):
     assert fit.sill == pytest.approx(1.0, rel=0.35)  # unit-variance field
 
 
+def test_fitted_range_recovers_demo_world_field_range():
+    fields = pytest.importorskip("swclip.synth.fields")
+    rng = np.random.default_rng(0)
+    xy = rng.random((3000, 2)) * 6000 - 3000
+    spec = fields.FieldSpec(name="facade_hue", range_m=600.0, seed=11)
+    z = fields.field_values(spec, xy)
+    fit = fit_variogram(empirical_variogram(local_metres_to_degrees(xy, ORIGIN), values=z, max_lag_m=2400), "gaussian")
+    # the demo world's range is where the correlation exp(-3h²/r²) is 5 %; scikit-gstat's gaussian
+    # model puts its range r' where exp(-4h²/r'²) is, so r' = r·2/√3
+    assert fit.ok and fit.range_m == pytest.approx(600.0 * 2 / math.sqrt(3), rel=0.25)
+
+
 def test_embedding_variogram_recovers_range_of_field_embeddings():
     # each embedding dimension is an independent field of range 800 m, so the
     # expected cosine distance grows like the field's normalised variogram
@@ -322,3 +334,20 @@ def test_fit_fn_drives_semivariogram_weighted_loss():
                latlon=torch.from_numpy(latlon[:128]))
     assert loss.variogram is not None and loss.variogram.ok and math.isfinite(float(out["contrastive_loss"]))
     assert 0 < loss.variogram.range_m < 6000
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_practical_range_is_where_gamma_reaches_95_percent(model):
+    from swclip.variogram import VariogramFit
+
+    fit = VariogramFit(ok=True, model=model, nugget=0.1, partial_sill=0.8, sill=0.9, range_m=1000.0,
+                       shape=1.2 if model in ("stable", "matern") else None)
+    pr = fit.practical_range_m()
+    assert fit.gamma([pr])[0] == pytest.approx(0.1 + 0.95 * 0.8, rel=1e-4)
+    assert fit.gamma([0.98 * pr])[0] < 0.1 + 0.95 * 0.8
+    # closed forms of exp(...) = 0.05 in scikit-gstat's parametrisations (its "95 %" is exp(-3) = 4.98 %)
+    expected = {"exponential": 1000.0 * math.log(20) / 3,
+                "stable": 1000.0 * (math.log(20) / 3) ** (1 / 1.2),
+                "gaussian": 1000.0 * math.sqrt(math.log(20)) / 2}
+    if model in expected:
+        assert pr == pytest.approx(expected[model], rel=2e-4)
