@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -145,6 +146,11 @@ class Gallery:
 # --------------------------------------------------------------------------------------- faiss index
 
 
+_threads_lock = threading.Lock()
+_threads_depth = 0
+_threads_saved: tuple[int, int] = (0, 0)
+
+
 @contextlib.contextmanager
 def limit_threads(n: Optional[int]):
     """Run the block with at most ``n`` torch intra-op and faiss OpenMP threads (None: unchanged).
@@ -152,23 +158,30 @@ def limit_threads(n: Optional[int]):
     One photo's encode and search are tiny; waking a thread team costs more than the work, and
     on a loaded machine far more. Measured on the 2-core dev machine under load: the demo
     model's single-image encode took 0.9 ms on 1 thread against 10-400 ms on 2, and a
-    single-query flat search over 20k x 64 took 0.1 ms against 25 ms. Process-wide settings:
-    do not run other torch work in other threads meanwhile.
+    single-query flat search over 20k x 64 took 0.1 ms against 25 ms. The settings are
+    process-wide: overlapping blocks (app sessions in threads) share one saved state, restored
+    when the last block leaves.
     """
+    global _threads_depth, _threads_saved
     if n is None:
         yield
         return
     import faiss
 
-    torch_prev, faiss_prev = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(min(n, torch_prev))
-    faiss.omp_set_num_threads(min(n, faiss_prev))
+    with _threads_lock:
+        if _threads_depth == 0:
+            _threads_saved = (torch.get_num_threads(), faiss.omp_get_max_threads())
+        _threads_depth += 1
+        torch.set_num_threads(max(1, min(n, _threads_saved[0])))
+        faiss.omp_set_num_threads(max(1, min(n, _threads_saved[1])))
     try:
         yield
     finally:
-        torch.set_num_threads(torch_prev)
-        faiss.omp_set_num_threads(faiss_prev)
-
+        with _threads_lock:
+            _threads_depth -= 1
+            if _threads_depth == 0:
+                torch.set_num_threads(_threads_saved[0])
+                faiss.omp_set_num_threads(_threads_saved[1])
 
 
 class SearchIndex:

@@ -147,6 +147,11 @@ class TextLocationTower(nn.Module):
     def __init__(self, text: nn.Module, tokenizer, template: str = DEFAULT_TEMPLATE, n_ctx: int = 0, seed: int = 0):
         super().__init__()
         check_template(template)
+        from open_clip.transformer import TextTransformer
+
+        if not isinstance(text, TextTransformer):
+            raise ValueError(f"location-as-text needs an open_clip TextTransformer text tower, got {type(text).__name__} "
+                             "(Hugging Face text towers are not supported as location towers)")
         if getattr(text, "cls_emb", None) is not None:
             raise ValueError("text towers with an appended CLS embedding (CoCa) are not supported as location towers")
         if not 0 <= n_ctx < text.context_length - 2:

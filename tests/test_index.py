@@ -235,3 +235,30 @@ def test_predictor_drops_the_padding_of_an_approximate_index(model):
     [pred] = p.predict_embeddings(p.gallery.embeddings[:1], top_k=100)
     assert 0 < len(pred.index) < 100 and (pred.index >= 0).all()
     assert math.isclose(pred.prob.sum(), 1.0, rel_tol=1e-9)
+
+
+def test_limit_threads_nested_and_from_threads():
+    import threading
+
+    import faiss
+
+    from swclip.index import limit_threads
+
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    with limit_threads(1):
+        with limit_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1  # the inner block does not restore while the outer runs
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    barrier = threading.Barrier(4)
+
+    def work():
+        with limit_threads(1):
+            barrier.wait()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
