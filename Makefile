@@ -25,6 +25,8 @@ demo: $(STAMP)
 	else echo "no demo builder yet (train/build_demo.py); the app opens a placeholder"; fi
 
 run: demo
+	@# Leaflet for the offline folium maps, copied from xstatic-leaflet into ./static (served at /app/static/; not committed).
+	$(BIN)/python -c "from swclip.maps import install_leaflet; install_leaflet('static')"
 	$(BIN)/streamlit run app.py --server.headless true -- --runs-dir $(RUNS_DIR)
 
 test: $(STAMP)
