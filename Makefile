@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 bench: $(STAMP)
-	$(BIN)/python train/bench.py losses
+	$(BIN)/python -m benchmarks.losses
 
 clean:
 	rm -rf $(VENV) .pytest_cache
