@@ -285,15 +285,26 @@ def require_run(view: View, what: str = "this page") -> appstate.RunInfo:
     return view.run
 
 
+@st.cache_data(show_spinner=False)
+def country_outlines() -> Optional[dict]:
+    """Natural Earth 110m country outlines shipped in assets/ (None if the file is missing)."""
+    import json
+
+    try:
+        return json.loads((APP_DIR / "assets" / "ne_110m_countries.geojson").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def context_for(view: View, run: appstate.RunInfo, city: Optional[str], latlon: np.ndarray) -> dict:
-    """Local map context for one city: demo streets, else nearby place names."""
+    """Local map context for one city: demo streets, else nearby place names and country outlines."""
     lines = streets(view.runs_root, run.run_id, run.stamp).get(city, []) if city else []
     if lines:
-        return {"streets": lines, "places": None}
+        return {"streets": lines, "places": None, "outlines": None}
     if len(latlon) == 0:
-        return {"streets": [], "places": None}
+        return {"streets": [], "places": None, "outlines": None}
     probe = latlon[np.linspace(0, len(latlon) - 1, min(len(latlon), 64)).astype(int)]
-    return {"streets": [], "places": nearby_places(tuple(map(tuple, np.round(probe, 4))))}
+    return {"streets": [], "places": nearby_places(tuple(map(tuple, np.round(probe, 4)))), "outlines": country_outlines()}
 
 
 @st.cache_data(show_spinner=False)
@@ -308,7 +319,7 @@ def train_log(runs_root: str, run_id: str, stamp: float) -> Optional[pd.DataFram
 def city_deck(view: View, run: appstate.RunInfo, city: Optional[str], layers: list, frame_latlon: np.ndarray, tooltip: Optional[dict] = None, height_px: int = 430, width_px: int = 460):
     """A pydeck map of one city: local context (demo streets or place names) under ``layers``."""
     ctx = context_for(view, run, city, np.asarray(frame_latlon, dtype=np.float64).reshape(-1, 2))
-    ctx_layers = maps.context_layers(ctx["streets"], ctx["places"], outlines=None)
+    ctx_layers = maps.context_layers(ctx["streets"], ctx["places"], outlines=ctx["outlines"])
     return maps.deck(ctx_layers + list(layers), frame_latlon, tooltip=tooltip, height_px=height_px, width_px=width_px, paper=bool(ctx["streets"]))
 
 

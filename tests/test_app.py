@@ -226,6 +226,11 @@ def test_nothing_is_read_outside_the_runs_directory(runs_root, tmp_path):
     at.run()
     assert not errors_of(at)
     assert any("not under the runs directory" in str(i.value) for i in at.info)
+    # Without a demo world, the maps fall back to place names and country outlines.
+    at.switch_page("app_pages/error_map.py")
+    at.run()
+    assert not errors_of(at)
+    assert not any("Demo world" in str(i.value) for i in at.info)
 
 
 def test_broken_runs_are_listed_with_their_problem(runs_root, tmp_path):
