@@ -131,8 +131,8 @@ def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = Non
     instead of the run's final model.safetensors; the run's model.safetensors and manifest are then
     replaced by that checkpoint's weights, so the artefacts always match the run's weights.
     """
-    from swclip.data import read_table
     from swclip.runs import atomic_write_json, load_run, read_manifest, save_run
+    from swclip.training import read_source
 
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -148,15 +148,17 @@ def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = Non
     data = run.manifest.get("data", {}) or {}
     table = table or data.get("table")
     root = root if root is not None else (data.get("root") or None)
-    if not table:
-        raise ValueError(f"{run_dir}: the manifest names no data table; pass table= (and root=)")
-    if not Path(table).exists():
-        raise FileNotFoundError(f"sample table {table} not found (run trained elsewhere? pass table= and root=)")
-    full = read_table(table, root)
+    fmt = data.get("format", "table") if table is None or table == data.get("table") else "table"
+    if fmt == "table":
+        if not table:
+            raise ValueError(f"{run_dir}: the manifest names no data table; pass table= (and root=)")
+        if not Path(table).exists():
+            raise FileNotFoundError(f"sample table {table} not found (run trained elsewhere? pass table= and root=)")
+    full = read_source(table, root, fmt, data.get("check_images", "header"))
     split = split or data.get("eval_split") or "test"
     train_split = train_split or data.get("train_split") or "train"
     eval_rows, train_rows = _split_rows(full, split), _split_rows(full, train_split)
-    root = root or str(Path(table).parent)
+    root = root or full.attrs.get("root") or str(Path(table).parent)
     res = evaluate(run.model, train_rows, eval_rows, root, top_k, batch_size, num_workers,
                    bandwidth_m=run.manifest.get("kde_bandwidth_m"), progress=progress)
     from swclip import runs

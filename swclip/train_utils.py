@@ -47,7 +47,8 @@ class DataConfig:
 
     table: str = ""  # CSV / parquet sample table (id, image, lat, lon, city[, split])
     root: str = ""  # image root; "" = the table's folder
-    format: str = "csv"  # csv | osv5m
+    format: str = "table"  # table (CSV / TSV / parquet, swclip.data.read_table) | osv5m (root = the OSV-5M folder)
+    check_images: str = "header"  # read_table's image check: header | decode | none (millions of images: none)
     train_split: str = "train"  # rows of the split column used for training
     eval_split: str = "test"  # rows evaluated by train/evaluate.py
     preload: bool = False  # decode every training image once into memory (small data sets: the demo)
@@ -209,6 +210,10 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.optim.accum_steps < 1 or cfg.batch_size % cfg.optim.accum_steps:
         raise ValueError(f"optim.accum_steps ({cfg.optim.accum_steps}) must be >= 1 and divide batch_size ({cfg.batch_size})")
+    if cfg.data.format not in ("table", "osv5m"):
+        raise ValueError(f"data.format {cfg.data.format!r} unknown; choose table or osv5m")
+    if cfg.data.check_images not in ("header", "decode", "none"):
+        raise ValueError(f"data.check_images {cfg.data.check_images!r} unknown; choose header, decode or none")
     if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"precision {cfg.precision!r} unknown; choose auto, fp32, bf16 or fp16")
     if cfg.optim.lr <= 0 or cfg.optim.warmup_steps < 0 or not 0 <= cfg.optim.min_lr_ratio <= 1:

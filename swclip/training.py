@@ -120,18 +120,41 @@ def image_spec(model) -> tuple[int, tuple, tuple]:
     return int(size), mean, std
 
 
+def read_source(table: str, root: Optional[str] = None, format: str = "table", check_images: str = "header"):
+    """The whole sample table of a data source (all splits).
+
+    format "table": a CSV / TSV / parquet file read by swclip.data.read_table (images under root,
+    default the table's folder). "osv5m": the OSV-5M folder ``root`` (``table`` unused), its train
+    and test CSVs together, with split = train / test.
+    """
+    import pandas as pd
+
+    from swclip.data import read_osv5m, read_table
+
+    check = False if check_images == "none" else check_images
+    if format == "osv5m":
+        if not root:
+            raise ValueError("data.format=osv5m needs data.root, the OSV-5M folder (train.csv, test.csv, images/)")
+        parts = [read_osv5m(root, s, check_images=check) for s in ("train", "test") if (Path(root) / f"{s}.csv").is_file()]
+        if not parts:
+            raise FileNotFoundError(f"{root}: no train.csv or test.csv; not an OSV-5M folder")
+        out = pd.concat(parts, ignore_index=True)
+        out.attrs["root"] = str(Path(root).resolve())
+        return out
+    if not table:
+        raise ValueError("data.table is empty: give a sample table (CSV / parquet) or set data.synthetic=true")
+    return read_table(table, root or None, check_images=check)
+
+
 def read_train_table(cfg: tu.TrainConfig, split: Optional[str] = None):
     """The sample table named by cfg.data, filtered to ``split`` (default: the training split)."""
-    from swclip.data import read_table
-
-    if not cfg.data.table:
-        raise ValueError("data.table is empty: give a sample table (CSV / parquet) or set data.synthetic=true")
-    table = read_table(cfg.data.table, cfg.data.root or None)
-    split = cfg.data.train_split if split is None else split
+    d = cfg.data
+    table = read_source(d.table, d.root, d.format, d.check_images)
+    split = d.train_split if split is None else split
     if split and "split" in table.columns:
         table = table[table["split"] == split].reset_index(drop=True)
         if len(table) == 0:
-            raise ValueError(f"no rows with split == {split!r} in {cfg.data.table}")
+            raise ValueError(f"no rows with split == {split!r} in {d.table or d.root}")
     return table
 
 
@@ -482,7 +505,8 @@ def save_final(run_dir: Path, model, cfg: tu.TrainConfig, table, run_id: str) ->
         "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
         "sigma_m": cfg.loss.sigma_m if cfg.loss.name in ("swclip", "swclip+nc") else 0.0,
         "nc_weight": cfg.loss.nc_weight if cfg.loss.name == "swclip+nc" else 0.0,
-        "data": {"table": str(cfg.data.table), "root": str(cfg.data.root), "train_split": cfg.data.train_split,
+        "data": {"table": str(cfg.data.table), "root": str(cfg.data.root), "format": cfg.data.format,
+                 "check_images": cfg.data.check_images, "train_split": cfg.data.train_split,
                  "eval_split": cfg.data.eval_split, "synthetic": cfg.data.synthetic,
                  "hash": table_digest(table) if table is not None else None,
                  "n_train": int(len(table)) if table is not None else None},
