@@ -360,7 +360,8 @@ class Trainer:
             ctx = model.no_sync() if (not last and hasattr(model, "no_sync")) else contextlib.nullcontext()
             with ctx:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    out = model(images[sl], batch["latlon"][sl])
+                    city = batch.get("city")
+                    out = model(images[sl], batch["latlon"][sl], city=None if city is None else city[sl])
                     terms = self.loss_fn(**out)
                 tu.check_finite(terms, self.step_count + 1)
                 self.scaler.scale(sum(terms.values()) / n_micro).backward()
@@ -402,6 +403,10 @@ def train(cfg: tu.TrainConfig, resume: Optional[str] = None, table=None) -> Path
     data = make_train_data(cfg, image_size, device, dist_info.rank, dist_info.world_size, mean, std, table=table,
                            transform=_train_transform(tr.model, cfg))
 
+    # the text tower reads the city in its template ("... in London"); the GPS tower needs no names
+    cities = None
+    if tr.model_cfg.location_tower == "text" and table is not None and "city" in table.columns:
+        cities = table["city"].astype(str).to_numpy()
     ckpt = tu.resolve_resume(resume, run_dir) if resume else None
     start_step = tr.load(ckpt) if ckpt is not None else 0
     if ckpt is not None and dist_info.is_main:
@@ -443,6 +448,8 @@ def train(cfg: tu.TrainConfig, resume: Optional[str] = None, table=None) -> Path
             epoch += 1
             batches = data.batches(epoch, 0)
             continue
+        if cities is not None:
+            batch["city"] = cities[batch["index"].cpu().numpy()].tolist()
         t_data = time.perf_counter() - t0
         if cfg.fault_at_step and step == cfg.fault_at_step:  # testing aid: die as a killed job would
             if log is not None:
