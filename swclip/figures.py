@@ -19,14 +19,38 @@ import plotly.graph_objects as go
 from swclip.soft_labels import kernel_weights
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-_LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=40), template="plotly_white", height=360,
+# No template: Streamlit applies its own theme, and plotly's template costs time on every figure.
+_LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=40), height=360,
                legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))  # legend below: narrow columns keep their plot
 NICE_TICKS_M = (1, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 1_000_000, 10_000_000)
 
 
-def _fig(title: str, **layout: Any) -> go.Figure:
-    fig = go.Figure()
-    fig.update_layout(title=dict(text=title, font=dict(size=14)), **{**_LAYOUT, **layout})
+def _fig(title: str, data: Sequence = (), **layout: Any) -> go.Figure:
+    """One constructor call: incremental add_trace / update_layout re-validate the whole figure each time."""
+    return go.Figure(data=list(data), layout=dict(title=dict(text=title, font=dict(size=14)), **{**_LAYOUT, **layout}))
+
+
+def _rules(fig: go.Figure, lines: Sequence[dict]) -> go.Figure:
+    """Vertical (``x``) or horizontal (``y``) reference lines with optional labels, added in one update.
+
+    Each dict: x or y, and optionally colour, dash, width, opacity, text, position ("top" or "bottom").
+    plotly's add_vline costs about 8 ms a line; the soft-label page redraws on every slider move.
+    """
+    shapes, notes = [], []
+    for ln in lines:
+        vertical = "x" in ln
+        v = float(ln["x"] if vertical else ln["y"])
+        style = dict(color=ln.get("colour", "grey"), dash=ln.get("dash", "solid"), width=ln.get("width", 1))
+        if vertical:
+            shapes.append(dict(type="line", xref="x", yref="paper", x0=v, x1=v, y0=0, y1=1, line=style, opacity=ln.get("opacity", 1.0)))
+        else:
+            shapes.append(dict(type="line", xref="paper", yref="y", x0=0, x1=1, y0=v, y1=v, line=style, opacity=ln.get("opacity", 1.0)))
+        if ln.get("text"):
+            top = ln.get("position", "top") == "top"
+            notes.append(dict(x=v, y=1 if top else 0, xref="x", yref="paper", text=ln["text"], showarrow=False, xanchor="left",
+                              yanchor="top" if top else "bottom", font=dict(size=11)) if vertical else
+                         dict(x=1, y=v, xref="paper", yref="y", text=ln["text"], showarrow=False, xanchor="right", yanchor="bottom", font=dict(size=11)))
+    fig.update_layout(shapes=list(fig.layout.shapes) + shapes, annotations=list(fig.layout.annotations) + notes)
     return fig
 
 
@@ -37,18 +61,12 @@ def kernel_curve(sigma_m: float, kernel: str, max_m: Optional[float] = None, com
     """k_σ(d) against distance d (metres), the chosen kernel bold, the others faint; σ marked."""
     max_m = max_m or max(4.0 * sigma_m, 100.0)
     d = np.linspace(0.0, max_m, 400)
-    fig = _fig(f"Kernel k_σ(d), σ = {sigma_m:g} m", xaxis_title="distance d (m)", yaxis_title="weight", height=300)
+    traces = []
     for i, name in enumerate(dict.fromkeys([kernel, *compare])):
-        if name == "onehot":
-            y = (d == 0).astype(float)
-        else:
-            y = kernel_weights(d, sigma_m, name)
-        fig.add_trace(
-            go.Scatter(x=d, y=y, name=name, mode="lines", line=dict(width=3 if name == kernel else 1, color=PALETTE[i]), opacity=1.0 if name == kernel else 0.5)
-        )
-    fig.add_vline(x=sigma_m, line_dash="dot", line_color="grey", annotation_text="σ")
-    fig.update_yaxes(range=[0, 1.05])
-    return fig
+        y = (d == 0).astype(float) if name == "onehot" else kernel_weights(d, sigma_m, name)
+        traces.append(go.Scatter(x=d, y=y, name=name, mode="lines", line=dict(width=3 if name == kernel else 1, color=PALETTE[i]), opacity=1.0 if name == kernel else 0.5))
+    fig = _fig(f"Kernel k_σ(d), σ = {sigma_m:g} m", traces, xaxis_title="distance d (m)", yaxis=dict(title="weight", range=[0, 1.05]), height=300)
+    return _rules(fig, [dict(x=sigma_m, dash="dot", text="σ")])
 
 
 def target_heatmap(targets: Any, title: str, zmax: Optional[float] = None, height: int = 420) -> go.Figure:
@@ -63,20 +81,17 @@ def target_heatmap(targets: Any, title: str, zmax: Optional[float] = None, heigh
         off = q.copy()
         np.fill_diagonal(off, 0.0)
         zmax = float(max(off.max(), 1e-6)) if q.shape[0] > 1 else 1.0
-    fig = _fig(title, height=height, xaxis_title="location j (space-filling order)", yaxis_title="image i")
-    fig.add_trace(go.Heatmap(z=q, zmin=0.0, zmax=zmax, colorscale="Viridis", colorbar=dict(title="q", thickness=12), hovertemplate="i=%{y} j=%{x} q=%{z:.3g}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
-    fig.update_xaxes(constrain="domain")
-    return fig
+    heat = go.Heatmap(z=q, zmin=0.0, zmax=zmax, colorscale="Viridis", colorbar=dict(title="q", thickness=12), hovertemplate="i=%{y} j=%{x} q=%{z:.3g}<extra></extra>")
+    return _fig(title, [heat], height=height, xaxis=dict(title="location j (space-filling order)", constrain="domain"),
+                yaxis=dict(title="image i", autorange="reversed", scaleanchor="x", constrain="domain"))
 
 
 def effective_positives_figure(neff: Any, batch_size: int) -> go.Figure:
     """Effective positives 1/Σq² per row (space-filling order), with its median."""
     n = np.asarray(neff, dtype=np.float64)
-    fig = _fig(f"Effective positives per row (median {np.median(n):.2f} of {batch_size})", xaxis_title="row i (space-filling order)", yaxis_title="1 / Σ_j q_ij²", height=300)
-    fig.add_trace(go.Bar(x=np.arange(len(n)), y=n, marker_color=PALETTE[0], name="per row"))
-    fig.add_hline(y=float(np.median(n)), line_dash="dot", line_color=PALETTE[1], annotation_text="median")
-    return fig
+    bars = go.Bar(x=np.arange(len(n)), y=n, marker_color=PALETTE[0], name="per row")
+    fig = _fig(f"Effective positives per row (median {np.median(n):.2f} of {batch_size})", [bars], xaxis_title="row i (space-filling order)", yaxis_title="1 / Σ_j q_ij²", height=300)
+    return _rules(fig, [dict(y=float(np.median(n)), dash="dot", colour=PALETTE[1], text="median")])
 
 
 # ----------------------------------------------------------------- errors
@@ -109,8 +124,7 @@ def error_cdf(errors: Mapping[str, Any], thresholds_m: Sequence[float] = (25, 50
             continue
         y = np.arange(1, v.size + 1) / v.size
         fig.add_trace(go.Scatter(x=np.maximum(v, 0.5), y=y, name=str(name), mode="lines", line=dict(color=PALETTE[i % len(PALETTE)], width=2, shape="hv")))
-    for t in thresholds_m:
-        fig.add_vline(x=t, line_dash="dot", line_color="lightgrey")
+    _rules(fig, [dict(x=t, dash="dot", colour="lightgrey") for t in thresholds_m])
     allv = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in errors.values()]) if errors else np.array([1.0])
     lo, hi = max(float(np.nanmin(allv)), 0.5), max(float(np.nanmax(allv)), 1.0)
     ticks = [t for t in NICE_TICKS_M if lo / 3 <= t <= hi * 3]
@@ -137,19 +151,20 @@ def variogram_figure(
     the sidebar σ, the σ the fitted range suggests, and true field ranges.
     """
     fig = _fig(title, xaxis_title="lag h (m)", yaxis_title=y_title, height=400)
+    rules = []
     for i, c in enumerate(curves):
         colour = PALETTE[i % len(PALETTE)]
         fig.add_trace(go.Scatter(x=np.asarray(c["lags_m"]), y=np.asarray(c["gamma"]), mode="markers", name=f"{c['name']} (empirical)", marker=dict(color=colour, size=7)))
         if c.get("fit_h_m") is not None:
             fig.add_trace(go.Scatter(x=np.asarray(c["fit_h_m"]), y=np.asarray(c["fit_gamma"]), mode="lines", name=f"{c['name']} (fit)", line=dict(color=colour, width=2)))
         if c.get("range_m"):
-            fig.add_vline(x=float(c["range_m"]), line_dash="dash", line_color=colour, opacity=0.6)
+            rules.append(dict(x=float(c["range_m"]), dash="dash", colour=colour, opacity=0.6))
     if sigma_m:
-        fig.add_vline(x=float(sigma_m), line_color="black", line_width=2, annotation_text=f"σ = {sigma_m:g} m", annotation_position="top left")
+        rules.append(dict(x=float(sigma_m), colour="black", width=2, text=f"σ = {sigma_m:g} m"))
     if suggested_sigma_m:
-        fig.add_vline(x=float(suggested_sigma_m), line_color=PALETTE[4], line_dash="dashdot", annotation_text=f"suggested σ {suggested_sigma_m:.0f} m", annotation_position="bottom right")
-    for r in true_ranges_m:
-        fig.add_vline(x=float(r), line_color="lightgrey", line_dash="dot")
+        rules.append(dict(x=float(suggested_sigma_m), colour=PALETTE[4], dash="dashdot", text=f"suggested σ {suggested_sigma_m:.0f} m", position="bottom"))
+    rules += [dict(x=float(r), colour="lightgrey", dash="dot") for r in true_ranges_m]
+    _rules(fig, rules)
     lags = [float(np.nanmax(c["lags_m"])) for c in curves if len(c["lags_m"]) and np.isfinite(c["lags_m"]).any()]
     if lags:
         fig.update_xaxes(range=[0, max(lags) * 1.05])
@@ -193,31 +208,37 @@ def mini_map(
     truth, ``others`` (e.g. nearest training images) small blue dots; streets
     grey lines for context.
     """
-    fig = _fig(title, height=height, margin=dict(l=5, r=5, t=30 if title else 5, b=5), showlegend=False)
+    traces = []
     pts = [np.asarray(truth_latlon, dtype=np.float64).reshape(1, 2)]
-    for p in streets:
-        p = np.asarray(p, dtype=np.float64)
-        fig.add_trace(go.Scatter(x=p[:, 1], y=p[:, 0], mode="lines", line=dict(color="#c8c8c8", width=1), hoverinfo="skip"))
+    if len(streets):
+        # All streets as one trace, separated by None: one trace per street is slow to build and draw.
+        xs, ys = [], []
+        for p in streets:
+            p = np.asarray(p, dtype=np.float64)
+            xs += p[:, 1].tolist() + [None]
+            ys += p[:, 0].tolist() + [None]
+        traces.append(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#c8c8c8", width=1), hoverinfo="skip", name="streets"))
     if others_latlon is not None and len(others_latlon):
         o = np.asarray(others_latlon, dtype=np.float64).reshape(-1, 2)
         pts.append(o)
-        fig.add_trace(go.Scatter(x=o[:, 1], y=o[:, 0], mode="markers", marker=dict(size=6, color=PALETTE[0]), name="neighbours"))
+        traces.append(go.Scatter(x=o[:, 1], y=o[:, 0], mode="markers", marker=dict(size=6, color=PALETTE[0]), name="neighbours"))
     t = pts[0][0]
     if pred_latlon is not None:
         p = np.asarray(pred_latlon, dtype=np.float64)
         pts.append(p.reshape(1, 2))
-        fig.add_trace(go.Scatter(x=[t[1], p[1]], y=[t[0], p[0]], mode="lines", line=dict(color=PALETTE[1], width=1, dash="dot"), hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=[p[1]], y=[p[0]], mode="markers", marker=dict(size=12, symbol="x", color=PALETTE[1]), name="prediction"))
-    fig.add_trace(go.Scatter(x=[t[1]], y=[t[0]], mode="markers", marker=dict(size=12, color=PALETTE[2], line=dict(color="white", width=1)), name="truth"))
+        traces.append(go.Scatter(x=[t[1], p[1]], y=[t[0], p[0]], mode="lines", line=dict(color=PALETTE[1], width=1, dash="dot"), hoverinfo="skip", name="error"))
+        traces.append(go.Scatter(x=[p[1]], y=[p[0]], mode="markers", marker=dict(size=12, symbol="x", color=PALETTE[1]), name="prediction"))
+    traces.append(go.Scatter(x=[t[1]], y=[t[0]], mode="markers", marker=dict(size=12, color=PALETTE[2], line=dict(color="white", width=1)), name="truth"))
     allp = np.concatenate(pts)
     pad_lat = max(np.ptp(allp[:, 0]) * 0.15, 2e-4)
     pad_lon = max(np.ptp(allp[:, 1]) * 0.15, 2e-4)
-    fig.update_xaxes(range=[allp[:, 1].min() - pad_lon, allp[:, 1].max() + pad_lon], showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(
-        range=[allp[:, 0].min() - pad_lat, allp[:, 0].max() + pad_lat], showticklabels=False, showgrid=False, zeroline=False,
-        scaleanchor="x", scaleratio=1.0 / max(math.cos(math.radians(float(t[0]))), 1e-3),
+    axis = dict(showticklabels=False, showgrid=False, zeroline=False)
+    return _fig(
+        title, traces, height=height, margin=dict(l=5, r=5, t=30 if title else 5, b=5), showlegend=False,
+        xaxis=dict(range=[allp[:, 1].min() - pad_lon, allp[:, 1].max() + pad_lon], **axis),
+        yaxis=dict(range=[allp[:, 0].min() - pad_lat, allp[:, 0].max() + pad_lat], scaleanchor="x",
+                   scaleratio=1.0 / max(math.cos(math.radians(float(t[0]))), 1e-3), **axis),
     )
-    return fig
 
 
 def train_curves(log: pd.DataFrame) -> go.Figure:
