@@ -160,7 +160,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     result = run(args)
     print(format_table(result))
     if not args.no_write:
