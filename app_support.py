@@ -199,9 +199,10 @@ def _nearest_choice(sigma_m: float) -> int:
 def sidebar() -> View:
     """Draw the shared sidebar and return the selection."""
     sb = st.sidebar
-    if "runs_root" not in st.session_state:
-        st.session_state["runs_root"] = default_runs_dir()
-    runs_root = sb.text_input("Runs directory", key="runs_root", help="Folder of run directories; the app reads nothing outside it. Set with `--runs-dir` or $SWCLIP_RUNS_DIR.")
+    # Fixed by whoever starts the app (--runs-dir / $SWCLIP_RUNS_DIR), not by visitors: the app
+    # reads nothing outside it, so it must not be a text box a visitor can point at /.
+    runs_root = default_runs_dir()
+    sb.caption(f"Runs directory: `{runs_root}`", help="Set with `streamlit run app.py -- --runs-dir DIR` or $SWCLIP_RUNS_DIR; the app reads nothing outside it.")
     found, broken = discover(runs_root)
     view = View(runs_root=runs_root, available=found)
     if broken:
