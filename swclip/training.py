@@ -339,6 +339,7 @@ class Trainer:
         set_loss_state(self.loss_fn, state.get("loss", {}), self.device)
         tu.set_rng_state(state["rng"][min(self.dist.rank, len(state["rng"]) - 1)])
         self.step_count = int(meta["step"])
+        self.resumed_meta = meta
         return self.step_count
 
     def step(self, batch: dict) -> tuple[dict, dict]:
@@ -415,6 +416,12 @@ def train(cfg: tu.TrainConfig, resume: Optional[str] = None, table=None) -> Path
     log = TrainLog(run_dir / "train_log.csv", resume_step=start_step if ckpt is not None else None) if dist_info.is_main else None
     meta_base = {"run_id": run_id, "steps_per_epoch": data.steps_per_epoch, "world_size": dist_info.world_size,
                  "config_digest": hashlib.sha256(json.dumps(tu.config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]}
+    if ckpt is not None and dist_info.is_main:
+        old = tr.resumed_meta
+        changed = [k for k in ("config_digest", "steps_per_epoch", "world_size") if old.get(k) != meta_base[k]]
+        if changed:  # allowed (e.g. more steps), but the run is then not the uninterrupted one
+            print(f"warning: resuming {ckpt} with a different {', '.join(changed)} than it was written with; "
+                  "the data order or schedule after the resume differs from an uninterrupted run", file=sys.stderr)
 
     def checkpoint(step: int) -> None:
         states = [tu.rng_state()]
