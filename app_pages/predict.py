@@ -1,6 +1,5 @@
 """Predict: where was this photo taken? Upload photos or pick evaluation samples."""
 
-import io
 import json
 import math
 

@@ -21,7 +21,11 @@ city = view.city_or_none() or cities[0]
 if view.city_or_none() is None:
     st.caption(f"Variograms are per city: showing **{city}** (pick another in the sidebar).")
 
-c1, c2, c3 = st.columns(3)
+c1, c2, c3, c4 = st.columns(4)
+with c4:
+    LAGS = (0, 500, 1000, 2000, 3000, 5000, 10_000)
+    max_lag = sup.url_widget(st.select_slider, "Largest lag", "maxlag", 0, parse=int, valid=lambda v: v in LAGS, options=LAGS,
+                             format_func=lambda v: "auto (half the widest pair)" if v == 0 else f"{v / 1000:g} km")
 with c1:
     model = sup.url_widget(st.selectbox, "Model", "model", "best", valid=lambda v: v in ("best", *MODELS), options=["best", *MODELS], help="'best': the lowest RMSE of all scikit-gstat models")
 with c2:
@@ -31,7 +35,7 @@ with c3:
 
 
 @st.cache_data(show_spinner="Fitting variograms…", max_entries=64)
-def variogram_of(runs_root, run_id, stamp, city, what, model, bins):
+def variogram_of(runs_root, run_id, stamp, city, what, model, bins, max_lag_m):
     """Empirical + fitted variogram of a run's embeddings ('embedding') or log10 errors ('error') in one city."""
     r = next(x for x in sup.discover(runs_root)[0] if x.run_id == run_id)
     rows = sup.city_rows(runs_root, r, city)
@@ -41,9 +45,9 @@ def variogram_of(runs_root, run_id, stamp, city, what, model, bins):
         emb = sup.embeddings(runs_root, run_id, stamp)
         if emb is None:
             return None, None
-        emp = empirical_variogram(latlon, embeddings=emb[rows], bins=bins, max_pairs=300_000, seed=0)
+        emp = empirical_variogram(latlon, embeddings=emb[rows], bins=bins, max_lag_m=max_lag_m or None, max_pairs=300_000, seed=0)
     else:
-        emp = empirical_variogram(latlon, values=np.log10(np.maximum(df["error_m"].to_numpy(np.float64), 1.0)), bins=bins, max_pairs=300_000, seed=0)
+        emp = empirical_variogram(latlon, values=np.log10(np.maximum(df["error_m"].to_numpy(np.float64), 1.0)), bins=bins, max_lag_m=max_lag_m or None, max_pairs=300_000, seed=0)
     fit = fit_best(emp) if model == "best" else fit_variogram(emp, model)
     return emp, fit
 
@@ -70,7 +74,7 @@ true_ranges = appstate.city_true_ranges(world, city)
 
 curves, rows, suggested = [], [], None
 for r in view.selected:
-    emp, fit = variogram_of(view.runs_root, r.run_id, r.stamp, city, "embedding", model, n_bins)
+    emp, fit = variogram_of(view.runs_root, r.run_id, r.stamp, city, "embedding", model, n_bins, max_lag)
     if emp is None:
         st.warning(f"{r.run_id} has no embeddings.npy: no embedding variogram.")
         continue
@@ -89,7 +93,7 @@ if true_ranges:
     legend += f" Dotted grey: the demo world's true field ranges in {city} ({', '.join(f'{v:.0f}' for v in sorted(true_ranges.values()))} m)."
 st.caption(legend)
 
-emp_e, fit_e = variogram_of(view.runs_root, run.run_id, run.stamp, city, "error", model, n_bins)
+emp_e, fit_e = variogram_of(view.runs_root, run.run_id, run.stamp, city, "error", model, n_bins, max_lag)
 rows.append(fit_row(f"{run.run_id}: log10 error", emp_e, fit_e))
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
     "nugget": st.column_config.NumberColumn(format="%.4f"), "sill": st.column_config.NumberColumn(format="%.4f"),
