@@ -9,12 +9,18 @@
    224 px eval transforms, and for 640×480 street-view-sized JPEGs through the
    224 px transform. Measured interleaved, so load drifts hit all alike.
 
-Writes benchmarks/results/data-<machine>.json and prints a table.
+3. Structure: in every city of the default world, the mean distance between
+   images' pixel features (8×8 thumbnails) for pairs in distance bins, relative
+   to pairs beyond 1,600 m: the rendered world's variogram, in pixels.
+
+Writes benchmarks/results/data-<machine>.json (with the load average, since the
+machine is shared) and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +41,29 @@ def _photos(root: Path, n: int, size=(640, 480), seed: int = 0) -> list[str]:
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(root / "photos" / f"{i}.jpg", quality=90)
         rel.append(f"photos/{i}.jpg")
     return rel
+
+
+BINS_M = (0, 100, 200, 400, 800, 1600)
+
+
+def structure(world) -> dict:
+    """Per city: mean pixel-feature distance per distance bin, over the mean beyond the last bin edge."""
+    from PIL import Image
+
+    from swclip.geo import pairwise_haversine_m
+
+    out = {}
+    for city, sub in world.table.groupby("city", sort=False):
+        x = np.stack([np.asarray(Image.open(world.root / p).reduce(8), dtype=np.float64).ravel() / 255 for p in sub["image"]])
+        gram = x @ x.T
+        sq = np.diag(gram)
+        iu = np.triu_indices(len(sub), 1)
+        f = np.sqrt(np.maximum(sq[:, None] + sq[None] - 2 * gram, 0))[iu]
+        d = pairwise_haversine_m(sub[["lat", "lon"]].to_numpy())[iu]
+        far = f[d > BINS_M[-1]].mean()
+        edges = list(BINS_M) + [np.inf]
+        out[city] = {f"{lo}-{hi} m": float(f[(d >= lo) & (d < hi)].mean() / far) for lo, hi in zip(edges[:-1], edges[1:])}
+    return out
 
 
 def main(argv=None) -> int:
@@ -63,6 +92,10 @@ def main(argv=None) -> int:
             result["render"][f"workers={workers}"] = {"images": n, "image_size": 64, "seconds": dt, "images_per_s": n / dt}
             print(f"render 8 cities × {args.samples_per_city} at 64 px, {workers} worker(s): {dt:.1f} s, {n / dt:.0f} images/s")
 
+        result["structure"] = structure(world)
+        for city, row in result["structure"].items():
+            print(f"pixel distance / far-pair distance, {city}: " + ", ".join(f"{k}: {v:.2f}" for k, v in row.items()))
+
         torch.set_num_threads(1)  # per core
         demo = world.table.sample(n=min(args.loader_images, len(world.table)), random_state=0)
         photos = pd.DataFrame(dict(image=_photos(tmp, args.loader_images // 4), lat=51.5, lon=-0.1))
@@ -81,6 +114,7 @@ def main(argv=None) -> int:
             per_s = len(ds) / timing[name]["median_s"]
             result["loader"][name] = {"images": len(ds), **timing[name], "images_per_s_per_core": per_s}
             print(f"loader {name}: {per_s:.0f} images/s per core")
+    result["load_average_1_5_15"] = list(os.getloadavg())
     path = write_result("data", result)
     print(f"wrote {path}")
     return 0

@@ -8,7 +8,7 @@ What drives what:
 
 - the 12 latent fields (``FIELD_NAMES``, values in (0, 1), spatially
   correlated): façade hue and lightness, building height and count across the
-  view, window columns, window size and tone, greenery, road width and tone,
+  view, window size and tone, greenery, pavement tone, road width and tone,
   awning hue, haze of the sky. These carry the location signal, and each moves
   a large area of the image, since the demo's towers see 32–64 px;
 - the city's style (``CityStyle``): palette centre, floor height, sky, trees,
@@ -33,7 +33,7 @@ FIELD_NAMES = (
     "facade_value",
     "building_height",
     "building_count",
-    "window_columns",
+    "pavement_tone",
     "window_size",
     "window_tone",
     "greenery",
@@ -48,8 +48,8 @@ FIELD_VISUALS = {
     "facade_value": "façade lightness",
     "building_height": "building height (sky line)",
     "building_count": "buildings across the view (1.5 to 5)",
-    "window_columns": "window columns per building (1 to 5)",
-    "window_size": "window size",
+    "pavement_tone": "pavement lightness",
+    "window_size": "window size (20 % to 80 % of each window cell)",
     "window_tone": "window glass from dark to bright",
     "greenery": "number and size of trees (0 to 4)",
     "road_width": "height of the road band",
@@ -75,12 +75,13 @@ class CityStyle:
     road_tint: tuple  # multiplies the asphalt grey
     pavement_rgb: tuple
     car_rate: float  # expected cars per image (nuisance: no location signal)
+    window_columns: int = 3  # window columns per building
 
     @staticmethod
     def sample(rng: np.random.Generator) -> "CityStyle":
         return CityStyle(
             hue_centre=float(rng.uniform(0, 1)),
-            hue_spread=float(rng.uniform(0.25, 0.45)),
+            hue_spread=float(rng.uniform(0.35, 0.55)),
             saturation=float(rng.uniform(0.35, 0.6)),
             floor_h=float(rng.uniform(0.075, 0.1)),
             sky_rgb=tuple(float(c) for c in rng.uniform([0.35, 0.55, 0.8], [0.55, 0.7, 0.95])),
@@ -88,6 +89,7 @@ class CityStyle:
             road_tint=tuple(float(c) for c in rng.uniform(0.9, 1.1, size=3)),
             pavement_rgb=tuple(float(c) for c in rng.uniform(0.55, 0.75, size=3)),
             car_rate=float(rng.uniform(0.3, 1.2)),
+            window_columns=int(rng.integers(2, 5)),
         )
 
     def to_dict(self) -> dict:
@@ -201,8 +203,8 @@ def render_batch(fields: dict[str, np.ndarray], style: CityStyle, nuisance: Nuis
     label[in_building] = FACADE
 
     # windows on a grid: columns and size from the fields; ground floor left to the awning
-    ncol = np.floor(1 + 4.99 * f["window_columns"])
-    ws = 0.3 + 0.45 * f["window_size"]
+    ncol = style.window_columns
+    ws = 0.2 + 0.6 * f["window_size"]
     cu = ncol * ub - np.floor(ncol * ub)  # (N, 1, W)
     fv = (v_base - v) / style.floor_h  # storeys above the base, (N, H, 1)
     cv = fv - np.floor(fv)
@@ -212,7 +214,7 @@ def render_batch(fields: dict[str, np.ndarray], style: CityStyle, nuisance: Nuis
     palette[:, WINDOW] = (1 - f["window_tone"]) * np.array([0.08, 0.1, 0.16]) + f["window_tone"] * np.array([0.8, 0.85, 0.9])
 
     # ground-floor awning band, a strong colour cue
-    label[in_building & ((fv >= 0.55) & (fv < 0.95)) & ((ub > 0.04) & (ub < 0.96))] = AWNING
+    label[in_building & ((fv >= 0.3) & (fv < 0.95)) & ((ub > 0.04) & (ub < 0.96))] = AWNING
     palette[:, AWNING] = hsv_to_rgb(f["awning_hue"], 0.75, 0.8)[:, 0]
 
     # pavement, then the road band at the bottom with a dashed centre line
@@ -220,7 +222,7 @@ def render_batch(fields: dict[str, np.ndarray], style: CityStyle, nuisance: Nuis
     on_road = np.broadcast_to(v >= road_top, (n, size, 1))  # (N, H, 1)
     label[np.broadcast_to((v >= v_base) & (v < road_top), (n, size, 1))[..., 0]] = PAVEMENT
     label[on_road[..., 0]] = ROAD
-    palette[:, PAVEMENT] = np.asarray(style.pavement_rgb)
+    palette[:, PAVEMENT] = np.asarray(style.pavement_rgb) * (0.6 + 0.6 * f["pavement_tone"])
     palette[:, ROAD] = (0.12 + 0.4 * f["road_tone"]) * np.asarray(style.road_tint)
     centre = (road_top + 1.0) / 2
     dash = (np.abs(v - centre) < 0.012) & on_road & (np.mod(u * 6 + nz.phase[:, None, None], 1.0) < 0.5)
