@@ -180,7 +180,8 @@ def embedding_scatter(xy: Any, colours: Any, anchor: Optional[int] = None, highl
     rgb = np.asarray(colours, dtype=np.uint8)
     fig = _fig(title, xaxis_title="component 1", yaxis_title="component 2", height=420, showlegend=True)
     fig.add_trace(
-        go.Scattergl(
+        # SVG up to a few thousand points (click-to-select is most reliable there), WebGL beyond.
+        (go.Scatter if len(xy) <= 3000 else go.Scattergl)(
             x=xy[:, 0], y=xy[:, 1], mode="markers", name="samples",
             marker=dict(size=5, color=[f"rgb({r},{g},{b})" for r, g, b in rgb], opacity=0.8),
             text=hover, hovertemplate="%{text}<extra></extra>" if hover is not None else None,
