@@ -363,6 +363,10 @@ class Run:
     manifest: dict
     _cache: dict = field(default_factory=dict, repr=False)
 
+    def __iter__(self):
+        """``model, manifest, artefacts = load_run(d)`` as DESIGN.md writes it; the artefact readers are this Run's."""
+        return iter((self.model, self.manifest, self))
+
     def has(self, name: str) -> bool:
         return (self.run_dir / ARTEFACTS[name]).is_file()
 

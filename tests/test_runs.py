@@ -72,6 +72,8 @@ def test_manifest_describes_the_run(trained_run):
 def test_artefacts_roundtrip(trained_run):
     _, run_dir, model, _ = trained_run
     run = load_run(run_dir)
+    loaded_model, manifest, artefacts = run
+    assert loaded_model is run.model and manifest["seed"] == 0 and artefacts.has("gallery")
     assert run.metrics() == {"median_m": 12.5}
     assert run.train_log()["loss"].tolist() == [4.1, 3.9]
     assert run.predictions()["id"].tolist() == [str(i) for i in range(8)]
