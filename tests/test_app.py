@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from swclip import appstate, runs
 from tests.app_fixture import fixture_runs
 
-pytestmark = [pytest.mark.xdist_group("app"), pytest.mark.slow]
+pytestmark = [pytest.mark.xdist_group(name="app"), pytest.mark.slow]
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["app_pages/overview.py", "app_pages/predict.py", "app_pages/error_map.py", "app_pages/semivariogram.py",

@@ -29,13 +29,15 @@ CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-PAGES = ["", "predict", "error_map", "semivariogram", "soft_labels", "neighbourhoods", "compare", "failures"]
+# url path -> the page's h1
+PAGES = {"": "Runs", "predict": "Predict a location", "error_map": "Error map", "semivariogram": "Semivariogram",
+         "soft_labels": "Soft labels", "neighbourhoods": "Neighbourhoods", "compare": "Compare two runs", "failures": "Failures"}
 DECK_PAGES = {"error_map", "semivariogram", "soft_labels", "neighbourhoods", "compare"}
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.xdist_group("app"),
+    pytest.mark.xdist_group(name="app"),
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)"),
 ]
 
@@ -110,12 +112,15 @@ def test_every_page_in_chromium(server, tmp_path):
             page.goto(f"{server}/?city=London")
             _settle(page)
             _no_exception(page, "start")
-            for name in PAGES:
-                query = page.url[page.url.find("?"):] if "?" in page.url else ""
-                page.goto(f"{server}/{name}{query}")
+            timings = {}
+            for name, title in PAGES.items():
+                t_page = time.perf_counter()
+                if name:  # switch pages in the browser, as a user does: the URL state must survive
+                    page.locator(f'[data-testid="stSidebarNav"] a[href$="/{name}"]').click()
+                    page.wait_for_selector(f'h1:has-text("{title}")', timeout=60_000)
                 _settle(page)
                 _no_exception(page, name or "runs")
-                assert page.query_selector("h1"), f"{name}: no title"
+                assert "city=London" in page.url, f"{name}: the URL lost the city: {page.url}"
                 if name in DECK_PAGES:
                     deck = page.wait_for_selector('[data-testid="stDeckGlJsonChart"] canvas', timeout=30_000)
                     deck.scroll_into_view_if_needed()
@@ -143,6 +148,8 @@ def test_every_page_in_chromium(server, tmp_path):
                     leaflet.first.wait_for(timeout=30_000)
                     assert leaflet.count() >= 3  # confidence circle, estimate, top-k candidates
                 page.screenshot(path=str(shots / f"{name or 'runs'}.png"))
+                timings[name or "runs"] = round(time.perf_counter() - t_page, 1)
+            print("seconds per page:", timings)
             assert not failed, f"static files failed to load: {failed}"
         finally:
             browser.close()
