@@ -355,6 +355,7 @@ class Predictor:
     bandwidth_m: knn-kde kernel σ in metres; None takes 4 × the gallery's median nearest-neighbour
     spacing (street level: tens of metres; a global gallery: kilometres). index_kind: see SearchIndex.
     small_batch_threads: CPU threads for batches of up to SMALL_BATCH images (see limit_threads).
+    Puts ``model`` in eval mode; a training loop that evaluates mid-run must call ``train()`` again.
     """
 
     def __init__(self, model, gallery: Gallery, bandwidth_m: Optional[float] = None, index_kind: str = "auto",
