@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 RUNS_DIR ?= runs
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
+# Idle OpenMP threads sleep instead of spinning: on a small shared machine the
+# spinning threads of torch and faiss steal the cores the work needs.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: install run test demo bench clean
 
