@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per loss first")
     p.add_argument("--losses", nargs="+", default=list(LOSS_NAMES), choices=LOSS_NAMES)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--sigma-m", type=float, default=150.0)
     p.add_argument("--name", default="train-step", help="result file stem: benchmarks/results/<name>-<machine>.json")
     p.add_argument("--no-write", action="store_true", help="print only")
@@ -55,6 +56,8 @@ def run(args) -> dict:
     from swclip.training import Trainer, image_spec, read_train_table
     from swclip.train_data import make_train_data
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     trainers, streams = {}, {}
     table = None
     for name in args.losses:
@@ -63,7 +66,7 @@ def run(args) -> dict:
         if args.batch:
             over.append(f"batch_size={args.batch}")
         if args.table:
-            over.append(f"data.table={args.table}")
+            over += [f"data.table={args.table}", f"data.root={Path(args.table).resolve().parent}"]
         cfg = tu.load_config(args.config, over)
         cfg.steps = max(cfg.steps, args.warmup + args.steps + 1)
         tr = Trainer(cfg)
@@ -97,10 +100,11 @@ def run(args) -> dict:
     sync()
 
     times = {n: [] for n in trainers}
+    cpu = {n: [] for n in trainers}
     waits = {n: [] for n in trainers}
     for _ in range(args.steps):
         for name, tr in trainers.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             batch = next(streams[name])
             sync()
             t1 = time.perf_counter()
@@ -108,6 +112,7 @@ def run(args) -> dict:
             sync()
             t2 = time.perf_counter()
             times[name].append(t2 - t0)
+            cpu[name].append(time.process_time() - c0)
             waits[name].append(t1 - t0)
 
     peak = {}
@@ -129,7 +134,10 @@ def run(args) -> dict:
     rows = []
     for name in trainers:
         med = statistics.median(times[name])
+        cpu_med = statistics.median(cpu[name])
         row = {"loss": name, "step_ms": 1000 * med, "min_step_ms": 1000 * min(times[name]), "images_per_s": batch / med,
+               # process CPU time (all threads): what the step costs regardless of the neighbours' load
+               "cpu_ms": 1000 * cpu_med, "cpu_ratio_to_clip": cpu_med / statistics.median(cpu["clip"]) if "clip" in cpu else None,
                "data_wait_frac": sum(waits[name]) / sum(times[name]), "peak_mem_mib": peak[name],
                "ratio_to_clip": med / base if base else None, "extra_over_clip_pct": 100 * (med / base - 1) if base else None}
         if name == "semivariogram" and fit_s is not None:
@@ -155,12 +163,14 @@ def _endless(data):
 def format_table(result: dict) -> str:
     lines = [f"{result['model_params'] / 1e6:.2f} M params, batch {result['batch_size']}, {result['data']} data, "
              f"device {result['device']}, precision {result['precision']}",
-             f"{'loss':<14} {'step ms':>8} {'img/s':>8} {'x clip':>7} {'+% clip':>8} {'data wait':>9} {'peak MiB':>9}"]
+             f"{'loss':<14} {'step ms':>8} {'img/s':>8} {'x clip':>7} {'+% clip':>8} {'cpu ms':>7} {'cpu x clip':>10} "
+             f"{'data wait':>9} {'peak MiB':>9}"]
     for r in result["rows"]:
         ratio = f"{r['ratio_to_clip']:.3f}" if r["ratio_to_clip"] else "-"
         extra = f"{r['extra_over_clip_pct']:+.1f}" if r["extra_over_clip_pct"] is not None else "-"
+        cpu_ratio = f"{r['cpu_ratio_to_clip']:.3f}" if r["cpu_ratio_to_clip"] else "-"
         lines.append(f"{r['loss']:<14} {r['step_ms']:>8.1f} {r['images_per_s']:>8.0f} {ratio:>7} {extra:>8} "
-                     f"{r['data_wait_frac']:>9.1%} {r['peak_mem_mib']:>9.0f}")
+                     f"{r['cpu_ms']:>7.1f} {cpu_ratio:>10} {r['data_wait_frac']:>9.1%} {r['peak_mem_mib']:>9.0f}")
         if "refit_s" in r:
             lines.append(f"{'':<14} variogram refit {r['refit_s'] * 1000:.0f} ms every {r['refit_every']} steps "
                          f"= {r['refit_amortised_ms_per_step']:.1f} ms/step")
