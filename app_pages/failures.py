@@ -76,6 +76,8 @@ for c, group in worst.groupby(worst["city"].astype(str), sort=True):
                 others = np.array([[s["lat"], s["lon"]] for _, s in m], dtype=np.float64).reshape(-1, 2)
                 st.plotly_chart(figures.mini_map(truth, pred, others, near), width="stretch", key=f"mm_{run.run_id}_{row['id']}", config={"displayModeBar": False})
                 st.caption("green: truth · red ×: prediction · blue: training images the model matched")
+                if m and "city" in m[0][1] and str(m[0][1]["city"]) != str(row["city"]):
+                    st.markdown(f"Matched to **{m[0][1]['city']}**: the model placed this {str(row['city'])} photo in another city.")
             with right:
                 if m:
                     cols = st.columns(min(len(m), 5))

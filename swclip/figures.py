@@ -20,9 +20,9 @@ from swclip.soft_labels import kernel_weights
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 # No template: Streamlit applies its own theme, and plotly's template costs time on every figure.
-_LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=40), height=360,
-               legend=dict(orientation="h", yanchor="top", y=-0.22, x=0))  # legend below: narrow columns keep their plot
-NICE_TICKS_M = (1, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 1_000_000, 10_000_000)
+_LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=60), height=380,
+               legend=dict(orientation="h", yanchor="top", y=-0.28, x=0))  # legend below: narrow columns keep their plot
+NICE_TICKS_M = (1, 10, 25, 50, 100, 250, 500, 1000, 5000, 25_000, 100_000, 1_000_000, 10_000_000)
 
 
 def _fig(title: str, data: Sequence = (), **layout: Any) -> go.Figure:
@@ -128,7 +128,7 @@ def error_cdf(errors: Mapping[str, Any], thresholds_m: Sequence[float] = (25, 50
     allv = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in errors.values()]) if errors else np.array([1.0])
     lo, hi = max(float(np.nanmin(allv)), 0.5), max(float(np.nanmax(allv)), 1.0)
     ticks = [t for t in NICE_TICKS_M if lo / 3 <= t <= hi * 3]
-    fig.update_xaxes(tickvals=ticks, ticktext=[f"{t / 1000:g} km" if t >= 1000 else f"{t:g}" for t in ticks])
+    fig.update_xaxes(tickvals=ticks, ticktext=[f"{t / 1000:g} km" if t >= 1000 else f"{t:g}" for t in ticks], tickangle=0)
     fig.update_yaxes(range=[0, 1.01])
     return fig
 
