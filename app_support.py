@@ -118,9 +118,13 @@ def prune_url() -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def install_static() -> str:
-    """Copy Leaflet into ./static once per server process (served at /app/static/leaflet)."""
-    return str(maps.install_leaflet(STATIC_DIR))
+def install_static() -> Optional[str]:
+    """Copy Leaflet into ./static once per server process (served at /app/static/leaflet); None if it cannot."""
+    try:
+        return str(maps.install_leaflet(STATIC_DIR))
+    except OSError as e:  # a read-only install: `make run` stages it beforehand
+        print(f"warning: cannot stage Leaflet into {STATIC_DIR}: {e}; folium maps need it there", file=sys.stderr)
+        return None
 
 
 @st.cache_data(show_spinner=False, ttl=10)
