@@ -230,7 +230,11 @@ def sidebar() -> View:
             st.caption("Pick at least one run; showing the newest.")
             chosen = [ids[0]]
         view.selected = [by_id[i] for i in chosen]
-        df = predictions(runs_root, view.run.run_id, view.run.stamp)
+        try:
+            df = predictions(runs_root, view.run.run_id, view.run.stamp)
+        except runs.RunError as e:
+            st.error(f"Cannot read the predictions of {view.run.run_id}: {e}")
+            st.stop()
         cities = [ALL_CITIES] + (sorted(df["city"].astype(str).unique()) if "city" in df else [])
         view.city = url_widget(st.selectbox, "City", "city", cities[1] if len(cities) > 1 else ALL_CITIES, valid=lambda v: v in cities, options=cities)
         default_sigma = _nearest_choice(view.run.sigma_m or 100.0)

@@ -93,7 +93,8 @@ def discover_runs(runs_root: Path | str) -> tuple[list[RunInfo], list[tuple[str,
     """Runs under ``runs_root`` (folders holding manifest.json, depth ≤ 3), newest first.
 
     Returns (runs, broken): broken runs as (run_id, error) so the app can say
-    what is wrong with them instead of hiding them. A run is marked demo when
+    what is wrong with them instead of hiding them; a run without
+    predictions.parquet (trained, not yet evaluated) counts as broken. A run is marked demo when
     its manifest says so (``demo: true`` or a data source of kind ``synth``)
     or when a folder between it and the root holds the procedural world's
     world.json.
@@ -108,6 +109,10 @@ def discover_runs(runs_root: Path | str) -> tuple[list[RunInfo], list[tuple[str,
             continue  # the root itself is not a run of this root
         if info.error or not isinstance(info.manifest, dict):
             broken.append((info.run_id, info.error or "manifest.json is not a JSON object"))
+            continue
+        if not (Path(info.path) / runs.ARTEFACTS["predictions"]).is_file():
+            broken.append((Path(info.run_id).as_posix(), "not evaluated yet: no predictions.parquet "
+                           f"(run: python train/evaluate.py {info.path})"))
             continue
         run = RunInfo(Path(info.run_id).as_posix(), Path(info.path), info.manifest)
         run.is_demo = _looks_demo(run, root_r)

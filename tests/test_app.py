@@ -238,9 +238,19 @@ def test_broken_runs_are_listed_with_their_problem(runs_root, tmp_path):
     (root / "bad").mkdir(parents=True)
     (root / "bad" / "manifest.json").write_text("{not json")
     shutil.copytree(runs_root / "demo" / "clip", root / "good", ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(runs_root / "demo" / "clip", root / "unevaluated", ignore=shutil.ignore_patterns("checkpoints", "predictions.parquet"))
+    shutil.copytree(runs_root / "demo" / "clip", root / "corrupt", ignore=shutil.ignore_patterns("checkpoints"))
+    (root / "corrupt" / "predictions.parquet").write_bytes(b"PAR1 truncated")
     found, broken = appstate.discover_runs(root)
-    assert [r.run_id for r in found] == ["good"]
-    assert broken[0][0] == "bad" and "JSON" in broken[0][1]
+    assert sorted(r.run_id for r in found) == ["corrupt", "good"]
+    problems = dict(broken)
+    assert "JSON" in problems["bad"] and "not evaluated yet" in problems["unevaluated"]
+    # A corrupt table is a message in the sidebar, not a crash.
+    at = new_app(root)
+    at.query_params["run"] = "corrupt"
+    at.run()
+    assert not errors_of(at)
+    assert any("Cannot read the predictions of corrupt" in e.value for e in at.sidebar.error)
     at = new_app(root)
     at.run()
     assert not errors_of(at)
