@@ -3,15 +3,18 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from swclip import appstate, runs
 from swclip.synth import make_world
 
 
-def _run(root, name, **manifest):
+def _run(root, name, evaluated=True, **manifest):
     d = root / name
     d.mkdir(parents=True)
+    if evaluated:
+        runs.write_predictions(d, pd.DataFrame({"id": ["a"], "city": ["London"], "lat": [51.5], "lon": [-0.1], "error_m": [10.0]}))
     runs.atomic_write_json(d / "manifest.json", {"schema_version": runs.SCHEMA_VERSION, "model": {"arch": "x"}, **manifest})
     return d
 
@@ -23,6 +26,7 @@ def bundle(tmp_path_factory):
     _run(root, "demo/clip", loss={"name": "clip", "sigma_m": 150.0}, sigma_m=0.0, data={"root": "/elsewhere/world", "table": "/elsewhere/world/samples.csv"})
     _run(root, "demo/swclip-s50", loss={"name": "swclip", "sigma_m": 50.0}, sigma_m=50.0)
     _run(root, "real/run1", loss={"name": "swclip", "sigma_m": 80.0})
+    _run(root, "real/training", evaluated=False, loss={"name": "clip"})
     return root, world
 
 
@@ -30,7 +34,8 @@ def test_discovery_sigma_and_demo_detection(bundle):
     root, _ = bundle
     found, broken = appstate.discover_runs(root)
     by_id = {r.run_id: r for r in found}
-    assert set(by_id) == {"demo/clip", "demo/swclip-s50", "real/run1"} and not broken
+    assert set(by_id) == {"demo/clip", "demo/swclip-s50", "real/run1"}
+    assert broken == [("real/training", broken[0][1])] and "not evaluated yet" in broken[0][1]
     assert by_id["demo/clip"].sigma_m is None  # loss.sigma_m is only the config default for a one-hot run
     assert by_id["demo/swclip-s50"].sigma_m == 50.0
     assert by_id["real/run1"].sigma_m == 80.0  # no top-level sigma_m: the swclip loss config's
