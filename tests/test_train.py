@@ -115,6 +115,19 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
     manifest = json.loads((killed / "manifest.json").read_text())
     assert manifest["loss"]["name"] == loss and manifest["metrics"]["median_m"] == metrics["median_m"]
 
+    if loss == "clip":  # a run trained elsewhere: run and data copied to new places, the manifest's paths now wrong
+        import shutil
+
+        elsewhere = tmp_path / "laptop"
+        shutil.copytree(killed, elsewhere / "run", ignore=shutil.ignore_patterns("predictions.parquet", "metrics.json"))
+        shutil.copytree(world, elsewhere / "data")
+        with pytest.raises(FileNotFoundError):
+            evaluate.main([str(elsewhere / "run"), "--quiet", "--table", str(tmp_path / "gone.csv")])
+        assert evaluate.main([str(elsewhere / "run"), "--quiet", "--table", str(elsewhere / "data" / "split.csv"),
+                              "--root", str(elsewhere / "data")]) == 0
+        again = pd.read_parquet(elsewhere / "run" / "predictions.parquet")
+        pd.testing.assert_frame_equal(again, pred)
+
 
 def test_non_finite_loss_stops_with_step_and_term_and_keeps_checkpoint(world, tmp_path):
     from swclip.train_utils import NonFiniteLossError, list_checkpoints, load_checkpoint
@@ -141,3 +154,37 @@ def test_train_cli_errors_are_clear(world, tmp_path):
         train.main(args_for("clip", world, tmp_path, "x", "--resume", str(tmp_path / "nowhere")))
     with pytest.raises(ValueError, match="split"):
         train.main(args_for("clip", world, tmp_path, "x", "data.train_split=nosuchsplit"))
+
+
+def test_gradient_accumulation_averages_micro_batches(world):
+    """accum_steps=2: one optimiser step on the mean of the two half-batch losses (each its own contrastive batch)."""
+    import copy
+
+    from swclip import train_utils as tu
+    from swclip.training import Trainer
+
+    cfg = tu.load_config(ROOT / "train" / "configs" / "demo_swclip.yaml",
+                         ["batch_size=16", "optim.accum_steps=2", "model.gps_hidden=32", "device=cpu", "optim.warmup_steps=0"])
+    tr = Trainer(cfg)
+    ref_model = copy.deepcopy(tr.model)
+    g = torch.Generator().manual_seed(0)
+    batch = {"images": torch.randn(16, 3, 32, 32, generator=g),
+             "latlon": torch.tensor([[51.5 + 0.001 * i, -0.12 + 0.0007 * i] for i in range(16)], dtype=torch.float64)}
+    terms, _ = tr.step(batch)
+
+    # the reference: the same maths written out by hand
+    loss_fn = tu.build_loss(cfg.loss)
+    with torch.no_grad():
+        whole = float(loss_fn(**ref_model(batch["images"], batch["latlon"]))["contrastive_loss"])
+    halves = [loss_fn(**ref_model(batch["images"][s], batch["latlon"][s]))["contrastive_loss"] for s in (slice(0, 8), slice(8, 16))]
+    ((halves[0] + halves[1]) / 2).backward()
+    torch.nn.utils.clip_grad_norm_(ref_model.parameters(), cfg.optim.grad_clip)
+    opt = torch.optim.AdamW(tu.param_groups(ref_model, cfg.optim.weight_decay), lr=cfg.optim.lr * tu.lr_factor(0, cfg.steps, 0),
+                            betas=cfg.optim.betas, eps=cfg.optim.eps)
+    opt.step()
+    tu.clamp_logit_scale(ref_model)
+    mean_of_halves = float((halves[0] + halves[1]).detach() / 2)
+    assert float(terms["contrastive_loss"]) == pytest.approx(mean_of_halves, rel=1e-5)
+    assert abs(whole - mean_of_halves) > 0.1  # and it is not the loss of the whole batch as one contrastive batch
+    for (name, p), q in zip(tr.model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
