@@ -208,6 +208,7 @@ def test_nothing_is_read_outside_the_runs_directory(runs_root, tmp_path):
     secret.mkdir()
     (secret / "samples.csv").write_text("id,image,lat,lon,city\na,x.jpg,1,1,X\n")
     man["data"] = {"root": "../../secret", "table": "../../secret/samples.csv"}
+    man.pop("demo", None)  # pose as a run on real data
     (root / "stolen" / "manifest.json").write_text(json.dumps(man))
     found, broken = appstate.discover_runs(root)
     run = found[0]
