@@ -80,6 +80,11 @@ def _build_run(job: dict) -> dict:
     train(cfg)
     t1 = time.perf_counter()
     evaluate_run(run_dir, progress=False)
+    from swclip.runs import atomic_write_json, read_manifest
+
+    manifest = read_manifest(run_dir)
+    manifest["demo"] = True  # the app says plainly that this is the demo world
+    atomic_write_json(run_dir / "manifest.json", manifest)
     # process CPU time too: on a shared machine the wall clock says more about the neighbours than about us
     timings = {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c0,
                "threads": torch.get_num_threads()}

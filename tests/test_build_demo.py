@@ -40,7 +40,7 @@ def test_build_demo_tiny_then_skip(tmp_path, monkeypatch):
             assert (out / run_id / name).is_file(), (run_id, name)
         assert len(pd.read_csv(out / run_id / "train_log.csv")) == 4
     manifest = json.loads((out / "swclip-s50" / "manifest.json").read_text())
-    assert manifest["loss"]["name"] == "swclip" and manifest["sigma_m"] == 50
+    assert manifest["loss"]["name"] == "swclip" and manifest["sigma_m"] == 50 and manifest["demo"] is True
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == {"clip", "swclip-s50"}
     for m in results["results"].values():
