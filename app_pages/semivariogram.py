@@ -62,10 +62,13 @@ def curve(name, emp, fit):
 
 def fit_row(name, emp, fit):
     row = {"variogram": name, "model": fit.model if fit.ok else "—", "nugget": fit.nugget, "sill": fit.sill, "range (m)": fit.range_m,
-           f"suggested σ, {kernel} (m)": suggest_bandwidth(fit.range_m, kernel) if fit.ok else np.nan,
+           # the bandwidth rule expects the 95 % range; scikit-gstat's gaussian/spherical ranges sit at 98-100 %
+           f"suggested σ, {kernel} (m)": suggest_bandwidth(fit.practical_range_m(), kernel) if fit.ok else np.nan,
            "pairs used": emp.n_pairs_used if emp is not None else 0, "note": "" if fit.ok else fit.reason}
     if fit.ok and fit.range_at_bound:
         row["note"] = "range at the largest lag: the true range may be longer"
+    elif fit.ok and fit.warning:
+        row["note"] = fit.warning
     return row
 
 
@@ -81,7 +84,7 @@ for r in view.selected:
     curves.append(curve(r.run_id, emp, fit))
     rows.append(fit_row(f"{r.run_id}: embeddings (1 − cos)", emp, fit))
     if suggested is None and fit.ok:
-        suggested = suggest_bandwidth(fit.range_m, kernel)
+        suggested = suggest_bandwidth(fit.practical_range_m(), kernel)
 
 st.plotly_chart(
     figures.variogram_figure(curves, sigma_m=view.sigma_m, suggested_sigma_m=suggested, true_ranges_m=list(true_ranges.values()),

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import interleaved_times, machine, write_result
+from benchmarks.common import interleaved_times, write_result
 
 ORIGIN = (48.85, 2.35)
 SIDE_M = 8000.0

@@ -104,6 +104,30 @@ def unit_vectors(latlon: Any):
     return xp.stack([xp.cos(lat) * xp.cos(lon), xp.cos(lat) * xp.sin(lon), xp.sin(lat)], -1)
 
 
+def chord_to_m(chord: Any):
+    """Straight-line chord between unit vectors -> great-circle metres, 2R·asin(c/2).
+
+    Any shape; numpy or torch. The inverse of :func:`m_to_chord`. KD-trees and
+    faiss search unit vectors by chord; this turns their answers into metres.
+    """
+    if _is_torch(chord):
+        return 2.0 * EARTH_RADIUS_M * _torch().asin(_torch().clamp(chord * 0.5, 0.0, 1.0))
+    return 2.0 * EARTH_RADIUS_M * np.arcsin(np.clip(np.asarray(chord, dtype=np.float64) * 0.5, 0.0, 1.0))
+
+
+def m_to_chord(distance_m: float) -> float:
+    """Great-circle metres -> the chord between unit vectors (capped at the antipodes' 2)."""
+    return 2.0 * math.sin(min(distance_m / (2.0 * EARTH_RADIUS_M), math.pi / 2))
+
+
+def latlon_from_vectors(xyz: np.ndarray) -> np.ndarray:
+    """(..., 3) vectors of any non-zero length -> (..., 2) latlon degrees, lon in [-180, 180]."""
+    xyz = np.asarray(xyz, dtype=np.float64)
+    xyz = xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
+    lat = np.degrees(np.arcsin(np.clip(xyz[..., 2], -1.0, 1.0)))
+    return np.stack([lat, np.degrees(np.arctan2(xyz[..., 1], xyz[..., 0]))], -1)
+
+
 def pairwise_haversine_m(a: Any, b: Any = None, dtype: Any = None, check: bool = True):
     """All-pairs great-circle distances.
 
@@ -131,7 +155,7 @@ def pairwise_haversine_m(a: Any, b: Any = None, dtype: Any = None, check: bool =
         # direct differences: the |x|²+|y|²−2x·y shortcut cancels catastrophically
         chord = torch.cdist(xa, xb, compute_mode="donot_use_mm_for_euclid_dist")  # (N, M)
         if chord.requires_grad:  # differentiable distances (e.g. a regression loss): no in-place ops
-            return 2.0 * EARTH_RADIUS_M * torch.asin(torch.clamp(chord / 2.0, max=1.0))
+            return chord_to_m(chord)
         return chord.mul_(0.5).clamp_(max=1.0).asin_().mul_(2.0 * EARTH_RADIUS_M)  # in place: no (N, M) temporaries
     a64 = np.asarray(a, dtype=np.float64)
     b64 = a64 if b is None else np.asarray(b, dtype=np.float64)

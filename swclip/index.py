@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from swclip.geo import EARTH_RADIUS_M, check_latlon, haversine_m, unit_vectors
+from swclip.geo import check_latlon, chord_to_m, haversine_m, latlon_from_vectors, unit_vectors
 
 EXACT_MAX = 1_000_000
 SMALL_BATCH = 16  # up to this many queries search on one thread (see SearchIndex.search)
@@ -240,14 +240,6 @@ class SearchIndex:
 # ------------------------------------------------------------------------------------------- knn-kde
 
 
-def _to_latlon(xyz: np.ndarray) -> np.ndarray:
-    """(..., 3) vectors (any length) -> (..., 2) latlon degrees."""
-    xyz = xyz / np.linalg.norm(xyz, axis=-1, keepdims=True)
-    lat = np.degrees(np.arcsin(np.clip(xyz[..., 2], -1.0, 1.0)))
-    lon = np.degrees(np.arctan2(xyz[..., 1], xyz[..., 0]))
-    return np.stack([lat, lon], -1)
-
-
 def kde_density(at_latlon, latlon_candidates, weights, bandwidth_m: float) -> np.ndarray:
     """Σ_j w_j exp(−d(at, c_j)² / 2h²) at each row of ``at_latlon`` (M, 2) -> (M,). d geodesic metres."""
     at, c = np.asarray(at_latlon, np.float64), np.asarray(latlon_candidates, np.float64)
@@ -276,17 +268,17 @@ def knn_kde(latlon_candidates, weights, bandwidth_m: float, iters: int = 30, tol
     density = kde_density(c, c, w, bandwidth_m)
     x = xyz[int(np.argmax(density))]
     for _ in range(iters):
-        d = 2.0 * EARTH_RADIUS_M * np.arcsin(np.clip(np.linalg.norm(xyz - x, axis=1) / 2.0, 0.0, 1.0))  # (K,)
+        d = chord_to_m(np.linalg.norm(xyz - x, axis=1))  # (K,)
         k = w * np.exp(-0.5 * (d / bandwidth_m) ** 2)
         if k.sum() <= 0:  # every candidate far beyond the bandwidth of x: stay on the densest candidate
             break
         new = (k[:, None] * xyz).sum(0)
         new /= np.linalg.norm(new)
-        step_m = 2.0 * EARTH_RADIUS_M * math.asin(min(1.0, float(np.linalg.norm(new - x)) / 2.0))
+        step_m = float(chord_to_m(np.linalg.norm(new - x)))
         x = new
         if step_m < tol_m:
             break
-    lat, lon = _to_latlon(x)
+    lat, lon = latlon_from_vectors(x)
     return float(lat), float(lon)
 
 
@@ -315,7 +307,7 @@ def median_spacing_m(latlon: np.ndarray, sample: int = 10_000, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(xyz), min(sample, len(xyz)), replace=False)
     chord, _ = tree.query(xyz[idx], k=2)
-    return float(np.median(2.0 * EARTH_RADIUS_M * np.arcsin(np.clip(chord[:, 1] / 2.0, 0.0, 1.0))))
+    return float(np.median(chord_to_m(chord[:, 1])))
 
 
 # ---------------------------------------------------------------------------------------- prediction

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from swclip.geo import EARTH_RADIUS_M, check_latlon, haversine_m, unit_vectors
+from swclip.geo import check_latlon, haversine_m, m_to_chord, unit_vectors
 
 PERMUTATION_CHUNK = 128  # permutations per vectorised batch: (128, N) float64 is 10 MB at N = 10k
 LISA_ROW_CHUNK = 256  # rows per batch of conditional permutations: (256, P, k) gathers
@@ -86,7 +86,7 @@ def spatial_weights(latlon: Any, k: Optional[int] = 8, band_m: Optional[float] =
     if not (math.isfinite(band_m) and band_m > 0):
         raise ValueError(f"band_m must be a positive number of metres, got {band_m}")
     x = unit_vectors(latlon)
-    chord = 2.0 * math.sin(min(band_m / (2.0 * EARTH_RADIUS_M), math.pi / 2))
+    chord = m_to_chord(band_m)
     pairs = cKDTree(x).query_pairs(chord, output_type="ndarray")  # (P, 2), i < j
     i = np.concatenate([pairs[:, 0], pairs[:, 1]])
     j = np.concatenate([pairs[:, 1], pairs[:, 0]])

@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from swclip.geo import EARTH_RADIUS_M, check_latlon, unit_vectors
+from swclip.geo import check_latlon, chord_to_m, unit_vectors
 from swclip.soft_labels import check_kernel
 
 DISSIMILARITIES = ("cosine", "half_sq_diff")
@@ -137,7 +137,7 @@ def _blocks(n: int, max_pairs: Optional[int], rng: np.random.Generator):
 def _block_distances_m(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, upper_only: bool):
     """Great-circle distances of a block's pairs, flattened, and the mask of pairs kept."""
     chord = np.sqrt(((x[rows][:, None, :] - x[cols][None, :, :]) ** 2).sum(-1))  # (R, C), unit sphere
-    d_m = 2.0 * EARTH_RADIUS_M * np.arcsin(np.minimum(chord * 0.5, 1.0))
+    d_m = chord_to_m(chord)
     keep = cols[None, :] > rows[:, None] if upper_only else np.ones(d_m.shape, dtype=bool)
     return d_m, keep
 

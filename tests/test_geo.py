@@ -147,3 +147,15 @@ def test_torch_pairwise_distance_is_differentiable():
     # moving point 1 north-east increases its distance from point 0: positive gradients
     assert ll.grad[1, 0] > 0 and ll.grad[1, 1] > 0
     assert torch.isfinite(ll.grad[[0, 1]]).all()
+
+
+def test_chord_conversions_and_vectors_back_to_latlon():
+    a, b = random_latlon(50, 14), random_latlon(50, 15)
+    chord = np.linalg.norm(geo.unit_vectors(a) - geo.unit_vectors(b), axis=1)
+    ref = [haversine_loop_m(*p, *q) for p, q in zip(a, b)]
+    np.testing.assert_allclose(geo.chord_to_m(chord), ref, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(geo.chord_to_m(torch.tensor(chord)).numpy(), ref, rtol=1e-9, atol=1e-6)
+    for d_m in (1.0, 1234.5, 5e6, math.pi * geo.EARTH_RADIUS_M):
+        assert geo.chord_to_m(geo.m_to_chord(d_m)) == pytest.approx(d_m, rel=1e-9)
+    back = geo.latlon_from_vectors(3.0 * geo.unit_vectors(a))  # any length
+    np.testing.assert_allclose(geo.haversine_m(back, a), 0.0, atol=1e-6)
