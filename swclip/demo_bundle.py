@@ -12,6 +12,7 @@ resumes where it stopped. The models (DEMO_MODELS) share one config family
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -130,25 +131,30 @@ def build_demo(out="runs/demo", seed: int = 0, steps: Optional[int] = None, mode
             from tqdm import tqdm
 
             bar = tqdm(total=len(jobs), desc="demo runs", unit="run")
-        if workers == 1 or len(jobs) == 1:
-            done = map(_build_run, jobs)
-            pool = None
-        else:
+        # a last job left alone (5 runs on 2 workers) runs after the pool with all threads, not on one core
+        n_pool = 0 if workers == 1 else len(jobs) - len(jobs) % workers
+        for job in jobs[n_pool:]:
+            job["threads"] = 0
+        pool = None
+        if n_pool:
             import multiprocessing
 
-            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)))
-            done = pool.imap_unordered(_build_run, jobs)
+            pool = multiprocessing.get_context("spawn").Pool(workers)
         try:
-            for t in done:
+            done = pool.imap_unordered(_build_run, jobs[:n_pool]) if pool is not None else iter(())
+            for k, t in enumerate(itertools.chain(done, map(_build_run, jobs[n_pool:])), start=1):
                 timings[t.pop("run_id")] = t
                 if bar is not None:
                     bar.update(1)
                     bar.write(f"[build_demo] {list(timings)[-1]}: trained in {t['train_s']:.0f} s, evaluated in {t['eval_s']:.0f} s "
-                              f"({t['cpu_s']:.0f} s CPU)")
+                              f"({t['cpu_s']:.0f} s CPU, {t['threads']} thread(s))")
+                if pool is not None and k == n_pool:  # the pool's work is done: free its cores
+                    pool.close()
+                    pool.join()
+                    pool = None
         finally:
             if pool is not None:
-                pool.close()
-                pool.join()
+                pool.terminate()
             if bar is not None:
                 bar.close()
     results = {run_id: json.loads((out / run_id / "metrics.json").read_text()) for run_id in names}

@@ -25,8 +25,9 @@ def test_build_demo_tiny_then_skip(tmp_path, monkeypatch):
     # a tiny, fast variant of the real bundle: same code path, fewer samples and steps
     monkeypatch.setitem(demo_bundle.WORLD, "cities", ["Glasgow", "Leeds"])
     out = tmp_path / "demo"
-    argv = ["--out", str(out), "--samples-per-city", "72", "--steps", "4", "--models", "clip", "swclip-s50",
-            "--workers", "1", "--quiet", "batch_size=16", "model.gps_hidden=32"]
+    # 3 runs on 2 workers: two in the process pool (one thread each), the third after it in this process
+    argv = ["--out", str(out), "--samples-per-city", "72", "--steps", "4", "--models", "clip", "swclip-s50", "swclip-nc-s50",
+            "--workers", "2", "--quiet", "batch_size=16", "model.gps_hidden=32"]
     build = load_build_demo()
     assert build.main(argv + ["--seed", "0"]) == 0
 
@@ -34,7 +35,7 @@ def test_build_demo_tiny_then_skip(tmp_path, monkeypatch):
     split = pd.read_csv(out / "world" / "split.csv")
     assert set(split["split"]) <= {"train", "test", "buffer"} and (split["split"] == "test").any()
     assert set(split["city"]) == {"Glasgow", "Leeds"}
-    for run_id in ("clip", "swclip-s50"):
+    for run_id in ("clip", "swclip-s50", "swclip-nc-s50"):
         for name in ("manifest.json", "model.safetensors", "predictions.parquet", "embeddings.npy", "gallery.npz",
                      "metrics.json", "train_log.csv", ".complete"):
             assert (out / run_id / name).is_file(), (run_id, name)
@@ -42,13 +43,14 @@ def test_build_demo_tiny_then_skip(tmp_path, monkeypatch):
     manifest = json.loads((out / "swclip-s50" / "manifest.json").read_text())
     assert manifest["loss"]["name"] == "swclip" and manifest["sigma_m"] == 50 and manifest["demo"] is True
     results = json.loads((out / "results.json").read_text())
-    assert set(results["results"]) == {"clip", "swclip-s50"}
+    assert set(results["results"]) == {"clip", "swclip-s50", "swclip-nc-s50"}
+    assert [results["timings"][r]["threads"] for r in ("clip", "swclip-s50")] == [1, 1]
     for m in results["results"].values():
         assert set(m) == {"median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "recall@1"}
     assert "| swclip-s50 |" in (out / "results.md").read_text()
     assert (out / ".complete").is_file()
     # the app's run listing finds both runs under the bundle (and not the world or checkpoints)
-    assert [r.run_id for r in list_runs(out)] == ["clip", "swclip-s50"]
+    assert [r.run_id for r in list_runs(out)] == ["clip", "swclip-nc-s50", "swclip-s50"]
 
     # a second call rebuilds nothing: run folders untouched
     stamp = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
