@@ -55,16 +55,21 @@ def args_for(loss, world, out, run_id, *extra):
             f"data.root={world}", f"out_dir={out}", f"run_id={run_id}", *extra]
 
 
+# swclip runs through the file-backed DataLoader (2 workers, per-batch augmentation) instead of preloaded tensors
+LOADER = {"swclip": ["data.preload=false", "data.num_workers=2"]}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", list(LOSS_CONFIG))
 def test_kill_resume_evaluate(loss, world, tmp_path):
     train = load_script("train")
-    assert train.main(args_for(loss, world, tmp_path, "full")) == 0
+    extra = LOADER.get(loss, [])
+    assert train.main(args_for(loss, world, tmp_path, "full", *extra)) == 0
     full = load_file(str(tmp_path / "full" / "model.safetensors"))
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "train" / "train.py"),
-                           *args_for(loss, world, tmp_path, "killed", "fault_at_step=5")],
+                           *args_for(loss, world, tmp_path, "killed", "fault_at_step=5", *extra)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     killed = tmp_path / "killed"
@@ -76,7 +81,7 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
         state = torch.load(killed / "checkpoints" / "step_00000004" / "state.pt", weights_only=True)
         assert "fit_embeddings" in state["loss"] and state["loss"]["calls"] == 4
 
-    assert train.main(args_for(loss, world, tmp_path, "killed", "--resume", "auto")) == 0
+    assert train.main(args_for(loss, world, tmp_path, "killed", "--resume", "auto", *extra)) == 0
     resumed = load_file(str(killed / "model.safetensors"))
     assert full.keys() == resumed.keys()
     for k in full:

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     from swclip.demo_bundle import build_demo
 
     build_demo(args.out, seed=args.seed, steps=args.steps, models=args.models, samples_per_city=args.samples_per_city,
