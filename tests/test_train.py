@@ -133,6 +133,18 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
         again = pd.read_parquet(elsewhere / "run" / "predictions.parquet")
         pd.testing.assert_frame_equal(again, pred)
 
+        # an earlier checkpoint plus the dataset: its weights become the run's, and the manifest says which step
+        ckpt = elsewhere / "run" / "checkpoints" / "step_00000008"
+        assert evaluate.main([str(elsewhere / "run"), "--quiet", "--checkpoint", str(ckpt), "--table",
+                              str(elsewhere / "data" / "split.csv"), "--root", str(elsewhere / "data")]) == 0
+        from swclip.runs import load_run
+
+        run = load_run(elsewhere / "run")
+        assert run.manifest["evaluated_checkpoint_step"] == 8
+        step8 = load_file(str(ckpt / "model.safetensors"))
+        assert all(torch.equal(v, step8[k]) for k, v in run.model.state_dict().items())
+        assert not all(torch.equal(step8[k], full[k]) for k in full)  # it really is another model than the final one
+
 
 def test_non_finite_loss_stops_with_step_and_term_and_keeps_checkpoint(world, tmp_path):
     from swclip.train_utils import NonFiniteLossError, list_checkpoints, load_checkpoint
