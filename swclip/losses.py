@@ -31,6 +31,19 @@ from swclip.geo import pairwise_haversine_m
 from swclip.soft_labels import check_kernel, soft_targets
 
 
+def _all_gather_with_grad(x):
+    """(B, D) on each rank -> (W·B, D), gradients flowing back to every rank's slice (summed)."""
+    try:  # torch >= 2.6: functional collectives; torch.distributed.nn.functional.all_gather is deprecated
+        from torch.distributed._functional_collectives import all_gather_single_autograd
+        import torch.distributed as dist
+
+        return all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
+    except ImportError:
+        import torch.distributed.nn.functional as dist_nn
+
+        return torch.cat(dist_nn.all_gather(x), 0)
+
+
 def gather_batch(image_features, location_features, latlon, world_size: int):
     """All-gather features (with gradients) and locations (without) across ranks.
 
@@ -40,10 +53,9 @@ def gather_batch(image_features, location_features, latlon, world_size: int):
     if world_size == 1:
         return image_features, location_features, latlon
     import torch.distributed as dist
-    import torch.distributed.nn.functional as dist_nn
 
-    all_image = torch.cat(dist_nn.all_gather(image_features), 0)
-    all_location = torch.cat(dist_nn.all_gather(location_features), 0)
+    all_image = _all_gather_with_grad(image_features)
+    all_location = _all_gather_with_grad(location_features)
     all_latlon = None
     if latlon is not None:
         parts = [torch.empty_like(latlon) for _ in range(world_size)]
