@@ -341,6 +341,21 @@ def embeddings(runs_root: str, run_id: str, stamp: float) -> Optional[np.ndarray
         return None
 
 
+@st.cache_resource(show_spinner="Indexing the training images…", max_entries=8)
+def image_neighbours(runs_root: str, run_id: str, stamp: float):
+    """(Gallery of training images, its SearchIndex) from image_gallery.npz, built once; None when absent."""
+    from swclip.index import Gallery, SearchIndex
+
+    path = appstate.inside_root(runs_root, run_id) / runs.ARTEFACTS["image_gallery"]
+    if not path.exists():
+        return None
+    try:
+        gallery = Gallery.load(path)
+    except (runs.RunError, ValueError):
+        return None
+    return gallery, SearchIndex(gallery.embeddings, kind="flat")
+
+
 def city_rows(runs_root: str, run: appstate.RunInfo, city: Optional[str]) -> np.ndarray:
     """Row indices of one city in a run's predictions (and so in its embeddings)."""
     df = predictions(runs_root, run.run_id, run.stamp)

@@ -6,6 +6,7 @@ import streamlit as st
 
 import app_support as sup
 from swclip import figures
+from swclip.geo import haversine_m
 
 view = sup.current_view()
 run = sup.require_run(view, "the failure gallery")
@@ -27,7 +28,7 @@ col = "kde_error_m" if order == "knn-kde error" and "kde_error_m" in df_all else
 sel = df_all if city is None else df_all[df_all["city"].astype(str) == city]
 sel = sel[sel[col] >= min_err]
 worst = sel.sort_values(col, ascending=False).groupby(sel["city"].astype(str), sort=True).head(int(per_city))
-worst = worst.sort_values(["city", col], ascending=[True, False]).reset_index(drop=True)
+worst = worst.sort_values(["city", col], ascending=[True, False]).rename_axis("row").reset_index()  # row: into embeddings.npy
 
 export_cols = [c for c in ("id", "city", "lat", "lon", "pred_lat", "pred_lon", "error_m", "kde_lat", "kde_lon", "kde_error_m", "radius_m", "image") if c in worst]
 st.download_button("Export these failures (CSV)", worst[export_cols].to_csv(index=False).encode(), file_name=f"failures_{run.run_id.replace('/', '_')}.csv", mime="text/csv")
@@ -43,6 +44,19 @@ else:
     key = pd.Series(dtype=int)
 if not img_root:
     st.info("The run's images are not under the runs directory: the gallery shows maps and numbers only.")
+image_index = sup.image_neighbours(view.runs_root, run.run_id, run.stamp)
+eval_emb = sup.embeddings(view.runs_root, run.run_id, run.stamp) if image_index else None
+
+
+def nearest_training(row, k=5):
+    """The k training images nearest the query in embedding space (image_gallery.npz): (path, latlon, cos)."""
+    if image_index is None or eval_emb is None:
+        return []
+    gallery, index = image_index
+    q = eval_emb[int(row["row"]) : int(row["row"]) + 1]
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    scores, idx = index.search(q, k)
+    return [(gallery.ids[i], gallery.latlon[i], float(sc)) for sc, i in zip(scores[0], idx[0]) if i >= 0]
 
 
 def matches(row):
@@ -69,17 +83,33 @@ for c, group in worst.groupby(worst["city"].astype(str), sort=True):
                     st.image(thumb, caption="query", width="stretch")
                 st.markdown(f"**{row['id']}**  \nerror **{row['error_m']:.0f} m**" + (f"  \nknn-kde {row['kde_error_m']:.0f} m" if "kde_error_m" in row else ""))
             m = matches(row)
+            near_imgs = nearest_training(row)
+            truth = (row["lat"], row["lon"])
             with mid:
-                truth = (row["lat"], row["lon"])
                 pred = (row["pred_lat"], row["pred_lon"])
                 near = [l for l in lines if np.min(np.abs(np.asarray(l) - np.asarray(truth)).sum(1)) < 0.02] if lines else []
-                others = np.array([[s["lat"], s["lon"]] for _, s in m], dtype=np.float64).reshape(-1, 2)
+                if near_imgs:
+                    others = np.array([ll for _, ll, _ in near_imgs], dtype=np.float64).reshape(-1, 2)
+                    what = "the training images nearest in embedding space"
+                else:
+                    others = np.array([[s["lat"], s["lon"]] for _, s in m], dtype=np.float64).reshape(-1, 2)
+                    what = "training images at the model's top-k locations"
                 st.plotly_chart(figures.mini_map(truth, pred, others, near), width="stretch", key=f"mm_{run.run_id}_{row['id']}", config={"displayModeBar": False})
-                st.caption("green: truth · red ×: prediction · blue: training images the model matched")
+                st.caption(f"green: truth · red ×: prediction · blue: {what}")
                 if m and "city" in m[0][1] and str(m[0][1]["city"]) != str(row["city"]):
                     st.markdown(f"Matched to **{m[0][1]['city']}**: the model placed this {str(row['city'])} photo in another city.")
             with right:
-                if m:
+                if near_imgs:
+                    st.caption("Nearest training images (image embeddings), with how far each was taken from the truth")
+                    dist_m = haversine_m(np.array([ll for _, ll, _ in near_imgs]), np.array([truth] * len(near_imgs)))
+                    cols = st.columns(len(near_imgs))
+                    for (path, ll, cos), d, cc in zip(near_imgs, dist_m, cols):
+                        with cc:
+                            t = sup.thumbnail(view.runs_root, img_root, str(path)) if img_root else None
+                            if t is not None:
+                                st.image(t, width="stretch")
+                            st.caption(f"{d:,.0f} m away · cos {cos:.2f}")
+                elif m:
                     cols = st.columns(min(len(m), 5))
                     for (rank, s), cc in zip(m[:5], cols):
                         with cc:

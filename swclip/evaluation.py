@@ -10,6 +10,10 @@ What it does:
     predictions  faiss top-k over the gallery (swclip.index.Predictor): top-1 is the prediction
                  (pred_lat, pred_lon, error_m); the knn-kde estimate is kept beside it
                  (kde_lat, kde_lon, kde_error_m, radius_m) -> predictions.parquet
+    image gallery  every training image through the image tower -> image_gallery.npz
+                 (ids = image paths): the "Revisiting IM2GPS" kNN baseline, whose knn-kde
+                 errors go into metrics.json as "image_knn", and the app's nearest
+                 training images
     metrics      swclip.metrics.summarize (metre and km thresholds, overall and per city),
                  recall@1/5/10, the knn-kde summary -> metrics.json, and a summary in manifest.json
 
@@ -78,8 +82,9 @@ def retrieval_recall(model, image_embeddings: np.ndarray, latlon: np.ndarray, ci
 
 
 def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
-             bandwidth_m: Optional[float] = None, progress: bool = False) -> dict:
-    """-> {"predictions": DataFrame, "embeddings": (N, D), "gallery": Gallery, "metrics": dict}."""
+             bandwidth_m: Optional[float] = None, progress: bool = False, image_gallery: bool = True) -> dict:
+    """-> {"predictions": DataFrame, "embeddings": (N, D), "gallery": Gallery, "image_gallery": Gallery | None,
+    "metrics": dict}. ``image_gallery=False`` skips encoding the training images."""
     import pandas as pd
 
     from swclip.index import Gallery, Predictor
@@ -114,10 +119,17 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
     metrics = summarize(err, city)
     metrics.update(retrieval_recall(model, emb, true, city if text else None))
     metrics["knn_kde"] = summarize(kde_err)
+    images = None
+    if image_gallery:
+        train_emb = encode_images(model, train_table, root, batch_size, num_workers, progress)
+        images = Gallery(train_table[["lat", "lon"]].to_numpy(np.float64), train_emb, kind="image",
+                         ids=train_table["image"].astype(str).to_numpy())
+        image_preds = Predictor(model, images, bandwidth_m=bandwidth_m).predict_embeddings(emb, top_k)
+        metrics["image_knn"] = summarize(errors_m(np.array([p.estimate for p in image_preds]), true))
     metrics["n_gallery"] = len(gallery)
     metrics["top_k"] = int(top_k)
     metrics["kde_bandwidth_m"] = predictor.bandwidth_m
-    return {"predictions": df, "embeddings": emb, "gallery": gallery, "metrics": metrics}
+    return {"predictions": df, "embeddings": emb, "gallery": gallery, "image_gallery": images, "metrics": metrics}
 
 
 def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = None, split: Optional[str] = None,
@@ -166,6 +178,8 @@ def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = Non
     runs.write_predictions(run_dir, res["predictions"])
     runs.write_embeddings(run_dir, res["embeddings"])
     runs.write_gallery(run_dir, res["gallery"])
+    if res["image_gallery"] is not None:
+        runs.write_image_gallery(run_dir, res["image_gallery"])
     metrics = {**res["metrics"], "eval_split": split, "gallery_split": train_split, "table": str(table)}
     runs.write_metrics(run_dir, metrics)
     summary_keys = ("n", "median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "acc@1km", "recall@1", "geoscore")

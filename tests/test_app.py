@@ -124,6 +124,8 @@ def test_error_map_filters_and_other_pages_controls(runs_root):
     at.slider(key="url:worst").set_value(2)
     at.run()
     assert not errors_of(at) and len(at.get("download_button")) == 1
+    # the nearest training images come from the run's image gallery, with their distance from the truth
+    assert "Nearest training images" in text_of(at) and " m away · cos " in text_of(at)
 
 
 # ----------------------------------------------------------------- uploads

@@ -112,11 +112,25 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
     assert emb.shape[0] == len(pred) and np.allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1, atol=1e-2)
     gallery = np.load(killed / "gallery.npz")
     assert len(gallery["latlon"]) == len(train_ll)
+    # the image gallery: every training image, by path, embedded by the run's own image tower
+    from swclip.data import open_image
+    from swclip.index import Gallery
+    from swclip.runs import load_run
+
+    images = Gallery.load(killed / "image_gallery.npz")
+    train_rows = table[table["split"] == "train"].reset_index(drop=True)
+    assert images.kind == "image" and images.ids.tolist() == train_rows["image"].astype(str).tolist()
+    np.testing.assert_allclose(images.latlon, train_rows[["lat", "lon"]].to_numpy())
+    model = load_run(killed).model.eval()
+    with torch.no_grad():
+        again = model.encode_image(torch.stack([model.preprocess_val(open_image(world / p)) for p in images.ids[:4]]))
+    np.testing.assert_allclose(images.embeddings[:4], again.numpy(), atol=1e-5)
     metrics = json.loads((killed / "metrics.json").read_text())
     assert metrics["n"] == len(test) and metrics["median_m"] == pytest.approx(float(np.median(pred["error_m"])))
     assert set(metrics["per_city"]) == {"London", "Bristol"}
     for key in ("acc@100m", "acc@250m", "acc@500m", "acc@25km", "recall@1", "recall@5"):
         assert 0 <= metrics[key] <= 1, key
+    assert metrics["image_knn"]["n"] == len(test)
     manifest = json.loads((killed / "manifest.json").read_text())
     assert manifest["loss"]["name"] == loss and manifest["metrics"]["median_m"] == metrics["median_m"]
 
