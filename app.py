@@ -8,9 +8,14 @@ opens that page directly): the maths lives in swclip/, the figures in
 swclip/figures.py and swclip/maps.py, the Streamlit glue in app_support.py.
 """
 
-import streamlit as st
+import os
 
-import app_support as sup
+# A named pretrained tag must fail at once instead of retrying the hub for ~45 s: this app runs offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import streamlit as st  # noqa: E402
+
+import app_support as sup  # noqa: E402
 
 st.set_page_config(page_title="SW-CLIP Explorer", page_icon=":material/map:", layout="wide")
 
