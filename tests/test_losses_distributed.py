@@ -4,19 +4,28 @@ Each rank encodes its half of a global batch with the same small linear model,
 computes its rows of the loss against the gathered batch, and averages its
 gradients over ranks as DDP does. The mean of the ranks' losses and the averaged
 gradient must equal the single-process loss and gradient over the global batch.
+
+The ranks are started by torchrun in a subprocess (this file is the worker), not
+by multiprocessing's spawn from inside pytest: spawn re-imports the parent's
+``__main__``, which in a test worker can be whatever script ran last.
 """
 
-import socket
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from swclip.losses import ClipLoss, SemivariogramWeightedLoss, SoftClipLoss
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from swclip.losses import ClipLoss, SemivariogramWeightedLoss, SoftClipLoss  # noqa: E402
 
 B_GLOBAL, D_IN, D = 16, 6, 8
+NAMES = ["clip", "swclip+nc", "semivariogram"]
 
 
 class ConstantVariogram:
@@ -54,35 +63,39 @@ def loss_and_grad(name, x, latlon, world_size=1, rank=0):
     return total.detach(), torch.cat([p.grad.flatten() for p in (*w_img.parameters(), *w_loc.parameters())])
 
 
-def worker(rank, world_size, port, names, results):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+def worker(out_path: str) -> None:
+    """One torchrun rank: its rows of each loss, then the DDP-style average, written by rank 0."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank, world_size = dist.get_rank(), dist.get_world_size()
     x, latlon = data()
     rows = slice(rank * B_GLOBAL // world_size, (rank + 1) * B_GLOBAL // world_size)
-    for name in names:
+    results = {}
+    for name in NAMES:
         loss, grad = loss_and_grad(name, x[rows], latlon[rows], world_size, rank)
         dist.all_reduce(loss)
         dist.all_reduce(grad)  # DDP averages gradients over ranks
-        if rank == 0:
-            results[name] = (loss / world_size, grad / world_size)
+        results[name] = {"loss": loss / world_size, "grad": grad / world_size}
+    if rank == 0:
+        torch.save(results, out_path)
     dist.destroy_process_group()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_process_gloo_equals_single_process_global_batch():
-    names = ["clip", "swclip+nc", "semivariogram"]
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(worker, args=(2, free_port(), names, results), nprocs=2, join=True)
-        results = dict(results)
+def test_two_process_gloo_equals_single_process_global_batch(tmp_path):
+    out = tmp_path / "results.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           __file__, str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = torch.load(out, weights_only=True)
     x, latlon = data()
-    for name in names:
+    for name in NAMES:
         loss, grad = loss_and_grad(name, x, latlon)
-        dist_loss, dist_grad = results[name]
-        torch.testing.assert_close(dist_loss, loss, rtol=1e-5, atol=1e-6, msg=f"{name} loss")
-        torch.testing.assert_close(dist_grad, grad, rtol=1e-4, atol=1e-6, msg=f"{name} gradient")
+        torch.testing.assert_close(results[name]["loss"], loss, rtol=1e-5, atol=1e-6, msg=f"{name} loss")
+        torch.testing.assert_close(results[name]["grad"], grad, rtol=1e-4, atol=1e-6, msg=f"{name} gradient")
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
