@@ -15,3 +15,21 @@ from hypothesis import settings  # noqa: E402
 
 settings.register_profile("ci", max_examples=60, deadline=None)
 settings.load_profile("ci")
+
+
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """Streamlit's AppTest installs the app script as ``__main__`` for good; put pytest's back.
+
+    Otherwise a later test that starts processes with the "spawn" method (the
+    demo builder's pool, the renderer's workers) re-imports app.py in each child.
+    """
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
