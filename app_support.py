@@ -278,6 +278,18 @@ def banner(view: View) -> None:
         )
 
 
+def one_city(view: View, run: appstate.RunInfo, why: str) -> str:
+    """The sidebar's city, or the run's first city with a caption saying so, for pages that show one city at a time.
+
+    ``why`` completes "…: showing <city> (pick another in the sidebar)", e.g. "Variograms are per city".
+    """
+    cities = sorted(predictions(view.runs_root, run.run_id, run.stamp)["city"].astype(str).unique())
+    city = view.city_or_none() or cities[0]
+    if view.city_or_none() is None:
+        st.caption(f"{why}: showing **{city}** (pick another in the sidebar).")
+    return city
+
+
 def require_run(view: View, what: str = "this page") -> appstate.RunInfo:
     """The main run, or a friendly empty state and stop."""
     if view.run is None:

@@ -14,10 +14,7 @@ run = sup.require_run(view, "the error map")
 st.title("Error map")
 
 df_all = sup.predictions(view.runs_root, run.run_id, run.stamp)
-cities = sorted(df_all["city"].astype(str).unique())
-city = view.city_or_none() or cities[0]
-if view.city_or_none() is None:
-    st.caption(f"The map shows one city at a time: **{city}** (pick another in the sidebar). The charts below cover every city.")
+city = sup.one_city(view, run, "The map shows one city at a time, the charts below every city")
 df = sup.city_predictions(view.runs_root, run.run_id, run.stamp, city)
 err = df["error_m"].to_numpy(np.float64)
 

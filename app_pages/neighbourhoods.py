@@ -14,10 +14,7 @@ run0 = sup.require_run(view, "the neighbourhood page")
 st.title("Neighbourhoods")
 
 df0 = sup.predictions(view.runs_root, run0.run_id, run0.stamp)
-cities = sorted(df0["city"].astype(str).unique())
-city = view.city_or_none() or cities[0]
-if view.city_or_none() is None:
-    st.caption(f"Neighbourhoods are per city: showing **{city}** (pick another in the sidebar).")
+city = sup.one_city(view, run0, "Neighbourhoods are per city")
 
 # Runs on the same evaluation samples, ordered by σ (one-hot CLIP first): the bandwidth sweep.
 ids0 = set(df0.loc[df0["city"].astype(str) == city, "id"].astype(str))

@@ -15,11 +15,7 @@ view = sup.current_view()
 run = sup.require_run(view, "the semivariogram page")
 st.title("Semivariogram")
 
-df_all = sup.predictions(view.runs_root, run.run_id, run.stamp)
-cities = sorted(df_all["city"].astype(str).unique())
-city = view.city_or_none() or cities[0]
-if view.city_or_none() is None:
-    st.caption(f"Variograms are per city: showing **{city}** (pick another in the sidebar).")
+city = sup.one_city(view, run, "Variograms are per city")
 
 c1, c2, c3, c4 = st.columns(4)
 with c4:
