@@ -241,12 +241,17 @@ def image_root(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
     world = find_world(run, root)
     if world is not None:
         cands.append(world.parent)
-    for cand in cands:
+    return _first_inside(root, cands, Path.is_dir)
+
+
+def _first_inside(root, candidates, exists) -> Optional[Path]:
+    """The first candidate path that lies inside ``root`` and passes ``exists`` (Path.is_dir / is_file)."""
+    for cand in candidates:
         try:
             p = inside_root(root, cand)
         except runs.RunError:
             continue
-        if p.is_dir():
+        if exists(p):
             return p
     return None
 
@@ -273,11 +278,4 @@ def table_path(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
     world = find_world(run, root)
     if world is not None:
         cands.append(world.parent / given.name)  # the bundle moved: same file name beside world.json
-    for cand in cands:
-        try:
-            p = inside_root(root, cand)
-        except runs.RunError:
-            continue
-        if p.is_file():
-            return p
-    return None
+    return _first_inside(root, cands, Path.is_file)
