@@ -138,8 +138,10 @@ def pairwise_haversine_m(a: Any, b: Any = None, dtype: Any = None, check: bool =
     The distance is 2R·asin(|x_i − x_j| / 2), with x the unit vectors. For torch
     with a float32 ``dtype``, the unit vectors are built in float64, centred on
     their mean (distances are translation-invariant) and only then cast, so the
-    float32 chord keeps sub-millimetre precision inside a city and about 1 m
-    across the globe, and no (N, M) float64 matrix is ever allocated.
+    float32 chord keeps sub-millimetre precision inside a city and about 1 m up
+    to 10,000 km; towards the antipodes asin(c/2) is ill-conditioned and the
+    error grows to ~1e-4 of the distance (kilometres, where every soft-label
+    kernel is 0 anyway). No (N, M) float64 matrix is ever allocated.
     """
     if check:
         check_latlon(a, "a")

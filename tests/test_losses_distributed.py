@@ -79,6 +79,7 @@ def worker(out_path: str) -> None:
         results[name] = {"loss": loss / world_size, "grad": grad / world_size}
     if rank == 0:
         torch.save(results, out_path)
+    dist.barrier()  # leave together: a rank tearing gloo down while the other still works can abort
     dist.destroy_process_group()
 
 
