@@ -21,6 +21,7 @@ from tests.app_fixture import fixture_runs
 pytestmark = [pytest.mark.xdist_group(name="app"), pytest.mark.slow]
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
+_SESSION_RUNS_DIR = os.environ.get("SWCLIP_RUNS_DIR")  # what the machine set, if anything
 PAGES = ["app_pages/overview.py", "app_pages/predict.py", "app_pages/error_map.py", "app_pages/semivariogram.py",
          "app_pages/soft_labels.py", "app_pages/neighbourhoods.py", "app_pages/compare.py", "app_pages/failures.py"]
 
@@ -30,8 +31,19 @@ def runs_root(request):
     return fixture_runs(Path(request.config.cache.mkdir("swclip_app_fixture")))
 
 
+_env = {}
+
+
+@pytest.fixture(autouse=True)
+def _scoped_environment(monkeypatch):
+    """new_app's SWCLIP_RUNS_DIR goes through monkeypatch: undone after each test, never leaked."""
+    _env["monkeypatch"] = monkeypatch
+    yield
+    _env.clear()
+
+
 def new_app(root) -> AppTest:
-    os.environ["SWCLIP_RUNS_DIR"] = str(root)
+    _env["monkeypatch"].setenv("SWCLIP_RUNS_DIR", str(root))  # the app reads it on every run
     return AppTest.from_file(APP, default_timeout=120)
 
 
@@ -258,3 +270,8 @@ def test_broken_runs_are_listed_with_their_problem(runs_root, tmp_path):
     at.run()
     assert not errors_of(at)
     assert any("cannot be read" in e.label for e in at.sidebar.expander)
+
+
+def test_runs_dir_setting_does_not_leak_between_tests():
+    # runs after tests that called new_app (file order; the module runs on one xdist worker): the variable is the one the session began with
+    assert os.environ.get("SWCLIP_RUNS_DIR") == _SESSION_RUNS_DIR

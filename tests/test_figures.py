@@ -227,25 +227,28 @@ def test_mini_map_and_embedding_scatter_build():
     assert [t.name for t in fig.data] == ["samples", "neighbours", "anchor"]
 
 
-def test_soft_label_redraw_for_a_batch_of_256_is_fast():
-    # What the Soft labels page recomputes when σ moves (issue: ~0.3 s for B = 256). The bound is
-    # loose for a loaded 2-core machine; the README records the measured figures.
-    import time
-
+def test_soft_label_redraw_for_a_batch_of_256_shows_the_batch():
+    # What the Soft labels page recomputes when σ moves, at B = 256. Its speed is measured in
+    # benchmarks/figures.py (README, "The app"); here: that the figures show what was computed.
     rng = np.random.default_rng(0)
     ll_all = local_metres_to_degrees(rng.uniform(-2000, 2000, (1500, 2)), ORIGIN)
-    figures.target_heatmap(np.eye(4), "warm-up")  # plotly's first figure pays its imports
-    best = float("inf")
-    for sigma in (50.0, 80.0, 120.0):
-        t0 = time.perf_counter()
-        ll = ll_all[rng.choice(1500, 256, replace=False)]
-        ll = ll[hilbert_order(ll)]
-        q = soft_targets(ll, sigma)
-        onehot = soft_targets(ll, 0.0, "onehot")
-        from swclip.soft_labels import effective_positives
-
-        for fig in (figures.target_heatmap(q, "Q"), figures.target_heatmap(onehot, "1", zmax=1.0),
-                    figures.kernel_curve(sigma, "gaussian"), figures.effective_positives_figure(effective_positives(q), 256)):
-            fig.to_json()
-        best = min(best, time.perf_counter() - t0)
-    assert best < 0.3, f"soft-label redraw took {best:.3f} s for B = 256"
+    ll = ll_all[rng.choice(1500, 256, replace=False)]
+    ll = ll[hilbert_order(ll)]
+    sigma = 80.0
+    q = soft_targets(ll, sigma)
+    # the kernel by hand: Gaussian of the great-circle distance, rows normalised
+    d = haversine_m(np.repeat(ll, 256, axis=0), np.tile(ll, (256, 1))).reshape(256, 256)
+    k = np.exp(-0.5 * (d / sigma) ** 2)
+    np.testing.assert_allclose(q, k / k.sum(1, keepdims=True), rtol=1e-6, atol=1e-9)
+    heat = figures.target_heatmap(q, "Q").data[0]
+    np.testing.assert_allclose(np.asarray(heat.z), q, rtol=1e-6, atol=1e-7)  # float32 on the wire
+    off = q - np.diag(np.diag(q))
+    assert heat.zmax == pytest.approx(off.max(), rel=1e-6)  # the scale shows the soft structure, not the diagonal
+    onehot = figures.target_heatmap(soft_targets(ll, 0.0, "onehot"), "1", zmax=1.0).data[0]
+    np.testing.assert_array_equal(np.asarray(onehot.z), np.eye(256))
+    bars = figures.effective_positives_figure(1.0 / (q * q).sum(1), 256).data[0]
+    np.testing.assert_allclose(np.asarray(bars.y), 1.0 / (q * q).sum(1), rtol=1e-9)
+    assert np.all(np.asarray(bars.y) >= 1.0 - 1e-9)
+    curve = figures.kernel_curve(sigma, "gaussian").data[0]
+    x, y = np.asarray(curve.x), np.asarray(curve.y)
+    np.testing.assert_allclose(y, np.exp(-0.5 * (x / sigma) ** 2), rtol=1e-9)

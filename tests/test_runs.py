@@ -1,6 +1,7 @@
 """Run directories: train a few steps, save, rebuild in a fresh process, refuse what does not fit."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from swclip import runs
+from swclip.geo import haversine_m
 from swclip.index import Gallery, Predictor
 from swclip.losses import SoftClipLoss
 from swclip.model import DEMO_CONFIG, SWCLIP
@@ -100,14 +102,23 @@ def test_fresh_process_rebuilds_bit_identical_predictions(trained_run, tmp_path)
                  index=np.stack([q.index for q in preds]), prob=np.stack([q.prob for q in preds]),
                  est=np.array([q.estimate for q in preds]), radius=np.array([q.radius_m for q in preds]))
     """)
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, timeout=120,
-                   env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    # The child inherits this machine's environment (OPENBLAS_CORETYPE and the rest) and only adds
+    # what it needs: a fresh process on the same machine, not a different machine.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, timeout=120, env=env)
     out = np.load(tmp_path / "out.npz")
-    assert out["emb"].tobytes() == here_emb.tobytes()  # bit-identical
+    # What a rebuild promises: the same weights and gallery give bit-identical torch embeddings, the
+    # same faiss ranking and the same float32 probabilities (the same kernels run on the same inputs).
+    assert out["emb"].tobytes() == here_emb.tobytes()
     assert np.array_equal(out["index"], np.stack([q.index for q in here]))
     assert out["prob"].tobytes() == np.stack([q.prob for q in here]).tobytes()
-    assert out["est"].tobytes() == np.array([q.estimate for q in here]).tobytes()
-    assert out["radius"].tobytes() == np.array([q.radius_m for q in here]).tobytes()
+    # What it does not promise: knn-kde's float64 mean-shift and the weighted radius are numpy
+    # reductions, whose last bits depend on the BLAS kernel the process picks (OPENBLAS_CORETYPE,
+    # thread count), and a last-bit change can move the mean-shift's stop by one iteration, which
+    # moves the estimate by less than knn_kde's stopping step (tol_m = 1 cm). Hence 2 cm, and 1e-6 m on the radius.
+    moved_m = haversine_m(out["est"], np.array([q.estimate for q in here]))
+    assert moved_m.max() < 0.02, moved_m
+    np.testing.assert_allclose(out["radius"], np.array([q.radius_m for q in here]), rtol=0, atol=1e-6)
 
 
 def _copy_run(src: Path, dst: Path) -> Path:
@@ -135,12 +146,13 @@ def test_mismatched_weights_are_refused(trained_run, tmp_path):
     _, run_dir, _, _ = trained_run
     bad = _copy_run(run_dir, tmp_path / "wrong_shape")
     m = json.loads((bad / "manifest.json").read_text())
-    m["model"]["gps_hidden"] = 64
+    hidden = m["model"]["gps_hidden"]  # what the weights were trained with
+    m["model"]["gps_hidden"] = hidden // 2
     del m["weights_sha256"]
     (bad / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(RunError, match=r"wrong shape .*location\.mlps\.0\.0\.weight"):
         load_run(bad)
-    m["model"]["gps_hidden"] = 128
+    m["model"]["gps_hidden"] = hidden  # shapes right again: now only the number of scales is wrong
     m["model"]["gps_scales"] = m["model"]["gps_scales"][:-1]
     (bad / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(RunError, match=r"unexpected keys \['location\.mlps\.5"):

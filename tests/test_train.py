@@ -8,6 +8,7 @@ writes the app's artefacts from the resumed run, checked against the table.
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,7 +26,8 @@ from swclip.geo import haversine_m
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_CONFIG = {"clip": "demo_clip.yaml", "swclip": "demo_swclip.yaml", "swclip+nc": "demo_swclip_nc.yaml",
                "semivariogram": "demo_semivariogram.yaml"}
-# 96 training rows, batch 16: 6 steps per epoch; 9 steps cross an epoch; the kill comes at step 5 (epoch 0, batch 5)
+# Batch 16 over the tiny world's training rows (the fixture checks 6-8 full batches per epoch):
+# 9 steps cross an epoch, and the kill comes at step 5, mid-epoch 0, after the step-4 checkpoint.
 TINY = ["batch_size=16", "steps=9", "ckpt_every=2", "keep_last=2", "progress=false", "model.gps_hidden=32",
         "optim.warmup_steps=2", "loss.bank_size=64", "loss.refit_every=2", "loss.min_fit_samples=32", "device=cpu"]
 
@@ -46,7 +48,10 @@ def world(tmp_path_factory):
     make_world(root, seed=0, cities=["London", "Bristol"], samples_per_city=64, image_size=32, workers=1)
     table = spatial_split(read_table(root / "samples.csv"), test_frac=0.25, block_m=200, buffer_m=20, seed=0)
     table.to_csv(root / "split.csv", index=False)
-    assert (table["split"] == "train").sum() == 96
+    # what the kill/resume test relies on, derived rather than copied: batches per epoch
+    # (full batches only, as the sampler drops the last) put step 5 mid-epoch 0 and step 9 past it
+    per_epoch = int((table["split"] == "train").sum()) // 16
+    assert 5 < per_epoch < 9, per_epoch
     return root
 
 
@@ -203,17 +208,29 @@ def test_gradient_accumulation_averages_micro_batches(world):
              "latlon": torch.tensor([[51.5 + 0.001 * i, -0.12 + 0.0007 * i] for i in range(16)], dtype=torch.float64)}
     terms, _ = tr.step(batch)
 
-    # the reference: the same maths written out by hand
-    loss_fn = tu.build_loss(cfg.loss)
+    # the reference, written out by hand with torch alone (none of the trainer's helpers): the
+    # SW-CLIP loss of the config, AdamW with decay on matrices only, lr at step 0 without warm-up
+    # (cosine at progress 0: the base lr), and exp(t) clamped at 100
+    from swclip.losses import SoftClipLoss
+
+    assert cfg.loss.name == "swclip" and cfg.loss.sigma_start_m is None
+    loss_fn = SoftClipLoss(cfg.loss.sigma_m, cfg.loss.kernel)
     with torch.no_grad():
         whole = float(loss_fn(**ref_model(batch["images"], batch["latlon"]))["contrastive_loss"])
     halves = [loss_fn(**ref_model(batch["images"][s], batch["latlon"][s]))["contrastive_loss"] for s in (slice(0, 8), slice(8, 16))]
     ((halves[0] + halves[1]) / 2).backward()
     torch.nn.utils.clip_grad_norm_(ref_model.parameters(), cfg.optim.grad_clip)
-    opt = torch.optim.AdamW(tu.param_groups(ref_model, cfg.optim.weight_decay), lr=cfg.optim.lr * tu.lr_factor(0, cfg.steps, 0),
-                            betas=cfg.optim.betas, eps=cfg.optim.eps)
+    params = [(n, p) for n, p in ref_model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2 and "logit_scale" not in n and "bias" not in n]
+    no_decay = [p for n, p in params if not (p.ndim >= 2 and "logit_scale" not in n and "bias" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
     opt.step()
-    tu.clamp_logit_scale(ref_model)
+    with torch.no_grad():
+        for n, p in ref_model.named_parameters():
+            if n.endswith("logit_scale"):
+                p.clamp_(max=math.log(100.0))
     mean_of_halves = float((halves[0] + halves[1]).detach() / 2)
     assert float(terms["contrastive_loss"]) == pytest.approx(mean_of_halves, rel=1e-5)
     assert abs(whole - mean_of_halves) > 0.1  # and it is not the loss of the whole batch as one contrastive batch

@@ -166,26 +166,38 @@ def test_half_sq_diff_shift_invariant_and_scales_quadratically(small_field, shif
 
 
 @pytest.mark.parametrize("model", ["spherical", "gaussian"])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_fitted_range_recovers_true_range_of_random_field(model, seed):
-    # a 6 km square holds ~100 independent 600 m patches; over seeds 0-7 the fitted
-    # ranges fell within 0.97-1.19 of the truth for both models
-    latlon, z = _grf(seed, 1500, 600.0, model, side_m=6000.0)
-    fit = fit_variogram(empirical_variogram(latlon, values=z, bins=20, max_lag_m=2400), model)
-    assert fit.ok and fit.range_m == pytest.approx(600.0, rel=0.25)
-    assert fit.sill == pytest.approx(1.0, rel=0.35)  # unit-variance field
+def test_fitted_range_recovers_true_range_of_random_field(model):
+    # range_m is scikit-gstat's effective range. One field's fit scatters by ±15 % (seeds 0-7: 0.97-1.18
+    # of the truth for both models), as much as the effective and practical ranges differ (the practical
+    # range is 0.81x the effective one for the spherical model, 0.87x for the Gaussian). The mean over
+    # four fields separates them: 1.09 / 1.07 of the truth for range_m, 0.89 / 0.92 for the practical
+    # range. The band below admits the first and refuses the second.
+    ratios = []
+    for seed in range(4):
+        latlon, z = _grf(seed, 1500, 600.0, model, side_m=6000.0)
+        fit = fit_variogram(empirical_variogram(latlon, values=z, bins=20, max_lag_m=2400), model)
+        assert fit.ok
+        assert fit.sill == pytest.approx(1.0, rel=0.35)  # unit-variance field
+        ratios.append(fit.range_m / 600.0)
+    assert 0.97 < np.mean(ratios) < 1.2, ratios
 
 
 def test_fitted_range_recovers_demo_world_field_range():
     fields = pytest.importorskip("swclip.synth.fields")
-    rng = np.random.default_rng(0)
-    xy = rng.random((3000, 2)) * 6000 - 3000
-    spec = fields.FieldSpec(name="facade_hue", range_m=600.0, seed=11)
-    z = fields.field_values(spec, xy)
-    fit = fit_variogram(empirical_variogram(local_metres_to_degrees(xy, ORIGIN), values=z, max_lag_m=2400), "gaussian")
-    # the demo world's range is where the correlation exp(-3h²/r²) is 5 %; scikit-gstat's gaussian
-    # model puts its range r' where exp(-4h²/r'²) is, so r' = r·2/√3
-    assert fit.ok and fit.range_m == pytest.approx(600.0 * 2 / math.sqrt(3), rel=0.25)
+    # the demo world's range is where the correlation exp(-3h²/r²) is 5 % (that is also the practical
+    # range); scikit-gstat's gaussian model puts its effective range r' where exp(-4h²/r'²) is, so
+    # r' = r·2/√3 = 1.155 r. Four fields (seeds 11-14): range_m averages 1.01 r', the practical range
+    # 0.88 r'; single fields scatter by ±15 %, hence the mean.
+    ratios = []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        xy = rng.random((3000, 2)) * 6000 - 3000
+        spec = fields.FieldSpec(name="facade_hue", range_m=600.0, seed=11 + seed)
+        z = fields.field_values(spec, xy)
+        fit = fit_variogram(empirical_variogram(local_metres_to_degrees(xy, ORIGIN), values=z, max_lag_m=2400), "gaussian")
+        assert fit.ok
+        ratios.append(fit.range_m / (600.0 * 2 / math.sqrt(3)))
+    assert 0.93 < np.mean(ratios) < 1.1, ratios
 
 
 def test_embedding_variogram_recovers_range_of_field_embeddings():
@@ -193,7 +205,8 @@ def test_embedding_variogram_recovers_range_of_field_embeddings():
     # expected cosine distance grows like the field's normalised variogram
     latlon, f = _grf(2, 1000, 800.0, "gaussian", dims=16)
     fit = fit_embedding_variogram(torch.from_numpy(f).float(), torch.from_numpy(latlon), model="gaussian")
-    assert fit is not None and fit.range_m == pytest.approx(800.0, rel=0.25)
+    # seeds 2-5 gave 1.005-1.051 of the truth; the practical range would be 0.87-0.91 of it
+    assert fit is not None and fit.range_m == pytest.approx(800.0, rel=0.08)
     assert 0.8 < fit.sill < 1.2  # unrelated unit vectors sit at cosine distance 1 on average
 
 
@@ -324,16 +337,41 @@ def test_malformed_arguments_raise(small_field):
 
 
 def test_fit_fn_drives_semivariogram_weighted_loss():
-    from swclip.losses import SemivariogramWeightedLoss
+    """The loss fits γ from its bank with fit_fn, and that γ sets its negatives' weights (naive loop)."""
+    from swclip.losses import ClipLoss, SemivariogramWeightedLoss
 
     latlon, f = _grf(4, 300, 800.0, "gaussian", dims=16)
     feats = torch.nn.functional.normalize(torch.from_numpy(f).float(), dim=1)
-    loss = SemivariogramWeightedLoss(beta=1.0, bank_size=512, refit_every=1, min_fit_samples=64,
+    loc = torch.nn.functional.normalize(feats + 0.5 * torch.randn(300, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    ll = torch.from_numpy(latlon)
+    loss = SemivariogramWeightedLoss(beta=2.0, bank_size=512, refit_every=1, min_fit_samples=64,
                                      fit_fn=fit_embedding_variogram)
-    out = loss(image_features=feats[:128], location_features=feats[:128], logit_scale=torch.tensor(10.0),
-               latlon=torch.from_numpy(latlon[:128]))
-    assert loss.variogram is not None and loss.variogram.ok and math.isfinite(float(out["contrastive_loss"]))
-    assert 0 < loss.variogram.range_m < 6000
+    scale = torch.tensor(10.0)
+    out = loss(image_features=feats, location_features=loc, logit_scale=scale, latlon=ll)
+    fit = loss.variogram
+    assert fit is not None and fit.ok
+    assert 0 < fit.range_m < 6000
+    # the reference: the InfoNCE of both directions with each negative's logit shifted by
+    # -βr inside the range and +βr beyond it where r = γ(h) − cos_dist > 0, by plain loops
+    v, w, b = feats.double().numpy(), loc.double().numpy(), 300
+    log_w = np.zeros((b, b))
+    for i in range(b):
+        for j in range(b):
+            if i == j:
+                continue
+            h = _haversine(latlon[i], latlon[j])
+            r = float(fit.gamma([h])[0]) - (1.0 - float(v[i] @ v[j]))
+            if r > 0:
+                log_w[i, j] = -2.0 * r if h <= fit.range_m else 2.0 * r
+
+    def ce(logits):
+        return float(np.mean([np.log(np.exp(row).sum()) - row[k] for k, row in enumerate(logits)]))
+    s_iv = 10.0 * v @ w.T + log_w
+    s_vi = 10.0 * w @ v.T + log_w
+    expected = (ce(s_iv) + ce(s_vi)) / 2
+    assert float(out["contrastive_loss"]) == pytest.approx(expected, rel=1e-4)
+    plain = float(ClipLoss()(feats, loc, scale)["contrastive_loss"])
+    assert abs(plain - expected) > 1e-2  # the weights changed the loss
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -139,7 +139,9 @@ def run(args) -> dict:
                # process CPU time (all threads): what the step costs regardless of the neighbours' load
                "cpu_ms": 1000 * cpu_med, "cpu_ratio_to_clip": cpu_med / statistics.median(cpu["clip"]) if "clip" in cpu else None,
                "data_wait_frac": sum(waits[name]) / sum(times[name]), "peak_mem_mib": peak[name],
-               "ratio_to_clip": med / base if base else None, "extra_over_clip_pct": 100 * (med / base - 1) if base else None}
+               "ratio_to_clip": med / base if base else None, "extra_over_clip_pct": 100 * (med / base - 1) if base else None,
+               # the trainer's own count: warm-up + timed steps (+1 for the CUDA memory step)
+               "optimizer_steps": trainers[name].step_count, "timed_s_total": sum(times[name])}
         if name == "semivariogram" and fit_s is not None:
             row["refit_s"] = fit_s
             row["refit_every"] = trainers[name].cfg.loss.refit_every
