@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 run: demo
 	@# Leaflet for the offline folium maps, copied from xstatic-leaflet into ./static (served at /app/static/; not committed).
-	$(BIN)/python -c "from swclip.maps import install_leaflet; install_leaflet('static')"
+	$(BIN)/python -c "from swclip.viz.maps import install_leaflet; install_leaflet('static')"
 	$(BIN)/streamlit run app.py --server.headless true -- --runs-dir $(RUNS_DIR)
 
 test: $(STAMP)

@@ -2,10 +2,11 @@
 
     streamlit run app.py -- --runs-dir runs      # or SWCLIP_RUNS_DIR=runs, or the default runs/
 
-The pages in app_pages/ are thin (not pages/: with a pages/ folder next to it,
-Streamlit 1.67 runs a page file on its own, without this frame, when a link
-opens that page directly): the maths lives in swclip/, the figures in
-swclip/figures.py and swclip/maps.py, the Streamlit glue in app_support.py.
+This file routes and draws the shared frame (sidebar, banner) once per run.
+The pages in app_pages/ are thin and self-sufficient: each starts with
+``appkit.frame.ensure_frame()``, which draws the same frame when no router did,
+so a page works the same under st.navigation, on its own and under AppTest. The maths lives in swclip/, the figures in swclip/viz/, the Streamlit
+glue in appkit/ (URL state, cached loaders, the frame).
 """
 
 import os
@@ -15,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import streamlit as st  # noqa: E402
 
-import app_support as sup  # noqa: E402
+from appkit import frame  # noqa: E402
 
 st.set_page_config(page_title="SW-CLIP Explorer", page_icon=":material/map:", layout="wide")
 
@@ -30,12 +31,4 @@ PAGES = [
     st.Page("app_pages/failures.py", title="Failures", icon=":material/report:"),
 ]
 
-sup.begin_run()
-sup.install_static()
-page = st.navigation(PAGES)
-view = sup.sidebar()
-sup.banner(view)
-try:
-    page.run()
-finally:
-    sup.prune_url()
+frame.run_routed(st.navigation(PAGES))

@@ -4,18 +4,18 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import app_support as sup
-from swclip import figures, maps
-from swclip.metrics import THRESHOLDS_M, summarize, threshold_label
-from swclip.spatial_bins import hex_bins
+from appkit import frame, loaders, urlstate
+from swclip.analysis.metrics import THRESHOLDS_M, summarize, threshold_label
+from swclip.viz import figures, maps
+from swclip.viz.spatial_bins import hex_bins
 
-view = sup.current_view()
-run = sup.require_run(view, "the error map")
+view = frame.ensure_frame()
+run = frame.require_run(view, "the error map")
 st.title("Error map")
 
-df_all = sup.predictions(view.runs_root, run.run_id, run.stamp)
-city = sup.one_city(view, run, "The map shows one city at a time, the charts below every city")
-df = sup.city_predictions(view.runs_root, run.run_id, run.stamp, city)
+df_all = loaders.predictions(view.runs_root, run.run_id, run.stamp)
+city = frame.one_city(view, run, "The map shows one city at a time, the charts below every city")
+df = loaders.city_predictions(view.runs_root, run.run_id, run.stamp, city)
 err = df["error_m"].to_numpy(np.float64)
 
 def fmt_m(m: float) -> str:
@@ -25,16 +25,16 @@ def fmt_m(m: float) -> str:
 ERROR_STOPS_M = (0, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 100_000, 1_000_000, 20_000_000)
 c1, c2, c3 = st.columns([3, 2, 2])
 with c1:
-    lo, hi = sup.url_widget(
+    lo, hi = urlstate.url_widget(
         st.select_slider, "Show errors between (m)", "err", (ERROR_STOPS_M[0], ERROR_STOPS_M[-1]),
         parse=lambda s: tuple(int(x) for x in s.split("-")), fmt=lambda v: f"{v[0]}-{v[1]}",
         valid=lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(x in ERROR_STOPS_M for x in v) and v[0] < v[1],
         options=ERROR_STOPS_M, format_func=fmt_m,
     )
 with c2:
-    worst_n = sup.url_widget(st.slider, "Lines for the worst N", "worst", 20, parse=int, valid=lambda v: isinstance(v, int) and 0 <= v <= 200, min_value=0, max_value=200, step=5)
+    worst_n = urlstate.url_widget(st.slider, "Lines for the worst N", "worst", 20, parse=int, valid=lambda v: isinstance(v, int) and 0 <= v <= 200, min_value=0, max_value=200, step=5)
 with c3:
-    hex_r = sup.url_widget(st.select_slider, "Hexagons of median error, radius (m)", "hex", 150, parse=int, valid=lambda v: v in (0, 50, 100, 150, 250, 500, 1000), options=(0, 50, 100, 150, 250, 500, 1000), format_func=lambda r: "off" if r == 0 else f"{r} m")
+    hex_r = urlstate.url_widget(st.select_slider, "Hexagons of median error, radius (m)", "hex", 150, parse=int, valid=lambda v: v in (0, 50, 100, 150, 250, 500, 1000), options=(0, 50, 100, 150, 250, 500, 1000), format_func=lambda r: "off" if r == 0 else f"{r} m")
 
 keep = (err >= lo) & (err <= hi)
 shown = df[keep].reset_index(drop=True)
@@ -52,8 +52,8 @@ if worst_n and len(shown):
     worst = shown.nlargest(int(worst_n), "error_m")
     layers.append(maps.line_layer(worst[["lat", "lon"]], worst[["pred_lat", "pred_lon"]], id=worst["id"].astype(str), error_m=worst["error_m"].round(0)))
     layers.append(maps.scatter_layer(maps.points_frame(worst[["pred_lat", "pred_lon"]], np.tile([220, 40, 40], (len(worst), 1))), radius_m=8, pickable=False))
-frame = df[["lat", "lon"]].to_numpy(np.float64)
-deck = sup.city_deck(view, run, city, layers, frame, tooltip={"html": "<b>{id}</b><br/>error {error_m} m"}, width_px=900, height_px=520)
+frame_latlon = df[["lat", "lon"]].to_numpy(np.float64)
+deck = frame.city_deck(view, run, city, layers, frame_latlon, tooltip={"html": "<b>{id}</b><br/>error {error_m} m"}, width_px=900, height_px=520)
 st.pydeck_chart(deck, height=520, key="error_map")
 st.caption(
     f"Dots: evaluation samples at their true spot, coloured by error on a log scale (viridis, dark = {vmin:.0f} m, yellow = {vmax:.0f} m). "

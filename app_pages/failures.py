@@ -1,28 +1,28 @@
 """Failures: the worst predictions per city, with what the model matched them to."""
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
-import app_support as sup
-from swclip import figures
+from appkit import frame, loaders, urlstate
+from swclip.analysis.failures import SampleLocator, topk_matches
 from swclip.geo import haversine_m
+from swclip.viz import figures, maps
 
-view = sup.current_view()
-run = sup.require_run(view, "the failure gallery")
+view = frame.ensure_frame()
+run = frame.require_run(view, "the failure gallery")
 st.title("Failures")
 
-df_all = sup.predictions(view.runs_root, run.run_id, run.stamp)
+df_all = loaders.predictions(view.runs_root, run.run_id, run.stamp)
 cities = sorted(df_all["city"].astype(str).unique())
 city = view.city_or_none()
 
 c1, c2, c3 = st.columns(3)
 with c1:
-    per_city = sup.url_widget(st.slider, "Worst per city", "worst", 6, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 30, min_value=1, max_value=30)
+    per_city = urlstate.url_widget(st.slider, "Worst per city", "worst", 6, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 30, min_value=1, max_value=30)
 with c2:
-    min_err = sup.url_widget(st.number_input, "Only errors of at least (m)", "minerr", 0, parse=int, valid=lambda v: isinstance(v, int) and v >= 0, min_value=0, step=100)
+    min_err = urlstate.url_widget(st.number_input, "Only errors of at least (m)", "minerr", 0, parse=int, valid=lambda v: isinstance(v, int) and v >= 0, min_value=0, step=100)
 with c3:
-    order = sup.url_widget(st.radio, "Rank by", "rank", "retrieval error", valid=lambda v: v in ("retrieval error", "knn-kde error"), options=["retrieval error", "knn-kde error"], horizontal=True)
+    order = urlstate.url_widget(st.radio, "Rank by", "rank", "retrieval error", valid=lambda v: v in ("retrieval error", "knn-kde error"), options=["retrieval error", "knn-kde error"], horizontal=True)
 col = "kde_error_m" if order == "knn-kde error" and "kde_error_m" in df_all else "error_m"
 
 sel = df_all if city is None else df_all[df_all["city"].astype(str) == city]
@@ -34,18 +34,14 @@ export_cols = [c for c in ("id", "city", "lat", "lon", "pred_lat", "pred_lon", "
 st.download_button("Export these failures (CSV)", worst[export_cols].to_csv(index=False).encode(), file_name=f"failures_{run.run_id.replace('/', '_')}.csv", mime="text/csv")
 st.caption(f"{len(worst)} samples: the {per_city} largest {order}s per city{f' in {city}' if city else ''}, at least {min_err} m.")
 
-img_root = sup.image_root(view.runs_root, run.run_id, run.stamp)
-samples = sup.sample_table(view.runs_root, run.run_id, run.stamp)
-streets = sup.streets(view.runs_root, run.run_id, run.stamp)
-if samples is not None:
-    key = pd.Series(np.arange(len(samples)), index=[f"{a:.6f},{b:.6f}" for a, b in zip(samples["lat"].astype(float), samples["lon"].astype(float))])
-    key = key[~key.index.duplicated()]
-else:
-    key = pd.Series(dtype=int)
+img_root = loaders.image_root(view.runs_root, run.run_id, run.stamp)
+samples = loaders.sample_table(view.runs_root, run.run_id, run.stamp)
+streets = loaders.streets(view.runs_root, run.run_id, run.stamp)
+locator = SampleLocator(samples[["lat", "lon"]].to_numpy(np.float64)) if samples is not None else None
 if not img_root:
     st.info("The run's images are not under the runs directory: the gallery shows maps and numbers only.")
-image_index = sup.image_neighbours(view.runs_root, run.run_id, run.stamp)
-eval_emb = sup.embeddings(view.runs_root, run.run_id, run.stamp) if image_index else None
+image_index = loaders.image_neighbours(view.runs_root, run.run_id, run.stamp)
+eval_emb = loaders.embeddings(view.runs_root, run.run_id, run.stamp) if image_index else None
 
 
 def nearest_training(row, k=5):
@@ -61,14 +57,9 @@ def nearest_training(row, k=5):
 
 def matches(row):
     """The training samples at the model's top-k candidate locations (the gallery is the training locations)."""
-    if samples is None or "topk_lat" not in row or row["topk_lat"] is None:
+    if locator is None or "topk_lat" not in row:
         return []
-    out = []
-    for r, (la, lo) in enumerate(zip(row["topk_lat"], row["topk_lon"])):
-        i = key.get(f"{float(la):.6f},{float(lo):.6f}")
-        if i is not None:
-            out.append((r + 1, samples.iloc[int(i)]))
-    return out
+    return [(rank, samples.iloc[i]) for rank, i in topk_matches(row["topk_lat"], row.get("topk_lon"), locator)]
 
 
 for c, group in worst.groupby(worst["city"].astype(str), sort=True):
@@ -78,7 +69,7 @@ for c, group in worst.groupby(worst["city"].astype(str), sort=True):
         with st.container(border=True):
             left, mid, right = st.columns([1, 2, 3])
             with left:
-                thumb = sup.thumbnail(view.runs_root, img_root, str(row.get("image", ""))) if img_root else None
+                thumb = loaders.thumbnail(view.runs_root, img_root, str(row.get("image", ""))) if img_root else None
                 if thumb is not None:
                     st.image(thumb, caption="query", width="stretch")
                 st.markdown(f"**{row['id']}**  \nerror **{row['error_m']:.0f} m**" + (f"  \nknn-kde {row['kde_error_m']:.0f} m" if "kde_error_m" in row else ""))
@@ -87,7 +78,7 @@ for c, group in worst.groupby(worst["city"].astype(str), sort=True):
             truth = (row["lat"], row["lon"])
             with mid:
                 pred = (row["pred_lat"], row["pred_lon"])
-                near = [l for l in lines if np.min(np.abs(np.asarray(l) - np.asarray(truth)).sum(1)) < 0.02] if lines else []
+                near = maps.streets_near(lines, truth)
                 if near_imgs:
                     others = np.array([ll for _, ll, _ in near_imgs], dtype=np.float64).reshape(-1, 2)
                     what = "the training images nearest in embedding space"
@@ -105,7 +96,7 @@ for c, group in worst.groupby(worst["city"].astype(str), sort=True):
                     cols = st.columns(len(near_imgs))
                     for (path, ll, cos), d, cc in zip(near_imgs, dist_m, cols):
                         with cc:
-                            t = sup.thumbnail(view.runs_root, img_root, str(path)) if img_root else None
+                            t = loaders.thumbnail(view.runs_root, img_root, str(path)) if img_root else None
                             if t is not None:
                                 st.image(t, width="stretch")
                             st.caption(f"{d:,.0f} m away · cos {cos:.2f}")
@@ -113,7 +104,7 @@ for c, group in worst.groupby(worst["city"].astype(str), sort=True):
                     cols = st.columns(min(len(m), 5))
                     for (rank, s), cc in zip(m[:5], cols):
                         with cc:
-                            t = sup.thumbnail(view.runs_root, img_root, str(s.get("image", ""))) if img_root else None
+                            t = loaders.thumbnail(view.runs_root, img_root, str(s.get("image", ""))) if img_root else None
                             if t is not None:
                                 st.image(t, width="stretch")
                             st.caption(f"#{rank} · {float(s['lat']):.5f}, {float(s['lon']):.5f}")

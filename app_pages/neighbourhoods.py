@@ -4,22 +4,22 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import app_support as sup
-from swclip import figures, maps
+from appkit import frame, loaders, urlstate
+from swclip.analysis.spatial_stats import neighbourhood_overlap, pca_2d
 from swclip.geo import haversine_m
-from swclip.spatial_stats import embedding_knn, geographic_knn, neighbourhood_overlap
+from swclip.viz import figures, maps
 
-view = sup.current_view()
-run0 = sup.require_run(view, "the neighbourhood page")
+view = frame.ensure_frame()
+run0 = frame.require_run(view, "the neighbourhood page")
 st.title("Neighbourhoods")
 
-df0 = sup.predictions(view.runs_root, run0.run_id, run0.stamp)
-city = sup.one_city(view, run0, "Neighbourhoods are per city")
+df0 = loaders.predictions(view.runs_root, run0.run_id, run0.stamp)
+city = frame.one_city(view, run0, "Neighbourhoods are per city")
 
 # Runs on the same evaluation samples, ordered by σ (one-hot CLIP first): the bandwidth sweep.
 ids0 = set(df0.loc[df0["city"].astype(str) == city, "id"].astype(str))
-sweep = [r for r in view.available if sup.embeddings(view.runs_root, r.run_id, r.stamp) is not None
-         and ids0 & set(sup.predictions(view.runs_root, r.run_id, r.stamp)["id"].astype(str))]
+sweep = [r for r in view.available if loaders.embeddings(view.runs_root, r.run_id, r.stamp) is not None
+         and ids0 & set(loaders.predictions(view.runs_root, r.run_id, r.stamp)["id"].astype(str))]
 sweep.sort(key=lambda r: (r.sigma_m or 0.0, r.run_id))
 if not sweep:
     st.warning("No run here has embeddings.npy for this city's samples.")
@@ -35,27 +35,25 @@ def sweep_label(i):
 
 c1, c2 = st.columns([3, 1])
 with c1:
-    run_id = sup.url_widget(st.radio, "Run (★: nearest to the sidebar σ)", "nrun", nearest.run_id, valid=lambda v: v in by_id, options=list(by_id), format_func=sweep_label, horizontal=True)
+    run_id = urlstate.url_widget(st.radio, "Run (★: nearest to the sidebar σ)", "nrun", nearest.run_id, valid=lambda v: v in by_id, options=list(by_id), format_func=sweep_label, horizontal=True)
 with c2:
-    k = sup.url_widget(st.slider, "k neighbours", "k", 8, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 24, min_value=1, max_value=24)
+    k = urlstate.url_widget(st.slider, "k neighbours", "k", 8, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 24, min_value=1, max_value=24)
 run = by_id[run_id]
 
 
 @st.cache_data(show_spinner="Finding neighbours…", max_entries=64)
 def neighbourhoods(runs_root, run_id, stamp, city, k):
     """City rows sorted by id, their embeddings' and locations' kNN, overlap@k and a 2-D PCA."""
-    df = sup.predictions(runs_root, run_id, stamp)
+    df = loaders.predictions(runs_root, run_id, stamp)
     rows = np.flatnonzero(df["city"].astype(str).to_numpy() == city)
     rows = rows[np.argsort(df["id"].astype(str).to_numpy()[rows], kind="stable")]  # same order in every run
-    emb = sup.embeddings(runs_root, run_id, stamp)[rows].astype(np.float32)  # (N, D)
+    emb = loaders.embeddings(runs_root, run_id, stamp)[rows].astype(np.float32)  # (N, D)
     latlon = df.iloc[rows][["lat", "lon"]].to_numpy(np.float64)
-    k = min(k, len(rows) - 1)
-    e_knn, g_knn = embedding_knn(emb, k), geographic_knn(latlon, k)  # (N, k) each
-    ov = neighbourhood_overlap(emb, latlon, k)
-    centred = emb - emb.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    xy = centred @ vt[:2].T  # (N, 2) PCA
-    return df.iloc[rows].reset_index(drop=True), e_knn, g_knn, ov, xy
+    table = df.iloc[rows].reset_index(drop=True)
+    if len(rows) < 3:
+        return table, None, None, None, None
+    ov = neighbourhood_overlap(emb, latlon, min(k, len(rows) - 1))  # its kNN indices: (N, k) each
+    return table, ov.embedding_knn, ov.geo_knn, ov, pca_2d(emb)
 
 
 table, e_knn, g_knn, ov, xy = neighbourhoods(view.runs_root, run.run_id, run.stamp, city, int(k))
@@ -63,21 +61,24 @@ n = len(table)
 if n < 3:
     st.warning("Too few samples in this city.")
     st.stop()
+if not ov.ok:
+    st.warning(f"No neighbourhoods for this run: {ov.reason}")
+    st.stop()
 k = e_knn.shape[1]
-anchor = sup.url_widget(st.number_input, f"Anchor sample (0 – {n - 1}, or click a dot in the projection)", "anchor", 0, parse=int, valid=lambda v: isinstance(v, int) and 0 <= v < n, min_value=0, max_value=n - 1, step=1)
+anchor = urlstate.url_widget(st.number_input, f"Anchor sample (0 – {n - 1}, or click a dot in the projection)", "anchor", 0, parse=int, valid=lambda v: isinstance(v, int) and 0 <= v < n, min_value=0, max_value=n - 1, step=1)
 
 a_ll = table.loc[anchor, ["lat", "lon"]].to_numpy(np.float64)
 e_idx, g_idx = e_knn[anchor], g_knn[anchor]
 e_dist = haversine_m(np.repeat(a_ll[None], k, 0), table.loc[e_idx, ["lat", "lon"]].to_numpy(np.float64))
 g_dist = haversine_m(np.repeat(a_ll[None], k, 0), table.loc[g_idx, ["lat", "lon"]].to_numpy(np.float64))
-overlap_a = len(set(e_idx) & set(g_idx)) / k
+overlap_a = float(ov.overlap[anchor])
 st.markdown(
     f"Anchor **{table.loc[anchor, 'id']}** in {city} · overlap@{k} for this anchor **{overlap_a:.2f}**, "
     f"city mean **{ov.mean_overlap:.3f}** (chance {ov.chance_overlap:.3f}) · median distance to embedding neighbours "
     f"**{np.median(e_dist):.0f} m** against **{np.median(g_dist):.0f} m** for the geographic ones."
 )
 
-img_root = sup.image_root(view.runs_root, run.run_id, run.stamp)
+img_root = loaders.image_root(view.runs_root, run.run_id, run.stamp)
 
 
 def strip(title, idx, dist):
@@ -86,7 +87,7 @@ def strip(title, idx, dist):
     items = [(anchor, None)] + list(zip(idx, dist))
     for j, (i, d) in enumerate(items[: len(cols)]):
         with cols[j]:
-            thumb = sup.thumbnail(view.runs_root, img_root, str(table.loc[i, "image"])) if "image" in table and img_root else None
+            thumb = loaders.thumbnail(view.runs_root, img_root, str(table.loc[i, "image"])) if "image" in table and img_root else None
             cap = "anchor" if d is None else f"{d:.0f} m" + (" ✓" if i in set(g_idx) and i in set(e_idx) else "")
             if thumb is not None:
                 st.image(thumb, caption=cap, width="stretch")
@@ -120,12 +121,14 @@ with right:
     layers = [maps.scatter_layer(pts, radius_m=12), maps.scatter_layer(ring, radius_m=30, alpha=255, pickable=False, stroked=True, filled=False, line_width_min_pixels=2, get_line_color=[0, 0, 0]),
               maps.scatter_layer(star, radius_m=45, alpha=255, pickable=False)]
     st.markdown("**The same colours on the map.** Gold: anchor; black rings: its embedding neighbours.")
-    st.pydeck_chart(sup.city_deck(view, run, city, layers, table[["lat", "lon"]].to_numpy(np.float64), tooltip={"text": "{idx}: {id}"}), height=430, key="nb_map")
+    st.pydeck_chart(frame.city_deck(view, run, city, layers, table[["lat", "lon"]].to_numpy(np.float64), tooltip={"text": "{idx}: {id}"}), height=430, key="nb_map")
 
 st.subheader("Across the bandwidth sweep")
 rows = []
 for r in sweep:
     _, _, _, ov_r, _ = neighbourhoods(view.runs_root, r.run_id, r.stamp, city, int(k))
+    if ov_r is None or not ov_r.ok:
+        continue
     rows.append({"run": ("★ " if r is nearest else "") + r.run_id, "σ (m)": r.sigma_m or 0.0, f"mean overlap@{k}": ov_r.mean_overlap,
                  "median distance to embedding neighbours (m)": ov_r.median_embedding_neighbour_dist_m, "shown": r is run})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={

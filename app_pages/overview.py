@@ -3,18 +3,19 @@
 import pandas as pd
 import streamlit as st
 
-import app_support as sup
-from swclip import appstate, figures
+from appkit import frame, loaders
+from swclip import catalog
+from swclip.viz import figures
 
-view = sup.current_view()
-sup.require_run(view, "the explorer")
+view = frame.ensure_frame()
+frame.require_run(view, "the explorer")
 
 st.title("Runs")
 st.caption(f"Runs directory: `{view.runs_root}` · {len(view.available)} run(s). Pick runs, city and σ in the sidebar; the URL keeps the view.")
 
 rows = []
 for run in view.available:
-    overall = appstate.overall_metrics(appstate.read_metrics(run))
+    overall = catalog.overall_metrics(catalog.read_metrics(run))
     rows.append(
         {
             "run": run.run_id,
@@ -35,6 +36,6 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config
 })
 
 run = view.run
-log = sup.train_log(view.runs_root, run.run_id, run.stamp)
+log = loaders.train_log(view.runs_root, run.run_id, run.stamp)
 if log is not None and len(log):
     st.plotly_chart(figures.train_curves(log), width="stretch")

@@ -8,16 +8,16 @@ import pandas as pd
 import streamlit as st
 from streamlit_folium import st_folium
 
-import app_support as sup
-from swclip import maps
+from appkit import frame, loaders, urlstate
 from swclip.data import ImageError, open_image
 from swclip.geo import haversine_m
+from swclip.viz import maps
 
-view = sup.current_view()
-run = sup.require_run(view, "prediction")
+view = frame.ensure_frame()
+run = frame.require_run(view, "prediction")
 st.title("Predict a location")
 
-predictor, problem = sup.predictor(view.runs_root, run.run_id, run.stamp)
+predictor, problem = loaders.predictor(view.runs_root, run.run_id, run.stamp)
 if predictor is None:
     st.error(f"This run cannot predict here: {problem}")
     st.stop()
@@ -27,13 +27,13 @@ c1, c2 = st.columns([3, 2])
 with c1:
     uploads = st.file_uploader("Photos (JPEG, PNG, WebP…); they stay in memory and are never written to disk", accept_multiple_files=True, key="uploads")
 with c2:
-    df = sup.city_predictions(view.runs_root, run.run_id, run.stamp, view.city_or_none())
-    img_root = sup.image_root(view.runs_root, run.run_id, run.stamp)
+    df = loaders.city_predictions(view.runs_root, run.run_id, run.stamp, view.city_or_none())
+    img_root = loaders.image_root(view.runs_root, run.run_id, run.stamp)
     options = df["id"].astype(str).tolist() if img_root and "image" in df else []
-    picked = sup.url_widget(st.multiselect, "…or evaluation samples", "pick", [], parse=lambda s: [x for x in s.split(",") if x], fmt=",".join,
+    picked = urlstate.url_widget(st.multiselect, "…or evaluation samples", "pick", [], parse=lambda s: [x for x in s.split(",") if x], fmt=",".join,
                             valid=lambda v: isinstance(v, list) and all(x in options for x in v), options=options, max_selections=24,
                             help=None if options else "The run's images are not under the runs directory.")
-    top_k = sup.url_widget(st.slider, "Top-k places", "topk", 5, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 20, min_value=1, max_value=20)
+    top_k = urlstate.url_widget(st.slider, "Top-k places", "topk", 5, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 20, min_value=1, max_value=20)
 
 # (name, PIL image, true latlon or None, where the truth came from)
 queries, errors = [], []
@@ -44,11 +44,11 @@ for f in uploads or []:
     except ImageError as e:
         errors.append(f"**{f.name}**: {str(e).replace('<', '').replace('>', '')}")
         continue
-    truth = sup.exif_latlon(data)
+    truth = loaders.exif_latlon(data)
     queries.append((f.name, img, truth, "EXIF GPS" if truth else None))
 by_id = df.set_index(df["id"].astype(str))
 for sid in picked:
-    path = sup.sample_image_path(view.runs_root, img_root, str(by_id.loc[sid, "image"]))
+    path = loaders.sample_image_path(view.runs_root, img_root, str(by_id.loc[sid, "image"]))
     try:
         img = open_image(path) if path else None
     except ImageError as e:
@@ -72,8 +72,9 @@ for (name, _, truth, source), p in zip(queries, preds):
            "kde_lat": p.estimate[0], "kde_lon": p.estimate[1], "radius_m": p.radius_m,
            "true_lat": truth[0] if truth else np.nan, "true_lon": truth[1] if truth else np.nan, "truth_from": source or ""}
     if truth:
-        row["error_m"] = float(haversine_m(np.array([p.estimate]), np.array([truth]))[0])
-        row["top1_error_m"] = float(haversine_m(np.array([p.latlon]), np.array([truth]))[0])
+        # as in predictions.parquet: error_m is the top-1 candidate's error, kde_error_m the knn-kde estimate's
+        row["error_m"] = float(haversine_m(np.array([p.latlon]), np.array([truth]))[0])
+        row["kde_error_m"] = float(haversine_m(np.array([p.estimate]), np.array([truth]))[0])
     rows.append(row)
 table = pd.DataFrame(rows)
 
@@ -95,8 +96,8 @@ with right:
     import folium
 
     m = maps.folium_map(p.estimate, zoom=15)
-    lines = sup.streets(view.runs_root, run.run_id, run.stamp)
-    near = [line for lines_c in lines.values() for line in lines_c if np.min(np.abs(line - np.asarray(p.estimate)).sum(1)) < 0.03]
+    lines = loaders.streets(view.runs_root, run.run_id, run.stamp)
+    near = maps.streets_near([line for lines_c in lines.values() for line in lines_c], p.estimate)
     maps.folium_streets(m, near)
     folium.Circle(p.estimate, radius=float(p.radius_m), color="#9467bd", fill=True, fill_opacity=0.08, tooltip=f"confidence radius {p.radius_m:.0f} m").add_to(m)
     for rank, ((la, lo), pr) in enumerate(zip(p.latlon_topk, p.prob), start=1):

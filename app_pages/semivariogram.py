@@ -4,46 +4,48 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import app_support as sup
-from swclip import appstate, figures, maps
-from swclip.spatial_stats import local_morans_i, morans_i
-from swclip.variogram import MODELS, empirical_variogram, fit_best, fit_variogram, suggest_bandwidth
+from appkit import frame, loaders, urlstate
+from swclip import catalog
+from swclip.analysis.metrics import log10_error
+from swclip.analysis.spatial_stats import local_morans_i, morans_i
+from swclip.analysis.variogram import MODELS, empirical_variogram, fit_best, fit_variogram, suggest_bandwidth
+from swclip.viz import figures, maps
 
 LISA_RGB = {"HH": (215, 25, 28), "LL": (44, 123, 182), "HL": (253, 174, 97), "LH": (171, 217, 233), "ns": (150, 150, 150)}
 
-view = sup.current_view()
-run = sup.require_run(view, "the semivariogram page")
+view = frame.ensure_frame()
+run = frame.require_run(view, "the semivariogram page")
 st.title("Semivariogram")
 
-city = sup.one_city(view, run, "Variograms are per city")
+city = frame.one_city(view, run, "Variograms are per city")
 
 c1, c2, c3, c4 = st.columns(4)
 with c4:
     LAGS = (0, 500, 1000, 2000, 3000, 5000, 10_000)
-    max_lag = sup.url_widget(st.select_slider, "Largest lag", "maxlag", 0, parse=int, valid=lambda v: v in LAGS, options=LAGS,
+    max_lag = urlstate.url_widget(st.select_slider, "Largest lag", "maxlag", 0, parse=int, valid=lambda v: v in LAGS, options=LAGS,
                              format_func=lambda v: "auto (half the widest pair)" if v == 0 else f"{v / 1000:g} km")
 with c1:
-    model = sup.url_widget(st.selectbox, "Model", "model", "best", valid=lambda v: v in ("best", *MODELS), options=["best", *MODELS], help="'best': the lowest RMSE of all scikit-gstat models")
+    model = urlstate.url_widget(st.selectbox, "Model", "model", "best", valid=lambda v: v in ("best", *MODELS), options=["best", *MODELS], help="'best': the lowest RMSE of all scikit-gstat models")
 with c2:
-    n_bins = sup.url_widget(st.slider, "Lag bins", "bins", 15, parse=int, valid=lambda v: isinstance(v, int) and 5 <= v <= 40, min_value=5, max_value=40)
+    n_bins = urlstate.url_widget(st.slider, "Lag bins", "bins", 15, parse=int, valid=lambda v: isinstance(v, int) and 5 <= v <= 40, min_value=5, max_value=40)
 with c3:
-    kernel = sup.url_widget(st.radio, "Kernel for the suggested σ", "vkernel", "gaussian", valid=lambda v: v in ("gaussian", "exponential"), options=["gaussian", "exponential"], horizontal=True)
+    kernel = urlstate.url_widget(st.radio, "Kernel for the suggested σ", "vkernel", "gaussian", valid=lambda v: v in ("gaussian", "exponential"), options=["gaussian", "exponential"], horizontal=True)
 
 
 @st.cache_data(show_spinner="Fitting variograms…", max_entries=64)
 def variogram_of(runs_root, run_id, stamp, city, what, model, bins, max_lag_m):
     """Empirical + fitted variogram of a run's embeddings ('embedding') or log10 errors ('error') in one city."""
-    r = next(x for x in sup.discover(runs_root)[0] if x.run_id == run_id)
-    rows = sup.city_rows(runs_root, r, city)
-    df = sup.predictions(runs_root, run_id, stamp).iloc[rows]
+    r = next(x for x in loaders.discover(runs_root)[0] if x.run_id == run_id)
+    rows = loaders.city_rows(runs_root, r, city)
+    df = loaders.predictions(runs_root, run_id, stamp).iloc[rows]
     latlon = df[["lat", "lon"]].to_numpy(np.float64)
     if what == "embedding":
-        emb = sup.embeddings(runs_root, run_id, stamp)
+        emb = loaders.embeddings(runs_root, run_id, stamp)
         if emb is None:
             return None, None
         emp = empirical_variogram(latlon, embeddings=emb[rows], bins=bins, max_lag_m=max_lag_m or None, max_pairs=300_000, seed=0)
     else:
-        emp = empirical_variogram(latlon, values=np.log10(np.maximum(df["error_m"].to_numpy(np.float64), 1.0)), bins=bins, max_lag_m=max_lag_m or None, max_pairs=300_000, seed=0)
+        emp = empirical_variogram(latlon, values=log10_error(df["error_m"]), bins=bins, max_lag_m=max_lag_m or None, max_pairs=300_000, seed=0)
     fit = fit_best(emp) if model == "best" else fit_variogram(emp, model)
     return emp, fit
 
@@ -68,8 +70,8 @@ def fit_row(name, emp, fit):
     return row
 
 
-world = sup.world(view.runs_root, run.run_id, run.stamp)
-true_ranges = appstate.city_true_ranges(world, city)
+world = loaders.world(view.runs_root, run.run_id, run.stamp)
+true_ranges = catalog.city_true_ranges(world, city)
 
 curves, rows, suggested = [], [], None
 for r in view.selected:
@@ -104,9 +106,9 @@ st.subheader(f"Spatial structure of the errors of {run.run_id}")
 
 @st.cache_data(show_spinner="Moran's I and LISA (999 permutations)…", max_entries=32)
 def autocorrelation(runs_root, run_id, stamp, city):
-    df = sup.city_predictions(runs_root, run_id, stamp, city)
+    df = loaders.city_predictions(runs_root, run_id, stamp, city)
     latlon = df[["lat", "lon"]].to_numpy(np.float64)
-    values = np.log10(np.maximum(df["error_m"].to_numpy(np.float64), 1.0))
+    values = log10_error(df["error_m"])
     return morans_i(values, latlon, k=8, permutations=999, seed=0), local_morans_i(values, latlon, k=8, permutations=999, seed=0)
 
 
@@ -124,11 +126,11 @@ with right:
     else:
         st.info(f"No Moran's I: {gi.reason}")
     if lisa.ok:
-        df = sup.city_predictions(view.runs_root, run.run_id, run.stamp, city)
+        df = loaders.city_predictions(view.runs_root, run.run_id, run.stamp, city)
         labels = np.asarray(lisa.labels)
         rgb = np.array([LISA_RGB.get(lab, LISA_RGB["ns"]) for lab in labels], dtype=np.uint8)
         pts = maps.points_frame(df[["lat", "lon"]], rgb, id=df["id"].astype(str), error_m=df["error_m"].round(0), cluster=labels)
-        st.pydeck_chart(sup.city_deck(view, run, city, [maps.scatter_layer(pts, radius_m=18, alpha=240)], df[["lat", "lon"]].to_numpy(), tooltip={"text": "{id}: {cluster}, error {error_m} m"}, width_px=600), height=430, key="lisa")
+        st.pydeck_chart(frame.city_deck(view, run, city, [maps.scatter_layer(pts, radius_m=18, alpha=240)], df[["lat", "lon"]].to_numpy(), tooltip={"text": "{id}: {cluster}, error {error_m} m"}, width_px=600), height=430, key="lisa")
         counts = lisa.counts()
         st.caption(
             "LISA clusters (p ≤ 0.05): **HH** red, large errors among large errors ({HH}); **LL** blue, small among small ({LL}); "

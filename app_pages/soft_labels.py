@@ -1,6 +1,6 @@
 """Soft labels: what SW-CLIP's targets look like for a batch from one city, at the sidebar's σ.
 
-The matrix is ``swclip.soft_labels.soft_targets``, the very function the loss
+The matrix is ``swclip.method.soft_labels.soft_targets``, the very function the loss
 calls. Rows and columns follow a Hilbert curve through the batch, so
 geographic neighbours sit together and the soft mass shows as blocks.
 """
@@ -10,36 +10,36 @@ import time
 import numpy as np
 import streamlit as st
 
-import app_support as sup
-from swclip import figures, maps
-from swclip.soft_labels import KERNELS, effective_positives, soft_targets
-from swclip.spatial_bins import hilbert_order
+from appkit import frame, loaders, urlstate
+from swclip.method.soft_labels import KERNELS, effective_positives, soft_targets
+from swclip.viz import figures, maps
+from swclip.viz.spatial_bins import hilbert_order
 
-view = sup.current_view()
-run = sup.require_run(view, "the soft-label page")
+view = frame.ensure_frame()
+run = frame.require_run(view, "the soft-label page")
 
 st.title("Soft labels")
-df_all = sup.predictions(view.runs_root, run.run_id, run.stamp)
+df_all = loaders.predictions(view.runs_root, run.run_id, run.stamp)
 cities = sorted(df_all["city"].astype(str).unique()) if "city" in df_all else []
 city = view.city_or_none() or (cities[0] if cities else None)
 if view.city_or_none() is None and city:
     st.caption(f"Soft labels are per city; showing **{city}** (pick one in the sidebar).")
-samples = sup.sample_table(view.runs_root, run.run_id, run.stamp)
+samples = loaders.sample_table(view.runs_root, run.run_id, run.stamp)
 if samples is not None and "city" in samples:
     source = "the run's sample table"  # what training batches are drawn from
     latlon_all = samples.loc[samples["city"].astype(str) == city, ["lat", "lon"]].to_numpy(np.float64)
 else:
     source = "the evaluation samples (the sample table is not under the runs directory)"
-    latlon_all = sup.city_predictions(view.runs_root, run.run_id, run.stamp, city)[["lat", "lon"]].to_numpy(np.float64)
+    latlon_all = loaders.city_predictions(view.runs_root, run.run_id, run.stamp, city)[["lat", "lon"]].to_numpy(np.float64)
 
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
-    kernel = sup.url_widget(st.radio, "Kernel", "kernel", "gaussian", valid=lambda v: v in KERNELS, options=list(KERNELS), horizontal=True)
+    kernel = urlstate.url_widget(st.radio, "Kernel", "kernel", "gaussian", valid=lambda v: v in KERNELS, options=list(KERNELS), horizontal=True)
 with c2:
     max_b = int(min(512, len(latlon_all)))
-    batch = sup.url_widget(st.slider, "Batch size B", "batch", min(256, max_b), parse=int, valid=lambda v: isinstance(v, int) and 2 <= v <= max_b, min_value=2, max_value=max(max_b, 3), step=1)
+    batch = urlstate.url_widget(st.slider, "Batch size B", "batch", min(256, max_b), parse=int, valid=lambda v: isinstance(v, int) and 2 <= v <= max_b, min_value=2, max_value=max(max_b, 3), step=1)
 with c3:
-    seed = sup.url_widget(st.number_input, "Seed", "seed", 0, parse=int, valid=lambda v: isinstance(v, int) and v >= 0, min_value=0, step=1)
+    seed = urlstate.url_widget(st.number_input, "Seed", "seed", 0, parse=int, valid=lambda v: isinstance(v, int) and v >= 0, min_value=0, step=1)
 
 if len(latlon_all) < 2:
     st.warning("This city has fewer than two samples; there is no batch to show.")
@@ -74,7 +74,7 @@ with left:
     rgb = maps.ramp(np.arange(len(latlon)), 0, len(latlon) - 1)
     pts = maps.points_frame(latlon, rgb, row=np.arange(len(latlon)), neff=np.round(neff, 2))
     st.markdown("**The batch on the map**, coloured by its position along the space-filling order (the matrix's row order).")
-    deck = sup.city_deck(view, run, city, [maps.scatter_layer(pts, radius_m=14)], latlon_all, tooltip={"text": "row {row}\neffective positives {neff}"})
+    deck = frame.city_deck(view, run, city, [maps.scatter_layer(pts, radius_m=14)], latlon_all, tooltip={"text": "row {row}\neffective positives {neff}"})
     st.pydeck_chart(deck, height=430, key="batch_map")
 with right:
     st.plotly_chart(figures.kernel_curve(sigma_m, kernel), width="stretch", key="kernel")

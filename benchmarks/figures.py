@@ -16,11 +16,11 @@ import os
 
 import numpy as np
 
-from benchmarks.common import interleaved_times, machine, write_result
-from swclip import figures
+from swclip.benchmark import interleaved_times, machine, write_result
 from swclip.geo import local_metres_to_degrees
-from swclip.soft_labels import effective_positives, soft_targets
-from swclip.spatial_bins import hilbert_order
+from swclip.method.soft_labels import effective_positives, soft_targets
+from swclip.viz import figures
+from swclip.viz.spatial_bins import hilbert_order
 
 ORIGIN = (51.5072, -0.1276)
 

@@ -14,8 +14,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import interleaved_times, machine, write_result
-from swclip.losses import ClipLoss, SemivariogramWeightedLoss, SoftClipLoss
+from swclip.benchmark import interleaved_times, machine, write_result
+from swclip.method.losses import ClipLoss, SemivariogramWeightedLoss, SoftClipLoss
 
 
 class SphericalVariogram:

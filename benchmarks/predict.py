@@ -9,7 +9,7 @@
     python benchmarks/predict.py photo --run runs/demo/swclip_sigma50    # a trained run and its gallery
 
 ``photo`` uses a 640×480 JPEG held in memory (a street-view photo's size) and,
-without --run, the demo configuration (swclip.model.DEMO_CONFIG) at random
+without --run, the demo configuration (swclip.method.model.DEMO_CONFIG) at random
 init with a gallery of --gallery-n street-level locations: latency does not
 depend on what the weights learned. Stages are timed round-robin so load
 drifts hit all alike; the end-to-end figure is Predictor.predict on one image.
@@ -26,15 +26,10 @@ import argparse
 import io
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from common import interleaved_times, machine, write_result  # noqa: E402
+from swclip.benchmark import interleaved_times, machine, write_result
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -46,8 +41,11 @@ def bench_photo(args) -> dict:
     from PIL import Image
 
     from swclip.data import open_image
-    from swclip.index import Gallery, Predictor, knn_kde, limit_threads, softmax_np, weighted_radius_m
-    from swclip.model import DEMO_CONFIG, SWCLIP
+    from swclip.method.model import DEMO_CONFIG, SWCLIP
+    from swclip.retrieval.gallery import Gallery
+    from swclip.retrieval.kde import knn_kde, softmax_np, weighted_radius_m
+    from swclip.retrieval.predictor import Predictor
+    from swclip.retrieval.search import limit_threads
 
     if args.run:
         predictor = Predictor.from_run(args.run)
@@ -70,7 +68,7 @@ def bench_photo(args) -> dict:
     def preprocess():
         state["x"] = model.preprocess_val(state["img"]).unsqueeze(0)
 
-    def encode():  # as Predictor does it: one thread for a single image (swclip.index.limit_threads)
+    def encode():  # as Predictor does it: one thread for a single image (swclip.retrieval.search.limit_threads)
         with limit_threads(1):
             state["q"] = model.encode_image(state["x"]).numpy()
 
@@ -110,7 +108,7 @@ def gallery_embeddings(n: int, dim: int, kind: str, seed: int = 0) -> np.ndarray
 
     import torch
 
-    from swclip.model import DEMO_CONFIG, SWCLIP
+    from swclip.method.model import DEMO_CONFIG, SWCLIP
 
     model = SWCLIP(dataclasses.replace(DEMO_CONFIG, embed_dim=dim)).eval()
     centres = np.column_stack([rng.uniform(50, 56, 8), rng.uniform(-4, 1, 8)])
@@ -121,7 +119,7 @@ def gallery_embeddings(n: int, dim: int, kind: str, seed: int = 0) -> np.ndarray
 
 
 def bench_search(args) -> dict:
-    from swclip.index import SearchIndex
+    from swclip.retrieval.search import SearchIndex
 
     out = []
     for d in args.dims:
@@ -173,8 +171,8 @@ def bench_steps(args) -> dict:
 
     import torch
 
-    from swclip.losses import SoftClipLoss
-    from swclip.model import DEMO_CONFIG, SWCLIP
+    from swclip.method.losses import SoftClipLoss
+    from swclip.method.model import DEMO_CONFIG, SWCLIP
 
     b = args.batch
     configs = {
@@ -216,7 +214,7 @@ def bench_encode(args) -> dict:
 
     import torch
 
-    from swclip.model import DEMO_CONFIG, SWCLIP
+    from swclip.method.model import DEMO_CONFIG, SWCLIP
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = dataclasses.replace(DEMO_CONFIG, arch=args.arch, dtype=args.dtype, image_size=args.image_size)

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import interleaved_times, write_result
+from swclip.benchmark import interleaved_times, write_result
 
 ORIGIN = (48.85, 2.35)
 SIDE_M = 8000.0
@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     import skgstat  # noqa: F401 (its import is the cold-start cost the app pays once)
 
     results["import_skgstat_s"] = time.perf_counter() - t0
-    from swclip.spatial_stats import local_morans_i, morans_i, neighbourhood_overlap
-    from swclip.variogram import empirical_variogram, fit_embedding_variogram, fit_variogram
+    from swclip.analysis.spatial_stats import local_morans_i, morans_i, neighbourhood_overlap
+    from swclip.analysis.variogram import empirical_variogram, fit_embedding_variogram, fit_variogram
 
     # ------------------------------------------------------------------ variogram, 20k samples
     latlon, field, emb64 = city(n_var, 64, seed=0)

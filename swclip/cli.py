@@ -1,32 +1,228 @@
 """The ``swclip`` command line: one subcommand per task.
 
-Each subcommand lives beside the code it drives, as a module exposing
-``configure(parser)`` and ``run(args) -> int``; this file only lists them, and
-imports each lazily so ``swclip --help`` stays fast.
+    swclip train --config train/configs/vitb32_swclip.yaml data.table=my.csv   # train (torchrun for several GPUs)
+    swclip evaluate runs/my-run                                                # write the artefacts the app reads
+    swclip demo --out runs/demo                                                # the CPU demo bundle `make run` opens
+    swclip bench losses                                                        # training-step throughput per loss
+    swclip synth --out /tmp/world                                              # render the procedural world
+    swclip predict photo.jpg --run runs/demo/swclip-s50                        # where was this photo taken?
+    swclip info                                                                # versions and device
+
+Each subcommand is a ``configure(parser)`` / ``run(args) -> int`` pair in
+this file. The work itself lives in the library; the subcommand's module is
+imported only when it runs, so ``swclip --help`` stays fast. The scripts in
+train/ call :func:`main` with their subcommand.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import platform
 import sys
+import time
+from typing import Callable
 
-# name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("swclip.cli", "print versions, the torch device and where runs are looked for"),
-    "synth": ("swclip.synth.cli", "render the procedural demo world (eight UK cities) into a folder"),
-    "predict": ("swclip.index", "predict where photos were taken with a trained run (top-k places, knn-kde estimate)"),
-}
+RAW = argparse.RawDescriptionHelpFormatter
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``swclip info`` (none)."""
+# ------------------------------------------------------------------------------------------------ train
 
 
-def run(args: argparse.Namespace) -> int:
-    """``swclip info``: versions and device, the first thing to paste into a bug report."""
-    import platform
+def configure_train(p: argparse.ArgumentParser) -> None:
+    p.description = ("Train SW-CLIP (or one-hot CLIP, SW-CLIP+NC, semivariogram-weighted CLIP) from a YAML config. "
+                     "Overrides are section.key=value (values read as YAML). The resolved config is saved as "
+                     "<out_dir>/<run_id>/config.yaml; --resume auto continues from the run's newest checkpoint "
+                     "(or starts fresh when there is none). See swclip/training/loop.py for what is written.")
+    p.epilog = ("examples:\n"
+                "  swclip train --config swclip/training/configs/demo_swclip.yaml loss.sigma_m=50 steps=300\n"
+                "  torchrun --nproc_per_node 8 train/train.py --config train/configs/vitb32_swclip.yaml data.table=my.csv")
+    p.add_argument("--config", help="YAML config (train/configs/*.yaml, swclip/training/configs/demo_*.yaml)")
+    p.add_argument("--resume", help="checkpoint folder, run folder, or 'auto' (the run's newest checkpoint, if any)")
+    p.add_argument("--evaluate", action="store_true", help="evaluate the final model on data.eval_split afterwards")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. loss.name=swclip loss.sigma_m=50")
 
+
+def run_train(args) -> int:
+    from swclip.training.config import load_config
+    from swclip.training.evaluation import evaluate_run
+    from swclip.training.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = train(cfg, resume=args.resume)
+    if (args.evaluate or cfg.evaluate) and int(os.environ.get("RANK", "0")) == 0:
+        evaluate_run(run_dir)
+    print(run_dir)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+
+
+def configure_evaluate(p: argparse.ArgumentParser) -> None:
+    p.description = ("Evaluate a trained run and write the artefacts the app reads into its directory: "
+                     "predictions.parquet (top-1 error_m, knn-kde kde_error_m, top-k), embeddings.npy, gallery.npz, "
+                     "metrics.json (overall and per city), and a metrics summary in manifest.json.")
+    p.epilog = ("examples:\n"
+                "  swclip evaluate runs/demo/swclip-s50\n"
+                "  swclip evaluate copied/run --table /data/cities/samples.csv --root /data/cities   # trained elsewhere\n"
+                "  swclip evaluate runs/x --checkpoint runs/x/checkpoints/step_00004000             # an earlier checkpoint")
+    p.add_argument("run_dir", help="run directory (holds manifest.json and model.safetensors)")
+    p.add_argument("--table", help="sample table (default: the one named in the manifest)")
+    p.add_argument("--root", help="image root (default: the manifest's, else the table's folder)")
+    p.add_argument("--split", help="rows to evaluate (default: the manifest's eval split, else 'test')")
+    p.add_argument("--gallery-split", help="rows whose locations form the gallery (default: 'train')")
+    p.add_argument("--checkpoint", help="evaluate this checkpoints/step_* folder's weights (they become the run's weights)")
+    p.add_argument("--top-k", type=int, default=5, help="candidates kept per sample (default 5)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per encoder batch (default 256)")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_evaluate(args) -> int:
+    from swclip.analysis.metrics import SUMMARY_KEYS
+    from swclip.training.evaluation import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, table=args.table, root=args.root, split=args.split, train_split=args.gallery_split,
+                           top_k=args.top_k, batch_size=args.batch_size, num_workers=args.num_workers,
+                           device=args.device, progress=not args.quiet, checkpoint=args.checkpoint)
+    print(json.dumps({k: metrics[k] for k in SUMMARY_KEYS if k in metrics}, indent=1))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- demo
+
+
+def configure_demo(p: argparse.ArgumentParser) -> None:
+    p.description = ("Build the demo bundle the app opens by default: render the procedural world, split it into "
+                     "held-out spatial blocks, train one-hot CLIP, SW-CLIP at several sigma and SW-CLIP+NC on the CPU "
+                     "(swclip/training/configs/demo_*.yaml), evaluate each run, and write results.json/.md. Every "
+                     "step is skipped when its output is complete, so an interrupted build resumes.")
+    p.epilog = "example:\n  swclip demo --out runs/demo      # what `make run` does when runs/demo/.complete is absent"
+    p.add_argument("--out", default="runs/demo", help="bundle folder (default runs/demo)")
+    p.add_argument("--seed", type=int, default=0, help="world, split and training seed")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps per model (default: the demo configs')")
+    p.add_argument("--models", nargs="+", default=None, help="run ids to build (default: all of DEMO_MODELS)")
+    p.add_argument("--samples-per-city", type=int, default=None, help="world size per city (default: swclip.training.demo's)")
+    p.add_argument("--cities", nargs="+", default=None, help="world cities (default: swclip.training.demo's)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the runs even where they are complete (the world is kept)")
+    p.add_argument("--workers", type=int, default=None, help="runs trained at once, one torch thread each (default: min(2, CPUs))")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides for every run, e.g. batch_size=128")
+
+
+def run_demo(args) -> int:
+    from swclip.training.demo import build_demo
+
+    build_demo(args.out, seed=args.seed, steps=args.steps, models=args.models, samples_per_city=args.samples_per_city,
+               cities=args.cities, rebuild=args.rebuild, progress=not args.quiet, workers=args.workers,
+               extra_overrides=tuple(args.overrides))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ bench
+
+
+def configure_bench(p: argparse.ArgumentParser) -> None:
+    from swclip.training import bench
+
+    p.description = bench.__doc__.split("\n\n", 1)[0] + (
+        " Each loss gets its own model and optimiser (same seed); their steps run round-robin, so load drifts on a "
+        "shared machine hit all alike. Writes benchmarks/results/<name>-<machine>.json and prints a table.")
+    bench.configure(p)
+
+
+def run_bench(args) -> int:
+    from swclip.benchmark import write_result
+    from swclip.training.bench import format_table, measure
+
+    result = measure(args)
+    print(format_table(result))
+    if not args.no_write:
+        print(f"wrote {write_result(args.name, result)}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ synth
+
+
+def configure_synth(p: argparse.ArgumentParser) -> None:
+    from swclip.synth.world import CITIES
+
+    p.description = (
+        "Render the procedural demo world: eight UK city centres with grid, radial or organic streets, "
+        "street-view-like images driven by latent Gaussian random fields with known correlation ranges. "
+        "Writes samples.csv + images/ (read it with swclip.data.read_table), world.json (the ground truth), "
+        "streets.geojson and latent.csv.")
+    p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
+    p.add_argument("--seed", type=int, default=0, help="world seed; the same seed gives the same images (default 0)")
+    p.add_argument("--samples-per-city", type=int, default=1500, help="capture points per city (default 1500)")
+    p.add_argument("--image-size", type=int, default=64, help="square image side in pixels (default 64)")
+    p.add_argument("--cities", nargs="+", default=None, metavar="CITY", help=f"subset of {', '.join(CITIES)} (default: all)")
+    p.add_argument("--format", choices=("jpg", "png"), default="jpg", help="image format (default jpg)")
+    p.add_argument("--workers", type=int, default=2, help="render processes (default 2); the images do not depend on it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing world in --out")
+
+
+def run_synth(args) -> int:
+    from swclip.synth.world import make_world
+
+    t0 = time.perf_counter()
+    world = make_world(args.out, seed=args.seed, cities=args.cities, samples_per_city=args.samples_per_city,
+                       image_size=args.image_size, image_format=args.format, overwrite=args.overwrite,
+                       workers=args.workers, progress=True)
+    dt = time.perf_counter() - t0
+    n = len(world.table)
+    print(f"wrote {n} images in {len(world.meta['cities'])} cities to {world.root} in {dt:.1f} s ({n / dt:.0f} images/s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- predict
+
+
+def configure_predict(p: argparse.ArgumentParser) -> None:
+    p.description = ("Predict where street-view photos were taken with a trained run: the top-k gallery "
+                     "places with probabilities, the knn-kde estimate and a confidence radius.")
+    p.epilog = "example:\n  swclip predict photo.jpg --run runs/demo/swclip-s50 --top-k 5"
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--run", required=True, help="run directory (holds manifest.json, model.safetensors, gallery.npz)")
+    p.add_argument("--runs-root", default=None, help="refuse a --run outside this folder")
+    p.add_argument("--top-k", type=int, default=5, help="places to list per image (default 5)")
+    p.add_argument("--gallery", choices=["gallery", "image_gallery"], default="gallery",
+                   help="search candidate locations (default) or training images (kNN baseline)")
+    p.add_argument("--bandwidth-m", type=float, default=None, help="knn-kde kernel sigma in metres (default: the run's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
+
+
+def run_predict(args) -> int:
+    from swclip.data import open_image
+    from swclip.retrieval.predictor import Predictor
+
+    predictor = Predictor.from_run(args.run, runs_root=args.runs_root, gallery=args.gallery,
+                                   bandwidth_m=args.bandwidth_m)
+    images = [open_image(path) for path in args.images]
+    for path, pred in zip(args.images, predictor.predict(images, top_k=args.top_k, progress=len(images) > 1)):
+        if args.json:
+            print(json.dumps({"image": path, "estimate": list(pred.estimate), "radius_m": pred.radius_m,
+                              "top_k": pred.as_rows()}))
+            continue
+        print(f"{path}: knn-kde estimate {pred.estimate[0]:.6f}, {pred.estimate[1]:.6f} (± {pred.radius_m:,.0f} m)")
+        for row in pred.as_rows():
+            print(f"  {row['rank']:>2}. {row['lat']:.6f}, {row['lon']:.6f}   p={row['prob']:.3f}   cos={row['score']:.3f}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- info
+
+
+def configure_info(p: argparse.ArgumentParser) -> None:
+    p.description = "Print versions, the torch device and where runs are looked for: the first thing to paste into a bug report."
+
+
+def run_info(args) -> int:
     import torch
 
     import swclip
@@ -39,26 +235,52 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name} {getattr(mod, '__version__', '?')}")
         except ImportError as e:
             print(f"{name}: not installed ({e})")
+    print(f"runs directory (app): {os.environ.get('SWCLIP_RUNS_DIR') or 'runs'}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="swclip", description="SW-CLIP Explorer: street-view geo-localization with Spatially-Weighted CLIP.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module).configure(p)
-        p.set_defaults(_module=module)
+# ------------------------------------------------------------------------------------------------- main
+
+# name -> (one-line help, configure, run)
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "train": ("train a model from a YAML config (+ key=value overrides); torchrun for several GPUs", configure_train, run_train),
+    "evaluate": ("evaluate a run: predictions, embeddings, gallery, metrics (what the app reads)", configure_evaluate, run_evaluate),
+    "demo": ("build the CPU demo bundle: procedural world + small CLIP / SW-CLIP runs", configure_demo, run_demo),
+    "bench": ("training-step throughput of every loss on one model, side by side", configure_bench, run_bench),
+    "synth": ("render the procedural demo world (eight UK cities) into a folder", configure_synth, run_synth),
+    "predict": ("predict where photos were taken with a trained run (top-k places, knn-kde estimate)", configure_predict, run_predict),
+    "info": ("print versions, the torch device and where runs are looked for", configure_info, run_info),
+}
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand (``swclip <command> --help`` prints it)."""
+    help_text, configure, _ = COMMANDS[command]
+    parser = argparse.ArgumentParser(prog=f"swclip {command}", description=help_text, formatter_class=RAW)
+    configure(parser)
     return parser
 
 
+def overview() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [__doc__.split("\n\n")[0].replace("``", ""), "", "usage: swclip COMMAND [options]   (swclip COMMAND --help for its options)", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {help_text}" for name, (help_text, _, _) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
+    """``swclip COMMAND ...``. Options and positional overrides may be mixed (parse_intermixed_args)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"swclip: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n\n{overview()}", file=sys.stderr)
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    args = build_parser(command).parse_intermixed_args(rest)
+    return int(COMMANDS[command][2](args) or 0)
 
 
 if __name__ == "__main__":

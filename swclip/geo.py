@@ -24,6 +24,14 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
 
 
+def to_numpy(a: Any, dtype) -> np.ndarray:
+    """A numpy array of ``dtype`` from a numpy array, a list or a torch tensor (any device; bf16 goes via float32)."""
+    if type(a).__module__.startswith("torch"):
+        a = a.detach().to("cpu")
+        a = (a.float() if a.dtype.itemsize < 4 and a.is_floating_point() else a).numpy()  # bf16 has no numpy dtype
+    return np.asarray(a, dtype=dtype)
+
+
 def check_latlon(latlon: Any, name: str = "latlon") -> None:
     """Raise ValueError unless ``latlon`` is a finite (N, 2) array of valid degrees.
 

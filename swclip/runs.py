@@ -15,24 +15,31 @@ Loading rebuilds the model from the manifest alone, then loads the weights
 strictly; a missing key, a wrong shape, an unknown schema version, a corrupt
 file or weights that do not match the manifest's sha256 raise RunError naming
 the problem. Nothing here unpickles: numpy files load with allow_pickle=False.
+
+One concept, the run directory (its files, its manifest, loading it), so one
+module past 400 lines; generic atomic I/O and path confinement are swclip.io.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import importlib
 import json
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from swclip.io import RunError, atomic_write, atomic_write_json, resolve_inside, sha256_file
+from swclip.method.model import build_model
+from swclip.retrieval.gallery import Gallery
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -47,81 +54,6 @@ ARTEFACTS = {  # name -> file name inside the run directory
 }
 RESERVED_KEYS = ("schema_version", "model", "weights_sha256", "created_utc")
 _VERSIONED = ("torch", "torchvision", "open_clip", "numpy", "faiss", "safetensors", "pandas", "swclip")
-
-
-class RunError(ValueError):
-    """A run directory or one of its files is missing, corrupt or does not match its manifest."""
-
-
-# --------------------------------------------------------------------------------------------- paths
-
-
-def resolve_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """``path`` (absolute, or relative to ``root``) resolved, symlinks included; RunError if it leaves ``root``."""
-    root_r = Path(root).resolve()
-    p = Path(path)
-    p_r = (p if p.is_absolute() else root_r / p).resolve()
-    if p_r != root_r and root_r not in p_r.parents:
-        raise RunError(f"path {str(path)!r} escapes the runs root {str(root_r)!r}; refusing to read it")
-    return p_r
-
-
-# ---------------------------------------------------------------------------------------- atomic I/O
-
-
-def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], Any]) -> Path:
-    """Write ``path`` atomically: ``write_fn(tmp_path)`` writes a temporary file in the same folder,
-    which is fsynced and then renamed over ``path`` (os.replace). If ``write_fn`` raises or the
-    process dies, ``path`` keeps its old content (or stays absent) and the temporary file is removed
-    (on an exception). Training checkpoints use this too:
-    ``atomic_write(p, lambda tmp: torch.save(state, tmp))``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a run is meant to be read by the app's user too
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-def atomic_write_json(path, obj: Any) -> Path:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
-    return atomic_write_bytes(path, (text + "\n").encode())
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (Path,)):
-        return str(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------------- provenance
 
 
@@ -195,13 +127,12 @@ def read_embeddings(run_dir, mmap: bool = True) -> np.ndarray:
 
 
 def write_gallery(run_dir, gallery) -> Path:
-    """gallery.npz from a swclip.index.Gallery."""
+    """gallery.npz from a swclip.retrieval.gallery.Gallery."""
     return gallery.save(Path(run_dir) / ARTEFACTS["gallery"])
 
 
 def read_gallery(run_dir, name: str = "gallery"):
     """gallery.npz (name="gallery", candidate locations) or image_gallery.npz (name="image_gallery")."""
-    from swclip.index import Gallery
 
     return Gallery.load(_artefact_path(run_dir, name))
 
@@ -276,18 +207,17 @@ def save_run(run_dir, model, manifest: dict, artefacts: Optional[dict] = None) -
     summary, ...). save_run adds schema_version, created_utc, model (the ModelConfig that rebuilds
     the model), weights_sha256, git_commit and library_versions (unless given).
     artefacts: {name: value} with names from ARTEFACTS: predictions (DataFrame), embeddings
-    ((N, D) array), gallery (swclip.index.Gallery), metrics (dict), train_log (DataFrame or rows).
+    ((N, D) array), gallery (swclip.retrieval.gallery.Gallery), metrics (dict), train_log (DataFrame or rows).
     Returns the run directory.
     """
-    from safetensors.torch import save_file
 
     run_dir = Path(run_dir)
     clash = [k for k in RESERVED_KEYS if k in manifest]
     if clash:
         raise ValueError(f"manifest keys {clash} are written by save_run itself; rename them")
-    unknown = sorted(set(artefacts or {}) - set(ARTEFACTS))
+    unknown = sorted(set(artefacts or {}) - set(_WRITERS))
     if unknown:
-        raise ValueError(f"unknown artefact(s) {unknown}; known: {sorted(ARTEFACTS)}")
+        raise ValueError(f"unknown artefact(s) {unknown}; save_run writes: {sorted(_WRITERS)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     weights = atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
@@ -327,8 +257,6 @@ def read_manifest(run_dir) -> dict:
 
 def load_weights(model, weights_path, expected_sha256: Optional[str] = None) -> None:
     """Load a safetensors file into ``model`` strictly; RunError naming missing/unexpected keys or shapes."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     weights_path = Path(weights_path)
     if not weights_path.is_file():
@@ -356,12 +284,27 @@ def load_weights(model, weights_path, expected_sha256: Optional[str] = None) -> 
 
 @dataclass
 class Run:
-    """A loaded run: the rebuilt model (eval mode), its manifest and lazy artefact readers."""
+    """A run directory: its manifest, lazy artefact readers and (from :func:`load_run`) the rebuilt model.
+
+    The one way the app, evaluation and the demo read and update a run. ``Run.open`` reads the manifest
+    only (model None: the app's pages need no weights); :func:`load_run` also rebuilds the model.
+    """
 
     run_dir: Path
     model: Any
     manifest: dict
     _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, run_dir, runs_root=None) -> "Run":
+        """The run at ``run_dir`` (inside ``runs_root`` when given), manifest checked, no model loaded."""
+        run_dir = resolve_inside(runs_root, run_dir) if runs_root is not None else Path(run_dir).resolve()
+        return cls(run_dir=run_dir, model=None, manifest=read_manifest(run_dir))
+
+    def update_manifest(self, **changes) -> dict:
+        """Set top-level manifest keys (see :func:`update_manifest`); the Run's manifest follows."""
+        self.manifest = update_manifest(self.run_dir, **changes)
+        return self.manifest
 
     def __iter__(self):
         """``model, manifest, artefacts = load_run(d)`` as DESIGN.md writes it; the artefact readers are this Run's."""
@@ -394,27 +337,80 @@ def load_run(run_dir, runs_root=None, device: str | torch.device = "cpu") -> Run
 
     runs_root: when given, ``run_dir`` (absolute or relative to it) must lie inside it.
     """
-    from swclip.model import ModelConfig, SWCLIP
 
-    run_dir = resolve_inside(runs_root, run_dir) if runs_root is not None else Path(run_dir).resolve()
-    manifest = read_manifest(run_dir)
+    run = Run.open(run_dir, runs_root)
     try:
-        config = ModelConfig.from_dict(manifest["model"])
+        model = build_model(run.manifest["model"], load_pretrained=False)
     except (TypeError, ValueError) as e:
-        raise RunError(f"{run_dir / MANIFEST}: bad model config: {e}") from None
-    model = SWCLIP(config, load_pretrained=False)
-    load_weights(model, resolve_inside(run_dir, WEIGHTS), manifest.get("weights_sha256"))
-    return Run(run_dir=run_dir, model=model.to(device).eval(), manifest=manifest)
+        raise RunError(f"{run.run_dir / MANIFEST}: bad model config: {e}") from None
+    load_weights(model, resolve_inside(run.run_dir, WEIGHTS), run.manifest.get("weights_sha256"))
+    run.model = model.to(device).eval()
+    return run
+
+
+def update_manifest(run_dir, **changes) -> dict:
+    """Set top-level keys of a run's manifest.json, atomically; -> the new manifest.
+
+    The keys save_run owns (schema_version, model, weights_sha256, created_utc) cannot be changed here:
+    they describe the weights, so they change only with :func:`save_run`.
+    """
+    clash = [k for k in RESERVED_KEYS if k in changes]
+    if clash:
+        raise ValueError(f"manifest keys {clash} are written by save_run itself; they change only with the weights")
+    manifest = {**read_manifest(run_dir), **changes}
+    atomic_write_json(Path(run_dir) / MANIFEST, manifest)
+    return manifest
 
 
 @dataclass
 class RunInfo:
-    """One entry of :func:`list_runs`: a run id (path relative to the root), its manifest, or why it cannot load."""
+    """One run directory under a root: its id (path relative to the root), folder, manifest, or why it cannot load.
+
+    :func:`list_runs` fills run_id, path, manifest / error; ``swclip.catalog.discover_runs`` adds is_demo.
+    """
 
     run_id: str
     path: Path
-    manifest: Optional[dict]
+    manifest: Optional[dict] = field(default=None, repr=False)
     error: Optional[str] = None
+    is_demo: bool = False
+
+    @property
+    def stamp(self) -> float:
+        """Modification time of the manifest: cache keys change when a run is rewritten."""
+        try:
+            return (self.path / MANIFEST).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    @property
+    def loss_name(self) -> str:
+        loss = (self.manifest or {}).get("loss")
+        return str(loss.get("name", "")) if isinstance(loss, dict) else str(loss or "")
+
+    @property
+    def sigma_m(self) -> Optional[float]:
+        """The run's soft-label bandwidth in metres; None for one-hot CLIP.
+
+        The manifest's top-level ``sigma_m`` (0 for losses without soft
+        labels) wins over ``loss.sigma_m``, which keeps the config default
+        even for a one-hot run.
+        """
+        m = self.manifest or {}
+        v = m.get("sigma_m")
+        if v is None and self.loss_name.startswith("swclip"):
+            v = (m.get("loss") or {}).get("sigma_m")
+        return float(v) if isinstance(v, (int, float)) and v > 0 else None
+
+    @property
+    def label(self) -> str:
+        """Short human label: id, loss and σ."""
+        bits = [self.run_id]
+        if self.loss_name:
+            bits.append(self.loss_name)
+        if self.sigma_m:
+            bits.append(f"σ={self.sigma_m:g} m")
+        return " · ".join(bits)
 
 
 def list_runs(runs_root, max_depth: int = 3) -> list[RunInfo]:

@@ -1,6 +1,6 @@
 """A small runs directory for the app's tests, built by the real code.
 
-``swclip.demo_bundle.build_demo`` renders a two-city procedural world, trains
+``swclip.training.demo.build_demo`` renders a two-city procedural world, trains
 one-hot CLIP and SW-CLIP (σ = 50 m) for a few steps on the CPU and evaluates
 both, exactly as ``make run`` does for the full demo, only smaller. Building
 takes about half a minute, so the result is kept in pytest's cache folder
@@ -25,7 +25,7 @@ STEPS = 8
 
 def _code_hash() -> str:
     h = hashlib.sha256()
-    files = sorted((REPO / "swclip").rglob("*.py")) + sorted((REPO / "swclip").rglob("*.json")) + sorted((REPO / "train" / "configs").glob("demo_*.yaml"))
+    files = sorted((REPO / "swclip").rglob("*.py")) + sorted((REPO / "swclip").rglob("*.json")) + sorted((REPO / "swclip").rglob("*.yaml"))
     for f in files:
         h.update(f.relative_to(REPO).as_posix().encode())
         h.update(f.read_bytes())
@@ -42,7 +42,7 @@ def fixture_runs(cache_dir: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not (root / "demo" / ".complete").is_file():
-                from swclip.demo_bundle import build_demo
+                from swclip.training.demo import build_demo
 
                 shutil.rmtree(root, ignore_errors=True)
                 for old in cache_dir.iterdir():  # older code versions

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ExifTags
+from PIL import ExifTags, Image
 from streamlit.testing.v1 import AppTest
 
-from swclip import appstate, runs
+from swclip import catalog, runs
+from swclip.io import resolve_inside
 from tests.app_fixture import fixture_runs
 
 pytestmark = [pytest.mark.xdist_group(name="app"), pytest.mark.slow]
@@ -66,6 +67,18 @@ def test_every_page_renders_on_the_fixture_run(runs_root):
         at.run()
         assert not errors_of(at), f"{page}: {errors_of(at)}"
         assert at.title, f"{page} drew no title"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_works_on_its_own(runs_root, page, monkeypatch):
+    """A page opened without app.py's st.navigation draws the same frame itself (sidebar, demo banner)."""
+    monkeypatch.setenv("SWCLIP_RUNS_DIR", str(runs_root))
+    at = AppTest.from_file(str(Path(APP).parent / page), default_timeout=120)
+    at.run()
+    assert not errors_of(at), f"{page}: {errors_of(at)}"
+    assert at.title, f"{page} drew no title"
+    assert at.sidebar.multiselect, f"{page} drew no run picker: the frame is missing"
+    assert any("Demo world" in str(i.value) for i in at.info), f"{page}: no demo banner"
 
 
 def test_url_state_survives_page_switches_and_reproduces_the_view(runs_root):
@@ -188,7 +201,7 @@ def test_predict_survives_hostile_uploads_and_reads_exif_gps(runs_root):
     gps = table.set_index("photo").loc["gps.jpg"]
     assert gps["truth_from"] == "EXIF GPS"
     assert gps["true_lat"] == pytest.approx(51.5) and gps["true_lon"] == pytest.approx(-(7.5 / 60))
-    assert np.isfinite(gps["error_m"])
+    assert np.isfinite(gps["error_m"]) and np.isfinite(gps["kde_error_m"])  # top-1 and knn-kde, named as in predictions.parquet
     assert len(at.get("download_button")) == 2  # CSV and GeoJSON
 
     # The app keeps working in this session after the bad files.
@@ -224,16 +237,16 @@ def test_nothing_is_read_outside_the_runs_directory(runs_root, tmp_path):
     man["data"] = {"root": "../../secret", "table": "../../secret/samples.csv"}
     man.pop("demo", None)  # pose as a run on real data
     (root / "stolen" / "manifest.json").write_text(json.dumps(man))
-    found, broken = appstate.discover_runs(root)
+    found, broken = catalog.discover_runs(root)
     run = found[0]
-    assert appstate.image_root(run, root) is None
-    assert appstate.table_path(run, root) is None
-    assert appstate.image_path(root / "stolen", "../../secret/samples.csv", root) is None
+    assert catalog.image_root(run, root) is None
+    assert catalog.table_path(run, root) is None
+    assert catalog.image_path(root / "stolen", "../../secret/samples.csv", root) is None
     with pytest.raises(runs.RunError, match="escapes"):
-        appstate.inside_root(root, "../secret/samples.csv")
+        resolve_inside(root, "../secret/samples.csv")
     (root / "link").symlink_to(secret)
     with pytest.raises(runs.RunError):
-        appstate.inside_root(root, "link/samples.csv")
+        resolve_inside(root, "link/samples.csv")
     # And the app shows the run without thumbnails rather than failing.
     at = new_app(root)
     at.run()
@@ -256,7 +269,7 @@ def test_broken_runs_are_listed_with_their_problem(runs_root, tmp_path):
     shutil.copytree(runs_root / "demo" / "clip", root / "unevaluated", ignore=shutil.ignore_patterns("checkpoints", "predictions.parquet"))
     shutil.copytree(runs_root / "demo" / "clip", root / "corrupt", ignore=shutil.ignore_patterns("checkpoints"))
     (root / "corrupt" / "predictions.parquet").write_bytes(b"PAR1 truncated")
-    found, broken = appstate.discover_runs(root)
+    found, broken = catalog.discover_runs(root)
     assert sorted(r.run_id for r in found) == ["corrupt", "good"]
     problems = dict(broken)
     assert "JSON" in problems["bad"] and "not evaluated yet" in problems["unevaluated"]

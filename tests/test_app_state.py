@@ -1,4 +1,4 @@
-"""swclip.appstate: run discovery, demo detection, world context and path confinement (no Streamlit)."""
+"""swclip.catalog: run discovery, demo detection, world context and path confinement (no Streamlit)."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from swclip import appstate, runs
+from swclip import catalog, runs
 from swclip.synth import make_world
 
 
@@ -32,7 +32,7 @@ def bundle(tmp_path_factory):
 
 def test_discovery_sigma_and_demo_detection(bundle):
     root, _ = bundle
-    found, broken = appstate.discover_runs(root)
+    found, broken = catalog.discover_runs(root)
     by_id = {r.run_id: r for r in found}
     assert set(by_id) == {"demo/clip", "demo/swclip-s50", "real/run1"}
     assert broken == [("real/training", broken[0][1])] and "not evaluated yet" in broken[0][1]
@@ -42,20 +42,20 @@ def test_discovery_sigma_and_demo_detection(bundle):
     assert by_id["demo/clip"].is_demo and by_id["demo/swclip-s50"].is_demo
     assert not by_id["real/run1"].is_demo
     assert by_id["demo/swclip-s50"].label == "demo/swclip-s50 · swclip · σ=50 m"
-    assert appstate.discover_runs(root / "missing") == ([], [])
+    assert catalog.discover_runs(root / "missing") == ([], [])
 
 
 def test_world_context_comes_from_the_world_files(bundle):
     root, world = bundle
-    found, _ = appstate.discover_runs(root)
+    found, _ = catalog.discover_runs(root)
     run = next(r for r in found if r.run_id == "demo/clip")
-    path = appstate.find_world(run, root)
+    path = catalog.find_world(run, root)
     assert path == (root / "demo" / "world" / "world.json").resolve()
-    meta = appstate.read_world(path)
-    ranges = appstate.city_true_ranges(meta, "Leeds")
+    meta = catalog.read_world(path)
+    ranges = catalog.city_true_ranges(meta, "Leeds")
     expected = {f["name"]: f["range_m"] for c in world.meta["cities"] if c["name"] == "Leeds" for f in c["fields"]}
     assert ranges == expected and len(ranges) == 12
-    streets = appstate.read_streets(path)
+    streets = catalog.read_streets(path)
     assert set(streets) == {"London", "Leeds"}
     geo = json.loads((root / "demo" / "world" / "streets.geojson").read_text())
     n_london = sum(f["properties"]["city"] == "London" for f in geo["features"])
@@ -63,24 +63,24 @@ def test_world_context_comes_from_the_world_files(bundle):
     first = next(f for f in geo["features"] if f["properties"]["city"] == "London")
     np.testing.assert_allclose(streets["London"][0], np.asarray(first["geometry"]["coordinates"])[:, ::-1])
     # The bundle was moved: the manifest's absolute data paths are gone, the world beside the run is used.
-    assert appstate.image_root(run, root) == (root / "demo" / "world").resolve()
-    assert appstate.table_path(run, root) == (root / "demo" / "world" / "samples.csv").resolve()
+    assert catalog.image_root(run, root) == (root / "demo" / "world").resolve()
+    assert catalog.table_path(run, root) == (root / "demo" / "world" / "samples.csv").resolve()
 
 
 def test_image_paths_stay_inside_the_root(bundle):
     root, world = bundle
     img_root = root / "demo" / "world"
     rel = world.table["image"].iloc[0]
-    assert appstate.image_path(img_root, rel, root) == (img_root / rel).resolve()
-    assert appstate.image_path(img_root, "../../../../etc/passwd", root) is None
-    assert appstate.image_path(img_root, "/etc/passwd", root) is None
-    assert appstate.image_path(img_root, "images/none.jpg", root) is None
-    assert appstate.image_path(None, rel, root) is None
+    assert catalog.image_path(img_root, rel, root) == (img_root / rel).resolve()
+    assert catalog.image_path(img_root, "../../../../etc/passwd", root) is None
+    assert catalog.image_path(img_root, "/etc/passwd", root) is None
+    assert catalog.image_path(img_root, "images/none.jpg", root) is None
+    assert catalog.image_path(None, rel, root) is None
 
 
 def test_metrics_fall_back_to_the_manifest(bundle, tmp_path):
     run_dir = _run(tmp_path, "r", metrics={"median_m": 12.0, "n": 3})
-    run = appstate.discover_runs(tmp_path)[0][0]
-    assert appstate.overall_metrics(appstate.read_metrics(run)) == {"median_m": 12.0, "n": 3}
+    run = catalog.discover_runs(tmp_path)[0][0]
+    assert catalog.overall_metrics(catalog.read_metrics(run)) == {"median_m": 12.0, "n": 3}
     runs.write_metrics(run_dir, {"overall": {"median_m": 7.0}, "per_city": {}})
-    assert appstate.overall_metrics(appstate.read_metrics(run)) == {"median_m": 7.0}
+    assert catalog.overall_metrics(catalog.read_metrics(run)) == {"median_m": 7.0}

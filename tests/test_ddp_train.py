@@ -20,6 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from swclip.training.demo import CONFIG_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,7 +34,7 @@ def test_two_process_gloo_matches_single_process(loss, tmp_path):
     world = tmp_path / "world"
     make_world(world, seed=1, cities=["Leeds"], samples_per_city=80, image_size=32, workers=1)
     spatial_split(read_table(world / "samples.csv"), test_frac=0.2, block_m=200, buffer_m=0, seed=0).to_csv(world / "split.csv", index=False)
-    common = ["--config", str(ROOT / "train" / "configs" / "demo_swclip_nc.yaml"), "steps=3", "progress=false", "device=cpu",
+    common = ["--config", str(CONFIG_DIR / "demo_swclip_nc.yaml"), "steps=3", "progress=false", "device=cpu",
               "model.gps_hidden=32", "optim.warmup_steps=1", f"data.table={world / 'split.csv'}", f"data.root={world}",
               f"out_dir={tmp_path}", f"loss.name={loss}",
               # augmentation draws are seeded per (rank, batch), so they differ between layouts; compare the maths without them
@@ -55,8 +57,9 @@ def test_two_process_gloo_matches_single_process(loss, tmp_path):
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=k)
     # and the weights did move: the comparison is not between two untouched initialisations
-    from swclip.model import SWCLIP, ModelConfig
     import json
+
+    from swclip.method.model import SWCLIP, ModelConfig
 
     init = SWCLIP(ModelConfig.from_dict(json.loads((tmp_path / "single" / "manifest.json").read_text())["model"])).state_dict()
     assert any(not torch.allclose(init[k], wa[k]) for k in wa)

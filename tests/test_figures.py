@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swclip import figures, maps
 from swclip.geo import degrees_to_local_metres, haversine_m, local_metres_to_degrees
-from swclip.soft_labels import soft_targets
-from swclip.spatial_bins import hex_bins, hex_centres_m, hilbert_index, hilbert_order
+from swclip.method.soft_labels import soft_targets
+from swclip.viz import figures, maps
+from swclip.viz.spatial_bins import hex_bins, hex_centres_m, hilbert_index, hilbert_order
 
 ORIGIN = (48.8566, 2.3522)
 
@@ -252,3 +252,14 @@ def test_soft_label_redraw_for_a_batch_of_256_shows_the_batch():
     curve = figures.kernel_curve(sigma, "gaussian").data[0]
     x, y = np.asarray(curve.x), np.asarray(curve.y)
     np.testing.assert_allclose(y, np.exp(-0.5 * (x / sigma) ** 2), rtol=1e-9)
+
+
+def test_streets_near_keeps_lines_with_a_vertex_within_the_radius():
+    centre = (55.95, -3.19)
+    near = np.array([local_metres_to_degrees(np.array([[0.0, 1500.0], [0.0, 2500.0]]), *centre)]).reshape(-1, 2)
+    far = np.array([local_metres_to_degrees(np.array([[2100.0, 0.0], [3000.0, 0.0]]), *centre)]).reshape(-1, 2)
+    assert haversine_m(near[:1], np.array([centre])) < 2000 < haversine_m(far[:1], np.array([centre]))
+    kept = maps.streets_near([near, far], centre, within_m=2000)
+    assert len(kept) == 1 and np.array_equal(kept[0], near)
+    assert len(maps.streets_near([near, far], centre, within_m=2200)) == 2  # both within 2.2 km
+    assert maps.streets_near([], centre) == []

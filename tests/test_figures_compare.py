@@ -1,11 +1,11 @@
-"""swclip.compare: paired bootstrap against scipy.stats.bootstrap, joins and manifest diffs."""
+"""swclip.analysis.compare: paired bootstrap against scipy.stats.bootstrap, joins and manifest diffs."""
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from swclip.compare import STATISTICS, manifest_diff, paired_bootstrap, paired_errors
+from swclip.analysis.compare import STATISTICS, manifest_diff, paired_bootstrap, paired_errors
 
 
 def test_paired_bootstrap_matches_scipy_percentile_intervals():
@@ -61,3 +61,31 @@ def test_manifest_diff_lists_only_changed_keys():
     b = {"loss": {"name": "swclip", "sigma_m": 150}, "seed": 0, "created_utc": "t2", "model": {"arch": "tiny"}, "nc_weight": 0.5}
     d = manifest_diff(a, b)
     assert d.to_dict("records") == [{"key": "loss.name", "a": "clip", "b": "swclip"}, {"key": "nc_weight", "a": "(absent)", "b": "0.5"}]
+
+
+@pytest.mark.parametrize("statistic, lo, hi, expected", [
+    ("median_m", -30.0, -5.0, "B better"),  # errors: the whole interval below 0
+    ("median_m", 5.0, 30.0, "B worse"),
+    ("median_m", -5.0, 30.0, "no clear difference"),
+    ("acc@100m", 0.01, 0.2, "B better"),  # accuracies: the whole interval above 0
+    ("acc@100m", -0.2, -0.01, "B worse"),
+    ("acc@100m", -0.01, 0.2, "no clear difference"),
+    ("mean_m", 0.0, 0.0, "no clear difference"),  # touching 0 is not clear
+])
+def test_verdict_reads_the_interval_by_the_statistic_direction(statistic, lo, hi, expected):
+    from swclip.analysis.compare import verdict
+
+    assert verdict(statistic, lo, hi) == expected
+
+
+def test_verdicts_on_a_bootstrap_table_agree_with_the_data():
+    from swclip.analysis.compare import verdict, verdicts
+
+    rng = np.random.default_rng(1)
+    ea = rng.lognormal(5, 1, 400)
+    table = paired_bootstrap(ea, ea * 0.5, n_boot=300, seed=0)  # B halves every error: better on every statistic
+    v = verdicts(table)
+    assert (v == "B better").all(), table.assign(v=v)
+    assert list(v) == [verdict(r.statistic, r.diff_lo, r.diff_hi) for r in table.itertuples()]
+    with pytest.raises(ValueError, match="reversed"):
+        verdict("median_m", 1.0, -1.0)

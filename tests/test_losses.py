@@ -9,14 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swclip.geo import pairwise_haversine_m
-from swclip.losses import (
+from swclip.method.losses import (
     ClipLoss,
     EmbeddingMemoryBank,
     NeighbourhoodConsistencyLoss,
     SemivariogramWeightedLoss,
     SoftClipLoss,
 )
-from swclip.soft_labels import soft_targets
+from swclip.method.soft_labels import soft_targets
 from tests.reference import log_softmax_row, soft_clip_loss_loop
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from swclip.losses import ClipLoss, SemivariogramWeightedLoss, SoftClipLoss  # noqa: E402
+from swclip.method.losses import ClipLoss, SemivariogramWeightedLoss, SoftClipLoss
 
 B_GLOBAL, D_IN, D = 16, 6, 8
 NAMES = ["clip", "swclip+nc", "semivariogram"]

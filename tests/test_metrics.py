@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swclip import metrics
+from swclip.analysis import metrics
 from tests.reference import haversine_loop_m
 
 

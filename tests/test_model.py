@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from swclip.losses import ClipLoss, SoftClipLoss
-from swclip.locations import DEFAULT_TEMPLATE, EE_UNIT_KM, format_locations, gps_wavelength_km, normalised_equal_earth
-from swclip.model import DEMO_CONFIG, ModelConfig, PretrainedUnavailableError, SWCLIP
+from swclip.method.losses import ClipLoss, SoftClipLoss
+from swclip.method.model import DEMO_CONFIG, SWCLIP, ModelConfig, PretrainedUnavailableError
+from swclip.method.towers import (
+    DEFAULT_TEMPLATE,
+    EE_UNIT_KM,
+    format_locations,
+    gps_wavelength_km,
+    normalised_equal_earth,
+)
 
 LONDON = np.array([[51.50721, -0.12758], [51.50800, -0.12000], [51.49000, -0.13000], [51.51500, -0.10000]])
 
@@ -82,7 +88,7 @@ def test_fourier_features_follow_their_formula(gps_model):
         phases = [2 * math.pi * (bj[0] * row[0] + bj[1] * row[1]) for bj in b]
         expected.append([math.cos(p) for p in phases] + [math.sin(p) for p in phases])
     np.testing.assert_allclose(rff(u).numpy(), np.array(expected), atol=1e-9)
-    assert math.isclose(float(rff.b.std()), rff.sigma, rel_tol=0.25)  # B ~ N(0, σ²)
+    assert math.isclose(float(rff.b.std()), rff.frequency_scale, rel_tol=0.25)  # B ~ N(0, σ²)
 
 
 def test_fine_scales_tell_street_level_neighbours_apart():

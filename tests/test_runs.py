@@ -1,5 +1,6 @@
 """Run directories: train a few steps, save, rebuild in a fresh process, refuse what does not fit."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,10 +16,12 @@ from PIL import Image
 
 from swclip import runs
 from swclip.geo import haversine_m
-from swclip.index import Gallery, Predictor
-from swclip.losses import SoftClipLoss
-from swclip.model import DEMO_CONFIG, SWCLIP
-from swclip.runs import RunError, atomic_write, load_run, save_run
+from swclip.io import RunError, atomic_write
+from swclip.method.losses import SoftClipLoss
+from swclip.method.model import DEMO_CONFIG, SWCLIP
+from swclip.retrieval.gallery import Gallery
+from swclip.retrieval.predictor import Predictor
+from swclip.runs import load_run, save_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,7 +97,7 @@ def test_fresh_process_rebuilds_bit_identical_predictions(trained_run, tmp_path)
     script = textwrap.dedent(f"""
         import numpy as np
         from PIL import Image
-        from swclip.index import Predictor
+        from swclip.retrieval.predictor import Predictor
         p = Predictor.from_run({str(run_dir)!r}, runs_root={str(root)!r})
         ims = [Image.open({str(tmp_path)!r} + f"/{{i}}.png").convert("RGB") for i in range(6)]
         preds = p.predict(ims, top_k=5, progress=False)
@@ -265,3 +268,30 @@ def test_swclip_predict_cli(trained_run, tmp_path, capsys):
     assert out["estimate"] == list(expected.estimate)
     assert main(["predict", "--run", str(run_dir), str(tmp_path / "a.png")]) == 0
     assert "knn-kde estimate" in capsys.readouterr().out
+
+
+def test_update_manifest_changes_keys_atomically_and_guards_the_weights(tmp_path):
+    run_dir = runs.save_run(tmp_path / "run", SWCLIP(DEMO_CONFIG), {"loss": {"name": "clip"}})
+    before = runs.read_manifest(run_dir)
+    after = runs.update_manifest(run_dir, demo=True, metrics={"median_m": 12.5})
+    assert after == runs.read_manifest(run_dir) == {**before, "demo": True, "metrics": {"median_m": 12.5}}
+    for key in runs.RESERVED_KEYS:
+        with pytest.raises(ValueError, match="save_run"):
+            runs.update_manifest(run_dir, **{key: "x"})
+    assert runs.read_manifest(run_dir) == after
+    run = runs.Run.open(run_dir)
+    assert run.model is None and run.update_manifest(note="hi")["note"] == "hi" and run.manifest["note"] == "hi"
+    runs.load_run(run_dir)  # weights still match their sha256: nothing but the named keys changed
+
+
+def test_gallery_keeps_ids_and_city_apart(tmp_path):
+    emb = np.eye(3, 8, dtype=np.float32)
+    g = Gallery(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), emb, kind="image", ids=["a.jpg", "b.jpg", "c.jpg"],
+                city=["Leeds", "Leeds", "York"])
+    back = Gallery.load(g.save(tmp_path / "g.npz"))
+    assert back.ids.tolist() == ["a.jpg", "b.jpg", "c.jpg"] and back.city.tolist() == ["Leeds", "Leeds", "York"]
+    model = SWCLIP(dataclasses.replace(DEMO_CONFIG, location_tower="text"))
+    loc = Gallery.from_locations(model, np.array([[53.8, -1.55], [53.96, -1.08]]), city=["Leeds", "York"])
+    assert loc.ids is None and loc.city.tolist() == ["Leeds", "York"]
+    with pytest.raises(ValueError, match="city must be"):
+        Gallery(np.array([[1.0, 2.0]]), emb[:1], city=["a", "b"])

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swclip.soft_labels import effective_positives, kernel_weights, soft_targets
+from swclip.method.soft_labels import effective_positives, kernel_weights, soft_targets
 from tests.reference import soft_targets_loop
 
 
@@ -55,7 +55,7 @@ def test_distributed_rows_equal_rows_of_the_global_matrix():
 
 
 def test_block_boundaries_do_not_change_the_result(monkeypatch):
-    import swclip.soft_labels as sl
+    import swclip.method.soft_labels as sl
 
     ll = torch.tensor(city_batch(50, 5))
     whole = soft_targets(ll, 120.0)

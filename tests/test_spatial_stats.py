@@ -1,4 +1,4 @@
-"""swclip.spatial_stats against PySAL (esda + libpysal weights) and brute-force references."""
+"""swclip.analysis.spatial_stats against PySAL (esda + libpysal weights) and brute-force references."""
 
 import math
 
@@ -7,14 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from swclip.analysis.spatial_stats import QUADRANTS, local_morans_i, morans_i, neighbourhood_overlap, spatial_weights
 from swclip.geo import local_metres_to_degrees, pairwise_haversine_m, unit_vectors
-from swclip.spatial_stats import (
-    QUADRANTS,
-    local_morans_i,
-    morans_i,
-    neighbourhood_overlap,
-    spatial_weights,
-)
 
 libpysal = pytest.importorskip("libpysal")
 esda = pytest.importorskip("esda")
@@ -248,3 +242,35 @@ def test_malformed_arguments_raise():
         local_morans_i(y, latlon, alpha=2)
     with pytest.raises(ValueError, match="embeddings"):
         neighbourhood_overlap(np.ones((49, 3)), latlon)
+
+
+def test_neighbourhood_overlap_returns_its_knn_indices_as_a_naive_search_finds_them():
+    """The (N, k) indices the app's neighbourhood page draws are those overlap@k was computed from."""
+    rng = np.random.default_rng(3)
+    n, k = 60, 5
+    latlon = np.column_stack([51.5 + rng.uniform(-0.02, 0.02, n), -0.1 + rng.uniform(-0.03, 0.03, n)])
+    emb = rng.normal(size=(n, 16)).astype(np.float32)
+    ov = neighbourhood_overlap(emb, latlon, k)
+    assert ov.embedding_knn.shape == ov.geo_knn.shape == (n, k)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    d = pairwise_haversine_m(latlon)
+    np.fill_diagonal(cos, -np.inf)
+    np.fill_diagonal(d, np.inf)
+    for i in range(n):  # naive loop: sort every other sample by cosine / by distance
+        assert ov.embedding_knn[i].tolist() == sorted(range(n), key=lambda j: -cos[i, j])[:k]
+        assert ov.geo_knn[i].tolist() == sorted(range(n), key=lambda j: d[i, j])[:k]
+        assert ov.overlap[i] == pytest.approx(len(set(ov.embedding_knn[i]) & set(ov.geo_knn[i])) / k)
+
+
+def test_pca_2d_matches_the_covariance_eigenvectors():
+    from swclip.analysis.spatial_stats import pca_2d
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6)) * np.array([5.0, 2.0, 1.0, 0.5, 0.2, 0.1])
+    xy = pca_2d(x)
+    w, v = np.linalg.eigh(np.cov(x - x.mean(0), rowvar=False))
+    ref = (x - x.mean(0)) @ v[:, ::-1][:, :2]  # leading two axes, largest variance first
+    np.testing.assert_allclose(np.abs(xy), np.abs(ref), atol=1e-8)  # the axes' signs are arbitrary
+    with pytest.raises(ValueError, match="N >= 2"):
+        pca_2d(x[:1])

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from swclip.geo import haversine_m
+from swclip.training.demo import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_CONFIG = {"clip": "demo_clip.yaml", "swclip": "demo_swclip.yaml", "swclip+nc": "demo_swclip_nc.yaml",
@@ -56,7 +57,7 @@ def world(tmp_path_factory):
 
 
 def args_for(loss, world, out, run_id, *extra):
-    return ["--config", str(ROOT / "train" / "configs" / LOSS_CONFIG[loss]), *TINY, f"data.table={world / 'split.csv'}",
+    return ["--config", str(CONFIG_DIR / LOSS_CONFIG[loss]), *TINY, f"data.table={world / 'split.csv'}",
             f"data.root={world}", f"out_dir={out}", f"run_id={run_id}", *extra]
 
 
@@ -119,7 +120,7 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
     assert len(gallery["latlon"]) == len(train_ll)
     # the image gallery: every training image, by path, embedded by the run's own image tower
     from swclip.data import open_image
-    from swclip.index import Gallery
+    from swclip.retrieval.gallery import Gallery
     from swclip.runs import load_run
 
     images = Gallery.load(killed / "image_gallery.npz")
@@ -166,7 +167,8 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
 
 
 def test_non_finite_loss_stops_with_step_and_term_and_keeps_checkpoint(world, tmp_path):
-    from swclip.train_utils import NonFiniteLossError, list_checkpoints, load_checkpoint
+    from swclip.training.checkpoint import list_checkpoints, load_checkpoint
+    from swclip.training.optim import NonFiniteLossError
 
     train = load_script("train")
     # an absurd learning rate blows the weights up within a few steps
@@ -196,10 +198,10 @@ def test_gradient_accumulation_averages_micro_batches(world):
     """accum_steps=2: one optimiser step on the mean of the two half-batch losses (each its own contrastive batch)."""
     import copy
 
-    from swclip import train_utils as tu
-    from swclip.training import Trainer
+    from swclip.training.config import load_config
+    from swclip.training.loop import Trainer
 
-    cfg = tu.load_config(ROOT / "train" / "configs" / "demo_swclip.yaml",
+    cfg = load_config(CONFIG_DIR / "demo_swclip.yaml",
                          ["batch_size=16", "optim.accum_steps=2", "model.gps_hidden=32", "device=cpu", "optim.warmup_steps=0"])
     tr = Trainer(cfg)
     ref_model = copy.deepcopy(tr.model)
@@ -211,7 +213,7 @@ def test_gradient_accumulation_averages_micro_batches(world):
     # the reference, written out by hand with torch alone (none of the trainer's helpers): the
     # SW-CLIP loss of the config, AdamW with decay on matrices only, lr at step 0 without warm-up
     # (cosine at progress 0: the base lr), and exp(t) clamped at 100
-    from swclip.losses import SoftClipLoss
+    from swclip.method.losses import SoftClipLoss
 
     assert cfg.loss.name == "swclip" and cfg.loss.sigma_start_m is None
     loss_fn = SoftClipLoss(cfg.loss.sigma_m, cfg.loss.kernel)

@@ -1,24 +1,23 @@
-"""train/bench.py: every loss timed side by side on one model; the table and the numbers agree."""
+"""swclip bench (swclip/training/bench.py, train/bench.py): every loss timed side by side on one model; the table and the numbers agree."""
 
-import importlib.util
 import time
 from pathlib import Path
 
 import pytest
+
+from swclip.cli import build_parser
+from swclip.training import bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_bench_losses_synthetic_tiny():
-    spec = importlib.util.spec_from_file_location("train_bench", ROOT / "train" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    args = bench.build_parser().parse_intermixed_args(["losses", "--batch", "32", "--steps", "2", "--warmup", "2", "--no-write",
+    args = build_parser("bench").parse_intermixed_args(["losses", "--batch", "32", "--steps", "2", "--warmup", "2", "--no-write",
                                             "--device", "cpu", "model.gps_hidden=32", "loss.min_fit_samples=32",
                                             "loss.variogram_max_lag_m=3000"])
     t0 = time.perf_counter()
-    result = bench.run(args)
+    result = bench.measure(args)
     whole_run_s = time.perf_counter() - t0
     rows = {r["loss"]: r for r in result["rows"]}
     assert list(rows) == ["clip", "swclip", "swclip+nc", "semivariogram"]

@@ -1,4 +1,4 @@
-"""swclip.variogram against scikit-gstat, naive loops and fields of known range."""
+"""swclip.analysis.variogram against scikit-gstat, naive loops and fields of known range."""
 
 import math
 
@@ -8,17 +8,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swclip.geo import local_metres_to_degrees
-from swclip.soft_labels import kernel_weights
-from swclip.variogram import (
+from swclip.analysis.empirical_variogram import _blocks
+from swclip.analysis.variogram import (
     MODELS,
-    _blocks,
     empirical_variogram,
     fit_best,
     fit_embedding_variogram,
     fit_variogram,
     suggest_bandwidth,
 )
+from swclip.geo import local_metres_to_degrees
+from swclip.method.soft_labels import kernel_weights
 
 ORIGIN = (48.85, 2.35)
 R_SPHERE = 6_371_008.8
@@ -252,7 +252,7 @@ def test_gamma_torch_and_gamma_match_skgstat_models(model):
     h = np.concatenate([[0.0], np.linspace(1e-3, 4000, 401)])
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for r, c0, shape, b in [(700.0, 1.3, 0.7, 0.2), (1500.0, 0.4, 1.6, 0.0)]:
-        from swclip.variogram import VariogramFit
+        from swclip.analysis.variogram import VariogramFit
 
         fit = VariogramFit(ok=True, model=model, nugget=b, partial_sill=c0, sill=b + c0, range_m=r,
                            shape=shape if model in ("stable", "matern") else None)
@@ -338,7 +338,7 @@ def test_malformed_arguments_raise(small_field):
 
 def test_fit_fn_drives_semivariogram_weighted_loss():
     """The loss fits γ from its bank with fit_fn, and that γ sets its negatives' weights (naive loop)."""
-    from swclip.losses import ClipLoss, SemivariogramWeightedLoss
+    from swclip.method.losses import ClipLoss, SemivariogramWeightedLoss
 
     latlon, f = _grf(4, 300, 800.0, "gaussian", dims=16)
     feats = torch.nn.functional.normalize(torch.from_numpy(f).float(), dim=1)
@@ -376,7 +376,7 @@ def test_fit_fn_drives_semivariogram_weighted_loss():
 
 @pytest.mark.parametrize("model", MODELS)
 def test_practical_range_is_where_gamma_reaches_95_percent(model):
-    from swclip.variogram import VariogramFit
+    from swclip.analysis.variogram import VariogramFit
 
     fit = VariogramFit(ok=True, model=model, nugget=0.1, partial_sill=0.8, sill=0.9, range_m=1000.0,
                        shape=1.2 if model in ("stable", "matern") else None)

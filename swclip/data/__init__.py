@@ -11,10 +11,10 @@ plus optional ``country, split, heading, captured_at`` (see ``swclip.data.table`
 - ``open_image`` (the one safe way to open an image), ``ImageDataset``, ``StreetAugment``.
 """
 
-from swclip.data.images import ImageDataset, ImageError, StreetAugment, check_image_file, open_image
+from swclip.data.images import ImageDataset, ImageError, StreetAugment, check_image_file, open_image, resolve_image_path
 from swclip.data.shards import read_webdataset, stream_webdataset, write_webdataset
 from swclip.data.splits import spatial_split, table_hash
-from swclip.data.table import exif_gps, read_exif_folder, read_osv5m, read_table, resolve_image_path
+from swclip.data.table import exif_gps, read_exif_folder, read_osv5m, read_table
 from swclip.data.validate import DataValidationError, ValidationReport, validate
 
 __all__ = [

@@ -9,6 +9,7 @@ an ``ImageError`` that names the file and the problem.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -16,8 +17,30 @@ from pathlib import Path
 
 import numpy as np
 
+from swclip.io import resolve_inside
+
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 × 8000; a street-view frame is a few Mpx
 JPEG_EOI = b"\xff\xd9"
+
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved_root(root: str) -> Path:
+    return Path(root).resolve()  # once per root, not once per row
+
+
+def resolve_image_path(root, rel) -> Path:
+    """``root / rel``, refusing anything that would read outside ``root``.
+
+    Rejects empty paths, absolute paths and any path whose normalised form
+    leaves the root (``../``, or a symlinked folder pointing outside).
+    """
+    rel = str(rel)
+    if rel in ("", "nan", "None"):
+        raise ValueError(f"empty image path {rel!r}")
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
+        raise ValueError(f"image path {rel!r} is absolute; paths must be relative to the dataset root")
+    return resolve_inside(_resolved_root(str(root)), rel, what="image path", root_name="dataset root")
 
 
 class ImageError(ValueError):
@@ -163,7 +186,6 @@ class ImageDataset:
     def __init__(self, table, root=None, transform=None):
         import torch
 
-        from swclip.data.table import resolve_image_path
 
         root = root if root is not None else table.attrs.get("root")
         if root is None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import glob
 import json
 import math
+import random
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from swclip.data.images import ImageError, open_image
-from swclip.data.table import resolve_image_path
+from swclip.data.images import ImageError, open_image, resolve_image_path
 from swclip.data.validate import OPTIONAL, REQUIRED
 
 _EXT = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".tif": "tif", ".tiff": "tif", ".bmp": "bmp"}
@@ -126,7 +126,6 @@ def stream_webdataset(pattern, transform=None, shuffle: int = 0, seed: int = 0):
     A corrupt image raises ImageError naming the shard and key.
     Returns a ``webdataset.WebDataset`` pipeline (a ``torch.utils.data.IterableDataset``).
     """
-    import random
 
     import torch
     import webdataset as wds

@@ -14,7 +14,6 @@ root is kept in ``table.attrs["root"]``.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -24,29 +23,6 @@ import pandas as pd
 from swclip.data.validate import OPTIONAL, REQUIRED, apply_report, validate
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
-
-
-@functools.lru_cache(maxsize=64)
-def _resolved_root(root: str) -> Path:
-    return Path(root).resolve()  # once per root, not once per row
-
-
-def resolve_image_path(root, rel) -> Path:
-    """``root / rel``, refusing anything that would read outside ``root``.
-
-    Rejects empty paths, absolute paths and any path whose normalised form
-    leaves the root (``../``, or a symlinked folder pointing outside).
-    """
-    rel = str(rel)
-    if rel in ("", "nan", "None"):
-        raise ValueError(f"empty image path {rel!r}")
-    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
-        raise ValueError(f"image path {rel!r} is absolute; paths must be relative to the dataset root")
-    base = _resolved_root(str(root))
-    path = (base / rel).resolve()
-    if path != base and base not in path.parents:
-        raise ValueError(f"image path {rel!r} escapes the dataset root {base}")
-    return path
 
 
 def _normalise(df: pd.DataFrame) -> pd.DataFrame:

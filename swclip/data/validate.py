@@ -8,10 +8,13 @@ lost silently.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from swclip.data.images import check_image_file, resolve_image_path
 
 REQUIRED = ("id", "image", "lat", "lon", "city")
 OPTIONAL = ("country", "split", "heading", "captured_at")
@@ -104,8 +107,6 @@ def validate(table: pd.DataFrame, root=None, min_city_samples: int = 1, check_im
     check_images: "header" (exists, non-empty, recognised, JPEG not truncated:
     cheap), "decode" (full decode of every image: slow), "exists", or False.
     """
-    from swclip.data.images import check_image_file
-    from swclip.data.table import resolve_image_path
 
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
@@ -180,7 +181,6 @@ def apply_report(table: pd.DataFrame, report: ValidationReport, drop_invalid: bo
         mask = report.invalid_mask()
         report.n_dropped = int(mask.sum())
         out = table.loc[~mask].reset_index(drop=True)
-        import warnings
 
         warnings.warn(report.text(), stacklevel=3)
     out.attrs["validation"] = report.to_dict()

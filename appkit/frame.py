@@ -1,0 +1,224 @@
+"""The shared frame of every page: runs directory, sidebar (runs, city, σ), demo banner.
+
+Every page starts with ``view = frame.ensure_frame()``, so a page works the same
+under ``st.navigation`` in app.py (which draws the frame first, :func:`run_routed`),
+opened on its own, and under AppTest."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import streamlit as st
+
+from appkit.loaders import ALL_CITIES, APP_DIR, country_outlines, discover, nearby_places, predictions, streets
+from appkit.urlstate import begin_run, prune_url, url_widget
+from swclip.io import RunError
+from swclip.runs import RunInfo
+from swclip.viz import maps
+
+ENV_RUNS_DIR = "SWCLIP_RUNS_DIR"
+STATIC_DIR = APP_DIR / "static"
+_VIEW = "_view"
+_ROUTED = "_frame_drawn_by_app"
+
+# σ choices in metres, a round-number log scale (about 10 per decade) from 5 m to 5 km.
+SIGMA_CHOICES_M = tuple(int(m * 10**e) for e in range(0, 4) for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8) if 5 <= m * 10**e <= 5000)
+
+def default_runs_dir() -> str:
+    """--runs-dir (after ``--`` on the streamlit command line), else $SWCLIP_RUNS_DIR, else runs/."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--runs-dir")
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    return args.runs_dir or os.environ.get(ENV_RUNS_DIR) or "runs"
+
+
+@st.cache_resource(show_spinner=False)
+def install_static() -> Optional[str]:
+    """Copy Leaflet into ./static once per server process (served at /app/static/leaflet); None if it cannot."""
+    try:
+        return str(maps.install_leaflet(STATIC_DIR))
+    except OSError as e:  # a read-only install: `make run` stages it beforehand
+        print(f"warning: cannot stage Leaflet into {STATIC_DIR}: {e}; folium maps need it there", file=sys.stderr)
+        return None
+
+
+@dataclass
+class View:
+    """What the sidebar selected: shared by every page."""
+
+    runs_root: str
+    available: list = field(default_factory=list)
+    selected: list = field(default_factory=list)
+    city: Optional[str] = None
+    sigma_m: float = 100.0
+
+    @property
+    def run(self) -> Optional[RunInfo]:
+        return self.selected[0] if self.selected else None
+
+    @property
+    def is_demo(self) -> bool:
+        return bool(self.selected) and all(r.is_demo for r in self.selected)
+
+    def city_or_none(self) -> Optional[str]:
+        return None if self.city in (None, ALL_CITIES) else self.city
+
+
+def _nearest_choice(sigma_m: float) -> int:
+    return min(SIGMA_CHOICES_M, key=lambda s: abs(np.log(s) - np.log(max(sigma_m, 1e-3))))
+
+
+def sidebar() -> View:
+    """Draw the shared sidebar and return the selection."""
+    sb = st.sidebar
+    # Fixed by whoever starts the app (--runs-dir / $SWCLIP_RUNS_DIR), not by visitors: the app
+    # reads nothing outside it, so it must not be a text box a visitor can point at /.
+    runs_root = default_runs_dir()
+    sb.caption(f"Runs directory: `{runs_root}`", help="Set with `streamlit run app.py -- --runs-dir DIR` or $SWCLIP_RUNS_DIR; the app reads nothing outside it.")
+    found, broken = discover(runs_root)
+    view = View(runs_root=runs_root, available=found)
+    if broken:
+        with sb.expander(f"{len(broken)} run(s) cannot be read"):
+            for run_id, err in broken:
+                st.caption(f"**{run_id}**: {err}")
+    if not found:
+        sb.warning(f"No runs in `{runs_root}` yet.")
+        st.session_state[_VIEW] = view
+        return view
+    by_id = {r.run_id: r for r in found}
+    ids = list(by_id)
+    with sb:
+        chosen = url_widget(
+            st.multiselect, "Runs (the first is the main one)", "run", [ids[0]],
+            parse=lambda s: [x for x in s.split(",") if x], fmt=",".join,
+            valid=lambda v: isinstance(v, list) and len(v) > 0 and all(x in by_id for x in v),
+            options=ids, format_func=lambda i: by_id[i].label,
+        )
+        if not chosen:
+            st.caption("Pick at least one run; showing the newest.")
+            chosen = [ids[0]]
+        view.selected = [by_id[i] for i in chosen]
+        try:
+            df = predictions(runs_root, view.run.run_id, view.run.stamp)
+        except RunError as e:
+            st.error(f"Cannot read the predictions of {view.run.run_id}: {e}")
+            st.stop()
+        cities = [ALL_CITIES] + (sorted(df["city"].astype(str).unique()) if "city" in df else [])
+        view.city = url_widget(st.selectbox, "City", "city", cities[1] if len(cities) > 1 else ALL_CITIES, valid=lambda v: v in cities, options=cities)
+        default_sigma = _nearest_choice(view.run.sigma_m or 100.0)
+        view.sigma_m = float(
+            url_widget(
+                st.select_slider, "σ, kernel bandwidth (m, log scale)", "sigma", default_sigma,
+                parse=lambda s: int(float(s)), valid=lambda v: v in SIGMA_CHOICES_M,
+                options=SIGMA_CHOICES_M, format_func=lambda s: f"{s:g} m",
+            )
+        )
+        manifest_popover(view)
+    st.session_state[_VIEW] = view
+    return view
+
+
+def manifest_popover(view: View) -> None:
+    """The main run's manifest summary, one click away."""
+    run = view.run
+    with st.popover("Manifest of the main run", width="stretch"):
+        st.markdown(f"**{run.run_id}**" + ("  ·  demo world" if run.is_demo else ""))
+        m = run.manifest
+        summary = {k: m[k] for k in ("model", "loss", "data", "split", "seeds", "git_commit", "metrics") if k in m}
+        st.json(summary or m, expanded=1)
+        with st.expander("Full manifest.json"):
+            st.json(m, expanded=False)
+
+
+def banner(view: View) -> None:
+    """Say plainly when the data is the procedural demo world."""
+    if view.is_demo:
+        st.info(
+            "**Demo world.** These runs were trained on the procedural multi-city world built by "
+            "`train/build_demo.py`: synthetic street views whose appearance varies in space with known ranges, "
+            "tiny models trained for minutes on a CPU. Point the app at your own runs with `--runs-dir`.",
+            icon=":material/science:",
+        )
+
+
+def one_city(view: View, run: RunInfo, why: str) -> str:
+    """The sidebar's city, or the run's first city with a caption saying so, for pages that show one city at a time.
+
+    ``why`` completes "…: showing <city> (pick another in the sidebar)", e.g. "Variograms are per city".
+    """
+    cities = sorted(predictions(view.runs_root, run.run_id, run.stamp)["city"].astype(str).unique())
+    city = view.city_or_none() or cities[0]
+    if view.city_or_none() is None:
+        st.caption(f"{why}: showing **{city}** (pick another in the sidebar).")
+    return city
+
+
+def require_run(view: View, what: str = "this page") -> RunInfo:
+    """The main run, or a friendly empty state and stop."""
+    if view.run is None:
+        st.title("SW-CLIP Explorer")
+        st.warning(f"No runs found in `{view.runs_root}`, so there is nothing for {what} to show yet.")
+        st.markdown(
+            "- `make run` builds the demo bundle (a procedural world and small CPU-trained models) "
+            "into `runs/demo/` and opens the app on it.\n"
+            "- Or build it yourself: `python train/build_demo.py --out runs/demo`.\n"
+            "- Runs trained elsewhere: copy their run directories under one folder and start "
+            "`streamlit run app.py -- --runs-dir /path/to/runs` (or set `SWCLIP_RUNS_DIR`)."
+        )
+        st.stop()
+    return view.run
+
+
+def context_for(view: View, run: RunInfo, city: Optional[str], latlon: np.ndarray) -> dict:
+    """Local map context for one city: demo streets, else nearby place names and country outlines."""
+    lines = streets(view.runs_root, run.run_id, run.stamp).get(city, []) if city else []
+    if lines:
+        return {"streets": lines, "places": None, "outlines": None}
+    if len(latlon) == 0:
+        return {"streets": [], "places": None, "outlines": None}
+    probe = latlon[np.linspace(0, len(latlon) - 1, min(len(latlon), 64)).astype(int)]
+    return {"streets": [], "places": nearby_places(tuple(map(tuple, np.round(probe, 4)))), "outlines": country_outlines()}
+
+
+def city_deck(view: View, run: RunInfo, city: Optional[str], layers: list, frame_latlon: np.ndarray, tooltip: Optional[dict] = None, height_px: int = 430, width_px: int = 460):
+    """A pydeck map of one city: local context (demo streets or place names) under ``layers``."""
+    ctx = context_for(view, run, city, np.asarray(frame_latlon, dtype=np.float64).reshape(-1, 2))
+    ctx_layers = maps.context_layers(ctx["streets"], ctx["places"], outlines=ctx["outlines"])
+    return maps.deck(ctx_layers + list(layers), frame_latlon, tooltip=tooltip, height_px=height_px, width_px=width_px, paper=bool(ctx["streets"]))
+
+
+def draw_frame() -> View:
+    """Draw the shared frame (sidebar, demo banner) for this script run; -> the sidebar's View."""
+    begin_run()
+    install_static()
+    view = sidebar()
+    banner(view)
+    return view
+
+
+def ensure_frame() -> View:
+    """The first call of every page: the frame's View, drawing the frame unless app.py already did this run.
+
+    Under ``st.navigation`` app.py draws the frame before the page (:func:`run_routed`), so the sidebar's
+    widgets keep one identity across page switches; a page opened on its own, or by
+    ``AppTest.from_file("app_pages/x.py")``, draws the same frame itself.
+    """
+    if st.session_state.get(_ROUTED):
+        return st.session_state[_VIEW]
+    return draw_frame()
+
+
+def run_routed(page) -> None:
+    """app.py: draw the frame, then run the chosen page; at the end prune the URL of other pages' keys."""
+    draw_frame()
+    st.session_state[_ROUTED] = True  # for this run only: a page run on its own never sees it
+    try:
+        page.run()
+    finally:
+        st.session_state.pop(_ROUTED, None)
+        prune_url()

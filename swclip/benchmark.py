@@ -1,0 +1,64 @@
+"""Shared bits of the benchmarks (benchmarks/*.py and ``swclip bench``): machine description, interleaved timing,
+result files in benchmarks/results/ of the checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    info = {
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def machine_tag() -> str:
+    """File-name tag: the GPU's name, or 'cpu<N>'."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0).lower().replace(" ", "-")
+    return f"cpu{os.cpu_count()}"
+
+
+def interleaved_times(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None) -> dict:
+    """Time each callable ``repeats`` times, round-robin so that load drifts hit all alike.
+
+    Returns {name: {"median_s", "min_s", "runs"}}.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+            sync()
+    times: dict[str, list] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "runs": len(t)} for name, t in times.items()}
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """benchmarks/results/<name>-<machine tag>.json with the machine description."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}-{machine_tag()}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    return path

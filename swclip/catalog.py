@@ -1,0 +1,229 @@
+"""What the app knows about a runs directory, without Streamlit.
+
+The app reads run directories (DESIGN.md, "The run directory") under one
+root, and nothing outside it: every path that comes from a manifest, a
+predictions table or the URL goes through :func:`inside_root`
+(``swclip.runs.resolve_inside``), which refuses ``../`` escapes, absolute
+paths elsewhere and symlinks that leave the root.
+
+- :func:`discover_runs` lists runs (``swclip.runs.list_runs``), newest first,
+  says which belong to the demo bundle, and keeps broken ones apart with
+  their error.
+- :func:`find_world` finds the synthetic world a demo run was trained on, so
+  the maps can draw its streets and the semivariogram page its true ranges.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from swclip import runs
+from swclip.io import RunError, resolve_inside
+from swclip.runs import RunInfo
+
+WORLD = "world.json"
+MAX_DEPTH = 3
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def discover_runs(runs_root: Path | str) -> tuple[list[RunInfo], list[tuple[str, str]]]:
+    """Runs under ``runs_root`` (folders holding manifest.json, depth ≤ 3), newest first.
+
+    Returns (runs, broken): broken runs as (run_id, error) so the app can say
+    what is wrong with them instead of hiding them; a run without
+    predictions.parquet (trained, not yet evaluated) counts as broken. A run is marked demo when
+    its manifest says so (``demo: true``) or when a folder between it and the root holds the procedural world's
+    world.json.
+    """
+    root = Path(runs_root)
+    if not root.is_dir():
+        return [], []
+    root_r = root.resolve()
+    found, broken = [], []
+    for info in runs.list_runs(root_r, max_depth=MAX_DEPTH):
+        if info.run_id == ".":
+            continue  # the root itself is not a run of this root
+        if info.error or not isinstance(info.manifest, dict):
+            broken.append((info.run_id, info.error or "manifest.json is not a JSON object"))
+            continue
+        if not (Path(info.path) / runs.ARTEFACTS["predictions"]).is_file():
+            broken.append((Path(info.run_id).as_posix(), "not evaluated yet: no predictions.parquet "
+                           f"(run: python train/evaluate.py {info.path})"))
+            continue
+        run = RunInfo(Path(info.run_id).as_posix(), Path(info.path), info.manifest)
+        run.is_demo = looks_demo(run, root_r)
+        found.append(run)
+    found.sort(key=lambda r: (-r.stamp, r.run_id))
+    return found, broken
+
+
+def looks_demo(run: RunInfo, root: Path) -> bool:
+    """A run of the procedural demo world: its manifest says ``demo: true``, or the world's world.json is found.
+
+    ``data.synthetic`` (random tensors, for benchmarks and smoke tests) is not the demo world and does not count.
+    """
+    if run.manifest.get("demo") is True:
+        return True
+    return find_world(run, root) is not None
+
+
+def find_world(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
+    """world.json of the procedural world this run used, searched from the run up to the root."""
+    root = Path(runs_root).resolve()
+    data = run.manifest.get("data")
+    if isinstance(data, dict) and data.get("root"):
+        try:
+            cand = resolve_inside(root, run.path / str(data["root"]) / WORLD) if not Path(str(data["root"])).is_absolute() else resolve_inside(root, Path(str(data["root"])) / WORLD)
+            if cand.is_file():
+                return cand
+        except RunError:
+            pass  # a data root outside the runs directory is never read
+    here = run.path.resolve()
+    while True:
+        for cand in (here / WORLD, here / "world" / WORLD):
+            if cand.is_file():
+                return resolve_inside(root, cand)
+        if here == root or root not in here.parents:
+            return None
+        here = here.parent
+
+
+def read_world(path: Optional[Path]) -> Optional[dict]:
+    """world.json as a dict, or None when absent or unreadable."""
+    return _read_json(path) if path is not None else None
+
+
+def world_city(world: Optional[dict], city: Optional[str]) -> Optional[dict]:
+    """The world.json entry of one city (a dict), whether cities are a list or a mapping."""
+    if not world or not city:
+        return None
+    cities = world.get("cities")
+    if isinstance(cities, dict):
+        entry = cities.get(city)
+        return entry if isinstance(entry, dict) else None
+    if isinstance(cities, list):
+        for entry in cities:
+            if isinstance(entry, dict) and entry.get("name") == city:
+                return entry
+    return None
+
+
+def read_streets(world_path: Optional[Path]) -> dict[str, list[np.ndarray]]:
+    """{city: street polylines as (M, 2) latlon} from the streets.geojson beside world.json."""
+    if world_path is None:
+        return {}
+    geo = _read_json(Path(world_path).parent / "streets.geojson")
+    out: dict[str, list[np.ndarray]] = {}
+    for feat in (geo or {}).get("features", []):
+        try:
+            city = str(feat["properties"]["city"])
+            coords = np.asarray(feat["geometry"]["coordinates"], dtype=np.float64)[:, ::-1]  # [lon, lat] -> latlon
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+        if coords.ndim == 2 and len(coords) >= 2 and np.isfinite(coords).all():
+            out.setdefault(city, []).append(coords)
+    return out
+
+
+def city_true_ranges(world: Optional[dict], city: Optional[str]) -> dict[str, float]:
+    """{field name: true practical range in metres} for a demo city (empty when unknown)."""
+    entry = world_city(world, city)
+    if not entry:
+        return {}
+    fields = entry.get("fields") or []
+    out = {}
+    items = fields.items() if isinstance(fields, dict) else ((f.get("name"), f) for f in fields if isinstance(f, dict))
+    for name, f in items:
+        r = f.get("range_m") if isinstance(f, dict) else f
+        if isinstance(r, (int, float)):
+            out[str(name)] = float(r)
+    return out
+
+
+def read_metrics(run: RunInfo) -> dict:
+    """metrics.json of a run, else the manifest's metrics summary, else {}."""
+    try:
+        m = runs.read_metrics(run.path)
+    except RunError:
+        m = None
+    if not isinstance(m, dict):
+        m = run.manifest.get("metrics") if isinstance(run.manifest.get("metrics"), dict) else {}
+    return m
+
+
+def overall_metrics(metrics: dict) -> dict:
+    """The overall block of a metrics dict, whether nested under 'overall' or at the top."""
+    inner = metrics.get("overall")
+    if isinstance(inner, dict):
+        return inner
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def image_root(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
+    """The folder a run's image paths are relative to, if it is inside the runs directory.
+
+    Tried in order: the manifest's ``data.root`` as written (absolute, or
+    relative to where training ran), the same relative to the run folder, and
+    the folder of the demo world found by :func:`find_world`. Runs trained
+    elsewhere usually have none of these here; the app then shows no
+    thumbnails and says so.
+    """
+    root = Path(runs_root).resolve()
+    data = run.manifest.get("data")
+    cands = []
+    if isinstance(data, dict) and data.get("root"):
+        given = Path(str(data["root"]))
+        cands += [given if given.is_absolute() else Path.cwd() / given, run.path / given]
+    world = find_world(run, root)
+    if world is not None:
+        cands.append(world.parent)
+    return _first_inside(root, cands, Path.is_dir)
+
+
+def _first_inside(root, candidates, exists) -> Optional[Path]:
+    """The first candidate path that lies inside ``root`` and passes ``exists`` (Path.is_dir / is_file)."""
+    for cand in candidates:
+        try:
+            p = resolve_inside(root, cand)
+        except RunError:
+            continue
+        if exists(p):
+            return p
+    return None
+
+
+def image_path(img_root: Optional[Path], rel: str, runs_root: Path | str) -> Optional[Path]:
+    """A sample's image file under ``img_root``, refused (None) if it leaves the runs directory or is absent."""
+    if img_root is None or not isinstance(rel, str) or not rel:
+        return None
+    try:
+        p = resolve_inside(runs_root, Path(img_root) / rel)
+    except RunError:
+        return None
+    return p if p.is_file() else None
+
+
+def table_path(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
+    """The run's sample table (manifest ``data.table``), if it is a file inside the runs directory."""
+    root = Path(runs_root).resolve()
+    data = run.manifest.get("data")
+    if not (isinstance(data, dict) and data.get("table")):
+        return None
+    given = Path(str(data["table"]))
+    cands = [given] if given.is_absolute() else [Path.cwd() / given, run.path / given]
+    world = find_world(run, root)
+    if world is not None:
+        cands.append(world.parent / given.name)  # the bundle moved: same file name beside world.json
+    return _first_inside(root, cands, Path.is_file)

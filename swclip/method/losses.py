@@ -1,0 +1,316 @@
+"""Contrastive losses for image ↔ location training.
+
+Every loss takes the model's output dict as keyword arguments
+(``loss(**model(images, latlon))``) and returns a dict of named terms; training
+sums the values. ``logit_scale`` is the multiplier exp(t), already
+exponentiated, as open_clip hands it to its ClipLoss.
+
+    S = logit_scale · V Lᵀ                     (B, B)   V, L: L2-normalised (B, D)
+    ClipLoss:        ½ [CE(S, I) + CE(Sᵀ, I)]
+    SoftClipLoss:    ½ [CE(S, Q) + CE(Sᵀ, Q)]  Q = soft_targets(latlon, σ)
+    + nc_weight ·    KL(Q⁰ ‖ softmax_{j≠i}(v_i·v_j / τ_nc))
+    SemivariogramWeightedLoss: CLIP with the negatives' terms in the denominator
+                     multiplied by w_ij = exp(∓β r_ij), r_ij = γ(h_ij) − (1 − v_i·v_j)
+
+Distributed (``world_size > 1``): features and locations are all-gathered
+(features with gradients), each rank computes the loss of its own B rows
+against the global batch, and DDP's gradient averaging makes the result equal
+to the single-process loss over the global batch. Local batches must be equal
+in size on every rank (use ``drop_last``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from swclip.geo import pairwise_haversine_m
+from swclip.method.soft_labels import check_kernel, soft_targets
+
+
+def _all_gather_with_grad(x):
+    """(B, D) on each rank -> (W·B, D), gradients flowing back to every rank's slice (summed).
+
+    torch.distributed.nn.functional.all_gather warns that it is deprecated in favour of the
+    functional collectives, but their autograd all-gather aborted (SIGABRT) about one run in
+    five in tests/test_losses_distributed.py on torch 2.14 CPU/gloo; this one never did.
+    """
+
+    import torch.distributed.nn.functional as dist_nn
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        return torch.cat(dist_nn.all_gather(x), 0)
+
+
+def gather_batch(image_features, location_features, latlon, world_size: int):
+    """All-gather features (with gradients) and locations (without) across ranks.
+
+    Returns (all_image (W·B, D), all_location (W·B, D), all_latlon (W·B, 2)).
+    With ``world_size == 1`` the inputs come back unchanged.
+    """
+    if world_size == 1:
+        return image_features, location_features, latlon
+    import torch.distributed as dist
+
+    all_image = _all_gather_with_grad(image_features)
+    all_location = _all_gather_with_grad(location_features)
+    all_latlon = None
+    if latlon is not None:
+        parts = [torch.empty_like(latlon) for _ in range(world_size)]
+        dist.all_gather(parts, latlon.contiguous())
+        all_latlon = torch.cat(parts, 0)
+    return all_image, all_location, all_latlon
+
+
+def _check_inputs(image_features, location_features, latlon=None):
+    if image_features.ndim != 2 or image_features.shape != location_features.shape:
+        raise ValueError(
+            "image_features and location_features must both be (B, D); got "
+            f"{tuple(image_features.shape)} and {tuple(location_features.shape)}"
+        )
+    if latlon is not None and tuple(latlon.shape) != (image_features.shape[0], 2):
+        raise ValueError(f"latlon must be (B, 2) = ({image_features.shape[0]}, 2), got {tuple(latlon.shape)}")
+
+
+def soft_cross_entropy(logits, targets):
+    """Mean over rows of −Σ_j q_ij log softmax(logits)_ij. logits, targets: (B, M), rows of targets sum to 1.
+
+    torch's cross_entropy with probability targets, in float32 (bf16 logits
+    from autocast are upcast): it is faster on CPU than a hand-written form.
+    """
+    return F.cross_entropy(logits.float(), targets)
+
+
+class ClipLoss(nn.Module):
+    """One-hot symmetric InfoNCE, as open_clip's ClipLoss (local_loss, gather_with_grad)."""
+
+    def __init__(self, world_size: int = 1, rank: int = 0):
+        super().__init__()
+        self.world_size, self.rank = world_size, rank
+
+    def forward(self, image_features, location_features, logit_scale, latlon=None, **_):
+        """image_features, location_features: (B, D); logit_scale: scalar. -> {"contrastive_loss"}."""
+        _check_inputs(image_features, location_features)
+        all_image, all_location, _ = gather_batch(image_features, location_features, None, self.world_size)
+        logits_per_image = logit_scale * image_features @ all_location.T  # (B, W·B)
+        logits_per_location = logit_scale * location_features @ all_image.T  # (B, W·B)
+        labels = torch.arange(image_features.shape[0], device=image_features.device) + self.rank * image_features.shape[0]
+        loss = (F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_location.float(), labels)) / 2
+        return {"contrastive_loss": loss}
+
+
+class NeighbourhoodConsistencyLoss(nn.Module):
+    """KL(Q⁰ ‖ softmax_{j≠i}(v_i·v_j / τ)), mean over rows with neighbour mass.
+
+    Q⁰ is the soft-target matrix with each row's own column removed and the row
+    renormalised. Rows whose whole mass sits on themselves (no neighbour within
+    the kernel's reach, always the case for one-hot) carry no information about
+    neighbours and are left out of the mean; if no row has mass the term is 0.
+    """
+
+    def __init__(self, temperature: float = 0.1):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, image_features, all_image_features, targets, rank: int = 0):
+        """image_features: (B, D) this rank's rows; all_image_features: (M, D); targets: (B, M). -> scalar."""
+        b = image_features.shape[0]
+        self_cols = torch.arange(b, device=image_features.device) + rank * b
+        self_mask = torch.zeros_like(targets, dtype=torch.bool)
+        self_mask[torch.arange(b, device=targets.device), self_cols] = True
+        q0 = targets.float().masked_fill(self_mask, 0.0)
+        mass = q0.sum(1, keepdim=True)  # (B, 1)
+        has_mass = mass.squeeze(1) > 0
+        q0 = q0 / mass.clamp_min(torch.finfo(q0.dtype).tiny)
+        sim = (image_features @ all_image_features.T).float() / self.temperature  # (B, M)
+        log_p = torch.log_softmax(sim.masked_fill(self_mask, float("-inf")), 1).masked_fill(self_mask, 0.0)
+        kl = torch.special.xlogy(q0, q0).sum(1) - (q0 * log_p).sum(1)  # (B,)
+        if not has_mass.any():
+            return (sim * 0.0).sum()
+        return kl[has_mass].mean()
+
+
+class SoftClipLoss(nn.Module):
+    """SW-CLIP: symmetric soft cross-entropy against geodesic-kernel targets.
+
+    sigma_m: kernel bandwidth in metres (0 gives one-hot and equals ClipLoss
+    for distinct locations). kernel: "gaussian", "exponential" or "onehot".
+    nc_weight (λ) > 0 adds the "nc_loss" term with temperature nc_temperature,
+    sharing the same target matrix.
+    """
+
+    def __init__(self, sigma_m: float, kernel: str = "gaussian", nc_weight: float = 0.0,
+                 nc_temperature: float = 0.1, world_size: int = 1, rank: int = 0):
+        super().__init__()
+        check_kernel(kernel, sigma_m)
+        if nc_weight < 0:
+            raise ValueError(f"nc_weight must be >= 0, got {nc_weight}")
+        self.sigma_m, self.kernel, self.nc_weight = float(sigma_m), kernel, float(nc_weight)
+        self.world_size, self.rank = world_size, rank
+        self.nc = NeighbourhoodConsistencyLoss(nc_temperature)
+
+    def forward(self, image_features, location_features, logit_scale, latlon, **_):
+        """image_features, location_features: (B, D); logit_scale: scalar; latlon: (B, 2) degrees.
+
+        -> {"contrastive_loss"[, "nc_loss"]}
+        """
+        _check_inputs(image_features, location_features, latlon)
+        all_image, all_location, all_latlon = gather_batch(image_features, location_features, latlon, self.world_size)
+        with torch.no_grad():
+            targets = soft_targets(latlon, self.sigma_m, self.kernel, latlon_cols=all_latlon, check=False)  # (B, W·B)
+        logits_per_image = logit_scale * image_features @ all_location.T
+        logits_per_location = logit_scale * location_features @ all_image.T
+        loss = (soft_cross_entropy(logits_per_image, targets) + soft_cross_entropy(logits_per_location, targets)) / 2
+        out = {"contrastive_loss": loss}
+        if self.nc_weight > 0:
+            out["nc_loss"] = self.nc_weight * self.nc(image_features, all_image, targets, self.rank)
+        return out
+
+
+class EmbeddingMemoryBank:
+    """Ring buffer of the most recent (embedding, latlon) pairs, kept on the training device.
+
+    Holds at most ``size`` rows: embeddings (N, D) float32, latlon (N, 2) float64.
+    """
+
+    def __init__(self, size: int):
+        if size < 2:
+            raise ValueError(f"memory bank size must be >= 2, got {size}")
+        self.size, self.embeddings, self.latlon, self._next, self.count = size, None, None, 0, 0
+
+    def push(self, embeddings, latlon) -> None:
+        embeddings, latlon = embeddings.detach().float(), latlon.detach().to(torch.float64)
+        if self.embeddings is not None and self.embeddings.device != embeddings.device:  # restored on the CPU
+            self.embeddings, self.latlon = self.embeddings.to(embeddings.device), self.latlon.to(embeddings.device)
+        if self.embeddings is None:
+            self.embeddings = embeddings.new_zeros(self.size, embeddings.shape[1])
+            self.latlon = latlon.new_zeros(self.size, 2)
+        n = min(embeddings.shape[0], self.size)
+        idx = (self._next + torch.arange(n, device=embeddings.device)) % self.size
+        self.embeddings[idx], self.latlon[idx] = embeddings[-n:], latlon[-n:]
+        self._next, self.count = (self._next + n) % self.size, min(self.count + n, self.size)
+
+    def contents(self):
+        """(embeddings (N, D), latlon (N, 2)) of the filled rows."""
+        return self.embeddings[: self.count], self.latlon[: self.count]
+
+    def state_dict(self) -> dict:
+        """Position, fill and rows (CPU tensors, ints): what a resumed run needs to continue the ring."""
+        out = {"next": int(self._next), "count": int(self.count)}
+        if self.embeddings is not None:
+            out["embeddings"], out["latlon"] = self.embeddings.cpu(), self.latlon.cpu()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self._next, self.count = int(state["next"]), int(state["count"])
+        self.embeddings, self.latlon = state.get("embeddings"), state.get("latlon")
+
+
+class SemivariogramWeightedLoss(nn.Module):
+    """One-hot InfoNCE with semivariogram-weighted negatives (after Chen et al., SIGSPATIAL 2025).
+
+    For each negative pair (i, j) at geodesic distance h with cosine distance
+    c = 1 − v_i·v_j, r = γ(h) − c measures how much more alike the pair is than
+    the fitted variogram γ expects. With r > 0, inside the range the pair is a
+    likely false negative (weight exp(−βr) < 1); beyond it, a hard negative
+    (weight exp(βr) > 1). Otherwise the weight is 1. Weights are computed
+    without gradient and enter as log-weights on the negatives' logits.
+
+    The variogram is refit every ``refit_every`` training calls from a memory
+    bank of the last ``bank_size`` (embedding, latlon) pairs, by ``fit_fn``:
+    a callable (embeddings (N, D), latlon (N, 2)) -> object with
+    ``gamma_torch(h_m) -> tensor`` and ``range_m``, or None when no fit exists.
+    Until the first fit the loss equals ClipLoss.
+    """
+
+    def __init__(self, beta: float = 1.0, bank_size: int = 4096, refit_every: int = 100,
+                 min_fit_samples: int = 256, fit_fn: Optional[Callable] = None,
+                 world_size: int = 1, rank: int = 0):
+        super().__init__()
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.beta, self.refit_every, self.min_fit_samples = float(beta), int(refit_every), int(min_fit_samples)
+        self.bank = EmbeddingMemoryBank(bank_size)
+        self.fit_fn, self.variogram = fit_fn, None
+        self.world_size, self.rank, self.calls = world_size, rank, 0
+        self.last_stats: dict = {}
+        self._fit_inputs = None  # (embeddings, latlon) of the last fit, CPU: a resume refits from the same data
+        self._pending_fit = None  # set by a restore: refit on the training device at the next call
+
+    def set_variogram(self, variogram) -> None:
+        """Use ``variogram`` (with ``gamma_torch`` and ``range_m``) for the weights; None turns weighting off."""
+        self.variogram = variogram
+
+    def refit(self) -> None:
+        """Fit γ(h) from the memory bank now (does nothing without ``fit_fn`` or enough samples)."""
+        if self.fit_fn is None or self.bank.count < self.min_fit_samples:
+            return
+        embeddings, latlon = self.bank.contents()
+        fit = self.fit_fn(embeddings, latlon)
+        if fit is not None:
+            self.variogram = fit
+            self._fit_inputs = (embeddings.detach().cpu().clone(), latlon.detach().cpu().clone())
+
+    def get_extra_state(self) -> dict:
+        """The loss's training state for a checkpoint (``state_dict()["_extra_state"]``): step count, memory
+        bank, and the data of the last variogram fit (refit on resume, so the resumed weights match)."""
+        out = {"calls": int(self.calls), "bank": self.bank.state_dict()}
+        inputs = self._fit_inputs if self._pending_fit is None else self._pending_fit
+        if inputs is not None and (self.variogram is not None or self._pending_fit is not None):
+            out["fit_embeddings"], out["fit_latlon"] = inputs
+        return out
+
+    def set_extra_state(self, state: dict) -> None:
+        self.calls = int(state["calls"])
+        self.bank.load_state_dict(state["bank"])
+        if "fit_embeddings" in state:
+            self._pending_fit = (state["fit_embeddings"], state["fit_latlon"])
+
+    def negative_log_weights(self, image_features, all_image_features, latlon, all_latlon):
+        """log w for (B, M) pairs: −βr inside the range, +βr beyond it, where r > 0; 0 elsewhere and on positives."""
+        b = image_features.shape[0]
+        if self.variogram is None or self.beta == 0:
+            return None
+        with torch.no_grad():
+            h_m = pairwise_haversine_m(latlon, all_latlon, dtype=torch.float32, check=False)  # (B, M)
+            cos_dist = 1.0 - (image_features @ all_image_features.T).float()
+            r = self.variogram.gamma_torch(h_m).float() - cos_dist
+            inside = h_m <= float(self.variogram.range_m)
+            log_w = torch.where(r > 0, torch.where(inside, -self.beta * r, self.beta * r), torch.zeros_like(r))
+            cols = torch.arange(b, device=log_w.device) + self.rank * b
+            log_w[torch.arange(b, device=log_w.device), cols] = 0.0
+            self.last_stats = {  # 0-d tensors: a float() here would sync the GPU on every step
+                "false_negative_frac": ((r > 0) & inside).float().mean(),
+                "hard_negative_frac": ((r > 0) & ~inside).float().mean(),
+            }
+        return log_w
+
+    def forward(self, image_features, location_features, logit_scale, latlon, **_):
+        """image_features, location_features: (B, D); logit_scale: scalar; latlon: (B, 2). -> {"contrastive_loss"}."""
+        _check_inputs(image_features, location_features, latlon)
+        all_image, all_location, all_latlon = gather_batch(image_features, location_features, latlon, self.world_size)
+        if self._pending_fit is not None and self.fit_fn is not None:
+            embeddings, fit_latlon = self._pending_fit
+            self.variogram = self.fit_fn(embeddings.to(image_features.device), fit_latlon.to(image_features.device))
+            self._fit_inputs, self._pending_fit = self._pending_fit, None
+        if self.training:
+            self.bank.push(all_image, all_latlon)
+            self.calls += 1
+            if self.refit_every > 0 and self.calls % self.refit_every == 0:
+                self.refit()
+        log_w = self.negative_log_weights(image_features, all_image, latlon, all_latlon)
+        logits_per_image = (logit_scale * image_features @ all_location.T).float()
+        logits_per_location = (logit_scale * location_features @ all_image.T).float()
+        if log_w is not None:
+            logits_per_image, logits_per_location = logits_per_image + log_w, logits_per_location + log_w
+        b = image_features.shape[0]
+        labels = torch.arange(b, device=image_features.device) + self.rank * b
+        loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_location, labels)) / 2
+        return {"contrastive_loss": loss}

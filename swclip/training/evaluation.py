@@ -1,0 +1,187 @@
+"""Evaluate a trained run on held-out samples and write the artefacts the app reads.
+
+    evaluate_run("runs/demo/swclip-s50")                    # data and split from the run's manifest
+    evaluate_run("copied/run", table="/data/x.csv", root="/data")   # a run trained elsewhere
+
+What it does:
+    gallery      the training locations, duplicates removed, encoded by the location tower
+                 (swclip.retrieval.gallery.Gallery.from_locations) -> gallery.npz
+    embeddings   every eval image through model.preprocess_val and the image tower -> embeddings.npy (N, D)
+    predictions  faiss top-k over the gallery (swclip.retrieval.predictor.Predictor): top-1 is the prediction
+                 (pred_lat, pred_lon, error_m); the knn-kde estimate is kept beside it
+                 (kde_lat, kde_lon, kde_error_m, radius_m) -> predictions.parquet
+    image gallery  every training image through the image tower -> image_gallery.npz
+                 (ids = image paths): the "Revisiting IM2GPS" kNN baseline, whose knn-kde
+                 errors go into metrics.json as "image_knn", and the app's nearest
+                 training images
+    metrics      swclip.analysis.metrics.summarize (metre and km thresholds, overall and per city),
+                 recall@1/5/10, the knn-kde summary -> metrics.json, and a summary in manifest.json
+
+recall@k is image → location retrieval inside the eval set: each eval image
+ranks the eval set's distinct locations; a hit is its own location among the
+first k. (The gallery holds training locations only, so a held-out place is
+never in it: the metre errors measure localisation, recall@k measures
+retrieval.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from swclip import runs
+from swclip.analysis.metrics import SUMMARY_KEYS, errors_m, recall_at_k, summarize
+from swclip.data import ImageDataset
+from swclip.retrieval.gallery import Gallery
+from swclip.retrieval.predictor import Predictor
+from swclip.retrieval.search import SearchIndex
+from swclip.runs import RESERVED_KEYS, load_run, save_run
+from swclip.training.checkpoint import load_checkpoint
+from swclip.training.loop import read_source
+
+RECALL_KS = (1, 5, 10)
+
+
+def _split_rows(table, split: Optional[str]):
+    if split and "split" in table.columns:
+        rows = table[table["split"] == split].reset_index(drop=True)
+        if len(rows) == 0:
+            raise ValueError(f"no rows with split == {split!r} (splits present: {sorted(table['split'].unique())})")
+        return rows
+    if split and split != "train":
+        raise ValueError(f"the table has no 'split' column, so split {split!r} cannot be selected; "
+                         "make one with swclip.data.spatial_split")
+    return table
+
+
+def encode_images(model, table, root, batch_size: int = 256, num_workers: int = 0, progress: bool = False) -> np.ndarray:
+    """Every image of ``table`` through model.preprocess_val and the image tower. -> (N, D) float32, L2-normalised."""
+
+    ds = ImageDataset(table, root, transform=model.preprocess_val)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    out = []
+    it = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="encoding eval images", leave=False)
+    with torch.inference_mode():
+        for batch in it:
+            out.append(model.encode_image(batch["image"]).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def retrieval_recall(model, image_embeddings: np.ndarray, latlon: np.ndarray, city=None, ks=RECALL_KS) -> dict:
+    """Image → location recall@k inside the eval set (see the module docstring)."""
+
+    uniq, inverse = np.unique(np.round(latlon, 7), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    first = np.zeros(len(uniq), dtype=np.int64)
+    first[inverse[::-1]] = np.arange(len(latlon))[::-1]
+    with torch.inference_mode():
+        loc = model.encode_location(latlon[first], None if city is None else list(np.asarray(city)[first])).cpu().numpy()
+    k = min(max(ks), len(uniq))
+    _, ranked = SearchIndex(loc, kind="flat").search(image_embeddings, k)
+    return recall_at_k(ranked, inverse, [kk for kk in ks if kk <= k])
+
+
+def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
+             bandwidth_m: Optional[float] = None, progress: bool = False, image_gallery: bool = True) -> dict:
+    """-> {"predictions": DataFrame, "embeddings": (N, D), "gallery": Gallery, "image_gallery": Gallery | None,
+    "metrics": dict}. ``image_gallery=False`` skips encoding the training images."""
+    import pandas as pd
+
+
+    model.eval()
+    text = getattr(getattr(model, "config", None), "location_tower", "gps") == "text"
+    train_city = train_table["city"].astype(str).tolist() if text and "city" in train_table else None
+    gallery = Gallery.from_locations(model, train_table[["lat", "lon"]].to_numpy(np.float64), city=train_city,
+                                     progress=progress)
+    predictor = Predictor(model, gallery, bandwidth_m=bandwidth_m)
+    emb = encode_images(model, eval_table, root, batch_size, num_workers, progress)
+    preds = predictor.predict_embeddings(emb, top_k)
+    true = eval_table[["lat", "lon"]].to_numpy(np.float64)
+    pred = np.array([p.latlon for p in preds])
+    kde = np.array([p.estimate for p in preds])
+    err, kde_err = errors_m(pred, true), errors_m(kde, true)
+    city = eval_table["city"].astype(str).to_numpy() if "city" in eval_table else None
+    df = pd.DataFrame({
+        "id": eval_table["id"].astype(str).to_numpy() if "id" in eval_table else np.arange(len(eval_table)).astype(str),
+        "city": city if city is not None else "",
+        "lat": true[:, 0], "lon": true[:, 1],
+        "pred_lat": pred[:, 0], "pred_lon": pred[:, 1], "error_m": err,
+        "kde_lat": kde[:, 0], "kde_lon": kde[:, 1], "kde_error_m": kde_err,
+        "radius_m": [p.radius_m for p in preds],
+        "topk_lat": [p.latlon_topk[:, 0].tolist() for p in preds],
+        "topk_lon": [p.latlon_topk[:, 1].tolist() for p in preds],
+        "topk_prob": [p.prob.tolist() for p in preds],
+        "topk_score": [p.score.tolist() for p in preds],
+        "image": eval_table["image"].astype(str).to_numpy(),
+    })
+    metrics = summarize(err, city)
+    metrics.update(retrieval_recall(model, emb, true, city if text else None))
+    metrics["knn_kde"] = summarize(kde_err)
+    images = None
+    if image_gallery:
+        train_emb = encode_images(model, train_table, root, batch_size, num_workers, progress)
+        images = Gallery(train_table[["lat", "lon"]].to_numpy(np.float64), train_emb, kind="image",
+                         ids=train_table["image"].astype(str).to_numpy(),
+                         city=train_table["city"].astype(str).to_numpy() if "city" in train_table else None)
+        image_preds = Predictor(model, images, bandwidth_m=bandwidth_m).predict_embeddings(emb, top_k)
+        metrics["image_knn"] = summarize(errors_m(np.array([p.estimate for p in image_preds]), true))
+    metrics["n_gallery"] = len(gallery)
+    metrics["top_k"] = int(top_k)
+    metrics["kde_bandwidth_m"] = predictor.bandwidth_m
+    return {"predictions": df, "embeddings": emb, "gallery": gallery, "image_gallery": images, "metrics": metrics}
+
+
+def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = None, split: Optional[str] = None,
+                 train_split: Optional[str] = None, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
+                 device: str = "cpu", progress: bool = False, checkpoint: Optional[str] = None) -> dict:
+    """Evaluate a run directory in place; -> metrics.
+
+    table / root: the sample table and image root (default: the manifest's; give them for a run
+    trained elsewhere). split / train_split: eval and gallery splits (default: the manifest's,
+    else "test" / "train"). checkpoint: evaluate these weights (a checkpoints/step_* folder)
+    instead of the run's final model.safetensors; the run's model.safetensors and manifest are then
+    replaced by that checkpoint's weights, so the artefacts always match the run's weights.
+    """
+
+    run_dir = Path(run_dir)
+    if checkpoint is not None:
+        run = load_run(run_dir, device=device)
+        weights, _, meta = load_checkpoint(checkpoint)
+        run.model.load_state_dict(weights)
+        keep = {k: v for k, v in run.manifest.items() if k not in RESERVED_KEYS}
+        save_run(run_dir, run.model, {**keep, "evaluated_checkpoint_step": meta.get("step")})
+    run = load_run(run_dir, device=device)
+    data = run.manifest.get("data", {}) or {}
+    table = table or data.get("table")
+    root = root if root is not None else (data.get("root") or None)
+    fmt = data.get("format", "table") if table is None or table == data.get("table") else "table"
+    if fmt == "table":
+        if not table:
+            raise ValueError(f"{run_dir}: the manifest names no data table; pass table= (and root=)")
+        if not Path(table).exists():
+            raise FileNotFoundError(f"sample table {table} not found (run trained elsewhere? pass table= and root=)")
+    full = read_source(table, root, fmt, data.get("check_images", "header"))
+    split = split or data.get("eval_split") or "test"
+    train_split = train_split or data.get("train_split") or "train"
+    eval_rows, train_rows = _split_rows(full, split), _split_rows(full, train_split)
+    root = root or full.attrs.get("root") or str(Path(table).parent)
+    res = evaluate(run.model, train_rows, eval_rows, root, top_k, batch_size, num_workers,
+                   bandwidth_m=run.manifest.get("kde_bandwidth_m"), progress=progress)
+
+    runs.write_predictions(run_dir, res["predictions"])
+    runs.write_embeddings(run_dir, res["embeddings"])
+    runs.write_gallery(run_dir, res["gallery"])
+    if res["image_gallery"] is not None:
+        runs.write_image_gallery(run_dir, res["image_gallery"])
+    metrics = {**res["metrics"], "eval_split": split, "gallery_split": train_split, "table": str(table)}
+    runs.write_metrics(run_dir, metrics)
+    run.update_manifest(metrics={k: metrics[k] for k in SUMMARY_KEYS if k in metrics},
+                        kde_bandwidth_m=metrics["kde_bandwidth_m"])
+    return metrics

@@ -1,0 +1,251 @@
+"""Plotly chart builders for the app (maps live in ``swclip.viz.maps``).
+
+Each function takes plain arrays or DataFrames and returns a
+``plotly.graph_objects.Figure``, so the charts are testable without
+Streamlit. Plotly's cartesian charts work offline (plotly.js ships with
+Streamlit); its geo charts do not (their topojson comes from a CDN), so the
+small maps here are cartesian lon/lat plots with the aspect fixed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from swclip.method.soft_labels import kernel_weights
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+# No template: Streamlit applies its own theme, and plotly's template costs time on every figure.
+_LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=60), height=380,
+               legend=dict(orientation="h", yanchor="top", y=-0.28, x=0))  # legend below: narrow columns keep their plot
+NICE_TICKS_M = (1, 10, 25, 50, 100, 250, 500, 1000, 5000, 25_000, 100_000, 1_000_000, 10_000_000)
+
+
+def _fig(title: str, data: Sequence = (), **layout: Any) -> go.Figure:
+    """One constructor call: incremental add_trace / update_layout re-validate the whole figure each time."""
+    return go.Figure(data=list(data), layout=dict(title=dict(text=title, font=dict(size=14)), **{**_LAYOUT, **layout}))
+
+
+def _rules(fig: go.Figure, lines: Sequence[dict]) -> go.Figure:
+    """Vertical (``x``) or horizontal (``y``) reference lines with optional labels, added in one update.
+
+    Each dict: x or y, and optionally colour, dash, width, opacity, text, position ("top" or "bottom").
+    plotly's add_vline is slow per line (benchmarks/figures.py); the soft-label page redraws on every slider move.
+    """
+    shapes, notes = [], []
+    for ln in lines:
+        vertical = "x" in ln
+        v = float(ln["x"] if vertical else ln["y"])
+        style = dict(color=ln.get("colour", "grey"), dash=ln.get("dash", "solid"), width=ln.get("width", 1))
+        if vertical:
+            shapes.append(dict(type="line", xref="x", yref="paper", x0=v, x1=v, y0=0, y1=1, line=style, opacity=ln.get("opacity", 1.0)))
+        else:
+            shapes.append(dict(type="line", xref="paper", yref="y", x0=0, x1=1, y0=v, y1=v, line=style, opacity=ln.get("opacity", 1.0)))
+        if ln.get("text"):
+            top = ln.get("position", "top") == "top"
+            notes.append(dict(x=v, y=1 if top else 0, xref="x", yref="paper", text=ln["text"], showarrow=False, xanchor="left",
+                              yanchor="top" if top else "bottom", font=dict(size=11)) if vertical else
+                         dict(x=1, y=v, xref="paper", yref="y", text=ln["text"], showarrow=False, xanchor="right", yanchor="bottom", font=dict(size=11)))
+    fig.update_layout(shapes=list(fig.layout.shapes) + shapes, annotations=list(fig.layout.annotations) + notes)
+    return fig
+
+
+# ----------------------------------------------------------------- soft labels
+
+
+def kernel_curve(sigma_m: float, kernel: str, max_m: Optional[float] = None, compare: Sequence[str] = ("gaussian", "exponential")) -> go.Figure:
+    """k_σ(d) against distance d (metres), the chosen kernel bold, the others faint; σ marked."""
+    max_m = max_m or max(4.0 * sigma_m, 100.0)
+    d = np.linspace(0.0, max_m, 400)
+    traces = []
+    for i, name in enumerate(dict.fromkeys([kernel, *compare])):
+        y = (d == 0).astype(float) if name == "onehot" else kernel_weights(d, sigma_m, name)
+        traces.append(go.Scatter(x=d, y=y, name=name, mode="lines", line=dict(width=3 if name == kernel else 1, color=PALETTE[i]), opacity=1.0 if name == kernel else 0.5))
+    fig = _fig(f"Kernel k_σ(d), σ = {sigma_m:g} m", traces, xaxis_title="distance d (m)", yaxis=dict(title="weight", range=[0, 1.05]), height=300)
+    return _rules(fig, [dict(x=sigma_m, dash="dot", text="σ")])
+
+
+def target_heatmap(targets: Any, title: str, zmax: Optional[float] = None, height: int = 420) -> go.Figure:
+    """(B, B) target matrix as a heatmap, row i = image i, column j = location j.
+
+    Colour is the target probability; ``zmax`` fixes the scale so two
+    matrices side by side compare (default: the largest off-diagonal mass,
+    so soft structure is visible next to the 1/row diagonal).
+    """
+    q = np.asarray(targets, dtype=np.float32)
+    if zmax is None:
+        off = q.copy()
+        np.fill_diagonal(off, 0.0)
+        zmax = float(max(off.max(), 1e-6)) if q.shape[0] > 1 else 1.0
+    heat = go.Heatmap(z=q, zmin=0.0, zmax=zmax, colorscale="Viridis", colorbar=dict(title="q", thickness=12), hovertemplate="i=%{y} j=%{x} q=%{z:.3g}<extra></extra>")
+    return _fig(title, [heat], height=height, xaxis=dict(title="location j (space-filling order)", constrain="domain"),
+                yaxis=dict(title="image i", autorange="reversed", scaleanchor="x", constrain="domain"))
+
+
+def effective_positives_figure(neff: Any, batch_size: int) -> go.Figure:
+    """Effective positives 1/Σq² per row (space-filling order), with its median."""
+    n = np.asarray(neff, dtype=np.float64)
+    bars = go.Bar(x=np.arange(len(n)), y=n, marker_color=PALETTE[0], name="per row")
+    fig = _fig(f"Effective positives per row (median {np.median(n):.2f} of {batch_size})", [bars], xaxis_title="row i (space-filling order)", yaxis_title="1 / Σ_j q_ij²", height=300)
+    return _rules(fig, [dict(y=float(np.median(n)), dash="dot", colour=PALETTE[1], text="median")])
+
+
+# ----------------------------------------------------------------- errors
+
+
+def error_histogram(errors: Mapping[str, Any], log_x: bool = True) -> go.Figure:
+    """Histogram of error_m per group (run or city), log-spaced bins in metres."""
+    fig = _fig("Error distribution", xaxis_title="error (m)", yaxis_title="samples", barmode="overlay")
+    allv = np.concatenate([np.asarray(v, dtype=np.float64) for v in errors.values()]) if errors else np.array([1.0])
+    allv = allv[np.isfinite(allv)]
+    lo, hi = max(float(allv.min()) if allv.size else 1.0, 1.0), max(float(allv.max()) if allv.size else 10.0, 10.0)
+    edges = (np.log10(lo), np.log10(hi)) if log_x else (0.0, hi)
+    xbins = dict(start=edges[0], end=edges[1] + 1e-9, size=max((edges[1] - edges[0]) / 40, 1e-6))  # shared bins
+    for i, (name, v) in enumerate(errors.items()):
+        v = np.asarray(v, dtype=np.float64)
+        x = np.log10(np.maximum(v, 1.0)) if log_x else v
+        fig.add_trace(go.Histogram(x=x, name=str(name), opacity=0.6, marker_color=PALETTE[i % len(PALETTE)], xbins=xbins))
+    if log_x:
+        ticks = [t for t in NICE_TICKS_M if lo / 2 <= t <= hi * 2]
+        fig.update_xaxes(tickvals=np.log10(ticks), ticktext=[f"{t / 1000:g} km" if t >= 1000 else f"{t:g}" for t in ticks], title="error (m, log scale)")
+    return fig
+
+
+def error_cdf(errors: Mapping[str, Any], thresholds_m: Sequence[float] = (25, 50, 100, 250, 500, 1000)) -> go.Figure:
+    """Empirical CDF of error_m per group on a log x axis, thresholds as dotted lines."""
+    fig = _fig("Share of samples within distance", xaxis_title="error (m, log scale)", yaxis_title="fraction ≤ error", xaxis_type="log")
+    for i, (name, v) in enumerate(errors.items()):
+        v = np.sort(np.asarray(v, dtype=np.float64))
+        if v.size == 0:
+            continue
+        y = np.arange(1, v.size + 1) / v.size
+        fig.add_trace(go.Scatter(x=np.maximum(v, 0.5), y=y, name=str(name), mode="lines", line=dict(color=PALETTE[i % len(PALETTE)], width=2, shape="hv")))
+    _rules(fig, [dict(x=t, dash="dot", colour="lightgrey") for t in thresholds_m])
+    allv = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in errors.values()]) if errors else np.array([1.0])
+    lo, hi = max(float(np.nanmin(allv)), 0.5), max(float(np.nanmax(allv)), 1.0)
+    ticks = [t for t in NICE_TICKS_M if lo / 3 <= t <= hi * 3]
+    fig.update_xaxes(tickvals=ticks, ticktext=[f"{t / 1000:g} km" if t >= 1000 else f"{t:g}" for t in ticks], tickangle=0)
+    fig.update_yaxes(range=[0, 1.01])
+    return fig
+
+
+# ----------------------------------------------------------------- variograms
+
+
+def variogram_figure(
+    curves: Sequence[Mapping[str, Any]],
+    sigma_m: Optional[float] = None,
+    suggested_sigma_m: Optional[float] = None,
+    true_ranges_m: Sequence[float] = (),
+    title: str = "Semivariogram",
+    y_title: str = "γ(h)",
+) -> go.Figure:
+    """Empirical (markers) and fitted (line) semivariograms, one colour per curve.
+
+    Each curve: ``name``, ``lags_m`` (L,), ``gamma`` (L,), optional ``fit_h_m``
+    and ``fit_gamma`` for the model line, optional ``range_m``. Vertical lines:
+    the sidebar σ, the σ the fitted range suggests, and true field ranges.
+    """
+    fig = _fig(title, xaxis_title="lag h (m)", yaxis_title=y_title, height=400)
+    rules = []
+    for i, c in enumerate(curves):
+        colour = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=np.asarray(c["lags_m"]), y=np.asarray(c["gamma"]), mode="markers", name=f"{c['name']} (empirical)", marker=dict(color=colour, size=7)))
+        if c.get("fit_h_m") is not None:
+            fig.add_trace(go.Scatter(x=np.asarray(c["fit_h_m"]), y=np.asarray(c["fit_gamma"]), mode="lines", name=f"{c['name']} (fit)", line=dict(color=colour, width=2)))
+        if c.get("range_m"):
+            rules.append(dict(x=float(c["range_m"]), dash="dash", colour=colour, opacity=0.6))
+    if sigma_m:
+        rules.append(dict(x=float(sigma_m), colour="black", width=2, text=f"σ = {sigma_m:g} m"))
+    if suggested_sigma_m:
+        rules.append(dict(x=float(suggested_sigma_m), colour=PALETTE[4], dash="dashdot", text=f"suggested σ {suggested_sigma_m:.0f} m", position="bottom"))
+    rules += [dict(x=float(r), colour="lightgrey", dash="dot") for r in true_ranges_m]
+    _rules(fig, rules)
+    lags = [float(np.nanmax(c["lags_m"])) for c in curves if len(c["lags_m"]) and np.isfinite(c["lags_m"]).any()]
+    if lags:
+        fig.update_xaxes(range=[0, max(lags) * 1.05])
+    return fig
+
+
+# ----------------------------------------------------------------- embeddings
+
+
+def embedding_scatter(xy: Any, colours: Any, anchor: Optional[int] = None, highlight: Sequence[int] = (), title: str = "Embeddings, 2-D projection", hover: Optional[Sequence[str]] = None) -> go.Figure:
+    """2-D projection of embeddings, each dot coloured by where it is (``maps.position_colours``)."""
+    xy = np.asarray(xy, dtype=np.float64)
+    rgb = np.asarray(colours, dtype=np.uint8)
+    fig = _fig(title, xaxis_title="component 1", yaxis_title="component 2", height=420, showlegend=True)
+    fig.add_trace(
+        # SVG up to a few thousand points (click-to-select is most reliable there), WebGL beyond.
+        (go.Scatter if len(xy) <= 3000 else go.Scattergl)(
+            x=xy[:, 0], y=xy[:, 1], mode="markers", name="samples",
+            marker=dict(size=5, color=[f"rgb({r},{g},{b})" for r, g, b in rgb], opacity=0.8),
+            text=hover, hovertemplate="%{text}<extra></extra>" if hover is not None else None,
+        )
+    )
+    if len(highlight):
+        h = np.asarray(highlight, dtype=int)
+        fig.add_trace(go.Scatter(x=xy[h, 0], y=xy[h, 1], mode="markers", name="neighbours", marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(color="black", width=2))))
+    if anchor is not None:
+        fig.add_trace(go.Scatter(x=[xy[anchor, 0]], y=[xy[anchor, 1]], mode="markers", name="anchor", marker=dict(size=16, symbol="star", color="gold", line=dict(color="black", width=1))))
+    return fig
+
+
+def mini_map(
+    truth_latlon: Sequence[float],
+    pred_latlon: Optional[Sequence[float]] = None,
+    others_latlon: Any = None,
+    streets: Sequence[Any] = (),
+    height: int = 260,
+    title: str = "",
+) -> go.Figure:
+    """A small offline map as a cartesian lon/lat plot (aspect fixed for the latitude).
+
+    Truth is a green circle, prediction a red cross with a line from the
+    truth, ``others`` (e.g. nearest training images) small blue dots; streets
+    grey lines for context.
+    """
+    traces = []
+    pts = [np.asarray(truth_latlon, dtype=np.float64).reshape(1, 2)]
+    if len(streets):
+        # All streets as one trace, separated by None: one trace per street is slow to build and draw.
+        xs, ys = [], []
+        for p in streets:
+            p = np.asarray(p, dtype=np.float64)
+            xs += p[:, 1].tolist() + [None]
+            ys += p[:, 0].tolist() + [None]
+        traces.append(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#c8c8c8", width=1), hoverinfo="skip", name="streets"))
+    if others_latlon is not None and len(others_latlon):
+        o = np.asarray(others_latlon, dtype=np.float64).reshape(-1, 2)
+        pts.append(o)
+        traces.append(go.Scatter(x=o[:, 1], y=o[:, 0], mode="markers", marker=dict(size=6, color=PALETTE[0]), name="neighbours"))
+    t = pts[0][0]
+    if pred_latlon is not None:
+        p = np.asarray(pred_latlon, dtype=np.float64)
+        pts.append(p.reshape(1, 2))
+        traces.append(go.Scatter(x=[t[1], p[1]], y=[t[0], p[0]], mode="lines", line=dict(color=PALETTE[1], width=1, dash="dot"), hoverinfo="skip", name="error"))
+        traces.append(go.Scatter(x=[p[1]], y=[p[0]], mode="markers", marker=dict(size=12, symbol="x", color=PALETTE[1]), name="prediction"))
+    traces.append(go.Scatter(x=[t[1]], y=[t[0]], mode="markers", marker=dict(size=12, color=PALETTE[2], line=dict(color="white", width=1)), name="truth"))
+    allp = np.concatenate(pts)
+    pad_lat = max(np.ptp(allp[:, 0]) * 0.15, 2e-4)
+    pad_lon = max(np.ptp(allp[:, 1]) * 0.15, 2e-4)
+    axis = dict(showticklabels=False, showgrid=False, zeroline=False)
+    return _fig(
+        title, traces, height=height, margin=dict(l=5, r=5, t=30 if title else 5, b=5), showlegend=False,
+        xaxis=dict(range=[allp[:, 1].min() - pad_lon, allp[:, 1].max() + pad_lon], **axis),
+        yaxis=dict(range=[allp[:, 0].min() - pad_lat, allp[:, 0].max() + pad_lat], scaleanchor="x",
+                   scaleratio=1.0 / max(math.cos(math.radians(float(t[0]))), 1e-3), **axis),
+    )
+
+
+def train_curves(log: pd.DataFrame) -> go.Figure:
+    """Loss terms against step from a run's train_log.csv (every column named loss*)."""
+    fig = _fig("Training loss", xaxis_title="step", yaxis_title="loss", height=280)
+    cols = [c for c in log.columns if c.startswith("loss")] if "step" in log else []
+    for i, c in enumerate(cols):
+        fig.add_trace(go.Scatter(x=log["step"], y=log[c], name=c, mode="lines", line=dict(color=PALETTE[i % len(PALETTE)])))
+    return fig
