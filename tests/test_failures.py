@@ -19,7 +19,7 @@ def samples():
 def test_locator_finds_the_rows_at_gallery_locations_and_only_them(samples):
     loc = SampleLocator(samples[["lat", "lon"]].to_numpy())
     ll = samples[["lat", "lon"]].to_numpy()
-    query = np.vstack([ll[[10, 3, 7]], local_metres_to_degrees(np.array([[5.0, 0.0]]), *ll[20])])  # last: 5 m off
+    query = np.vstack([ll[[10, 3, 7]], local_metres_to_degrees(np.array([[5.0, 0.0]]), tuple(ll[20]))])  # last: 5 m off
     rows = loc.find(query)
     assert rows.tolist() == [10, 3, 3, -1]
     # a float round trip (gallery.npz stores float64, the table CSV 7 decimals) still matches

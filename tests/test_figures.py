@@ -256,8 +256,8 @@ def test_soft_label_redraw_for_a_batch_of_256_shows_the_batch():
 
 def test_streets_near_keeps_lines_with_a_vertex_within_the_radius():
     centre = (55.95, -3.19)
-    near = np.array([local_metres_to_degrees(np.array([[0.0, 1500.0], [0.0, 2500.0]]), *centre)]).reshape(-1, 2)
-    far = np.array([local_metres_to_degrees(np.array([[2100.0, 0.0], [3000.0, 0.0]]), *centre)]).reshape(-1, 2)
+    near = np.array([local_metres_to_degrees(np.array([[0.0, 1500.0], [0.0, 2500.0]]), centre)]).reshape(-1, 2)
+    far = np.array([local_metres_to_degrees(np.array([[2100.0, 0.0], [3000.0, 0.0]]), centre)]).reshape(-1, 2)
     assert haversine_m(near[:1], np.array([centre])) < 2000 < haversine_m(far[:1], np.array([centre]))
     kept = maps.streets_near([near, far], centre, within_m=2000)
     assert len(kept) == 1 and np.array_equal(kept[0], near)
