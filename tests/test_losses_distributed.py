@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from swclip.method.losses import ClipLoss, SemivariogramWeightedLoss, SoftClipLoss
 
 B_GLOBAL, D_IN, D = 16, 6, 8
-NAMES = ["clip", "swclip+nc", "semivariogram"]
+NAMES = ["clip", "swclip+nc", "semivariogram", "swclip+nc uneven"]
 
 
 class ConstantVariogram:
@@ -38,18 +38,25 @@ class ConstantVariogram:
 def make_loss(name, world_size, rank):
     if name == "clip":
         return ClipLoss(world_size, rank)
-    if name == "swclip+nc":
+    if name.startswith("swclip+nc"):
         return SoftClipLoss(300.0, nc_weight=0.5, world_size=world_size, rank=rank)
     loss = SemivariogramWeightedLoss(beta=1.5, refit_every=0, world_size=world_size, rank=rank)
     loss.set_variogram(ConstantVariogram())
     return loss
 
 
-def data():
+def data(name=""):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B_GLOBAL, D_IN, generator=g)
     latlon = torch.stack([51.45 + 0.03 * torch.rand(B_GLOBAL, generator=g, dtype=torch.float64),
                           -2.6 + 0.03 * torch.rand(B_GLOBAL, generator=g, dtype=torch.float64)], 1)
+    if name.endswith("uneven"):
+        # rank 0's rows: 4 pairs 40 m apart (8 rows with neighbours); rank 1's rows: 5 km apart, but for
+        # one pair (2 rows with neighbours). A per-rank NC mean would weigh rank 1's pair 4x too much.
+        k = torch.arange(B_GLOBAL, dtype=torch.float64)
+        near = torch.stack([51.45 + 0.01 * (k // 2) + 0.00036 * (k % 2), -2.6 + 0 * k], 1)
+        far = torch.stack([51.45 + 0.045 * k, -2.0 + 0 * k], 1)
+        latlon = torch.cat([near[:8], far[8:14], torch.tensor([[52.2, -2.0], [52.20036, -2.0]], dtype=torch.float64)])
     return x, latlon
 
 
@@ -69,10 +76,10 @@ def worker(out_path: str) -> None:
 
     dist.init_process_group("gloo")
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    x, latlon = data()
     rows = slice(rank * B_GLOBAL // world_size, (rank + 1) * B_GLOBAL // world_size)
     results = {}
     for name in NAMES:
+        x, latlon = data(name)
         loss, grad = loss_and_grad(name, x[rows], latlon[rows], world_size, rank)
         dist.all_reduce(loss)
         dist.all_reduce(grad)  # DDP averages gradients over ranks
@@ -91,8 +98,8 @@ def test_two_process_gloo_equals_single_process_global_batch(tmp_path):
                            __file__, str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = torch.load(out, weights_only=True)
-    x, latlon = data()
     for name in NAMES:
+        x, latlon = data(name)
         loss, grad = loss_and_grad(name, x, latlon)
         torch.testing.assert_close(results[name]["loss"], loss, rtol=1e-5, atol=1e-6, msg=f"{name} loss")
         torch.testing.assert_close(results[name]["grad"], grad, rtol=1e-4, atol=1e-6, msg=f"{name} gradient")

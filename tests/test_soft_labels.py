@@ -54,13 +54,21 @@ def test_distributed_rows_equal_rows_of_the_global_matrix():
     torch.testing.assert_close(part, full[8:])
 
 
-def test_block_boundaries_do_not_change_the_result(monkeypatch):
-    import swclip.method.soft_labels as sl
-
-    ll = torch.tensor(city_batch(50, 5))
-    whole = soft_targets(ll, 120.0)
-    monkeypatch.setattr(sl, "ROW_BLOCK", 7)
-    torch.testing.assert_close(soft_targets(ll, 120.0), whole)
+def test_float32_kernel_is_exact_zero_below_the_normal_range_and_exact_above():
+    """exp() of a far pair's exponent would be a denormal (and slow on CPU); it is 0, the rest is untouched."""
+    sigma = 150.0
+    d = np.array([0.0, 100.0, 1500.0, 1980.0, 2000.0, 5000.0])  # exponents 0 ... -50, -87.1, -88.9, -555
+    got = kernel_weights(torch.tensor(d, dtype=torch.float32), sigma, "gaussian").double().numpy()
+    want = np.exp(-(d**2) / (2 * sigma**2))
+    normal = want > 2 * np.finfo(np.float32).tiny
+    np.testing.assert_allclose(got[normal], want[normal], rtol=1e-5)
+    assert (got[~normal] == 0).all() and (~normal).sum() == 3
+    assert (got[normal] > 0).all()
+    got_exp = kernel_weights(torch.tensor(d, dtype=torch.float32), 20.0, "exponential").double().numpy()
+    want_exp = np.exp(-d / 20.0)
+    ok = want_exp > 2 * np.finfo(np.float32).tiny
+    np.testing.assert_allclose(got_exp[ok], want_exp[ok], rtol=1e-5)
+    assert (got_exp[~ok] == 0).all()
 
 
 def test_kernels_decay_with_distance_and_match_their_formulas():

@@ -67,6 +67,24 @@ def gather_batch(image_features, location_features, latlon, world_size: int):
     return all_image, all_location, all_latlon
 
 
+def similarity(a, b, scale=None):
+    """(N, D) · (M, D)ᵀ -> (N, M) in at least float32, also under autocast; optionally times ``scale``.
+
+    Every B×B product of the losses goes through here. Under bf16 autocast a plain
+    ``a @ b.T`` is a bf16 GEMM: at a logit scale near 100 its spacing is 0.25–0.5
+    logits, the size of the near-neighbour differences the soft labels encode. So
+    autocast is switched off for the product and the inputs are upcast (float64
+    inputs stay float64). ``scale`` (a scalar, e.g. the logit scale) multiplies the
+    (N, D) side, which is cheaper than scaling the (N, M) result.
+    """
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    with torch.autocast(a.device.type, enabled=False):
+        a = a.to(dtype)
+        if scale is not None:
+            a = scale.to(dtype) * a if torch.is_tensor(scale) else scale * a
+        return a @ b.to(dtype).T
+
+
 def _check_inputs(image_features, location_features, latlon=None):
     if image_features.ndim != 2 or image_features.shape != location_features.shape:
         raise ValueError(
@@ -81,13 +99,29 @@ def soft_cross_entropy(logits, targets):
     """Mean over rows of −Σ_j q_ij log softmax(logits)_ij. logits, targets: (B, M), rows of targets sum to 1.
 
     torch's cross_entropy with probability targets, in float32 (bf16 logits
-    from autocast are upcast): it is faster on CPU than a hand-written form.
+    are upcast): it is faster on CPU than a hand-written form.
     """
-    return F.cross_entropy(logits.float(), targets)
+    return F.cross_entropy(logits.float(), targets)  # a transposed (B, B) view is fine: no copy needed
+
+
+def _self_columns(b: int, rank: int, device):
+    """Column of each local row's own sample in the gathered (B, W·B) matrices. -> (B,) long."""
+    return torch.arange(b, device=device) + rank * b
+
+
+def _global_sum(x, world_size: int):
+    """Sum of a no-grad tensor over ranks (x itself when single-process). Stays on the device: no host sync."""
+    if world_size == 1:
+        return x
+    import torch.distributed as dist
+
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x
 
 
 class ClipLoss(nn.Module):
-    """One-hot symmetric InfoNCE, as open_clip's ClipLoss (local_loss, gather_with_grad)."""
+    """One-hot symmetric InfoNCE, as open_clip's ClipLoss (local_loss, gather_with_grad), logits in float32."""
 
     def __init__(self, world_size: int = 1, rank: int = 0):
         super().__init__()
@@ -97,20 +131,35 @@ class ClipLoss(nn.Module):
         """image_features, location_features: (B, D); logit_scale: scalar. -> {"contrastive_loss"}."""
         _check_inputs(image_features, location_features)
         all_image, all_location, _ = gather_batch(image_features, location_features, None, self.world_size)
-        logits_per_image = logit_scale * image_features @ all_location.T  # (B, W·B)
-        logits_per_location = logit_scale * location_features @ all_image.T  # (B, W·B)
-        labels = torch.arange(image_features.shape[0], device=image_features.device) + self.rank * image_features.shape[0]
-        loss = (F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_location.float(), labels)) / 2
+        logits_per_image = similarity(image_features, all_location, logit_scale)  # (B, W·B) float32
+        logits_per_location = similarity(location_features, all_image, logit_scale)  # (B, W·B)
+        labels = _self_columns(image_features.shape[0], self.rank, image_features.device)
+        loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_location, labels)) / 2
         return {"contrastive_loss": loss}
 
 
+# Logit given to a row's own column in the NC softmax over j ≠ i: exp() of it is exactly 0 in
+# float32, and unlike -inf it keeps 0 · logit = 0 inside cross_entropy (no NaN).
+_EXCLUDED_LOGIT = -1e4
+
+
 class NeighbourhoodConsistencyLoss(nn.Module):
-    """KL(Q⁰ ‖ softmax_{j≠i}(v_i·v_j / τ)), mean over rows with neighbour mass.
+    """Mass-weighted KL(Q⁰ ‖ softmax_{j≠i}(v_i·v_j / τ)) over the rows of the global batch.
 
     Q⁰ is the soft-target matrix with each row's own column removed and the row
-    renormalised. Rows whose whole mass sits on themselves (no neighbour within
-    the kernel's reach, always the case for one-hot) carry no information about
-    neighbours and are left out of the mean; if no row has mass the term is 0.
+    renormalised; m_i = Σ_{j≠i} q_ij is the neighbour mass the row had before that
+    renormalisation (0 for a sample with no neighbour within the kernel's reach;
+    always 0 for one-hot). The term is the mass-weighted mean
+
+        NC = Σ_i m_i KL_i / Σ_i m_i          (0 when no row has mass)
+
+    so a row whose mass is negligible (say e⁻⁵⁰, a nearest neighbour ~13σ away)
+    counts in proportion to that mass instead of as much as a row with real
+    neighbours. The sums run over the global batch: under DDP the denominator is
+    all-reduced (no gradient flows through it, it depends only on locations), and
+    each rank returns W · Σ_local m_i KL_i / Σ_global m_i, so DDP's gradient
+    averaging reproduces the single-process term even when ranks hold different
+    numbers of rows with neighbours. Everything stays on the device (no host sync).
     """
 
     def __init__(self, temperature: float = 0.1):
@@ -119,22 +168,27 @@ class NeighbourhoodConsistencyLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
-    def forward(self, image_features, all_image_features, targets, rank: int = 0):
-        """image_features: (B, D) this rank's rows; all_image_features: (M, D); targets: (B, M). -> scalar."""
+    def forward(self, image_features, all_image_features, targets, rank: int = 0, world_size: int = 1):
+        """image_features: (B, D) this rank's rows; all_image_features: (M, D); targets: (B, M) rows summing to 1.
+
+        -> scalar (see the class docstring for the weighting).
+        """
         b = image_features.shape[0]
-        self_cols = torch.arange(b, device=image_features.device) + rank * b
-        self_mask = torch.zeros_like(targets, dtype=torch.bool)
-        self_mask[torch.arange(b, device=targets.device), self_cols] = True
-        q0 = targets.float().masked_fill(self_mask, 0.0)
-        mass = q0.sum(1, keepdim=True)  # (B, 1)
-        has_mass = mass.squeeze(1) > 0
-        q0 = q0 / mass.clamp_min(torch.finfo(q0.dtype).tiny)
-        sim = (image_features @ all_image_features.T).float() / self.temperature  # (B, M)
-        log_p = torch.log_softmax(sim.masked_fill(self_mask, float("-inf")), 1).masked_fill(self_mask, 0.0)
-        kl = torch.special.xlogy(q0, q0).sum(1) - (q0 * log_p).sum(1)  # (B,)
-        if not has_mass.any():
-            return (sim * 0.0).sum()
-        return kl[has_mass].mean()
+        rows = torch.arange(b, device=targets.device)
+        cols = _self_columns(b, rank, targets.device)
+        with torch.no_grad():
+            q_off = targets.to(torch.promote_types(targets.dtype, torch.float32)).clone()  # (B, M)
+            q_off[rows, cols] = 0.0
+            mass = q_off.sum(1)  # (B,) m_i
+            # Σ_j q0 log q0 · m_i = Σ_j q_off log q_off − m_i log m_i: the KL's constant part, per row
+            neg_entropy = torch.special.xlogy(q_off, q_off).sum(1) - torch.special.xlogy(mass, mass)
+            total_mass = _global_sum(mass.sum(), world_size)
+        logits = similarity(image_features, all_image_features, 1.0 / self.temperature)  # (B, M)
+        logits[rows, cols] = _EXCLUDED_LOGIT
+        # cross_entropy with the unnormalised q_off as targets gives −Σ_j q_off log p = m_i · CE(Q⁰_i, p_i)
+        weighted_ce = F.cross_entropy(logits, q_off, reduction="none")  # (B,)
+        weighted_kl = (weighted_ce + neg_entropy).sum()
+        return world_size * weighted_kl / total_mass.clamp_min(torch.finfo(q_off.dtype).tiny)
 
 
 class SoftClipLoss(nn.Module):
@@ -165,12 +219,17 @@ class SoftClipLoss(nn.Module):
         all_image, all_location, all_latlon = gather_batch(image_features, location_features, latlon, self.world_size)
         with torch.no_grad():
             targets = soft_targets(latlon, self.sigma_m, self.kernel, latlon_cols=all_latlon, check=False)  # (B, W·B)
-        logits_per_image = logit_scale * image_features @ all_location.T
-        logits_per_location = logit_scale * location_features @ all_image.T
+        logits_per_image = similarity(image_features, all_location, logit_scale)  # (B, W·B) float32
+        if self.world_size == 1:
+            # one process: the location -> image logits are the transpose, so one B×B product (and two
+            # in the backward) instead of two (and four); open_clip's ClipLoss, and ours, compute both
+            logits_per_location = logits_per_image.T
+        else:  # this rank's locations against the gathered images: not a transpose of the above
+            logits_per_location = similarity(location_features, all_image, logit_scale)
         loss = (soft_cross_entropy(logits_per_image, targets) + soft_cross_entropy(logits_per_location, targets)) / 2
         out = {"contrastive_loss": loss}
         if self.nc_weight > 0:
-            out["nc_loss"] = self.nc_weight * self.nc(image_features, all_image, targets, self.rank)
+            out["nc_loss"] = self.nc_weight * self.nc(image_features, all_image, targets, self.rank, self.world_size)
         return out
 
 
