@@ -13,7 +13,8 @@ from typing import Callable
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+# SWCLIP_RESULTS_DIR: another folder (benchmarks/gpu_check.py collects the steps' results there)
+RESULTS_DIR = Path(os.environ.get("SWCLIP_RESULTS_DIR") or Path(__file__).resolve().parents[1] / "benchmarks" / "results")
 
 
 def machine() -> dict:

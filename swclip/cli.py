@@ -41,7 +41,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                 "  torchrun --nproc_per_node 8 train/train.py --config train/configs/vitb32_swclip.yaml data.table=my.csv")
     p.add_argument("--config", help="YAML config (train/configs/*.yaml, swclip/training/configs/demo_*.yaml)")
     p.add_argument("--resume", help="checkpoint folder, run folder, or 'auto' (the run's newest checkpoint, if any)")
-    p.add_argument("--evaluate", action="store_true", help="evaluate the final model on data.eval_split afterwards")
+    p.add_argument("--evaluate", action="store_true",
+                   help="evaluate the final model on data.eval_split afterwards, on the training device, over the same ranks")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. loss.name=swclip loss.sigma_m=50")
 
 
@@ -51,10 +52,13 @@ def run_train(args) -> int:
     from swclip.training.loop import train
 
     cfg = load_config(args.config, args.overrides)
-    run_dir = train(cfg, resume=args.resume)
-    if (args.evaluate or cfg.evaluate) and int(os.environ.get("RANK", "0")) == 0:
-        evaluate_run(run_dir)
-    print(run_dir)
+    then = None
+    if args.evaluate or cfg.evaluate:  # on the training device, sharded over the same ranks
+        def then(run_dir, device):
+            evaluate_run(run_dir, device=str(device), progress=cfg.progress)
+    run_dir = train(cfg, resume=args.resume, then=then)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(run_dir)
     return 0
 
 
@@ -78,18 +82,28 @@ def configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=5, help="candidates kept per sample (default 5)")
     p.add_argument("--batch-size", type=int, default=256, help="images per encoder batch (default 256)")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto (this rank's GPU when there is one, else the CPU; default), cpu, cuda[:N]. Under torchrun "
+                        "each rank encodes its share of the images and rank 0 writes the artefacts")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run_evaluate(args) -> int:
     from swclip.analysis.metrics import SUMMARY_KEYS
+    from swclip.training.distributed import init_distributed
     from swclip.training.evaluation import evaluate_run
 
+    dist_info = init_distributed(args.device)  # under torchrun: the images are encoded sharded over the ranks
     metrics = evaluate_run(args.run_dir, table=args.table, root=args.root, split=args.split, train_split=args.gallery_split,
                            top_k=args.top_k, batch_size=args.batch_size, num_workers=args.num_workers,
                            device=args.device, progress=not args.quiet, checkpoint=args.checkpoint)
-    print(json.dumps({k: metrics[k] for k in SUMMARY_KEYS if k in metrics}, indent=1))
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    if metrics is not None:  # rank 0
+        print(json.dumps({k: metrics[k] for k in SUMMARY_KEYS if k in metrics}, indent=1))
     return 0
 
 

@@ -13,7 +13,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swclip.method.losses import ClipLoss, SemivariogramWeightedLoss, SoftClipLoss
+from swclip.method.losses import ClipLoss, SoftClipLoss
+from swclip.method.semivariogram_loss import SemivariogramWeightedLoss
 from swclip.method.model import DEMO_CONFIG, ModelConfig
 from swclip.training.batches import PreloadedData, ResumableSampler, augment_batch, epoch_indices
 from swclip.training.checkpoint import (
@@ -28,7 +29,7 @@ from swclip.training.checkpoint import (
 from swclip.training.config import LossConfig, load_config, save_config
 from swclip.training.demo import CONFIG_DIR
 from swclip.training.objective import build_loss, sigma_at
-from swclip.training.optim import NonFiniteLossError, check_finite, clamp_logit_scale, lr_factor, param_groups
+from swclip.training.optim import NonFiniteLossError, clamp_logit_scale, lr_factor, param_groups
 
 # ---------------------------------------------------------------- config
 
@@ -131,12 +132,6 @@ def test_clamp_logit_scale():
     m.logit_scale = torch.nn.Parameter(torch.tensor(math.log(500.0)))
     clamp_logit_scale(m, 100.0)
     assert m.logit_scale.exp().item() == pytest.approx(100.0)
-
-
-def test_check_finite_names_step_and_term():
-    check_finite({"contrastive_loss": torch.tensor(1.0)}, 3)
-    with pytest.raises(NonFiniteLossError, match=r"step 7: loss term 'nc_loss' is nan"):
-        check_finite({"contrastive_loss": torch.tensor(1.0), "nc_loss": torch.tensor(float("nan"))}, 7)
 
 
 def test_build_loss_selection():

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from swclip.geo import check_latlon
+from swclip.method.geoclip_wheel import check_geoclip_architecture, geoclip_location_state_dict
 from swclip.method.towers import DEFAULT_TEMPLATE, GPSLocationTower, TextLocationTower, check_template
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -87,6 +88,7 @@ class ModelConfig:
     gps_hidden: int = 1024
     gps_depth: int = 3
     gps_seed: int = 0
+    gps_init: Optional[str] = None  # "geoclip": GeoCLIP's pretrained location encoder (swclip.method.geoclip_wheel)
     init_seed: int = 0
     lock_image: bool = False
     lock_location: bool = False
@@ -102,6 +104,10 @@ class ModelConfig:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.location_tower == "text":
             check_template(self.template)
+        if self.gps_init not in (None, "geoclip"):
+            raise ValueError(f"gps_init must be null or 'geoclip', got {self.gps_init!r}")
+        if self.gps_init and self.location_tower != "gps":
+            raise ValueError("gps_init=geoclip needs location_tower='gps'")
         if self.context_tokens and self.location_tower != "text":
             raise ValueError("context_tokens only apply to the text location tower")
 
@@ -258,8 +264,13 @@ class SWCLIP(nn.Module):
             self.visual = clip.visual
             embed_dim = int(config.embed_dim or open_clip.get_model_config(config.arch)["embed_dim"])
             if config.location_tower == "gps":
+                if config.gps_init == "geoclip":
+                    check_geoclip_architecture(embed_dim, config.gps_scales, config.gps_rff_dim, config.gps_hidden,
+                                               config.gps_depth)
                 self.location = GPSLocationTower(embed_dim, config.gps_scales, config.gps_rff_dim,
                                                  config.gps_hidden, config.gps_depth, config.gps_seed)
+                if config.gps_init == "geoclip" and load_pretrained:  # a saved run brings its own weights
+                    self.location.load_state_dict(geoclip_location_state_dict(), strict=True)
             else:
                 tokenizer = open_clip.get_tokenizer(config.arch)
                 self.location = TextLocationTower(clip.text, tokenizer, config.template, config.context_tokens,
@@ -305,15 +316,17 @@ class SWCLIP(nn.Module):
         features = self.visual(images.to(device=self.device, dtype=self.dtype))
         return F.normalize(features.float(), dim=-1)
 
-    def encode_location(self, latlon, city: Optional[Sequence[Optional[str]]] = None, check: bool = True) -> torch.Tensor:
+    def encode_location(self, latlon, city: Optional[Sequence[Optional[str]]] = None, check: bool = True,
+                        tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, 2) latlon degrees (numpy or torch) -> (B, D) float32, L2-normalised.
 
         city: optional B names, read by the text tower's template ({in_city}); the GPS tower ignores it.
+        tokens: (B, L) the same locations already tokenised (text tower; training passes them).
         """
         if check:
             check_latlon(latlon)
         latlon = torch.as_tensor(latlon, dtype=torch.float64, device=self.device)
-        return F.normalize(self.location(latlon, city).float(), dim=-1)
+        return F.normalize(self.location(latlon, city, tokens=tokens).float(), dim=-1)
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Location strings -> (B, D) float32, L2-normalised (text tower only)."""
@@ -326,8 +339,11 @@ class SWCLIP(nn.Module):
         return self.logit_scale.float().clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
 
     def forward(self, images: torch.Tensor, latlon, texts: Optional[Sequence[str]] = None,
-                city: Optional[Sequence[Optional[str]]] = None) -> dict:
+                city: Optional[Sequence[Optional[str]]] = None, tokens: Optional[torch.Tensor] = None) -> dict:
         """images: (B, 3, H, W); latlon: (B, 2) degrees; texts: optional B location strings (text tower).
+
+        tokens: (B, L) long, the locations tokenised by the data pipeline (text tower): with them
+        the forward sees tensors only, so torch.compile captures it in one graph.
 
         -> dict(image_features (B, D), location_features (B, D), logit_scale scalar, latlon (B, 2)),
         ready for ``loss(**out)`` with the swclip.method.losses classes.
@@ -337,7 +353,7 @@ class SWCLIP(nn.Module):
         if texts is not None:
             location_features = self.encode_text(texts)
         else:
-            location_features = self.encode_location(latlon, city, check=False)
+            location_features = self.encode_location(latlon, city, check=False, tokens=tokens)
         return {"image_features": image_features, "location_features": location_features,
                 "logit_scale": self.scale(), "latlon": latlon}
 

@@ -34,8 +34,10 @@ from swclip.geo import EARTH_RADIUS_M, equal_earth
 
 DEFAULT_TEMPLATE = "a street view photo at latitude {lat:.5f}, longitude {lon:.5f}{in_city}"
 TEMPLATE_FIELDS = ("lat", "lon", "city", "in_city")
-# |x| of the Equal Earth projection at (0°, ±180°), in Earth radii: u = equal_earth(.., radius_m=1) / EE_X_MAX
-EE_X_MAX = abs(float(equal_earth(np.array([[0.0, 180.0]]), radius_m=1.0)[0, 0]))  # lon 180 wraps to -180
+# u = equal_earth(.., radius_m=1) / EE_X_MAX. GeoCLIP scales the projection by SF / 180 with SF = 66.50336, which
+# puts (0°, ±180°) at |x| = 1 to 1e-7; we take its constant, so a tower with GeoCLIP's weights computes GeoCLIP.
+GEOCLIP_SF = 66.50336
+EE_X_MAX = 180.0 / GEOCLIP_SF
 EE_UNIT_KM = EE_X_MAX * EARTH_RADIUS_M / 1000.0
 
 
@@ -105,7 +107,7 @@ class GPSLocationTower(nn.Module):
         for mlp in self.mlps:
             yield from mlp[-1].parameters()
 
-    def forward(self, latlon: torch.Tensor, city=None) -> torch.Tensor:
+    def forward(self, latlon: torch.Tensor, city=None, tokens=None) -> torch.Tensor:
         u = normalised_equal_earth(latlon)  # (B, 2) float64
         dtype = self.mlps[0][0].weight.dtype
         return sum(mlp(rff(u).to(dtype)) for rff, mlp in zip(self.rff, self.mlps))  # (B, D)
@@ -139,6 +141,31 @@ def format_locations(latlon, city: Optional[Sequence[Optional[str]]] = None, tem
     return out
 
 
+class LocationTokenizer:
+    """Locations -> the token ids a text tower reads; small and picklable, for the data pipeline.
+
+    tokenizer: open_clip's tokenizer; context_length: the text tower's; n_ctx learnable
+    context slots are left as padding after the start token; pad_id fills them.
+    """
+
+    def __init__(self, tokenizer, template: str, context_length: int, n_ctx: int = 0, pad_id: int = 0):
+        check_template(template)
+        self.tokenizer, self.template = tokenizer, template
+        self.context_length, self.n_ctx, self.pad_id = int(context_length), int(n_ctx), int(pad_id)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """list of B strings -> (B, context_length) long, with n_ctx placeholder slots after the start token."""
+        tokens = self.tokenizer(list(texts), context_length=self.context_length - self.n_ctx)  # (B, L - n_ctx)
+        if self.n_ctx:
+            pad = torch.full((tokens.shape[0], self.n_ctx), self.pad_id, dtype=tokens.dtype)
+            tokens = torch.cat([tokens[:, :1], pad, tokens[:, 1:]], dim=1)  # (B, L)
+        return tokens
+
+    def __call__(self, latlon, city: Optional[Sequence[Optional[str]]] = None) -> torch.Tensor:
+        """(B, 2) latlon degrees (+ B city names) -> (B, context_length) long token ids."""
+        return self.tokenize(format_locations(latlon, city, self.template))
+
+
 class TextLocationTower(nn.Module):
     """Location-as-text through an open_clip ``TextTransformer``. forward: (B, 2) -> (B, embed_dim).
 
@@ -161,6 +188,7 @@ class TextLocationTower(nn.Module):
         if not 0 <= n_ctx < text.context_length - 2:
             raise ValueError(f"context_tokens must be in [0, {text.context_length - 3}], got {n_ctx}")
         self.text, self.tokenizer, self.template, self.n_ctx = text, tokenizer, template, int(n_ctx)
+        self.location_tokenizer = LocationTokenizer(tokenizer, template, text.context_length, n_ctx, text.pad_id)
         if n_ctx:
             gen = torch.Generator().manual_seed(int(seed))
             self.context = nn.Parameter(torch.randn(n_ctx, text.width, generator=gen) * 0.02)  # CoOp init
@@ -176,17 +204,16 @@ class TextLocationTower(nn.Module):
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """list of B strings -> (B, context_length) token ids, with n_ctx placeholder slots after the start token."""
-        length = self.text.context_length - self.n_ctx
-        tokens = self.tokenizer(list(texts), context_length=length)  # (B, L - n_ctx)
-        if self.n_ctx:
-            pad = torch.full((tokens.shape[0], self.n_ctx), self.text.pad_id, dtype=tokens.dtype)
-            tokens = torch.cat([tokens[:, :1], pad, tokens[:, 1:]], dim=1)  # (B, L)
-        return tokens
+        return self.location_tokenizer.tokenize(texts)
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """list of B strings -> (B, embed_dim)."""
+        return self.encode_tokens(self.tokenize(texts))
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids (from ``location_tokenizer``) -> (B, embed_dim). Tensors only: compiles whole."""
         text = self.text
-        tokens = self.tokenize(texts).to(text.positional_embedding.device)
+        tokens = tokens.to(text.positional_embedding.device)
         cast_dtype = text.transformer.get_cast_dtype()
         x = text.token_embedding(tokens).to(cast_dtype)  # (B, L, W)
         if self.n_ctx:
@@ -204,5 +231,9 @@ class TextLocationTower(nn.Module):
             pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
         return pooled
 
-    def forward(self, latlon: torch.Tensor, city: Optional[Sequence[Optional[str]]] = None) -> torch.Tensor:
-        return self.encode_texts(format_locations(latlon, city, self.template))
+    def forward(self, latlon: torch.Tensor, city: Optional[Sequence[Optional[str]]] = None,
+                tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, 2) latlon (+ city names), or ready ``tokens`` (B, L) from the data pipeline -> (B, embed_dim)."""
+        if tokens is None:
+            tokens = self.location_tokenizer(latlon, city)
+        return self.encode_tokens(tokens)

@@ -2,8 +2,12 @@
 
 Three sources, one interface (:class:`TrainData`): ``batches(epoch,
 start_batch)`` yields dicts {"images" (B, 3, H, W) float on the device,
-"latlon" (B, 2) float64, "index" (B,) long}, this rank's share of each global
-batch. The order of an epoch depends only on (seed, epoch); augmentation only
+"latlon" (B, 2) float64, "index" (B,) long[, "tokens" (B, L) long]}, this
+rank's share of each global batch. "tokens" is there when a ``tokenize``
+callable (latlon (B, 2), index (B,)) -> (B, L) is given: a text location
+tower's input, made here on the host (in the DataLoader's workers for file
+data), as open_clip tokenises in its data pipeline, so the model's forward
+sees tensors only. The order of an epoch depends only on (seed, epoch); augmentation only
 on (seed, epoch, batch, rank) or (seed, epoch, sample). So a run resumed at
 (epoch, batch) sees exactly the batches the uninterrupted run would have seen.
 
@@ -91,6 +95,29 @@ def augment_batch(images: torch.Tensor, seed: int, epoch: int, batch: int, rank:
     return StreetAugment(mean=mean, std=std, generator=gen)(images)
 
 
+def _add_tokens(batch: dict, tokenize, latlon_host: np.ndarray, idx_host: torch.Tensor) -> None:
+    """batch["tokens"] = tokenize(latlon, index) on the host, then to the batch's device (no-op without tokenize)."""
+    if tokenize is None:
+        return
+    idx = idx_host.numpy()
+    batch["tokens"] = tokenize(latlon_host[idx], idx).to(batch["images"].device, non_blocking=True)
+
+
+class TokenizedDataset(torch.utils.data.Dataset):
+    """Adds item["tokens"] (L,) = tokenize(item's latlon, item's index) to a dataset of dicts: runs in the workers."""
+
+    def __init__(self, dataset, tokenize):
+        self.dataset, self.tokenize = dataset, tokenize
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        latlon = np.asarray(item["latlon"], dtype=np.float64).reshape(1, 2)
+        return {**item, "tokens": self.tokenize(latlon, np.array([item["index"]]))[0]}
+
+
 class TrainData:
     """Base: ``steps_per_epoch`` and ``batches(epoch, start_batch)``."""
 
@@ -108,13 +135,15 @@ class PreloadedData(TrainData):
     """
 
     def __init__(self, images_u8: torch.Tensor, latlon: np.ndarray, batch_size: int, seed: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1, augment: bool = True, mean=CLIP_MEAN, std=CLIP_STD):
+                 rank: int = 0, world_size: int = 1, augment: bool = True, mean=CLIP_MEAN, std=CLIP_STD,
+                 tokenize=None):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4 or images_u8.shape[1] != 3:
             raise ValueError(f"images_u8 must be uint8 (N, 3, H, W), got {images_u8.dtype} {tuple(images_u8.shape)}")
         latlon = np.asarray(latlon, dtype=np.float64)
         if latlon.shape != (images_u8.shape[0], 2):
             raise ValueError(f"latlon must be (N, 2) = ({images_u8.shape[0]}, 2), got {latlon.shape}")
         self.images = images_u8.to(device)
+        self.latlon_host, self.tokenize = latlon, tokenize
         self.latlon = torch.as_tensor(latlon, device=device)
         self.n_samples = len(latlon)
         self.batch_size, self.seed, self.device = batch_size, seed, device
@@ -133,20 +162,23 @@ class PreloadedData(TrainData):
             images = (self.images[idx].float().div_(255) - self.mean) / self.std  # (B, 3, H, W) normalised
             if self.augment:
                 images = augment_batch(images, self.seed, epoch, b, self.rank, self.mean_t, self.std_t)
-            yield {"images": images, "latlon": self.latlon[idx], "index": idx}
+            batch = {"images": images, "latlon": self.latlon[idx], "index": idx}
+            _add_tokens(batch, self.tokenize, self.latlon_host, idx_all[b * self.batch_size:(b + 1) * self.batch_size])
+            yield batch
 
 
 class SyntheticData(TrainData):
     """Random images (fixed by seed) and random locations in a 4 km box: for throughput, no files."""
 
     def __init__(self, n: int, image_size: int, batch_size: int, seed: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1, centre=(48.0, 11.0)):
+                 rank: int = 0, world_size: int = 1, centre=(48.0, 11.0), tokenize=None):
         g = torch.Generator().manual_seed(seed)
         self.n_samples, self.batch_size, self.seed, self.device = n, batch_size, seed, device
         self.rank, self.world_size = rank, world_size
         # a fixed pool of images (not per-batch-size), so any rank layout sees the same sample i
         self.images = torch.randn(min(n, 1024), 3, image_size, image_size, generator=g).to(device)
         latlon = torch.tensor(centre, dtype=torch.float64) + 0.02 * (torch.rand(n, 2, generator=g, dtype=torch.float64) - 0.5)
+        self.latlon_host, self.tokenize = latlon.numpy(), tokenize
         self.latlon = latlon.to(device)
         self.steps_per_epoch = (n // world_size) // batch_size
 
@@ -154,7 +186,9 @@ class SyntheticData(TrainData):
         idx_all = torch.as_tensor(epoch_indices(self.n_samples, epoch, self.seed, self.rank, self.world_size))
         for b in range(start_batch, self.steps_per_epoch):
             idx = idx_all[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
-            yield {"images": self.images[idx % len(self.images)], "latlon": self.latlon[idx], "index": idx}
+            batch = {"images": self.images[idx % len(self.images)], "latlon": self.latlon[idx], "index": idx}
+            _add_tokens(batch, self.tokenize, self.latlon_host, idx_all[b * self.batch_size:(b + 1) * self.batch_size])
+            yield batch
 
 
 class SeededDataset(torch.utils.data.Dataset):
@@ -185,7 +219,9 @@ class LoaderData(TrainData):
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, augment: bool = True, mean=CLIP_MEAN, std=CLIP_STD):
+                 num_workers: int = 0, augment: bool = True, mean=CLIP_MEAN, std=CLIP_STD, tokenize=None):
+        if tokenize is not None:
+            dataset = TokenizedDataset(dataset, tokenize)
         self.n_samples, self.batch_size, self.device = len(dataset), batch_size, device
         self.seed, self.rank, self.augment, self.mean, self.std = seed, rank, augment, tuple(mean), tuple(std)
         self.sampler = ResumableSampler(len(dataset), batch_size, seed, rank, world_size)
@@ -204,26 +240,33 @@ class LoaderData(TrainData):
             images = batch["image"].to(self.device, non_blocking=nb)
             if self.augment:  # on the device, as a batch, seeded by its position
                 images = augment_batch(images, self.seed, epoch, b, self.rank, self.mean, self.std)
-            yield {"images": images,
+            out = {"images": images,
                    "latlon": torch.as_tensor(batch["latlon"], dtype=torch.float64).to(self.device, non_blocking=nb),
                    "index": batch["index"].to(self.device, non_blocking=nb)}
+            if "tokens" in batch:
+                out["tokens"] = batch["tokens"].to(self.device, non_blocking=nb)
+            yield out
 
 
 def make_train_data(cfg, image_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
-                    mean=CLIP_MEAN, std=CLIP_STD, table=None, transform=None) -> TrainData:
-    """The TrainData that ``cfg.data`` asks for (cfg: swclip.training.config.TrainConfig)."""
+                    mean=CLIP_MEAN, std=CLIP_STD, table=None, transform=None, tokenize=None) -> TrainData:
+    """The TrainData that ``cfg.data`` asks for (cfg: swclip.training.config.TrainConfig).
+
+    tokenize: (latlon (B, 2), index (B,)) -> (B, L) for a text location tower
+    (swclip.training.loop.location_tokenizer), None for the GPS tower."""
     d = cfg.data
     if d.synthetic:
-        return SyntheticData(d.synthetic_size, image_size, cfg.batch_size, cfg.seed, device, rank, world_size)
+        return SyntheticData(d.synthetic_size, image_size, cfg.batch_size, cfg.seed, device, rank, world_size,
+                             tokenize=tokenize)
     if table is None:
         raise ValueError("data.table is empty: give a sample table (CSV / parquet) or set data.synthetic=true")
     if d.preload:
         images_u8 = preload_images(table, d.root, image_size, progress=cfg.progress)
         return PreloadedData(images_u8, table[["lat", "lon"]].to_numpy(np.float64), cfg.batch_size, cfg.seed, device,
-                             rank, world_size, augment=d.augment, mean=mean, std=std)
+                             rank, world_size, augment=d.augment, mean=mean, std=std, tokenize=tokenize)
 
     return LoaderData(ImageDataset(table, d.root or table.attrs.get("root") or ".", transform), cfg.batch_size, cfg.seed,
-                      device, rank, world_size, d.num_workers, augment=d.augment, mean=mean, std=std)
+                      device, rank, world_size, d.num_workers, augment=d.augment, mean=mean, std=std, tokenize=tokenize)
 
 
 _PRELOAD_CACHE: dict = {}  # one entry: the last table decoded (build_demo trains several models on it)

@@ -28,7 +28,7 @@ from swclip.analysis.variogram import VariogramFit
 from swclip.training.batches import make_train_data
 from swclip.training.config import load_config
 from swclip.training.demo import CONFIG_DIR
-from swclip.training.loop import Trainer, image_spec, read_train_table
+from swclip.training.loop import Trainer, image_spec, location_tokenizer, read_train_table
 
 LOSS_NAMES = ("clip", "swclip", "swclip+nc", "semivariogram")
 
@@ -71,7 +71,8 @@ def measure(args) -> dict:
         size, mean, std = image_spec(tr.model)
         if args.data == "demo" and table is None:
             table = read_train_table(cfg)
-        data = make_train_data(cfg, size, tr.device, mean=mean, std=std, table=table)
+        data = make_train_data(cfg, size, tr.device, mean=mean, std=std, table=table,
+                               tokenize=location_tokenizer(tr.model, table))
         trainers[name] = tr
         streams[name] = _endless(data)
     dev = next(iter(trainers.values())).device
@@ -84,15 +85,19 @@ def measure(args) -> dict:
     if "semivariogram" in trainers:
         sv = trainers["semivariogram"].loss_fn
         sv.min_fit_samples = min(sv.min_fit_samples, sv.bank.count)
-        sv.refit()  # the first fit also compiles scikit-gstat's numba models: time the second
-        t0 = time.perf_counter()
-        sv.refit()
-        fit_s = time.perf_counter() - t0
+        try:
+            sv.refit()  # the first fit also compiles scikit-gstat's numba models: time the second
+            t0 = time.perf_counter()
+            sv.refit()
+            fit_s = time.perf_counter() - t0
+        except ImportError:  # scikit-gstat not installed (the bare GPU image): the fixed γ below
+            sv.variogram = None
         sv.refit_every = 0  # the timed steps use this fit; refits are costed apart
         variogram_source = "fitted to the memory bank"
         if sv.variogram is None:  # random features have no spatial structure: time the weighting with a fixed γ
             sv.set_variogram(VariogramFit(ok=True, model="exponential", nugget=0.3, partial_sill=0.6, sill=0.9, range_m=600.0))
-            variogram_source = "fixed exponential (the bank's features had no fit)"
+            variogram_source = ("fixed exponential (the bank's features had no fit)" if fit_s is not None else
+                                "fixed exponential (scikit-gstat not installed: no fit)")
     sync()
 
     times = {n: [] for n in trainers}

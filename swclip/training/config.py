@@ -58,12 +58,21 @@ class LossConfig:
     nc_weight: float = 0.5  # λ for swclip+nc
     nc_temperature: float = 0.1  # τ_nc
     beta: float = 1.0  # semivariogram weighting strength
+    variant: str = "swclip"  # semivariogram: swclip (ours) | chen2025 (Chen et al. 2025); swclip.method.semivariogram_loss
+    margin: float = 0.0  # semivariogram: only pairs with r > margin are re-weighted
+    range_kind: str = "practical"  # semivariogram swclip: near/far split at the practical or the effective range
+    variogram_bin_rad: float = 1e-3  # chen2025: lag bin width, radians (theirs: 0.001, about 6.4 km)
+    rho_step_rad: float = 1e-2  # chen2025: grid step for ρ, radians
+    rho_slope: float = 1e-2  # chen2025: ρ where dγ/dh first falls below this, per radian
     bank_size: int = 4096  # memory bank rows
-    refit_every: int = 100  # steps between variogram refits
+    refit_every: int = 100  # optimiser steps between variogram refits
     min_fit_samples: int = 256
     variogram_model: str = "exponential"  # skgstat model fitted to the bank (or "best")
     variogram_max_lag_m: Optional[float] = None  # lags beyond this are ignored; set it to a few km for street-level
                                                  # multi-city data, or the inter-city pairs swamp the bins
+    gps_queue: int = 0  # GeoCLIP's GPS queue: this many recent coordinates as extra negatives (0: none)
+    gps_noise_m: float = 150.0  # with the queue: noise on the positives' coordinates (GeoCLIP, Chen et al.)
+    queue_noise_m: float = 1000.0  # with the queue: noise on the queue's coordinates
 
 
 @dataclass
@@ -90,8 +99,11 @@ class TrainConfig:
     batch_size: int = 256  # per rank; the global batch is batch_size · world_size
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    compile: bool = False  # torch.compile the model (CUDA)
-    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the model
+    compile_backend: str = "inductor"  # torch.compile backend (inductor; aot_eager / eager to debug graph breaks)
+    channels_last: Optional[bool] = None  # channels-last image layout; None: on CUDA only
+    tf32: bool = False  # TF32 float32 matmuls / convolutions on CUDA (faster, ~1e-3 relative error)
+    tensorboard: bool = True  # TensorBoard event files in <run>/tensorboard (rank 0)
     ckpt_every: int = 0  # steps between checkpoints; 0 = only at the end
     keep_last: int = 2
     log_every: int = 10
@@ -194,6 +206,12 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"loss.name {cfg.loss.name!r} unknown; choose one of {LOSSES}")
     if cfg.loss.name in ("swclip", "swclip+nc"):
         check_kernel(cfg.loss.kernel, float(cfg.loss.sigma_m))
+    if cfg.loss.variant not in ("swclip", "chen2025"):
+        raise ValueError(f"loss.variant {cfg.loss.variant!r} unknown; choose swclip or chen2025")
+    if cfg.loss.range_kind not in ("practical", "effective"):
+        raise ValueError(f"loss.range_kind {cfg.loss.range_kind!r} unknown; choose practical or effective")
+    if cfg.loss.margin < 0 or cfg.loss.gps_queue < 0 or cfg.loss.gps_noise_m < 0 or cfg.loss.queue_noise_m < 0:
+        raise ValueError("loss.margin, loss.gps_queue, loss.gps_noise_m and loss.queue_noise_m must be >= 0")
     for name in ("steps", "batch_size"):
         if int(getattr(cfg, name)) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")

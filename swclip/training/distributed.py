@@ -54,11 +54,21 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def setup_device(device: torch.device) -> None:
+def set_tf32(enabled: bool) -> None:
+    """TF32 for float32 matmuls and cuDNN convolutions: on only when the config asks (``tf32: true``).
+
+    Process-wide flags (harmless on CPU). Off, float32 products stay IEEE float32, which the
+    losses' float32 logits rely on; torch's own default leaves cuDNN convolutions in TF32, so
+    both are set explicitly.
+    """
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
+def setup_device(device: torch.device, tf32: bool = False) -> None:
+    set_tf32(tf32)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
 
 

@@ -26,11 +26,14 @@ retrieval.)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.utils.data.distributed import DistributedSampler
 
 from swclip import runs
 from swclip.analysis.metrics import SUMMARY_KEYS, errors_m, recall_at_k, summarize
@@ -40,6 +43,7 @@ from swclip.retrieval.predictor import Predictor
 from swclip.retrieval.search import SearchIndex
 from swclip.runs import RESERVED_KEYS, load_run, save_run
 from swclip.training.checkpoint import load_checkpoint
+from swclip.training.distributed import pick_device
 from swclip.training.loop import read_source
 
 RECALL_KS = (1, 5, 10)
@@ -57,21 +61,47 @@ def _split_rows(table, split: Optional[str]):
     return table
 
 
-def encode_images(model, table, root, batch_size: int = 256, num_workers: int = 0, progress: bool = False) -> np.ndarray:
-    """Every image of ``table`` through model.preprocess_val and the image tower. -> (N, D) float32, L2-normalised."""
+def _world():
+    """(rank, world_size) of the torch.distributed group this process is in; (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
+
+def encode_images(model, table, root, batch_size: int = 256, num_workers: int = 0, progress: bool = False):
+    """Every image of ``table`` through model.preprocess_val and the image tower. -> (N, D) float32, L2-normalised.
+
+    Under torchrun (an initialised process group) the work is sharded: torch's
+    DistributedSampler (no shuffle) gives rank r rows r, r+W, r+2W, ... (the last ones
+    repeated to equal shares), each rank encodes its share on its device, and the shares
+    are all-gathered and put back in table order. Rank 0 gets the (N, D) array; the
+    other ranks get None.
+    """
+    rank, world = _world()
     ds = ImageDataset(table, root, transform=model.preprocess_val)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False, drop_last=False) if world > 1 else None
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, sampler=sampler,
+                                         num_workers=num_workers, pin_memory=model.device.type == "cuda")
     out = []
     it = loader
-    if progress:
+    if progress and rank == 0:
         from tqdm import tqdm
 
-        it = tqdm(loader, desc="encoding eval images", leave=False)
+        it = tqdm(loader, desc="encoding images", leave=False)
     with torch.inference_mode():
         for batch in it:
-            out.append(model.encode_image(batch["image"]).cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
+            out.append(model.encode_image(batch["image"]))  # (b, D) float32 on the device
+    local = torch.cat(out) if out else torch.empty(0, model.embed_dim, device=model.device)
+    if world == 1:
+        return local.cpu().numpy().astype(np.float32)
+    parts = [torch.empty_like(local) for _ in range(world)]  # equal shares: the sampler pads
+    dist.all_gather(parts, local.contiguous())
+    if rank != 0:
+        return None
+    full = torch.empty(len(parts[0]) * world, local.shape[1], dtype=local.dtype)
+    for r, part in enumerate(parts):
+        full[r::world] = part.cpu()  # rank r held rows r, r+W, ...
+    return full[: len(ds)].numpy().astype(np.float32)
 
 
 def retrieval_recall(model, image_embeddings: np.ndarray, latlon: np.ndarray, city=None, ks=RECALL_KS) -> dict:
@@ -91,17 +121,23 @@ def retrieval_recall(model, image_embeddings: np.ndarray, latlon: np.ndarray, ci
 def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
              bandwidth_m: Optional[float] = None, progress: bool = False, image_gallery: bool = True) -> dict:
     """-> {"predictions": DataFrame, "embeddings": (N, D), "gallery": Gallery, "image_gallery": Gallery | None,
-    "metrics": dict}. ``image_gallery=False`` skips encoding the training images."""
+    "metrics": dict}. ``image_gallery=False`` skips encoding the training images.
+
+    Under torchrun every rank calls this: the images are encoded sharded (see ``encode_images``),
+    the rest runs on rank 0, and the other ranks return None.
+    """
     import pandas as pd
 
-
     model.eval()
+    emb = encode_images(model, eval_table, root, batch_size, num_workers, progress)
+    train_emb = encode_images(model, train_table, root, batch_size, num_workers, progress) if image_gallery else None
+    if _world()[0] != 0:
+        return None
     text = getattr(getattr(model, "config", None), "location_tower", "gps") == "text"
     train_city = train_table["city"].astype(str).tolist() if text and "city" in train_table else None
     gallery = Gallery.from_locations(model, train_table[["lat", "lon"]].to_numpy(np.float64), city=train_city,
                                      progress=progress)
     predictor = Predictor(model, gallery, bandwidth_m=bandwidth_m)
-    emb = encode_images(model, eval_table, root, batch_size, num_workers, progress)
     preds = predictor.predict_embeddings(emb, top_k)
     true = eval_table[["lat", "lon"]].to_numpy(np.float64)
     pred = np.array([p.latlon for p in preds])
@@ -126,7 +162,6 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
     metrics["knn_kde"] = summarize(kde_err)
     images = None
     if image_gallery:
-        train_emb = encode_images(model, train_table, root, batch_size, num_workers, progress)
         images = Gallery(train_table[["lat", "lon"]].to_numpy(np.float64), train_emb, kind="image",
                          ids=train_table["image"].astype(str).to_numpy(),
                          city=train_table["city"].astype(str).to_numpy() if "city" in train_table else None)
@@ -140,7 +175,7 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
 
 def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = None, split: Optional[str] = None,
                  train_split: Optional[str] = None, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
-                 device: str = "cpu", progress: bool = False, checkpoint: Optional[str] = None) -> dict:
+                 device: str = "auto", progress: bool = False, checkpoint: Optional[str] = None) -> Optional[dict]:
     """Evaluate a run directory in place; -> metrics.
 
     table / root: the sample table and image root (default: the manifest's; give them for a run
@@ -148,15 +183,23 @@ def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = Non
     else "test" / "train"). checkpoint: evaluate these weights (a checkpoints/step_* folder)
     instead of the run's final model.safetensors; the run's model.safetensors and manifest are then
     replaced by that checkpoint's weights, so the artefacts always match the run's weights.
+    
+    device: "auto" (the local rank's GPU when there is one, else the CPU), "cpu", "cuda[:N]".
+    Under torchrun (an initialised process group) the image encoding is sharded over the
+    ranks, rank 0 writes the artefacts and returns the metrics, the other ranks return None.
     """
 
     run_dir = Path(run_dir)
-    if checkpoint is not None:
+    rank, world = _world()
+    device = str(pick_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
+    if checkpoint is not None and rank == 0:
         run = load_run(run_dir, device=device)
         weights, _, meta = load_checkpoint(checkpoint)
         run.model.load_state_dict(weights)
         keep = {k: v for k, v in run.manifest.items() if k not in RESERVED_KEYS}
         save_run(run_dir, run.model, {**keep, "evaluated_checkpoint_step": meta.get("step")})
+    if world > 1:
+        dist.barrier()  # the checkpoint's weights are the run's before any rank loads them
     run = load_run(run_dir, device=device)
     data = run.manifest.get("data", {}) or {}
     table = table or data.get("table")
@@ -174,6 +217,8 @@ def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = Non
     root = root or full.attrs.get("root") or str(Path(table).parent)
     res = evaluate(run.model, train_rows, eval_rows, root, top_k, batch_size, num_workers,
                    bandwidth_m=run.manifest.get("kde_bandwidth_m"), progress=progress)
+    if res is None:  # not rank 0: its shares are with rank 0, which writes
+        return None
 
     runs.write_predictions(run_dir, res["predictions"])
     runs.write_embeddings(run_dir, res["embeddings"])

@@ -32,6 +32,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
@@ -43,7 +44,7 @@ import torch
 
 from swclip.data import read_osv5m, read_table, table_hash
 from swclip.method.model import build_model
-from swclip.runs import save_run
+from swclip.runs import save_run, update_manifest
 from swclip.training.batches import CLIP_MEAN, CLIP_STD, make_train_data
 from swclip.training.checkpoint import (
     load_checkpoint,
@@ -57,7 +58,7 @@ from swclip.training.checkpoint import (
 from swclip.training.config import TrainConfig, config_to_dict, save_config, validate_config
 from swclip.training.distributed import Dist, autocast_dtype, init_distributed, pick_device, setup_device
 from swclip.training.objective import build_loss, sigma_at
-from swclip.training.optim import NonFiniteLossError, build_optimizer, build_scheduler, check_finite, clamp_logit_scale
+from swclip.training.optim import NonFiniteLossError, build_optimizer, build_scheduler, clamp_logit_scale
 
 # --------------------------------------------------------------------------- model and data
 
@@ -121,17 +122,96 @@ def default_run_id(cfg: TrainConfig) -> str:
 # --------------------------------------------------------------------------- logging
 
 
-class TrainLog:
-    """train_log.csv (rank 0 only): one row per step; the header grows with the loss terms of the first row.
+def objective(terms: dict):
+    """The scalar that is backpropagated: the sum of the terms named ``*_loss``.
 
-    On resume, rows after the checkpoint's step are dropped (they will be redone).
+    A loss may return further named scalars (statistics such as the semivariogram loss's
+    false-negative fraction); they are logged like the loss terms but never optimised.
+    """
+    return sum(v for k, v in terms.items() if k.endswith("_loss"))
+
+
+class StepMetrics:
+    """Every step's scalars kept as device tensors and brought to the host together.
+
+    ``add`` costs no host sync; ``collect`` (every ``log_every`` steps, before every
+    checkpoint and at the end, on every rank at the same steps) stacks them, averages them
+    over ranks with one all_reduce, copies them to the host once, runs the NaN guard and
+    returns one row per step. The guard names the first step and term that is not finite;
+    as it runs before each checkpoint is written, the last checkpoint on disk predates it.
+    Throughput columns (images_per_s, step_s, data_wait_frac) are averages over the
+    interval since the previous collect: a single step's host time means little while
+    the GPU runs asynchronously.
+    """
+
+    def __init__(self, world_size: int = 1, check_grad_norm: bool = True):
+        self.world_size, self.check_grad_norm = world_size, check_grad_norm
+        self.pending: list = []
+        self.t_data = 0.0
+        self.t_start = time.perf_counter()
+
+    def add(self, step: int, epoch: int, terms: dict, logit_scale, grad_norm, host: dict, t_data: float) -> None:
+        scalars = {k: v.detach().float().reshape(()) for k, v in terms.items()}
+        scalars["logit_scale"] = logit_scale.detach().float().reshape(())
+        scalars["grad_norm"] = grad_norm.detach().float().reshape(())
+        self.pending.append((step, epoch, scalars, host))
+        self.t_data += t_data
+
+    def restart_clock(self) -> None:
+        """Start the next interval now (a checkpoint's write time is not training time)."""
+        self.t_start, self.t_data = time.perf_counter(), 0.0
+
+    def collect(self, global_batch: int) -> list[dict]:
+        if not self.pending:
+            return []
+        keys = list(self.pending[0][2])
+        vals = torch.stack([torch.stack([p[2][k] for k in keys]) for p in self.pending])  # (n, K) on the device
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(vals)
+            vals = vals / self.world_size
+        host = vals.cpu().tolist()  # the one host sync of the interval
+        interval_s = max(time.perf_counter() - self.t_start, 1e-9)
+        n = len(self.pending)
+        timing = {"images_per_s": global_batch * n / interval_s, "step_s": interval_s / n,
+                  "data_wait_frac": min(self.t_data / interval_s, 1.0)}
+        rows = []
+        for (step, epoch, _, extra), row_vals in zip(self.pending, host):
+            named = dict(zip(keys, row_vals))
+            for k in keys:
+                bad = not math.isfinite(named[k])
+                if bad and k.endswith("_loss"):
+                    raise NonFiniteLossError(
+                        f"step {step}: loss term {k!r} is {named[k]}; training stopped. The last good checkpoint "
+                        "is left as it was; lower optim.lr or check the data.")
+                if bad and k == "grad_norm" and self.check_grad_norm:
+                    raise NonFiniteLossError(
+                        f"step {step}: the gradient norm is {named[k]}; training stopped. The last good checkpoint "
+                        "is left as it was; lower optim.lr or check the data.")
+            loss = sum(v for k, v in named.items() if k.endswith("_loss"))
+            rows.append({"step": step, "epoch": epoch, "loss": loss, **named, **extra, **timing})
+        self.pending = []
+        self.restart_clock()
+        return rows
+
+
+class TrainLog:
+    """train_log.csv and TensorBoard event files (rank 0 only): one row per step.
+
+    Columns: step, epoch, loss (the sum of the *_loss terms), every scalar the loss returns,
+    grad_norm, lr, logit_scale, sigma_m, images_per_s, step_s, data_wait_frac. A column that
+    first appears later (a statistic a loss reports once it has fitted something) widens the
+    header; the file is then rewritten. On resume, rows after the checkpoint's step are
+    dropped (they will be redone). TensorBoard scalars go to ``<run>/tensorboard`` under
+    ``train/<column>``.
     """
 
     BASE = ("step", "epoch", "loss")
-    TAIL = ("lr", "logit_scale", "sigma_m", "images_per_s", "step_s", "data_wait_frac")
+    TAIL = ("grad_norm", "lr", "logit_scale", "sigma_m", "images_per_s", "step_s", "data_wait_frac")
 
-    def __init__(self, path: Path, resume_step: Optional[int] = None):
-        self.path, self.rows, self.fields = path, [], None
+    def __init__(self, path: Path, resume_step: Optional[int] = None, tensorboard: bool = True):
+        self.path, self.fields = path, None
         if resume_step is not None and path.is_file():
             with path.open() as f:
                 reader = csv.DictReader(f)
@@ -141,43 +221,54 @@ class TrainLog:
         elif path.exists():
             path.unlink()
         self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-        except ImportError:  # tensorboard is optional
-            pass
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("tensorboard is not installed: pip install -r requirements.txt (it pins tensorboard), "
+                                  "or set tensorboard=false") from e
+            self.tb = SummaryWriter(str(path.parent / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
 
     def _write_all(self, rows):
         tmp = self.path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, self.fields)
+            w = csv.DictWriter(f, self.fields, restval="")
             w.writeheader()
             w.writerows(rows)
         os.replace(tmp, self.path)
 
-    def add(self, row: dict) -> None:
-        if self.fields is None:
-            terms = [k for k in row if k not in self.BASE and k not in self.TAIL]
-            self.fields = list(self.BASE) + terms + list(self.TAIL)
-        self.rows.append(row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "epoch"):
-                    self.tb.add_scalar(f"train/{k}", v, row["step"])
-
-    def flush(self) -> None:
-        if not self.rows:
+    def write(self, rows: list[dict]) -> None:
+        if not rows:
             return
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        new_fields = [k for k in names if k not in (self.fields or [])]
+        if self.fields is None:
+            terms = [k for k in names if k not in self.BASE and k not in self.TAIL]
+            self.fields = list(self.BASE) + terms + [k for k in self.TAIL if k in names]
+        elif new_fields:  # widen the header: rewrite what is there with empty cells for the new columns
+            old = []
+            if self.path.is_file():
+                with self.path.open() as f:
+                    old = list(csv.DictReader(f))
+            tail = [k for k in self.fields if k in self.TAIL]
+            self.fields = [k for k in self.fields if k not in self.TAIL] + new_fields + tail
+            self._write_all(old)
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, self.fields, extrasaction="ignore")
+            w = csv.DictWriter(f, self.fields, extrasaction="ignore", restval="")
             if new:
                 w.writeheader()
-            w.writerows(self.rows)
-        self.rows = []
+            w.writerows(rows)
         if self.tb is not None:
+            for row in rows:
+                for k, v in row.items():
+                    if k not in ("step", "epoch"):
+                        self.tb.add_scalar(f"train/{k}", v, row["step"])
             self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
 
 # --------------------------------------------------------------------------- one step
@@ -189,7 +280,9 @@ class Trainer:
     ``step(batch)`` runs forward, loss, backward (over ``accum_steps``
     micro-batches), unscale, clip, optimiser and scheduler step, and the
     logit-scale clamp; it returns the loss terms (averaged over micro-batches,
-    this rank's). train() and train/bench.py both drive this class.
+    this rank's, as device tensors: nothing in a step waits for the GPU) and
+    keeps the gradient norm in ``last_grad_norm``. train() and the step
+    benchmark (swclip.training.bench) both drive this class.
     """
 
     def __init__(self, cfg: TrainConfig, dist_info: Optional[Dist] = None, device: Optional[torch.device] = None):
@@ -198,32 +291,38 @@ class Trainer:
             raise ValueError("loss swclip+nc needs loss.nc_weight > 0")
         self.cfg, self.dist = cfg, dist_info or Dist()
         self.device = device or pick_device(cfg.device, self.dist.local_rank)
-        setup_device(self.device)
+        setup_device(self.device, cfg.tf32)
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         seed_everything(cfg.seed)  # same initial weights on every rank
         self.model = build_model(cfg.model)
         self.model_cfg = self.model.config
         self.model.to(self.device)
-        self.loss_fn = build_loss(cfg.loss, self.dist.world_size, self.dist.rank).to(self.device)
+        # the memory layout is fixed before the optimiser exists and before any state is loaded into it,
+        # so parameters, gradients and AdamW's moments share strides (the fused kernel checks this)
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = build_loss(cfg.loss, self.dist.world_size, self.dist.rank, model=self.model,
+                                  seed=cfg.seed).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.steps)
+        if hasattr(self.loss_fn, "optimizer_step"):  # the semivariogram loss refits every N optimiser steps
+            self.optimizer.register_step_post_hook(lambda *_: self.loss_fn.optimizer_step())
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.step_count = 0
         self._wrapped = None
 
     @property
     def train_model(self):
-        """The model as the step runs it: channels-last on CUDA, DDP across ranks, compiled if asked (built once)."""
+        """The model as the step runs it: DDP across ranks, compiled if asked (built once)."""
         if self._wrapped is None:
             m = self.model
-            if self.device.type == "cuda" and self.cfg.channels_last:
-                m = m.to(memory_format=torch.channels_last)
             if self.dist.world_size > 1:
                 from torch.nn.parallel import DistributedDataParallel as DDP
 
                 m = DDP(m, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.cfg.compile:
-                m = torch.compile(m)
+                m = torch.compile(m, backend=self.cfg.compile_backend)
             self._wrapped = m
         return self._wrapped
 
@@ -237,6 +336,7 @@ class Trainer:
         weights, state, meta = load_checkpoint(ckpt, map_location="cpu")
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
+        match_state_layout(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.loss_fn.load_state_dict(state["loss"])
@@ -246,14 +346,18 @@ class Trainer:
         return self.step_count
 
     def step(self, batch: dict) -> tuple[dict, dict]:
-        """One optimiser step on ``batch`` {"images" (B, 3, H, W), "latlon" (B, 2)}. -> (loss terms, last model output)."""
+        """One optimiser step on ``batch`` {"images" (B, 3, H, W), "latlon" (B, 2)[, "tokens" (B, L)]}.
+
+        -> (loss terms, last model output). "tokens": the locations as text tokens, made by the data
+        pipeline for a text tower (swclip.training.batches), so the model's forward sees tensors only.
+        """
         cfg, model = self.cfg, self.train_model
         model.train()
         self.loss_fn.train()
         if cfg.loss.name in ("swclip", "swclip+nc"):
             self.loss_fn.sigma_m = sigma_at(cfg.loss, self.step_count, cfg.steps)
         images = batch["images"]
-        if self.device.type == "cuda" and cfg.channels_last:
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         n_micro = cfg.optim.accum_steps
         micro = images.shape[0] // n_micro
@@ -264,19 +368,17 @@ class Trainer:
             ctx = model.no_sync() if (not last and hasattr(model, "no_sync")) else contextlib.nullcontext()
             with ctx:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    city = batch.get("city")
-                    out = model(images[sl], batch["latlon"][sl], city=None if city is None else city[sl])
+                    tokens = batch.get("tokens")
+                    out = model(images[sl], batch["latlon"][sl], tokens=None if tokens is None else tokens[sl])
                     terms = self.loss_fn(**out)
-                check_finite(terms, self.step_count + 1)
-                self.scaler.scale(sum(terms.values()) / n_micro).backward()
+                self.scaler.scale(objective(terms) / n_micro).backward()
             for k, v in terms.items():
                 terms_sum[k] = terms_sum.get(k, 0.0) + v.detach() / n_micro
         self.scaler.unscale_(self.optimizer)
-        if cfg.optim.grad_clip > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-            if not self.scaler.is_enabled() and not torch.isfinite(gnorm):
-                raise NonFiniteLossError(f"step {self.step_count + 1}: the gradient norm is {float(gnorm)}; training "
-                                            "stopped. The last good checkpoint is left as it was.")
+        # the norm is logged every step and checked by the NaN guard at the next log collect, not here:
+        # testing it now would wait for the GPU on every step
+        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -286,11 +388,85 @@ class Trainer:
         return terms_sum, out
 
 
+def match_state_layout(optimizer) -> None:
+    """Give every per-parameter optimiser tensor its parameter's strides.
+
+    ``Optimizer.load_state_dict`` keeps the strides the state was saved with, so moments saved
+    from a contiguous (CPU, channels_last=false) model would not match channels-last parameters,
+    and the other way round; fused AdamW refuses such a mix.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
+def match_state_layout(optimizer) -> None:
+    """Give every per-parameter optimiser tensor its parameter's strides.
+
+    ``Optimizer.load_state_dict`` keeps the strides the state was saved with, so moments saved
+    from a contiguous (CPU, channels_last=false) model would not match channels-last parameters,
+    and the other way round; fused AdamW refuses such a mix.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 # --------------------------------------------------------------------------- the loop
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None, table=None) -> Path:
-    """Train as ``cfg`` says; -> the run directory. ``table``: an already-read training table (optional)."""
+def agree_resume(resume: Optional[str], run_dir: Path, dist_info: Dist) -> Optional[Path]:
+    """The checkpoint every rank resumes from: rank 0 decides, the others follow or all fail together.
+
+    Only rank 0 writes checkpoints, so only its run folder is the truth: it resolves
+    ``resume`` (``auto``, a run folder or a checkpoint folder) and broadcasts the step. Each
+    rank then looks for that very checkpoint (``<run_dir>/checkpoints/step_X`` for ``auto``,
+    the same path otherwise). If any rank cannot see it, e.g. nodes without a shared
+    filesystem, every rank raises the same FileNotFoundError at once, naming the ranks and
+    saying that a shared run folder is needed, instead of ranks resuming at different steps.
+    """
+    if dist_info.world_size == 1:
+        return resolve_resume(resume, run_dir) if resume else None
+    import torch.distributed as dist
+
+    decision = [None]
+    if dist_info.is_main:
+        try:
+            ckpt = resolve_resume(resume, run_dir) if resume else None
+            decision[0] = {"path": None if ckpt is None else str(ckpt), "name": None if ckpt is None else ckpt.name}
+        except (FileNotFoundError, ValueError) as e:  # every rank raises rank 0's error
+            decision[0] = {"error": f"{type(e).__name__}: {e}"}
+    dist.broadcast_object_list(decision, src=0)
+    d = decision[0]
+    if "error" in d:
+        raise FileNotFoundError(f"rank 0 could not resolve --resume {resume}: {d['error']}")
+    if d["path"] is None:
+        return None
+    mine = run_dir / "checkpoints" / d["name"] if str(resume) == "auto" else Path(d["path"])
+    seen = [None] * dist_info.world_size
+    dist.all_gather_object(seen, (mine / "meta.json").is_file())
+    missing = [r for r, ok in enumerate(seen) if not ok]
+    if missing:
+        raise FileNotFoundError(
+            f"rank 0 resumes from {d['path']}, but rank(s) {missing} cannot see that checkpoint "
+            f"(rank {dist_info.rank} looked at {mine}). Only rank 0 writes checkpoints, so resuming on several "
+            "nodes needs a shared run folder: put out_dir on a filesystem every node mounts at the same path.")
+    return mine
+
+
+def train(cfg: TrainConfig, resume: Optional[str] = None, table=None, then=None) -> Path:
+    """Train as ``cfg`` says; -> the run directory. ``table``: an already-read training table (optional).
+
+    then: ``then(run_dir, device)`` runs on every rank once the final model is on disk, before the
+    process group is torn down: the CLI's ``--evaluate`` passes swclip.training.evaluation.evaluate_run,
+    which then runs on the training device, sharded over the same ranks.
+    """
     validate_config(cfg)
     dist_info = init_distributed(cfg.device)
     run_id = cfg.run_id or default_run_id(cfg)
@@ -305,18 +481,14 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, table=None) -> Path:
     if table is None and not cfg.data.synthetic:
         table = read_train_table(cfg)
     data = make_train_data(cfg, image_size, device, dist_info.rank, dist_info.world_size, mean, std, table=table,
-                           transform=_train_transform(tr.model, cfg))
-
-    # the text tower reads the city in its template ("... in London"); the GPS tower needs no names
-    cities = None
-    if tr.model_cfg.location_tower == "text" and table is not None and "city" in table.columns:
-        cities = table["city"].astype(str).to_numpy()
-    ckpt = resolve_resume(resume, run_dir) if resume else None
+                           transform=_train_transform(tr.model, cfg), tokenize=location_tokenizer(tr.model, table))
+    ckpt = agree_resume(resume, run_dir, dist_info)
     start_step = tr.load(ckpt) if ckpt is not None else 0
-    if ckpt is not None and dist_info.is_main:
-        print(f"resumed {run_id} from {ckpt} at step {start_step}", file=sys.stderr)
+    if ckpt is not None:
+        print(f"[rank {dist_info.rank}] resumed {run_id} from {ckpt} at step {start_step}", file=sys.stderr)
 
-    log = TrainLog(run_dir / "train_log.csv", resume_step=start_step if ckpt is not None else None) if dist_info.is_main else None
+    log = TrainLog(run_dir / "train_log.csv", resume_step=start_step if ckpt is not None else None,
+                   tensorboard=cfg.tensorboard) if dist_info.is_main else None
     meta_base = {"run_id": run_id, "steps_per_epoch": data.steps_per_epoch, "world_size": dist_info.world_size,
                  "config_digest": hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]}
     if ckpt is not None and dist_info.is_main:
@@ -326,7 +498,24 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, table=None) -> Path:
             print(f"warning: resuming {ckpt} with a different {', '.join(changed)} than it was written with; "
                   "the data order or schedule after the resume differs from an uninterrupted run", file=sys.stderr)
 
+    global_batch = cfg.batch_size * dist_info.world_size
+    metrics = StepMetrics(dist_info.world_size, check_grad_norm=not tr.scaler.is_enabled())
+    progress = None
+    if cfg.progress and dist_info.is_main:
+        from tqdm import tqdm
+
+        progress = tqdm(total=cfg.steps, initial=start_step, desc=run_id, unit="step", dynamic_ncols=True)
+
+    def flush_log() -> None:
+        """Collect the pending steps on every rank (NaN guard included); rank 0 writes them."""
+        rows = metrics.collect(global_batch)
+        if log is not None and rows:
+            log.write(rows)
+            if progress is not None:
+                progress.set_postfix(loss=f"{rows[-1]['loss']:.3f}", img_s=f"{rows[-1]['images_per_s']:.0f}")
+
     def checkpoint(step: int) -> None:
+        flush_log()  # the NaN guard runs before anything is written
         states = [rng_state()]
         if dist_info.world_size > 1:  # each rank's RNG, gathered to rank 0
             import torch.distributed as dist
@@ -335,22 +524,14 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, table=None) -> Path:
             dist.all_gather_object(gathered, states[0])
             states = gathered
         if dist_info.is_main:
-            log.flush()
             save_checkpoint(run_dir, step, tr.model, {**tr.state(), "rng": states},
                                {**meta_base, "epoch": step // data.steps_per_epoch, "batch_in_epoch": step % data.steps_per_epoch},
                                keep_last=cfg.keep_last)
+        metrics.restart_clock()  # the checkpoint's time is not the next steps'
 
-    progress = None
-    if cfg.progress and dist_info.is_main:
-        from tqdm import tqdm
-
-        progress = tqdm(total=cfg.steps, initial=start_step, desc=run_id, unit="step", dynamic_ncols=True)
-
-    global_batch = cfg.batch_size * dist_info.world_size
     step = start_step
     epoch = step // data.steps_per_epoch
     batches = data.batches(epoch, step % data.steps_per_epoch)
-    t_prev = time.perf_counter()
     while step < cfg.steps:
         t0 = time.perf_counter()
         batch = next(batches, None)
@@ -358,50 +539,65 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, table=None) -> Path:
             epoch += 1
             batches = data.batches(epoch, 0)
             continue
-        if cities is not None:
-            batch["city"] = cities[batch["index"].cpu().numpy()].tolist()
         t_data = time.perf_counter() - t0
         if cfg.fault_at_step and step == cfg.fault_at_step:  # testing aid: die as a killed job would
-            if log is not None:
-                log.flush()
+            flush_log()
             os.kill(os.getpid(), signal.SIGKILL)
+        lr = tr.scheduler.get_last_lr()[0]  # the rate this step uses (the scheduler steps at its end)
         terms, out = tr.step(batch)
         step = tr.step_count
-        if dist_info.world_size > 1:
-            import torch.distributed as dist
-
-            keys = sorted(terms)
-            vals = torch.stack([terms[k].float() for k in keys])
-            dist.all_reduce(vals)
-            terms = {k: v / dist_info.world_size for k, v in zip(keys, vals)}
-        if log is not None:
-            now = time.perf_counter()
-            step_s, t_prev = now - t_prev, now
-            row = {"step": step, "epoch": epoch, "loss": float(sum(terms.values()))}
-            row.update({k: float(v) for k, v in terms.items()})
-            row.update({"lr": tr.scheduler.get_last_lr()[0], "logit_scale": float(out["logit_scale"].detach().float()),
-                        "sigma_m": float(getattr(tr.loss_fn, "sigma_m", 0.0)), "images_per_s": global_batch / max(step_s, 1e-9),
-                        "step_s": step_s, "data_wait_frac": min(t_data / max(step_s, 1e-9), 1.0)})
-            log.add(row)
-            if step % cfg.log_every == 0:
-                log.flush()
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['images_per_s']:.0f}")
+        metrics.add(step, epoch, terms, out["logit_scale"], tr.last_grad_norm,
+                    {"lr": lr, "sigma_m": float(getattr(tr.loss_fn, "sigma_m", 0.0))}, t_data)
+        if progress is not None:
+            progress.update(1)
         if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
             checkpoint(step)
-            t_prev = time.perf_counter()  # the checkpoint's time is not the next step's
+        elif step % cfg.log_every == 0:
+            flush_log()
+    flush_log()
     if progress is not None:
         progress.close()
     if log is not None:
-        log.flush()
+        log.close()
         save_final(run_dir, tr.model, cfg, table, run_id)
+        record = getattr(tr.loss_fn, "record", None)
+        if record is not None and record() is not None:  # the variogram the loss used, as it ended
+            update_manifest(run_dir, loss_variogram=record())
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the final model is on disk before any rank evaluates it
+    if then is not None:
+        then(run_dir, device)
     if dist_info.world_size > 1:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
     return run_dir
+
+
+def location_tokenizer(model, table=None):
+    """The data pipeline's tokeniser for a text location tower (None for the GPS tower).
+
+    Returns a picklable callable (latlon (B, 2) float64, index (B,) ints) -> (B, L) long
+    tensor: the template with each sample's city (the table's ``city`` column, when there is
+    one) through the tower's tokenizer. Tokenising in the data pipeline, as open_clip does,
+    keeps strings and ``.numpy()`` out of the model's forward, so torch.compile captures it.
+    """
+    import functools
+
+    tokenizer = getattr(unwrap(model).location, "location_tokenizer", None)
+    if tokenizer is None:
+        return None
+    cities = table["city"].astype(str).to_numpy() if table is not None and "city" in table.columns else None
+    return functools.partial(_tokenize_rows, tokenizer, cities)
+
+
+def _tokenize_rows(tokenizer, cities, latlon, index):
+    import numpy as np
+
+    return tokenizer(latlon, None if cities is None else cities[np.asarray(index)].tolist())
 
 
 def _train_transform(model, cfg: TrainConfig):

@@ -57,14 +57,6 @@ def clamp_logit_scale(model: torch.nn.Module, max_scale: float = MAX_LOGIT_SCALE
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss term or the gradient norm became NaN or infinite; the message names the step and the term."""
+    """A loss term or the gradient norm became NaN or infinite; the message names the step and the term.
 
-
-def check_finite(terms: dict, step: int) -> None:
-    for name, value in terms.items():
-        if not torch.isfinite(value.detach()).all():
-            raise NonFiniteLossError(
-                f"step {step}: loss term {name!r} is {float(value.detach().float().reshape(-1)[0])}; training stopped. "
-                "The last good checkpoint is left as it was; lower optim.lr or check the data.")
-
-
+    Raised by swclip.training.loop.StepMetrics.collect (every log_every steps and before each checkpoint)."""
