@@ -26,6 +26,7 @@ PAGES = [
     st.Page("app_pages/error_map.py", title="Error map", icon=":material/map:"),
     st.Page("app_pages/semivariogram.py", title="Semivariogram", icon=":material/show_chart:"),
     st.Page("app_pages/soft_labels.py", title="Soft labels", icon=":material/grid_on:"),
+    st.Page("app_pages/negatives.py", title="Negatives", icon=":material/call_split:"),
     st.Page("app_pages/neighbourhoods.py", title="Neighbourhoods", icon=":material/hub:"),
     st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("app_pages/failures.py", title="Failures", icon=":material/report:"),

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from swclip.benchmark import interleaved_times, machine, write_result
-from swclip.method.losses import ClipLoss, SemivariogramWeightedLoss, SoftClipLoss
+from swclip.method.losses import ClipLoss, SoftClipLoss
+from swclip.method.semivariogram_loss import SemivariogramWeightedLoss
 
 
 class SphericalVariogram:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from swclip.method.losses import ClipLoss, SemivariogramWeightedLoss, SoftClipLoss
+from swclip.method.losses import ClipLoss, SoftClipLoss  # noqa: E402
+from swclip.method.semivariogram_loss import SemivariogramWeightedLoss  # noqa: E402
 
 B_GLOBAL, D_IN, D = 16, 6, 8
 NAMES = ["clip", "swclip+nc", "semivariogram", "swclip+nc uneven"]

@@ -83,9 +83,12 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
     meta = json.loads((killed / "checkpoints" / "step_00000004" / "meta.json").read_text())
     assert (meta["epoch"], meta["batch_in_epoch"]) == (0, 4)  # mid-epoch
-    if loss == "semivariogram":  # the variogram had been fitted, and its inputs travel with the checkpoint
+    if loss == "semivariogram":  # the variogram had been fitted, and it travels with the checkpoint
         state = torch.load(killed / "checkpoints" / "step_00000004" / "state.pt", weights_only=True)
-        assert "fit_embeddings" in state["loss"] and state["loss"]["calls"] == 4
+        loss_state = state["loss"]["_extra_state"]
+        assert loss_state["variogram"] is not None and loss_state["variogram"]["step"] in (2, 4) and loss_state["steps"] == 4
+        used = json.loads((tmp_path / "full" / "manifest.json").read_text())["loss_variogram"]  # what the loss ended with
+        assert used["variant"] == "swclip" and used["bank_size"] == 64 and used["step"] in (2, 4, 6, 8) and used["split_m"] > 0
 
     assert train.main(args_for(loss, world, tmp_path, "killed", "--resume", "auto", *extra)) == 0
     resumed = load_file(str(killed / "model.safetensors"))

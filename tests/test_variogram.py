@@ -338,7 +338,8 @@ def test_malformed_arguments_raise(small_field):
 
 def test_fit_fn_drives_semivariogram_weighted_loss():
     """The loss fits γ from its bank with fit_fn, and that γ sets its negatives' weights (naive loop)."""
-    from swclip.method.losses import ClipLoss, SemivariogramWeightedLoss
+    from swclip.method.losses import ClipLoss
+    from swclip.method.semivariogram_loss import SemivariogramWeightedLoss
 
     latlon, f = _grf(4, 300, 800.0, "gaussian", dims=16)
     feats = torch.nn.functional.normalize(torch.from_numpy(f).float(), dim=1)
@@ -347,6 +348,9 @@ def test_fit_fn_drives_semivariogram_weighted_loss():
     loss = SemivariogramWeightedLoss(beta=2.0, bank_size=512, refit_every=1, min_fit_samples=64,
                                      fit_fn=fit_embedding_variogram)
     scale = torch.tensor(10.0)
+    loss(image_features=feats, location_features=loc, logit_scale=scale, latlon=ll)  # fills the bank
+    loss.optimizer_step()  # refit_every=1: one optimiser step refits
+    loss.eval()  # the bank keeps what it was fitted from
     out = loss(image_features=feats, location_features=loc, logit_scale=scale, latlon=ll)
     fit = loss.variogram
     assert fit is not None and fit.ok

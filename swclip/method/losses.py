@@ -127,11 +127,14 @@ class ClipLoss(nn.Module):
         super().__init__()
         self.world_size, self.rank = world_size, rank
 
-    def forward(self, image_features, location_features, logit_scale, latlon=None, **_):
-        """image_features, location_features: (B, D); logit_scale: scalar. -> {"contrastive_loss"}."""
+    def forward(self, image_features, location_features, logit_scale, latlon=None, queue_location_features=None, **_):
+        """image_features, location_features: (B, D); logit_scale: scalar; queue_location_features: (n, D) extra
+        image → location negatives (GeoCLIP's GPS queue, swclip.method.gps_queue). -> {"contrastive_loss"}."""
         _check_inputs(image_features, location_features)
         all_image, all_location, _ = gather_batch(image_features, location_features, None, self.world_size)
-        logits_per_image = similarity(image_features, all_location, logit_scale)  # (B, W·B) float32
+        if queue_location_features is not None:
+            all_location = torch.cat([all_location, queue_location_features])  # (W·B + n, D)
+        logits_per_image = similarity(image_features, all_location, logit_scale)  # (B, W·B [+ n]) float32
         logits_per_location = similarity(location_features, all_image, logit_scale)  # (B, W·B)
         labels = _self_columns(image_features.shape[0], self.rank, image_features.device)
         loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_location, labels)) / 2
@@ -210,166 +213,34 @@ class SoftClipLoss(nn.Module):
         self.world_size, self.rank = world_size, rank
         self.nc = NeighbourhoodConsistencyLoss(nc_temperature)
 
-    def forward(self, image_features, location_features, logit_scale, latlon, **_):
-        """image_features, location_features: (B, D); logit_scale: scalar; latlon: (B, 2) degrees.
+    def forward(self, image_features, location_features, logit_scale, latlon, queue_location_features=None,
+                queue_latlon=None, **_):
+        """image_features, location_features: (B, D); logit_scale: scalar; latlon: (B, 2) degrees;
+        queue_location_features (n, D) + queue_latlon (n, 2): GeoCLIP's GPS queue as extra image → location
+        columns, with targets from the same kernel (those rows renormalised over batch and queue).
 
         -> {"contrastive_loss"[, "nc_loss"]}
         """
         _check_inputs(image_features, location_features, latlon)
         all_image, all_location, all_latlon = gather_batch(image_features, location_features, latlon, self.world_size)
+        queued = queue_location_features is not None
         with torch.no_grad():
             targets = soft_targets(latlon, self.sigma_m, self.kernel, latlon_cols=all_latlon, check=False)  # (B, W·B)
-        logits_per_image = similarity(image_features, all_location, logit_scale)  # (B, W·B) float32
-        if self.world_size == 1:
+            targets_image = targets
+            if queued:  # (B, W·B + n)
+                cols = torch.cat([all_latlon, queue_latlon.to(all_latlon.dtype)])
+                targets_image = soft_targets(latlon, self.sigma_m, self.kernel, latlon_cols=cols, check=False)
+        if queued:
+            all_location = torch.cat([all_location, queue_location_features])
+        logits_per_image = similarity(image_features, all_location, logit_scale)  # (B, W·B [+ n]) float32
+        if self.world_size == 1 and not queued:
             # one process: the location -> image logits are the transpose, so one B×B product (and two
             # in the backward) instead of two (and four); open_clip's ClipLoss, and ours, compute both
             logits_per_location = logits_per_image.T
         else:  # this rank's locations against the gathered images: not a transpose of the above
             logits_per_location = similarity(location_features, all_image, logit_scale)
-        loss = (soft_cross_entropy(logits_per_image, targets) + soft_cross_entropy(logits_per_location, targets)) / 2
+        loss = (soft_cross_entropy(logits_per_image, targets_image) + soft_cross_entropy(logits_per_location, targets)) / 2
         out = {"contrastive_loss": loss}
         if self.nc_weight > 0:
             out["nc_loss"] = self.nc_weight * self.nc(image_features, all_image, targets, self.rank, self.world_size)
         return out
-
-
-class EmbeddingMemoryBank:
-    """Ring buffer of the most recent (embedding, latlon) pairs, kept on the training device.
-
-    Holds at most ``size`` rows: embeddings (N, D) float32, latlon (N, 2) float64.
-    """
-
-    def __init__(self, size: int):
-        if size < 2:
-            raise ValueError(f"memory bank size must be >= 2, got {size}")
-        self.size, self.embeddings, self.latlon, self._next, self.count = size, None, None, 0, 0
-
-    def push(self, embeddings, latlon) -> None:
-        embeddings, latlon = embeddings.detach().float(), latlon.detach().to(torch.float64)
-        if self.embeddings is not None and self.embeddings.device != embeddings.device:  # restored on the CPU
-            self.embeddings, self.latlon = self.embeddings.to(embeddings.device), self.latlon.to(embeddings.device)
-        if self.embeddings is None:
-            self.embeddings = embeddings.new_zeros(self.size, embeddings.shape[1])
-            self.latlon = latlon.new_zeros(self.size, 2)
-        n = min(embeddings.shape[0], self.size)
-        idx = (self._next + torch.arange(n, device=embeddings.device)) % self.size
-        self.embeddings[idx], self.latlon[idx] = embeddings[-n:], latlon[-n:]
-        self._next, self.count = (self._next + n) % self.size, min(self.count + n, self.size)
-
-    def contents(self):
-        """(embeddings (N, D), latlon (N, 2)) of the filled rows."""
-        return self.embeddings[: self.count], self.latlon[: self.count]
-
-    def state_dict(self) -> dict:
-        """Position, fill and rows (CPU tensors, ints): what a resumed run needs to continue the ring."""
-        out = {"next": int(self._next), "count": int(self.count)}
-        if self.embeddings is not None:
-            out["embeddings"], out["latlon"] = self.embeddings.cpu(), self.latlon.cpu()
-        return out
-
-    def load_state_dict(self, state: dict) -> None:
-        self._next, self.count = int(state["next"]), int(state["count"])
-        self.embeddings, self.latlon = state.get("embeddings"), state.get("latlon")
-
-
-class SemivariogramWeightedLoss(nn.Module):
-    """One-hot InfoNCE with semivariogram-weighted negatives (after Chen et al., SIGSPATIAL 2025).
-
-    For each negative pair (i, j) at geodesic distance h with cosine distance
-    c = 1 − v_i·v_j, r = γ(h) − c measures how much more alike the pair is than
-    the fitted variogram γ expects. With r > 0, inside the range the pair is a
-    likely false negative (weight exp(−βr) < 1); beyond it, a hard negative
-    (weight exp(βr) > 1). Otherwise the weight is 1. Weights are computed
-    without gradient and enter as log-weights on the negatives' logits.
-
-    The variogram is refit every ``refit_every`` training calls from a memory
-    bank of the last ``bank_size`` (embedding, latlon) pairs, by ``fit_fn``:
-    a callable (embeddings (N, D), latlon (N, 2)) -> object with
-    ``gamma_torch(h_m) -> tensor`` and ``range_m``, or None when no fit exists.
-    Until the first fit the loss equals ClipLoss.
-    """
-
-    def __init__(self, beta: float = 1.0, bank_size: int = 4096, refit_every: int = 100,
-                 min_fit_samples: int = 256, fit_fn: Optional[Callable] = None,
-                 world_size: int = 1, rank: int = 0):
-        super().__init__()
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
-        self.beta, self.refit_every, self.min_fit_samples = float(beta), int(refit_every), int(min_fit_samples)
-        self.bank = EmbeddingMemoryBank(bank_size)
-        self.fit_fn, self.variogram = fit_fn, None
-        self.world_size, self.rank, self.calls = world_size, rank, 0
-        self.last_stats: dict = {}
-        self._fit_inputs = None  # (embeddings, latlon) of the last fit, CPU: a resume refits from the same data
-        self._pending_fit = None  # set by a restore: refit on the training device at the next call
-
-    def set_variogram(self, variogram) -> None:
-        """Use ``variogram`` (with ``gamma_torch`` and ``range_m``) for the weights; None turns weighting off."""
-        self.variogram = variogram
-
-    def refit(self) -> None:
-        """Fit γ(h) from the memory bank now (does nothing without ``fit_fn`` or enough samples)."""
-        if self.fit_fn is None or self.bank.count < self.min_fit_samples:
-            return
-        embeddings, latlon = self.bank.contents()
-        fit = self.fit_fn(embeddings, latlon)
-        if fit is not None:
-            self.variogram = fit
-            self._fit_inputs = (embeddings.detach().cpu().clone(), latlon.detach().cpu().clone())
-
-    def get_extra_state(self) -> dict:
-        """The loss's training state for a checkpoint (``state_dict()["_extra_state"]``): step count, memory
-        bank, and the data of the last variogram fit (refit on resume, so the resumed weights match)."""
-        out = {"calls": int(self.calls), "bank": self.bank.state_dict()}
-        inputs = self._fit_inputs if self._pending_fit is None else self._pending_fit
-        if inputs is not None and (self.variogram is not None or self._pending_fit is not None):
-            out["fit_embeddings"], out["fit_latlon"] = inputs
-        return out
-
-    def set_extra_state(self, state: dict) -> None:
-        self.calls = int(state["calls"])
-        self.bank.load_state_dict(state["bank"])
-        if "fit_embeddings" in state:
-            self._pending_fit = (state["fit_embeddings"], state["fit_latlon"])
-
-    def negative_log_weights(self, image_features, all_image_features, latlon, all_latlon):
-        """log w for (B, M) pairs: −βr inside the range, +βr beyond it, where r > 0; 0 elsewhere and on positives."""
-        b = image_features.shape[0]
-        if self.variogram is None or self.beta == 0:
-            return None
-        with torch.no_grad():
-            h_m = pairwise_haversine_m(latlon, all_latlon, dtype=torch.float32, check=False)  # (B, M)
-            cos_dist = 1.0 - (image_features @ all_image_features.T).float()
-            r = self.variogram.gamma_torch(h_m).float() - cos_dist
-            inside = h_m <= float(self.variogram.range_m)
-            log_w = torch.where(r > 0, torch.where(inside, -self.beta * r, self.beta * r), torch.zeros_like(r))
-            cols = torch.arange(b, device=log_w.device) + self.rank * b
-            log_w[torch.arange(b, device=log_w.device), cols] = 0.0
-            self.last_stats = {  # 0-d tensors: a float() here would sync the GPU on every step
-                "false_negative_frac": ((r > 0) & inside).float().mean(),
-                "hard_negative_frac": ((r > 0) & ~inside).float().mean(),
-            }
-        return log_w
-
-    def forward(self, image_features, location_features, logit_scale, latlon, **_):
-        """image_features, location_features: (B, D); logit_scale: scalar; latlon: (B, 2). -> {"contrastive_loss"}."""
-        _check_inputs(image_features, location_features, latlon)
-        all_image, all_location, all_latlon = gather_batch(image_features, location_features, latlon, self.world_size)
-        if self._pending_fit is not None and self.fit_fn is not None:
-            embeddings, fit_latlon = self._pending_fit
-            self.variogram = self.fit_fn(embeddings.to(image_features.device), fit_latlon.to(image_features.device))
-            self._fit_inputs, self._pending_fit = self._pending_fit, None
-        if self.training:
-            self.bank.push(all_image, all_latlon)
-            self.calls += 1
-            if self.refit_every > 0 and self.calls % self.refit_every == 0:
-                self.refit()
-        log_w = self.negative_log_weights(image_features, all_image, latlon, all_latlon)
-        logits_per_image = (logit_scale * image_features @ all_location.T).float()
-        logits_per_location = (logit_scale * location_features @ all_image.T).float()
-        if log_w is not None:
-            logits_per_image, logits_per_location = logits_per_image + log_w, logits_per_location + log_w
-        b = image_features.shape[0]
-        labels = torch.arange(b, device=image_features.device) + self.rank * b
-        loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_location, labels)) / 2
-        return {"contrastive_loss": loss}

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-import functools
-
-from swclip.analysis.variogram import fit_embedding_variogram
 from swclip.method import losses
+from swclip.method.gps_queue import GPSQueue, GPSQueueLoss
+from swclip.method.semivariogram_loss import LossVariogramFitter, SemivariogramWeightedLoss
 from swclip.training.config import LOSSES, LossConfig
 
 # --------------------------------------------------------------------------- losses
 
 
-def build_loss(cfg: LossConfig, world_size: int = 1, rank: int = 0, fit_fn=None):
-    """The loss module named by ``cfg.name``; ``fit_fn`` defaults to swclip.analysis.variogram's."""
+def build_loss(cfg: LossConfig, world_size: int = 1, rank: int = 0, fit_fn=None, model=None, seed: int = 0):
+    """The loss module named by ``cfg.name``, wrapped in GeoCLIP's GPS queue when ``cfg.gps_queue`` > 0.
+
+    fit_fn: the semivariogram loss's variogram fit (default :func:`variogram_fit_fn`). model: the SWCLIP
+    model, whose ``encode_location`` encodes the queue (needed with a queue). seed: the queue's noise seed.
+    """
+    base = _base_loss(cfg, world_size, rank, fit_fn)
+    if cfg.gps_queue <= 0:
+        return base
+    if model is None:
+        raise ValueError("loss.gps_queue needs the model, to encode the queue's coordinates")
+    embed_dim = int(model.embed_dim) if cfg.name == "semivariogram" else 0  # the image queue beside it
+    queue = GPSQueue(cfg.gps_queue, embed_dim, cfg.queue_noise_m, cfg.gps_noise_m, seed=seed)
+    return GPSQueueLoss(base, queue, lambda ll: model.encode_location(ll, None, check=False), world_size, rank)
+
+
+def _base_loss(cfg: LossConfig, world_size: int, rank: int, fit_fn):
 
     if cfg.name == "clip":
         return losses.ClipLoss(world_size=world_size, rank=rank)
@@ -23,17 +37,18 @@ def build_loss(cfg: LossConfig, world_size: int = 1, rank: int = 0, fit_fn=None)
     if cfg.name == "semivariogram":
         if fit_fn is None:
             fit_fn = variogram_fit_fn(cfg)
-        return losses.SemivariogramWeightedLoss(beta=cfg.beta, bank_size=cfg.bank_size, refit_every=cfg.refit_every,
-                                                min_fit_samples=cfg.min_fit_samples, fit_fn=fit_fn,
-                                                world_size=world_size, rank=rank)
+        return SemivariogramWeightedLoss(cfg.variant, beta=cfg.beta, margin=cfg.margin, range_kind=cfg.range_kind,
+                                         bank_size=cfg.bank_size, refit_every=cfg.refit_every,
+                                         min_fit_samples=cfg.min_fit_samples, fit_fn=fit_fn,
+                                         world_size=world_size, rank=rank)
     raise ValueError(f"loss.name {cfg.name!r} unknown; choose one of {LOSSES}")
 
 
-def variogram_fit_fn(cfg: LossConfig):
-    """swclip.analysis.variogram.fit_embedding_variogram with the config's model and max lag."""
-
-
-    return functools.partial(fit_embedding_variogram, model=cfg.variogram_model, max_lag_m=cfg.variogram_max_lag_m)
+def variogram_fit_fn(cfg: LossConfig) -> LossVariogramFitter:
+    """The semivariogram loss's fit, as ``cfg.variant`` defines it, with the config's model, max lag, bins and ρ rule."""
+    return LossVariogramFitter(cfg.variant, model=cfg.variogram_model, range_kind=cfg.range_kind,
+                               max_lag_m=cfg.variogram_max_lag_m, bin_rad=cfg.variogram_bin_rad,
+                               rho_step_rad=cfg.rho_step_rad, rho_slope=cfg.rho_slope)
 
 
 def sigma_at(cfg: LossConfig, step: int, total_steps: int) -> float:
