@@ -12,6 +12,7 @@ from swclip.method.model import DEMO_CONFIG, SWCLIP, ModelConfig, PretrainedUnav
 from swclip.method.towers import (
     DEFAULT_TEMPLATE,
     EE_UNIT_KM,
+    EE_X_MAX,
     format_locations,
     gps_wavelength_km,
     normalised_equal_earth,
@@ -75,8 +76,11 @@ def test_equal_earth_matches_pyproj():
     x, y = t.transform(ll[:, 1], ll[:, 0])
     x_max = abs(t.transform(180.0, 0.0)[0])  # pyproj wraps +180 to -180
     ours = normalised_equal_earth(torch.as_tensor(ll)).numpy()
-    np.testing.assert_allclose(ours, np.column_stack([x, y]) / x_max, atol=1e-9)
-    assert math.isclose(EE_UNIT_KM, x_max * 6371.0088, rel_tol=1e-9)
+    # the scale is GeoCLIP's SF / 180 (SF = 66.50336, towers.GEOCLIP_SF), which puts ±180° at |x| = 1 + 6.6e-8,
+    # so a tower with GeoCLIP's weights computes GeoCLIP (tests/test_geoclip_init.py); the shape is pyproj's
+    np.testing.assert_allclose(ours * EE_X_MAX, np.column_stack([x, y]), atol=1e-9)
+    assert math.isclose(EE_X_MAX, x_max, rel_tol=1e-7)
+    assert math.isclose(EE_UNIT_KM, EE_X_MAX * 6371.0088, rel_tol=1e-12)
 
 
 def test_fourier_features_follow_their_formula(gps_model):
