@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.xdist_group(name="app"), pytest.mark.slow]
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 _SESSION_RUNS_DIR = os.environ.get("SWCLIP_RUNS_DIR")  # what the machine set, if anything
 PAGES = ["app_pages/overview.py", "app_pages/predict.py", "app_pages/error_map.py", "app_pages/semivariogram.py",
-         "app_pages/soft_labels.py", "app_pages/neighbourhoods.py", "app_pages/compare.py", "app_pages/failures.py"]
+         "app_pages/soft_labels.py", "app_pages/negatives.py", "app_pages/neighbourhoods.py", "app_pages/compare.py",
+         "app_pages/failures.py"]
 
 
 @pytest.fixture(scope="module")
