@@ -22,6 +22,7 @@ st.set_page_config(page_title="SW-CLIP Explorer", page_icon=":material/map:", la
 
 PAGES = [
     st.Page("app_pages/overview.py", title="Runs", icon=":material/list:", default=True),
+    st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
     st.Page("app_pages/predict.py", title="Predict", icon=":material/add_a_photo:"),
     st.Page("app_pages/error_map.py", title="Error map", icon=":material/map:"),
     st.Page("app_pages/semivariogram.py", title="Semivariogram", icon=":material/show_chart:"),

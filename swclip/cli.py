@@ -179,6 +179,9 @@ def configure_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("jpg", "png"), default="jpg", help="image format (default jpg)")
     p.add_argument("--workers", type=int, default=2, help="render processes (default 2); the images do not depend on it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing world in --out")
+    p.add_argument("--covariance", choices=("gaussian", "exponential"), default="gaussian",
+                   help="latent fields' covariance (default gaussian; exponential: rough fields, a world whose shape "
+                        "differs from SW-CLIP's Gaussian kernel)")
 
 
 def run_synth(args) -> int:
@@ -187,7 +190,7 @@ def run_synth(args) -> int:
     t0 = time.perf_counter()
     world = make_world(args.out, seed=args.seed, cities=args.cities, samples_per_city=args.samples_per_city,
                        image_size=args.image_size, image_format=args.format, overwrite=args.overwrite,
-                       workers=args.workers, progress=True)
+                       workers=args.workers, progress=True, covariance=args.covariance)
     dt = time.perf_counter() - t0
     n = len(world.table)
     print(f"wrote {n} images in {len(world.meta['cities'])} cities to {world.root} in {dt:.1f} s ({n / dt:.0f} images/s)")
@@ -253,6 +256,21 @@ def run_info(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ experiment
+
+
+def configure_experiment(p: argparse.ArgumentParser) -> None:
+    from swclip.training.experiments import configure
+
+    configure(p)
+
+
+def run_experiment(args) -> int:
+    from swclip.training.experiments import run
+
+    return run(args)
+
+
 # ------------------------------------------------------------------------------------------------- main
 
 # name -> (one-line help, configure, run)
@@ -260,6 +278,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("train a model from a YAML config (+ key=value overrides); torchrun for several GPUs", configure_train, run_train),
     "evaluate": ("evaluate a run: predictions, embeddings, gallery, metrics (what the app reads)", configure_evaluate, run_evaluate),
     "demo": ("build the CPU demo bundle: procedural world + small CLIP / SW-CLIP runs", configure_demo, run_demo),
+    "experiment": ("configs x seeds on the demo world with a validation split -> experiment.json + summary (resumable)",
+                   configure_experiment, run_experiment),
     "bench": ("training-step throughput of every loss on one model, side by side", configure_bench, run_bench),
     "synth": ("render the procedural demo world (eight UK cities) into a folder", configure_synth, run_synth),
     "predict": ("predict where photos were taken with a trained run (top-k places, knn-kde estimate)", configure_predict, run_predict),

@@ -9,13 +9,13 @@ import pytest
 from swclip.cli import COMMANDS, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {"train": "train", "evaluate": "evaluate", "build_demo": "demo", "bench": "bench"}
+SCRIPTS = {"train": "train", "evaluate": "evaluate", "build_demo": "demo", "bench": "bench", "experiment": "experiment"}
 
 
 def test_the_overview_lists_every_command(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    assert set(COMMANDS) == {"train", "evaluate", "demo", "bench", "synth", "predict", "info"}
+    assert set(COMMANDS) == {"train", "evaluate", "demo", "bench", "synth", "predict", "info", "experiment"}
     for name, (help_text, _, _) in COMMANDS.items():
         assert f"  {name}" in text and help_text in text
     assert main([]) == 2  # no command: the overview, and a usage error

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -101,3 +102,24 @@ def test_table_hash_survives_a_csv_round_trip(tmp_path):
     t = _table(n_per_city=20)
     t.to_csv(tmp_path / "t.csv", index=False)
     assert table_hash(pd.read_csv(tmp_path / "t.csv")) == table_hash(t)
+
+
+def test_validation_blocks_are_held_out_like_test_and_leave_test_unchanged():
+    t = _table(n_per_city=500)
+    plain = spatial_split(t, test_frac=0.2, block_m=300, buffer_m=100, seed=4)
+    s = spatial_split(t, test_frac=0.2, val_frac=0.2, block_m=300, buffer_m=100, seed=4, block_column=True)
+    assert (s["split"] == "test").tolist() == (plain["split"] == "test").tolist()  # adding val keeps the test blocks
+    tr = s.loc[s["split"] == "train", ["lat", "lon"]].to_numpy()
+    for held in ("val", "test"):
+        rows = s.loc[s["split"] == held, ["lat", "lon"]].to_numpy()
+        assert len(rows) and pairwise_haversine_m(tr, rows).min() > 100  # brute force, all pairs
+    counts = s["split"].value_counts()
+    assert s.attrs["split"]["counts"] == {k: int(counts.get(k, 0)) for k in ("train", "val", "test", "buffer")}
+    assert 0.1 < counts["val"] / len(s) < 0.3
+    # whole blocks: every block is all-val, all-test, or neither
+    kinds = s.groupby("block")["split"].agg(lambda x: frozenset(x) & {"val", "test"})
+    assert all(len(k) <= 1 for k in kinds)
+    assert s.loc[s["split"] == "test", "block"].str.split(":").str[0].isin(["A", "B", "C"]).all()
+    assert "block" not in plain.columns
+    with pytest.raises(ValueError, match="val_frac"):
+        spatial_split(t, test_frac=0.5, val_frac=0.5)

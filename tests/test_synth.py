@@ -8,7 +8,7 @@ from PIL import Image
 
 from swclip.cli import main as swclip_main
 from swclip.data import read_table
-from swclip.geo import pairwise_haversine_m
+from swclip.geo import local_metres_to_degrees, pairwise_haversine_m
 from swclip.synth import CITIES, FIELD_NAMES, FieldSpec, correlation, field_values, load_world, make_world, world_fields
 from swclip.synth.streets import StreetParams, make_streets, sample_along
 
@@ -132,3 +132,69 @@ def test_cli_writes_a_world(tmp_path, capsys):
     assert load_world(out)["cities"][0]["name"] == "Leeds"
     with pytest.raises(SystemExit):
         swclip_main(["synth", "--help"])
+
+
+def _empirical_correlation(covariance, r, lags_m, n_fields=40, n_points=400):
+    """Mean over independent fields of f(x)·f(x + h), h at a random angle: the correlation at each lag."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-3000, 3000, (n_points, 2))
+    out = []
+    for h in lags_m:
+        ang = rng.uniform(0, 2 * np.pi, len(x))
+        y = x + h * np.stack([np.cos(ang), np.sin(ang)], 1)
+        prods = [np.mean(field_values(spec, x) * field_values(spec, y))
+                 for spec in (FieldSpec("f", r, seed=s, covariance=covariance) for s in range(n_fields))]
+        out.append(float(np.mean(prods)))
+    return np.array(out)
+
+
+def test_exponential_fields_have_the_stated_covariance_and_differ_from_gaussian_near_the_origin():
+    """exp(-3h/r) at every lag; near the origin it falls linearly (a rough field), the Gaussian one quadratically."""
+    r = 500.0
+    lags = np.array([0.0, 50.0, 150.0, 500.0, 1000.0])
+    exp_corr = _empirical_correlation("exponential", r, lags)
+    gauss_corr = _empirical_correlation("gaussian", r, lags)
+    assert np.abs(exp_corr - correlation(lags, r, "exponential")).max() < 0.06
+    assert np.abs(gauss_corr - correlation(lags, r, "gaussian")).max() < 0.06
+    # at r/10 the exponential field has lost 26 % of its correlation, the Gaussian 3 %: the shapes differ
+    assert 1 - exp_corr[1] > 0.18 and 1 - gauss_corr[1] < 0.08
+    assert float(correlation(r, r, "exponential")) == pytest.approx(np.exp(-3))
+
+
+def test_exponential_world_variogram_is_best_fit_by_the_exponential_model():
+    """scikit-gstat (an independent fitter) tells the two worlds apart from field values alone."""
+    import dataclasses
+
+    from swclip.analysis.empirical_variogram import empirical_variogram
+    from swclip.analysis.variogram import fit_variogram
+
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(-2500, 2500, (1500, 2))
+    latlon = local_metres_to_degrees(xy, (51.5, -0.1))
+    rmse = {}
+    for covariance in ("gaussian", "exponential"):
+        # the mean of 8 independent fields' empirical variograms on the same points and bins
+        emps = [empirical_variogram(latlon, values=field_values(FieldSpec("f", 800.0, seed=s, covariance=covariance), xy),
+                                    bins=25, max_lag_m=1500.0, seed=0) for s in range(8)]
+        emp = dataclasses.replace(emps[0], gamma=np.mean([e.gamma for e in emps], 0))
+        rmse[covariance] = {m: fit_variogram(emp, m, nugget=False).rmse for m in ("gaussian", "exponential")}
+    # each world's own model fits ten times better than the other's
+    assert rmse["gaussian"]["gaussian"] * 5 < rmse["gaussian"]["exponential"]
+    assert rmse["exponential"]["exponential"] * 5 < rmse["exponential"]["gaussian"]
+
+
+def test_world_records_and_reloads_its_covariance(tmp_path):
+    world = make_world(tmp_path / "w", seed=0, cities=["London"], samples_per_city=20, image_size=16, covariance="exponential")
+    meta = load_world(world.root)
+    assert meta["covariance"] == "exponential" and "exp(-3 h / range_m)" in meta["field_method"]
+    specs = world_fields(meta, "London")
+    assert {s.covariance for s in specs} == {"exponential"}
+    assert all(f["covariance"] == "exponential" for f in meta["cities"][0]["fields"])
+    # the same seed's Gaussian world keeps its streets and ranges: only the field texture changes
+    gauss = make_world(tmp_path / "g", seed=0, cities=["London"], samples_per_city=20, image_size=16)
+    assert gauss.table[["lat", "lon"]].equals(world.table[["lat", "lon"]])
+    assert [s.range_m for s in world_fields(load_world(gauss.root), "London")] == [s.range_m for s in specs]
+    with pytest.raises(ValueError, match="covariance"):
+        make_world(tmp_path / "x", cities=["London"], samples_per_city=20, image_size=16, covariance="spherical")
+    # a world.json of version 1 stored the formula; it still reads as gaussian
+    assert FieldSpec("f", 100.0, 0, covariance="gaussian: exp(-3 h^2 / range_m^2)").covariance == "gaussian"

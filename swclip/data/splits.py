@@ -34,6 +34,8 @@ def spatial_split(
     buffer_m: float = 100.0,
     seed: int = 0,
     by: str | None = "city",
+    val_frac: float = 0.0,
+    block_column: bool = False,
 ) -> pd.DataFrame:
     """Assign ``split`` = train / test / buffer by spatial blocks plus a buffer.
 
@@ -46,11 +48,18 @@ def spatial_split(
     seed: the same seed and table give the same split.
     by: the column that groups rows (blocks are drawn per group, so every city
     gets test data); None treats the table as one group.
+    val_frac: share of rows for a validation split ("val"), drawn as whole blocks from the
+    blocks left after test (0: no validation split). Train rows within ``buffer_m`` of any
+    val *or* test row become "buffer"; val and test may touch each other (both are held out).
+    block_column: also return each row's block as ``block`` ("<group>:<bx>,<by>"), the unit of
+    a block bootstrap over held-out rows.
     Returns a copy with the ``split`` column; the buffer check spans all groups,
     so neighbouring cities cannot leak either. O(N log N): a KD-tree on unit vectors.
     """
     if not 0.0 < test_frac < 1.0:
         raise ValueError(f"test_frac must be in (0, 1), got {test_frac}")
+    if not 0.0 <= val_frac < 1.0 - test_frac:
+        raise ValueError(f"val_frac must be in [0, 1 - test_frac), got {val_frac} with test_frac {test_frac}")
     if block_m <= 0 or buffer_m < 0:
         raise ValueError(f"block_m must be > 0 and buffer_m >= 0, got {block_m}, {buffer_m}")
     latlon = table[["lat", "lon"]].to_numpy(dtype=np.float64)  # (N, 2)
@@ -61,6 +70,9 @@ def spatial_split(
         raise ValueError(f"spatial_split: {int(table[by].isna().sum())} row(s) have no {by!r}; validate the table first")
     groups = np.zeros(n, dtype=np.int64) if by is None else pd.factorize(table[by].astype(str), sort=True)[0]
     is_test = np.zeros(n, dtype=bool)
+    is_val = np.zeros(n, dtype=bool)
+    block_name = np.empty(n, dtype=object)
+    group_names = np.zeros(n, dtype=object) if by is None else table[by].astype(str).to_numpy()
     for g in range(groups.max() + 1 if n else 0):
         rows = np.flatnonzero(groups == g)
         centre = (float(np.mean(latlon[rows, 0])), float(np.mean(latlon[rows, 1])))
@@ -69,27 +81,39 @@ def spatial_split(
         block = np.floor((xy + offset) / block_m).astype(np.int64)  # (n_g, 2) block indices
         keys, inverse, counts = np.unique(block, axis=0, return_inverse=True, return_counts=True)
         order = rng.permutation(len(keys))
-        # take whole blocks until the group's test share is reached
+        # take whole blocks until the group's test share is reached, then the val share
         cum = np.cumsum(counts[order])
-        n_blocks = int(np.searchsorted(cum, test_frac * len(rows)) + 1)
-        n_blocks = min(n_blocks, len(keys) - 1) if len(keys) > 1 else 0
+        n_test = int(np.searchsorted(cum, test_frac * len(rows)) + 1)
+        n_test = min(n_test, len(keys) - 1) if len(keys) > 1 else 0
+        n_val = 0
+        if val_frac > 0 and n_test < len(keys) - 1:
+            n_val = int(np.searchsorted(cum, (test_frac + val_frac) * len(rows)) + 1) - n_test
+            n_val = max(0, min(n_val, len(keys) - 1 - n_test))
         test_blocks = np.zeros(len(keys), dtype=bool)
-        test_blocks[order[:n_blocks]] = True
-        is_test[rows] = test_blocks[inverse.reshape(-1)]
+        test_blocks[order[:n_test]] = True
+        val_blocks = np.zeros(len(keys), dtype=bool)
+        val_blocks[order[n_test:n_test + n_val]] = True
+        inverse = inverse.reshape(-1)
+        is_test[rows] = test_blocks[inverse]
+        is_val[rows] = val_blocks[inverse]
+        block_name[rows] = [f"{group_names[rows[0]]}:{bx},{by_}" for bx, by_ in keys[inverse]]
 
-    split = np.where(is_test, "test", "train").astype(object)
-    if buffer_m > 0 and is_test.any() and (~is_test).any():
+    split = np.where(is_test, "test", np.where(is_val, "val", "train")).astype(object)
+    held_out = is_test | is_val
+    if buffer_m > 0 and held_out.any() and (~held_out).any():
         xyz = unit_vectors(latlon) * EARTH_RADIUS_M  # (N, 3) metres
-        tree = cKDTree(xyz[is_test])
-        train_rows = np.flatnonzero(~is_test)
+        tree = cKDTree(xyz[held_out])
+        train_rows = np.flatnonzero(~held_out)
         # chord ≤ arc, so a chord radius of chord(buffer_m) finds every arc ≤ buffer_m; nudge up for rounding
         dist, _ = tree.query(xyz[train_rows], k=1, distance_upper_bound=_chord_m(buffer_m) * (1 + 1e-9) + 1e-6)
         split[train_rows[np.isfinite(dist)]] = "buffer"
     out = table.copy()
     out["split"] = split
-    counts = {k: int((split == k).sum()) for k in ("train", "test", "buffer")}
+    if block_column:
+        out["block"] = block_name
+    counts = {k: int((split == k).sum()) for k in (("train", "val", "test", "buffer") if val_frac > 0 else ("train", "test", "buffer"))}
     out.attrs["split"] = dict(
-        method="spatial blocks + buffer", test_frac=test_frac, block_m=block_m, buffer_m=buffer_m, seed=seed, by=by,
+        method="spatial blocks + buffer", test_frac=test_frac, val_frac=val_frac, block_m=block_m, buffer_m=buffer_m, seed=seed, by=by,
         counts=counts, achieved_test_frac=counts["test"] / max(n, 1), table_hash=table_hash(table),
     )
     return out

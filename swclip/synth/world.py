@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from swclip.geo import local_metres_to_degrees
-from swclip.synth.fields import N_FEATURES, FieldSpec, field_uniform
+from swclip.synth.fields import COVARIANCES, N_FEATURES, FieldSpec, field_uniform
 from swclip.synth.render import FIELD_NAMES, FIELD_VISUALS, CityStyle, Nuisance, render_batch
 from swclip.synth.streets import StreetParams, make_streets, sample_along
 
@@ -65,8 +65,12 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def city_plan(name: str, index: int, seed: int) -> dict:
-    """Everything random about one city except its images: network, style, fields."""
+def city_plan(name: str, index: int, seed: int, covariance: str = "gaussian") -> dict:
+    """Everything random about one city except its images: network, style, fields.
+
+    covariance: the latent fields' covariance (a key of ``swclip.synth.fields.COVARIANCES``);
+    it changes only the fields' texture, not the ranges, streets or style drawn here.
+    """
     if name not in CITIES:
         raise ValueError(f"unknown city {name!r}; the demo world knows {sorted(CITIES)}")
     (lat, lon), network = CITIES[name]
@@ -83,7 +87,8 @@ def city_plan(name: str, index: int, seed: int) -> dict:
     # ranges spread log-evenly over [150, 2000] m, scaled per city, shuffled over the fields
     ranges = np.geomspace(RANGE_MIN_M, RANGE_MAX_M, len(FIELD_NAMES)) * rng.uniform(0.8, 1.2)
     ranges = np.clip(ranges, RANGE_MIN_M, RANGE_MAX_M)[rng.permutation(len(FIELD_NAMES))]
-    fields = [FieldSpec(fname, float(round(r, 1)), _seed(seed, index, 100 + j), N_FEATURES) for j, (fname, r) in enumerate(zip(FIELD_NAMES, ranges))]
+    fields = [FieldSpec(fname, float(round(r, 1)), _seed(seed, index, 100 + j), N_FEATURES, covariance)
+              for j, (fname, r) in enumerate(zip(FIELD_NAMES, ranges))]
     return dict(name=name, slug=slug(name), index=index, centre_latlon=(lat, lon), streets=streets, style=style, fields=fields)
 
 
@@ -145,6 +150,7 @@ def make_world(
     overwrite: bool = False,
     progress: bool = False,
     workers: int = 1,
+    covariance: str = "gaussian",
 ) -> World:
     """Render the demo world into ``out_dir`` and return it.
 
@@ -158,7 +164,12 @@ def make_world(
     workers: processes that render and encode (default 1, in this process; the CLI
     uses 2). Workers are spawned, so the caller's main module must be importable
     (a script or the console command, not stdin). The images do not depend on it.
+    covariance: "gaussian" (the default demo world) or "exponential" (rough fields whose
+    correlation falls linearly at the origin: a world that does not share the shape of
+    SW-CLIP's Gaussian kernel). Streets, styles, ranges and nuisance are the same for both.
     """
+    if covariance not in COVARIANCES:
+        raise ValueError(f"covariance must be one of {list(COVARIANCES)}, got {covariance!r}")
     if image_format not in ("jpg", "png"):
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
     if samples_per_city < 2:
@@ -168,7 +179,7 @@ def make_world(
     names = list(CITIES) if cities is None else list(cities)
     if len(set(names)) != len(names) or not names:
         raise ValueError(f"cities must be distinct names from {list(CITIES)}, got {names}")
-    plans = [city_plan(name, list(CITIES).index(name) if name in CITIES else -1, seed) for name in names]
+    plans = [city_plan(name, list(CITIES).index(name) if name in CITIES else -1, seed, covariance) for name in names]
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()):
         if not overwrite:
@@ -239,7 +250,8 @@ def make_world(
         image_format=image_format,
         samples_per_city=samples_per_city,
         field_names=list(FIELD_NAMES),
-        field_method=f"random Fourier features, {N_FEATURES} per field, Gaussian covariance exp(-3 h^2/range_m^2); "
+        covariance=covariance,
+        field_method=f"random Fourier features, {N_FEATURES} per field, covariance {COVARIANCES[covariance]}; "
         "values mapped to (0, 1) by the normal CDF (swclip.synth.fields.field_uniform)",
         nuisance=dict(brightness=BRIGHTNESS, noise_std=NOISE_STD, heading="building-row phase and mirror", trees="positions", cars="count, position, colour"),
         files=dict(samples="samples.csv", images="images/", streets="streets.geojson", latent="latent.csv"),
@@ -266,5 +278,6 @@ def world_fields(meta: dict, city: str) -> list[FieldSpec]:
     """The FieldSpecs of one city of a loaded world.json, to re-evaluate its fields anywhere."""
     for c in meta["cities"]:
         if c["name"] == city:
-            return [FieldSpec(f["name"], f["range_m"], f["seed"], f["n_features"]) for f in c["fields"]]
+            return [FieldSpec(f["name"], f["range_m"], f["seed"], f["n_features"], f.get("covariance", "gaussian"))
+                    for f in c["fields"]]
     raise ValueError(f"city {city!r} not in this world; it has {[c['name'] for c in meta['cities']]}")

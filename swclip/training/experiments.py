@@ -1,0 +1,502 @@
+"""Experiments: a grid of configs × seeds on the demo world, with a validation split, in one experiment.json.
+
+    swclip experiment --out runs/experiments/gaussian-b100              # the main protocol
+    swclip experiment --out runs/experiments/exp-b100 --covariance exponential --seeds 0 1 2
+    swclip experiment --out /tmp/try --quick                            # 2 seeds, 3 σ
+
+The protocol (fixed before any test number is looked at):
+
+- **World and split.** ``swclip.synth.make_world`` (Gaussian or exponential field
+  covariance), split by ``swclip.data.spatial_split`` into spatial train / val / test
+  blocks; every train row is more than ``buffer_m`` from every val and test row.
+- **Seeds.** Each seed changes the model initialisation, the batch order and the
+  augmentation (``TrainConfig.seed``); world and split stay fixed.
+- **Configs, per seed** (``CONFIGS``): one-hot CLIP; SW-CLIP at each σ of the sweep;
+  SW-CLIP at the σ that ``swclip.analysis.variogram.suggest_bandwidth`` gives from the variogram
+  of the same seed's CLIP image embeddings on the training split; SW-CLIP + NC at that
+  seed's validation-chosen σ, for each λ; semivariogram-weighted CLIP.
+- **Selection on validation.** Per seed, σ is the sweep's value with the lowest
+  validation ``select_metric`` (median error), and λ likewise among the NC runs. The
+  selected configs ("swclip (val σ)", "swclip+nc (val σ, λ)") are then reported on
+  test once, beside the whole sweep (labelled as a sweep).
+- **Statistics.** Mean and spread across seeds, and a paired block bootstrap on test
+  against CLIP (``swclip.analysis.experiment_stats``).
+
+Layout of ``out``: ``world/`` (the world + split.csv), ``runs/<config>-seed<k>/`` (one
+run each; ``record.json`` written last marks it finished, so a restart skips it), and
+``experiment.json``, rewritten after every finished run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+FORMAT = "swclip-experiment"
+VERSION = 1
+SUMMARY_KEYS = ("n", "median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "acc@1km", "acc@25km", "recall@1")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines an experiment; recorded in experiment.json."""
+
+    name: str = "gaussian-b100"
+    # world
+    covariance: str = "gaussian"  # latent fields' covariance (swclip.synth.fields.COVARIANCES)
+    world_seed: int = 0
+    cities: tuple = ("London", "Manchester", "Bristol", "Edinburgh")
+    samples_per_city: int = 1500
+    image_size: int = 32
+    # split
+    test_frac: float = 0.2
+    val_frac: float = 0.2
+    block_m: float = 400.0
+    buffer_m: float = 100.0
+    split_seed: int = 0
+    # grid
+    seeds: tuple = (0, 1, 2, 3, 4)
+    sigmas_m: tuple = (25.0, 50.0, 100.0, 150.0, 250.0, 400.0)
+    nc_weights: tuple = (0.25, 1.0)
+    variogram: bool = True  # SW-CLIP at the variogram-suggested σ
+    semivariogram: bool = True  # semivariogram-weighted CLIP
+    select_metric: str = "median_m"  # lower is better
+    # training (each run: one torch thread)
+    steps: int = 400
+    batch_size: int = 128
+    variogram_max_lag_m: float = 3000.0  # street-level lags only: the cities are tens of km apart
+
+
+QUICK = dict(seeds=(0, 1), sigmas_m=(50.0, 150.0, 400.0))
+
+
+def job_name(config: str, seed: int) -> str:
+    return f"{config}-seed{seed}"
+
+
+def sigma_name(sigma_m: float) -> str:
+    return f"swclip-s{sigma_m:g}"
+
+
+def plan_jobs(cfg: ExperimentConfig) -> list[dict]:
+    """The grid as jobs, seed-major (a stopped grid leaves whole seeds), each with the jobs it waits for.
+
+    Job: {name, config, seed, kind (clip | swclip | swclip-var | swclip+nc | semivariogram),
+    sigma_m, nc_weight, after: [job names]}.
+    """
+    jobs = []
+    for seed in cfg.seeds:
+        clip = job_name("clip", seed)
+        sweep = [job_name(sigma_name(s), seed) for s in cfg.sigmas_m]
+        jobs.append(dict(name=clip, config="clip", seed=seed, kind="clip", sigma_m=None, nc_weight=None, after=[]))
+        for s, name in zip(cfg.sigmas_m, sweep):
+            jobs.append(dict(name=name, config=sigma_name(s), seed=seed, kind="swclip", sigma_m=float(s), nc_weight=None, after=[]))
+        if cfg.semivariogram:
+            jobs.append(dict(name=job_name("semivariogram", seed), config="semivariogram", seed=seed, kind="semivariogram",
+                             sigma_m=None, nc_weight=None, after=[]))
+        if cfg.variogram:
+            jobs.append(dict(name=job_name("swclip-var", seed), config="swclip-var", seed=seed, kind="swclip-var",
+                             sigma_m=None, nc_weight=None, after=[clip]))
+        for lam in cfg.nc_weights:
+            cname = f"swclip-nc-l{lam:g}"
+            jobs.append(dict(name=job_name(cname, seed), config=cname, seed=seed, kind="swclip+nc", sigma_m=None,
+                             nc_weight=float(lam), after=list(sweep)))
+    return jobs
+
+
+# --------------------------------------------------------------------------- world and split
+
+
+def prepare(out: Path, cfg: ExperimentConfig, progress: bool = True) -> Path:
+    """Render the world and write split.csv (each skipped when there). -> split.csv."""
+    from swclip.data import read_table, spatial_split
+    from swclip.io import atomic_write
+    from swclip.synth import make_world
+
+    world = out / "world"
+    if not (world / "world.json").is_file():
+        make_world(world, seed=cfg.world_seed, cities=list(cfg.cities), samples_per_city=cfg.samples_per_city,
+                   image_size=cfg.image_size, covariance=cfg.covariance, overwrite=True, progress=progress)
+    split_csv = world / "split.csv"
+    if not split_csv.is_file():
+        table = spatial_split(read_table(world / "samples.csv", world), test_frac=cfg.test_frac, val_frac=cfg.val_frac,
+                              block_m=cfg.block_m, buffer_m=cfg.buffer_m, seed=cfg.split_seed, block_column=True)
+        atomic_write(split_csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.7f"))
+        (world / "split.json").write_text(json.dumps(table.attrs["split"], indent=1))
+    return split_csv
+
+
+def world_summary(world_dir: Path) -> dict:
+    """The world's parameters for experiment.json: covariance, seed, and each city's true field ranges."""
+    from swclip.synth.world import load_world
+
+    meta = load_world(world_dir)
+    ranges = {c["name"]: sorted(f["range_m"] for f in c["fields"]) for c in meta["cities"]}
+    allr = np.concatenate([np.asarray(r) for r in ranges.values()])
+    return dict(covariance=meta.get("covariance", "gaussian"), seed=meta["seed"], image_size=meta["image_size"],
+                samples_per_city=meta["samples_per_city"], cities=list(ranges), field_ranges_m=ranges,
+                range_m=dict(min=float(allr.min()), median=float(np.median(allr)), max=float(allr.max())))
+
+
+def oracle_errors_m(table, split: str = "test") -> np.ndarray:
+    """(N,) metres from each ``split`` row to its nearest training location: the floor of a
+    top-1 prediction from the training-location gallery (no model can do better)."""
+    from scipy.spatial import cKDTree
+
+    from swclip.geo import EARTH_RADIUS_M, unit_vectors
+
+    train = unit_vectors(table.loc[table["split"] == "train", ["lat", "lon"]].to_numpy(np.float64))
+    rows = unit_vectors(table.loc[table["split"] == split, ["lat", "lon"]].to_numpy(np.float64))
+    chord, _ = cKDTree(train).query(rows, k=1)
+    return 2.0 * EARTH_RADIUS_M * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def variogram_sigma(clip_dir: Path, split_csv: Path, max_lag_m: float) -> dict:
+    """σ from the CLIP run's image-embedding variogram on the training split.
+
+    -> {range_m (practical range of the best-fitting model), sigma_m (suggest_bandwidth, gaussian
+    kernel), model, nugget_ratio, n}; sigma_m is None with a ``reason`` when no variogram fits.
+    """
+    import torch
+
+    from swclip.data import read_table
+    from swclip.analysis.empirical_variogram import empirical_variogram
+    from swclip.analysis.variogram import fit_best, suggest_bandwidth
+    from swclip.runs import load_run
+    from swclip.training.evaluation import encode_images
+
+    table = read_table(split_csv, split_csv.parent)
+    train = table[table["split"] == "train"].reset_index(drop=True)
+    run = load_run(clip_dir)
+    run.model.eval()
+    with torch.inference_mode():
+        emb = encode_images(run.model, train, split_csv.parent)  # (N, D)
+    emp = empirical_variogram(train[["lat", "lon"]].to_numpy(np.float64), embeddings=emb, dissimilarity="cosine",
+                              max_lag_m=max_lag_m, seed=0)
+    fit = fit_best(emp)
+    if not fit.ok:
+        return dict(sigma_m=None, range_m=None, reason=f"no variogram fit: {fit.reason}", n=len(train))
+    range_m = fit.practical_range_m()
+    return dict(sigma_m=suggest_bandwidth(range_m, "gaussian"), range_m=range_m, model=fit.model,
+                nugget_ratio=float(fit.nugget_ratio), n=len(train))
+
+
+def _overrides(job: dict, cfg: ExperimentConfig, split_csv: Path, runs_dir: Path) -> tuple[str, list]:
+    over = [f"run_id={job['name']}", f"out_dir={runs_dir}", f"seed={job['seed']}", f"data.table={split_csv}",
+            f"data.root={split_csv.parent}", "data.eval_split=test", "progress=false",
+            f"steps={cfg.steps}", f"batch_size={cfg.batch_size}"]
+    kind = job["kind"]
+    if kind == "clip":
+        return "demo_clip.yaml", over
+    if kind in ("swclip", "swclip-var"):
+        return "demo_swclip.yaml", over + [f"loss.sigma_m={job['sigma_m']}"]
+    if kind == "swclip+nc":
+        return "demo_swclip_nc.yaml", over + [f"loss.sigma_m={job['sigma_m']}", f"loss.nc_weight={job['nc_weight']}"]
+    if kind == "semivariogram":
+        return "demo_semivariogram.yaml", over + [f"loss.variogram_max_lag_m={cfg.variogram_max_lag_m}"]
+    raise ValueError(f"unknown job kind {kind!r}")
+
+
+def run_job(job: dict) -> dict:
+    """Train + evaluate one job on val and test (in a worker process, one torch thread). -> its record."""
+    import torch
+
+    from swclip.data import read_table
+    from swclip.io import atomic_write_json
+    from swclip.runs import load_run
+    from swclip.training.config import load_config
+    from swclip.training.demo import CONFIG_DIR
+    from swclip.training.evaluation import evaluate
+    from swclip.training.loop import train
+
+    torch.set_num_threads(1)
+    cfg = ExperimentConfig(**job["experiment"])
+    split_csv, runs_dir = Path(job["split_csv"]), Path(job["runs_dir"])
+    t0, c0 = time.perf_counter(), time.process_time()
+    record = {k: job[k] for k in ("name", "config", "seed", "kind", "sigma_m", "nc_weight")}
+    if job["kind"] == "swclip-var":
+        vg = variogram_sigma(runs_dir / job_name("clip", job["seed"]), split_csv, cfg.variogram_max_lag_m)
+        record["variogram"] = vg
+        if vg["sigma_m"] is None:
+            record["skipped"] = vg["reason"]
+            atomic_write_json(runs_dir / job["name"] / "record.json", record)
+            return record
+        job = {**job, "sigma_m": vg["sigma_m"]}
+        record["sigma_m"] = vg["sigma_m"]
+    config, over = _overrides(job, cfg, split_csv, runs_dir)
+    run_dir = train(load_config(CONFIG_DIR / config, over))
+    t1 = time.perf_counter()
+    table = read_table(split_csv, split_csv.parent)
+    train_rows = table[table["split"] == "train"].reset_index(drop=True)
+    model = load_run(run_dir).model
+    for split in ("val", "test"):
+        rows = table[table["split"] == split].reset_index(drop=True)
+        res = evaluate(model, train_rows, rows, str(split_csv.parent), image_gallery=False)
+        m = res["metrics"]
+        record[split] = {k: m[k] for k in SUMMARY_KEYS if k in m}
+        if split == "test":
+            errors = res["predictions"]["error_m"].to_numpy()
+            if list(res["predictions"]["id"]) != list(rows["id"].astype(str)):
+                raise RuntimeError("evaluation reordered the test rows")
+            record["test_error_m"] = np.round(errors, 1).tolist()
+    record["timings"] = dict(train_s=t1 - t0, eval_s=time.perf_counter() - t1, cpu_s=time.process_time() - c0,
+                             threads=torch.get_num_threads())
+    atomic_write_json(run_dir / "record.json", record)
+    return record
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+def _record_path(runs_dir: Path, name: str) -> Path:
+    return runs_dir / name / "record.json"
+
+
+def _ready(job: dict, records: dict, cfg: ExperimentConfig) -> Optional[dict]:
+    """The job with its dependent parameters filled in, or None while it waits. Raises KeyError when a
+    dependency failed (the caller skips the job)."""
+    if any(a not in records for a in job["after"]):
+        return None
+    if job["kind"] == "swclip+nc":
+        sweep = [records[a] for a in job["after"] if "val" in records[a]]
+        if not sweep:
+            raise KeyError("no finished sweep run to choose σ from")
+        best = min(sweep, key=lambda r: r["val"][cfg.select_metric])
+        return {**job, "sigma_m": best["sigma_m"]}
+    return job
+
+
+def run_experiment(out, cfg: Optional[ExperimentConfig] = None, workers: int = 2, progress: bool = True) -> dict:
+    """Run (or resume) the grid; -> the experiment dict (also written to ``out``/experiment.json).
+
+    workers: runs trained at once, each in its own spawned process with one torch thread
+    (as the demo bundle: on 2 cores two one-thread runs beat one two-thread run after another).
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    cfg = cfg or ExperimentConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "experiment_config.json"
+    cfg_dict = dataclasses.asdict(cfg)
+    if saved.is_file():
+        old = json.loads(saved.read_text())
+        fixed = ("covariance", "world_seed", "cities", "samples_per_city", "image_size", "test_frac", "val_frac",
+                 "block_m", "buffer_m", "split_seed", "steps", "batch_size")
+        changed = [k for k in fixed if json.dumps(old.get(k)) != json.dumps(cfg_dict[k])]
+        if changed:
+            raise ValueError(f"{out} holds an experiment with a different {', '.join(changed)}; use another --out")
+    saved.write_text(json.dumps(cfg_dict, indent=1))
+    split_csv = prepare(out, cfg, progress)
+    runs_dir = out / "runs"
+    jobs = plan_jobs(cfg)
+    records: dict = {}
+    for job in jobs:
+        p = _record_path(runs_dir, job["name"])
+        if p.is_file():
+            records[job["name"]] = json.loads(p.read_text())
+    pending = [j for j in jobs if j["name"] not in records]
+    failed: dict = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=f"experiment {cfg.name}", unit="run")
+    base = dict(experiment=cfg_dict, split_csv=str(split_csv), runs_dir=str(runs_dir))
+    t_start = time.perf_counter()
+    pool = ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn"))
+    running: dict = {}
+    try:
+        while pending or running:
+            for job in list(pending):
+                if len(running) >= max(1, workers):
+                    break
+                if any(a in failed for a in job["after"]):
+                    failed[job["name"]] = f"skipped: {', '.join(a for a in job['after'] if a in failed)} failed"
+                    pending.remove(job)
+                    continue
+                try:
+                    ready = _ready(job, records, cfg)
+                except KeyError as err:
+                    failed[job["name"]] = f"skipped: {err.args[0]}"
+                    pending.remove(job)
+                    continue
+                if ready is None:
+                    continue
+                running[pool.submit(run_job, {**base, **ready})] = job
+                pending.remove(job)
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                job = running.pop(fut)
+                try:
+                    records[job["name"]] = fut.result()
+                except BrokenProcessPool:
+                    raise  # a worker died (killed, out of memory): stop; a restart resumes
+                except Exception as err:  # noqa: BLE001 - one broken run must not lose the grid; it is reported
+                    failed[job["name"]] = f"{type(err).__name__}: {err}"
+                    print(f"[experiment] {job['name']} failed: {failed[job['name']]}", file=sys.stderr, flush=True)
+                if bar is not None:
+                    bar.update(1)
+                    r = records.get(job["name"], {})
+                    if "test" in r:
+                        bar.write(f"[experiment] {job['name']}: val median {r['val']['median_m']:.0f} m, "
+                                  f"test median {r['test']['median_m']:.0f} m ({r['timings']['cpu_s']:.0f} s CPU)")
+                write_experiment(out, cfg, jobs, records, failed, split_csv, time.perf_counter() - t_start)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if bar is not None:
+            bar.close()
+    exp = write_experiment(out, cfg, jobs, records, failed, split_csv, time.perf_counter() - t_start)
+    if progress:
+        print(summary_markdown(exp))
+    return exp
+
+
+def write_experiment(out: Path, cfg: ExperimentConfig, jobs: list, records: dict, failed: dict, split_csv: Path,
+                     elapsed_s: float) -> dict:
+    """Assemble experiment.json from the finished records (atomically). -> the dict."""
+    from swclip.data import read_table
+    from swclip.io import atomic_write_json
+
+    table = read_table(split_csv, split_csv.parent)
+    test = table[table["split"] == "test"]
+    split_meta = json.loads((split_csv.parent / "split.json").read_text())
+    oracle = oracle_errors_m(table)
+    from swclip.analysis.metrics import summarize
+
+    exp = dict(
+        format=FORMAT, version=VERSION, name=cfg.name,
+        created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        status=dict(planned=len(jobs), finished=sum(1 for j in jobs if j["name"] in records), failed=failed,
+                    complete=all(j["name"] in records for j in jobs), elapsed_s=round(elapsed_s, 1)),
+        protocol=dict(dataclasses.asdict(cfg), selection=f"per seed: σ with the lowest validation {cfg.select_metric} "
+                      "among the sweep; λ likewise among the NC runs at that σ",
+                      machine=dict(cpus=os.cpu_count(), threads_per_run=1)),
+        world=world_summary(split_csv.parent),
+        split=split_meta,
+        oracle_test={k: v for k, v in summarize(oracle).items() if k in SUMMARY_KEYS},
+        test_rows=dict(id=test["id"].astype(str).tolist(), city=test["city"].astype(str).tolist(),
+                       block=test["block"].astype(str).tolist()),
+        runs=[records[j["name"]] for j in jobs if j["name"] in records],
+    )
+    atomic_write_json(out / "experiment.json", exp)
+    return exp
+
+
+def summary_markdown(exp: dict) -> str:
+    """The printed summary: per config, mean ± sd across seeds of val and test metrics, and Δ vs CLIP."""
+    from swclip.analysis.experiment_stats import summary_table
+
+    df = summary_table(exp)
+    head = "| config | seeds | val median (m) | test median (m) | test acc@250 m | test acc@500 m | Δ test median vs CLIP [95 % block CI] |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---|"]
+    for _, r in df.iterrows():
+        ci = "" if not np.isfinite(r["d_median_m"]) else f"{r['d_median_m']:+.0f} [{r['d_median_m_lo']:+.0f}, {r['d_median_m_hi']:+.0f}]"
+        lines.append(f"| {r['config']} | {r['n_seeds']} | {r['val_median_m']:.0f} ± {r['val_median_m_sd']:.0f} | "
+                     f"{r['test_median_m']:.0f} ± {r['test_median_m_sd']:.0f} | {r['test_acc@250m']:.3f} ± {r['test_acc@250m_sd']:.3f} | "
+                     f"{r['test_acc@500m']:.3f} ± {r['test_acc@500m_sd']:.3f} | {ci} |")
+    st = exp["status"]
+    lines.append(f"\n{st['finished']} of {st['planned']} runs finished" + ("" if st["complete"] else " (PARTIAL)")
+                 + (f"; failed: {st['failed']}" if st["failed"] else ""))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- reading experiment.json back
+
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # the committed experiments
+REQUIRED = ("format", "version", "name", "status", "protocol", "world", "split", "test_rows", "runs")
+
+
+def load_experiment(path) -> dict:
+    """experiment.json as a dict, checked: a clear ValueError names what is wrong with a file that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    try:
+        exp = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not JSON: {err}") from None
+    if not isinstance(exp, dict) or exp.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an experiment.json (format {exp.get('format') if isinstance(exp, dict) else None!r})")
+    if exp.get("version") != VERSION:
+        raise ValueError(f"{path} has experiment format version {exp.get('version')!r}; this code reads {VERSION}")
+    missing = [k for k in REQUIRED if k not in exp]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}")
+    n = len(exp["test_rows"].get("id", []))
+    for r in exp["runs"]:
+        if "test_error_m" in r and len(r["test_error_m"]) != n:
+            raise ValueError(f"{path}: run {r.get('name')} has {len(r['test_error_m'])} test errors for {n} test rows")
+    return exp
+
+
+def find_experiments(runs_root=None, results_dir=None, max_depth: int = 3) -> list[Path]:
+    """The committed experiments (``results_dir``, default RESULTS_DIR: ``benchmarks/results/experiment-*.json``),
+    then every ``experiment.json`` under ``runs_root`` at most ``max_depth`` folders down, each list sorted by path."""
+    results_dir = RESULTS_DIR if results_dir is None else results_dir
+    found = sorted(Path(results_dir).glob("experiment-*.json")) if results_dir and Path(results_dir).is_dir() else []
+    if runs_root is not None and Path(runs_root).is_dir():
+        root = Path(runs_root)
+        for depth in range(max_depth + 1):
+            found += sorted(root.glob("/".join(["*"] * depth + ["experiment.json"])))
+    return found
+
+
+# --------------------------------------------------------------------------- command line (``swclip experiment``)
+
+
+def configure(parser) -> None:
+    d = ExperimentConfig()
+    parser.description = (
+        "Train and evaluate a grid of configs x seeds on the demo world (CLIP, SW-CLIP over a σ sweep, SW-CLIP at the "
+        "variogram-suggested σ, SW-CLIP+NC at the validation-chosen σ, semivariogram-weighted CLIP), with spatial "
+        "train/val/test blocks; writes <out>/experiment.json and prints a summary. Restarting skips finished runs.")
+    parser.add_argument("--out", required=True, help="experiment folder (world, runs, experiment.json)")
+    parser.add_argument("--name", default=None, help="experiment name (default: <covariance>-b<buffer>)")
+    parser.add_argument("--covariance", choices=("gaussian", "exponential"), default=d.covariance, help="world's field covariance")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help=f"training seeds (default {list(d.seeds)})")
+    parser.add_argument("--sigmas", type=float, nargs="+", default=list(d.sigmas_m), help="σ sweep, metres")
+    parser.add_argument("--nc-weights", type=float, nargs="*", default=list(d.nc_weights), help="λ for SW-CLIP+NC (none: no NC runs)")
+    parser.add_argument("--buffer", type=float, default=d.buffer_m, help=f"metres between train and held-out rows (default {d.buffer_m:g})")
+    parser.add_argument("--block", type=float, default=d.block_m, help=f"held-out block side, metres (default {d.block_m:g})")
+    parser.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps per run (default {d.steps})")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
+    parser.add_argument("--samples-per-city", type=int, default=d.samples_per_city,
+                        help=f"world size: street samples per city (default {d.samples_per_city})")
+    parser.add_argument("--world-seed", type=int, default=d.world_seed, help="world seed (default 0; the split seed stays 0)")
+    parser.add_argument("--no-variogram", action="store_true", help="skip SW-CLIP at the variogram-suggested σ")
+    parser.add_argument("--no-semivariogram", action="store_true", help="skip semivariogram-weighted CLIP")
+    parser.add_argument("--quick", action="store_true", help="2 seeds and 3 σ (50, 150, 400 m), to try it")
+    parser.add_argument("--workers", type=int, default=2, help="runs at once, one torch thread each (default 2)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def config_from_args(args) -> ExperimentConfig:
+    cfg = ExperimentConfig(
+        covariance=args.covariance, world_seed=args.world_seed, samples_per_city=args.samples_per_city,
+        block_m=args.block, buffer_m=args.buffer, seeds=tuple(args.seeds), sigmas_m=tuple(args.sigmas),
+        nc_weights=tuple(args.nc_weights), variogram=not args.no_variogram, semivariogram=not args.no_semivariogram,
+        steps=args.steps, batch_size=args.batch_size)
+    if args.quick:
+        cfg = dataclasses.replace(cfg, **QUICK)
+    return dataclasses.replace(cfg, name=args.name or f"{cfg.covariance}-b{cfg.buffer_m:g}" + ("-quick" if args.quick else ""))
+
+
+def run(args) -> int:
+    exp = run_experiment(args.out, config_from_args(args), workers=args.workers, progress=not args.quiet)
+    return 0 if not exp["status"]["failed"] else 1

@@ -1,0 +1,65 @@
+"""The Experiments page under AppTest, on the committed experiment-*.json (real grid output)."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from swclip.analysis import experiment_stats as es
+from swclip.training import experiments as ex
+
+pytestmark = [pytest.mark.xdist_group(name="app"), pytest.mark.slow]
+
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "experiments.py")
+COMMITTED = ex.find_experiments(None)
+
+
+def _app(monkeypatch, runs_root) -> AppTest:
+    monkeypatch.setenv("SWCLIP_RUNS_DIR", str(runs_root))
+    return AppTest.from_file(PAGE, default_timeout=180)
+
+
+def _text(at) -> str:
+    return "\n".join(str(m.value) for m in at.markdown) + "\n".join(str(c.value) for c in at.caption)
+
+
+@pytest.mark.skipif(not COMMITTED, reason="no committed benchmarks/results/experiment-*.json")
+def test_page_shows_the_committed_experiment(monkeypatch, tmp_path):
+    at = _app(monkeypatch, tmp_path).run()
+    assert not at.exception, [e.value for e in at.exception]
+    exp = ex.load_experiment(COMMITTED[0])
+    assert at.selectbox[0].value == f"committed: {COMMITTED[0].name}"
+    assert exp["name"] in _text(at)
+    assert ("Partial experiment" in "\n".join(str(w.value) for w in at.warning)) == (not exp["status"]["complete"])
+    # the bootstrap table: one row per non-CLIP config, its Δ median is the library's, computed here independently
+    table = es.summary_table(exp, n_boot=1000, seed=0)
+    boot = at.dataframe[0].value.set_index("config")
+    assert set(boot.index) == set(table["config"]) - {"clip"}
+    row = table.set_index("config").loc[es.VAL_SIGMA]
+    assert boot.loc[es.VAL_SIGMA, "Δ median (m)"] == pytest.approx(row["d_median_m"])
+    assert len(at.get("plotly_chart")) == 2  # σ curve + per-city bars
+    at.selectbox[1].set_value("acc@250m").run()  # another metric redraws without error
+    assert not at.exception
+
+
+def test_page_reads_an_experiment_by_path_inside_the_runs_folder_only(monkeypatch, tmp_path):
+    if not COMMITTED:
+        pytest.skip("no committed experiment to copy")
+    (tmp_path / "exp").mkdir()
+    shutil.copy(COMMITTED[0], tmp_path / "exp" / "experiment.json")
+    at = _app(monkeypatch, tmp_path).run()
+    assert f"runs: {Path('exp') / 'experiment.json'}" in at.selectbox[0].options
+    at.text_input[0].set_value("exp/experiment.json").run()
+    assert not at.exception and not at.error
+    at.text_input[0].set_value("../../etc/passwd").run()
+    assert at.error and "Cannot open" in at.error[0].value
+
+
+def test_page_says_what_to_do_without_any_experiment(monkeypatch, tmp_path):
+    monkeypatch.setattr(ex, "RESULTS_DIR", tmp_path / "none")  # AppTest runs in this process
+    at = _app(monkeypatch, tmp_path).run()
+    assert not at.exception
+    assert any("swclip experiment" in str(w.value) for w in at.warning)
