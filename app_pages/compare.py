@@ -7,6 +7,8 @@ import streamlit as st
 from appkit import frame, loaders, urlstate
 from swclip.analysis.compare import higher_is_better, manifest_diff, paired_bootstrap, paired_errors, verdicts
 from swclip.viz import figures, maps
+from swclip.viz.scale import POINTS_MAX
+from swclip.viz.spatial_bins import h3_bins
 
 view = frame.ensure_frame()
 run = frame.require_run(view, "the comparison")
@@ -19,41 +21,52 @@ by_id = {r.run_id: r for r in view.available}
 ids = list(by_id)
 default_a = view.selected[0].run_id
 default_b = view.selected[1].run_id if len(view.selected) > 1 else next(i for i in ids if i != default_a)
+
+
+@st.cache_data(show_spinner="Pairing the runs' samples…", max_entries=16)
+def paired(runs_root, a, a_stamp, b, b_stamp, city):
+    """The two runs' shared samples (one city's, or all), paired by id; a str when they cannot be paired."""
+    try:
+        joined = paired_errors(loaders.predictions(runs_root, a, a_stamp), loaders.predictions(runs_root, b, b_stamp))
+    except ValueError as e:
+        return str(e)
+    if city is not None and "city" in joined:
+        joined = joined[joined["city"].astype(str) == city].reset_index(drop=True)
+    return joined
+
+
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
     a_id = urlstate.url_widget(st.selectbox, "Run A (reference)", "a", default_a, valid=lambda v: v in by_id, options=ids, format_func=lambda i: by_id[i].label)
 with c2:
     b_id = urlstate.url_widget(st.selectbox, "Run B", "b", default_b, valid=lambda v: v in by_id, options=ids, format_func=lambda i: by_id[i].label)
-with c3:
-    n_boot = urlstate.url_widget(st.select_slider, "Bootstrap resamples", "boot", 1000, parse=int, valid=lambda v: v in (200, 500, 1000, 2000, 5000), options=(200, 500, 1000, 2000, 5000))
 ra, rb = by_id[a_id], by_id[b_id]
+city = view.city_or_none()
+joined = paired(view.runs_root, ra.run_id, ra.stamp, rb.run_id, rb.stamp, city) if a_id != b_id else "pick two different runs"
+with c3:
+    # 1,000 resamples of 210,000 pairs take tens of seconds; past 50,000 pairs the intervals are narrow anyway
+    n_default = 1000 if isinstance(joined, str) or len(joined) <= 50_000 else 200
+    n_boot = urlstate.url_widget(st.select_slider, "Bootstrap resamples", "boot", n_default, parse=int, valid=lambda v: v in (200, 500, 1000, 2000, 5000), options=(200, 500, 1000, 2000, 5000))
 if a_id == b_id:
     st.warning("Pick two different runs.")
     st.stop()
-
-pa = loaders.predictions(view.runs_root, ra.run_id, ra.stamp)
-pb = loaders.predictions(view.runs_root, rb.run_id, rb.stamp)
-try:
-    joined = paired_errors(pa, pb)
-except ValueError as e:
-    st.error(f"Cannot compare: {e}")
+if isinstance(joined, str):
+    st.error(f"Cannot compare: {joined}")
     st.stop()
-city = view.city_or_none()
-if city is not None and "city" in joined:
-    joined = joined[joined["city"].astype(str) == city].reset_index(drop=True)
 scope = city or "all cities"
-st.markdown(f"**{len(joined)}** shared evaluation samples ({scope}). A = `{a_id}`, B = `{b_id}`; differences are B − A, 95 % paired-bootstrap intervals ({n_boot} resamples, seed 0).")
+st.markdown(f"**{len(joined):,}** shared evaluation samples ({scope}). A = `{a_id}`, B = `{b_id}`; differences are B − A, 95 % paired-bootstrap intervals ({n_boot} resamples, seed 0).")
 if len(joined) < 2:
     st.warning("Fewer than two shared samples here.")
     st.stop()
 
 
 @st.cache_data(show_spinner="Bootstrapping…", max_entries=32)
-def boot(ea, eb, n):
-    return paired_bootstrap(ea, eb, n_boot=n, seed=0)
+def boot(runs_root, a, a_stamp, b, b_stamp, city, n):
+    j = paired(runs_root, a, a_stamp, b, b_stamp, city)  # keyed by run identity: hashing 210,000 errors per rerun costs more
+    return paired_bootstrap(j["error_a_m"].to_numpy(), j["error_b_m"].to_numpy(), n_boot=n, seed=0)
 
 
-table = boot(joined["error_a_m"].to_numpy(), joined["error_b_m"].to_numpy(), int(n_boot))
+table = boot(view.runs_root, ra.run_id, ra.stamp, rb.run_id, rb.stamp, city, int(n_boot))
 
 
 def fmt(v, stat):
@@ -74,14 +87,28 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 left, right = st.columns(2)
 with left:
     st.plotly_chart(figures.error_cdf({f"A: {a_id}": joined["error_a_m"], f"B: {b_id}": joined["error_b_m"]}), width="stretch", key="cdf")
+    curves = {f"A: {a_id}": loaders.rva(view.runs_root, ra.run_id, ra.stamp, city), f"B: {b_id}": loaders.rva(view.runs_root, rb.run_id, rb.stamp, city)}
+    curves = {k: v for k, v in curves.items() if v is not None}
+    if curves:
+        st.plotly_chart(figures.rva_figure(curves, title=f"Recall vs Area, {scope}"), width="stretch", key="rva")
+        st.caption("Share of samples whose true spot lies inside the knn-kde density's highest-density region of at most that area "
+                   "(" + ", ".join(f"{k}: {v['n_queries']:,} queries, {v['source']}" for k, v in curves.items()) + ").")
 with right:
-    map_city = city or str(joined["city"].iloc[0]) if "city" in joined else None
-    sub = joined if city or "city" not in joined else joined[joined["city"].astype(str) == map_city]
-    delta = np.log2(np.maximum(sub["error_b_m"].to_numpy(), 1.0) / np.maximum(sub["error_a_m"].to_numpy(), 1.0))
-    pts = maps.points_frame(sub[["lat", "lon"]], maps.diverging(delta, 3.0), id=sub["id"], a_m=sub["error_a_m"].round(0), b_m=sub["error_b_m"].round(0))
-    st.markdown(f"**Where the error changed** in {map_city}: blue, B is better; red, B is worse (colour saturates at 8×).")
-    st.pydeck_chart(frame.city_deck(view, ra, map_city, [maps.scatter_layer(pts, radius_m=16, alpha=240)], sub[["lat", "lon"]].to_numpy(), tooltip={"text": "{id}: A {a_m} m → B {b_m} m"}), height=430, key="change_map")
-    st.caption(f"B better on {int((delta < 0).sum())} samples, worse on {int((delta > 0).sum())}, equal on {int((delta == 0).sum())}.")
+    delta = np.log2(np.maximum(joined["error_b_m"].to_numpy(), 1.0) / np.maximum(joined["error_a_m"].to_numpy(), 1.0))
+    latlon = joined[["lat", "lon"]].to_numpy(np.float64)
+    sc = loaders.run_scale(view.runs_root, ra.run_id, ra.stamp, city)
+    if len(joined) <= POINTS_MAX:
+        pts = maps.points_frame(latlon, maps.diverging(delta, 3.0), id=joined["id"], a_m=joined["error_a_m"].round(0), b_m=joined["error_b_m"].round(0))
+        layer = maps.scatter_layer(pts, radius_m=16, alpha=240)
+        tooltip = {"text": "{id}: A {a_m} m → B {b_m} m"}
+    else:
+        bins = h3_bins(latlon, delta, sc.hex_default_m)
+        layer = maps.hex_layer(bins, -3.0, 3.0, log=False, alpha=220, colours=maps.diverging(bins["value"], 3.0))
+        tooltip = {"text": "{id} log2(B/A) {value}"}
+    st.markdown(f"**Where the error changed** in {scope}: blue, B is better; red, B is worse (colour saturates at 8×)"
+                + ("." if len(joined) <= POINTS_MAX else f"; more than {POINTS_MAX:,} samples, so H3 cells of the median change."))
+    st.pydeck_chart(frame.city_deck(view, ra, city, [layer], latlon, tooltip=tooltip), height=430, key="change_map")
+    st.caption(f"B better on {int((delta < 0).sum()):,} samples, worse on {int((delta > 0).sum()):,}, equal on {int((delta == 0).sum()):,}.")
 
 st.subheader("Manifest diff")
 diff = manifest_diff(ra.manifest, rb.manifest)

@@ -1,4 +1,4 @@
-"""Failures: the worst predictions per city, with what the model matched them to."""
+"""Failures: the worst predictions of one city or of all, a page at a time, with what the model matched them to."""
 
 import numpy as np
 import streamlit as st
@@ -7,32 +7,47 @@ from appkit import frame, loaders, urlstate
 from swclip.analysis.failures import SampleLocator, topk_matches
 from swclip.geo import haversine_m
 from swclip.viz import figures, maps
+from swclip.viz.scale import fmt_m
 
 view = frame.ensure_frame()
 run = frame.require_run(view, "the failure gallery")
 st.title("Failures")
 
 df_all = loaders.predictions(view.runs_root, run.run_id, run.stamp)
-cities = sorted(df_all["city"].astype(str).unique())
 city = view.city_or_none()
 
-c1, c2, c3 = st.columns(3)
+c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
 with c1:
-    per_city = urlstate.url_widget(st.slider, "Worst per city", "worst", 6, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 30, min_value=1, max_value=30)
+    per_page = urlstate.url_widget(st.slider, "Failures per page", "worst", 6, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 30, min_value=1, max_value=30)
 with c2:
     min_err = urlstate.url_widget(st.number_input, "Only errors of at least (m)", "minerr", 0, parse=int, valid=lambda v: isinstance(v, int) and v >= 0, min_value=0, step=100)
 with c3:
     order = urlstate.url_widget(st.radio, "Rank by", "rank", "retrieval error", valid=lambda v: v in ("retrieval error", "knn-kde error"), options=["retrieval error", "knn-kde error"], horizontal=True)
 col = "kde_error_m" if order == "knn-kde error" and "kde_error_m" in df_all else "error_m"
 
-sel = df_all if city is None else df_all[df_all["city"].astype(str) == city]
-sel = sel[sel[col] >= min_err]
-worst = sel.sort_values(col, ascending=False).groupby(sel["city"].astype(str), sort=True).head(int(per_city))
-worst = worst.sort_values(["city", col], ascending=[True, False]).rename_axis("row").reset_index()  # row: into embeddings.npy
 
-export_cols = [c for c in ("id", "city", "lat", "lon", "pred_lat", "pred_lon", "error_m", "kde_lat", "kde_lon", "kde_error_m", "radius_m", "image") if c in worst]
-st.download_button("Export these failures (CSV)", worst[export_cols].to_csv(index=False).encode(), file_name=f"failures_{run.run_id.replace('/', '_')}.csv", mime="text/csv")
-st.caption(f"{len(worst)} samples: the {per_city} largest {order}s per city{f' in {city}' if city else ''}, at least {min_err} m.")
+@st.cache_data(show_spinner=False, max_entries=32)
+def ranked(runs_root, run_id, stamp, city, col, min_err):
+    """Rows (predictions index) of the city's (or every) sample with col ≥ min_err, worst first."""
+    df = loaders.predictions(runs_root, run_id, stamp)
+    sel = df if city is None else df[df["city"].astype(str) == city]
+    sel = sel[sel[col] >= min_err]
+    return sel.index.to_numpy()[np.argsort(-sel[col].to_numpy(np.float64), kind="stable")]
+
+
+order_rows = ranked(view.runs_root, run.run_id, run.stamp, city, col, min_err)
+n_pages = max(1, -(-len(order_rows) // int(per_page)))
+with c4:
+    page_no = urlstate.url_widget(st.number_input, f"Page (of {n_pages:,})", "fpage", 1, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= n_pages, min_value=1, max_value=n_pages, step=1)
+rows = order_rows[(page_no - 1) * int(per_page): page_no * int(per_page)]
+worst = df_all.loc[rows].rename_axis("row").reset_index()  # row: into embeddings.npy and the top-k arrays
+
+export_cols = [c for c in ("id", "city", "lat", "lon", "pred_lat", "pred_lon", "error_m", "kde_lat", "kde_lon", "kde_error_m", "radius_m", "image") if c in df_all]
+n_export = min(len(order_rows), 10_000)
+st.download_button(f"Export the worst {n_export:,} (CSV)", df_all.loc[order_rows[:n_export], export_cols].to_csv(index=False).encode(),
+                   file_name=f"failures_{run.run_id.replace('/', '_')}.csv", mime="text/csv")
+st.caption(f"{len(order_rows):,} samples{f' in {city}' if city else ' over all cities'} with a {order} of at least {min_err} m, worst first: "
+           f"page {page_no} of {n_pages:,} ({len(worst)} shown).")
 
 img_root = loaders.image_root(view.runs_root, run.run_id, run.stamp)
 samples = loaders.sample_table(view.runs_root, run.run_id, run.stamp)
@@ -49,64 +64,66 @@ def nearest_training(row, k=5):
     if image_index is None or eval_emb is None:
         return []
     gallery, index = image_index
-    q = eval_emb[int(row["row"]) : int(row["row"]) + 1]
+    q = np.asarray(eval_emb[int(row["row"]) : int(row["row"]) + 1], dtype=np.float32)  # float16 memory map -> float32
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     scores, idx = index.search(q, k)
     return [(gallery.ids[i], gallery.latlon[i], float(sc)) for sc, i in zip(scores[0], idx[0]) if i >= 0]
 
 
+topk = loaders.topk(view.runs_root, run.run_id, run.stamp)
+
+
 def matches(row):
     """The training samples at the model's top-k candidate locations (the gallery is the training locations)."""
-    if locator is None or "topk_lat" not in row:
+    if locator is None or topk is None:
         return []
-    return [(rank, samples.iloc[i]) for rank, i in topk_matches(row["topk_lat"], row.get("topk_lon"), locator)]
+    cand = topk[0][int(row["row"])]  # (K, 2)
+    return [(rank, samples.iloc[i]) for rank, i in topk_matches(cand[:, 0], cand[:, 1], locator)]
 
 
-for c, group in worst.groupby(worst["city"].astype(str), sort=True):
-    st.subheader(c)
-    lines = streets.get(c, [])
-    for _, row in group.iterrows():
-        with st.container(border=True):
-            left, mid, right = st.columns([1, 2, 3])
-            with left:
-                thumb = loaders.thumbnail(view.runs_root, img_root, str(row.get("image", ""))) if img_root else None
-                if thumb is not None:
-                    st.image(thumb, caption="query", width="stretch")
-                st.markdown(f"**{row['id']}**  \nerror **{row['error_m']:.0f} m**" + (f"  \nknn-kde {row['kde_error_m']:.0f} m" if "kde_error_m" in row else ""))
-            m = matches(row)
-            near_imgs = nearest_training(row)
-            truth = (row["lat"], row["lon"])
-            with mid:
-                pred = (row["pred_lat"], row["pred_lon"])
-                near = maps.streets_near(lines, truth)
-                if near_imgs:
-                    others = np.array([ll for _, ll, _ in near_imgs], dtype=np.float64).reshape(-1, 2)
-                    what = "the training images nearest in embedding space"
-                else:
-                    others = np.array([[s["lat"], s["lon"]] for _, s in m], dtype=np.float64).reshape(-1, 2)
-                    what = "training images at the model's top-k locations"
-                st.plotly_chart(figures.mini_map(truth, pred, others, near), width="stretch", key=f"mm_{run.run_id}_{row['id']}", config={"displayModeBar": False})
-                st.caption(f"green: truth · red ×: prediction · blue: {what}")
-                if m and "city" in m[0][1] and str(m[0][1]["city"]) != str(row["city"]):
-                    st.markdown(f"Matched to **{m[0][1]['city']}**: the model placed this {str(row['city'])} photo in another city.")
-            with right:
-                if near_imgs:
-                    st.caption("Nearest training images (image embeddings), with how far each was taken from the truth")
-                    dist_m = haversine_m(np.array([ll for _, ll, _ in near_imgs]), np.array([truth] * len(near_imgs)))
-                    cols = st.columns(len(near_imgs))
-                    for (path, ll, cos), d, cc in zip(near_imgs, dist_m, cols):
-                        with cc:
-                            t = loaders.thumbnail(view.runs_root, img_root, str(path)) if img_root else None
-                            if t is not None:
-                                st.image(t, width="stretch")
-                            st.caption(f"{d:,.0f} m away · cos {cos:.2f}")
-                elif m:
-                    cols = st.columns(min(len(m), 5))
-                    for (rank, s), cc in zip(m[:5], cols):
-                        with cc:
-                            t = loaders.thumbnail(view.runs_root, img_root, str(s.get("image", ""))) if img_root else None
-                            if t is not None:
-                                st.image(t, width="stretch")
-                            st.caption(f"#{rank} · {float(s['lat']):.5f}, {float(s['lon']):.5f}")
-                else:
-                    st.caption("No training sample table here to show what the model matched.")
+for rank, (_, row) in enumerate(worst.iterrows(), start=(page_no - 1) * int(per_page) + 1):
+    lines = streets.get(str(row.get("city", "")), [])
+    with st.container(border=True):
+        left, mid, right = st.columns([1, 2, 3])
+        with left:
+            thumb = loaders.thumbnail(view.runs_root, img_root, str(row.get("image", ""))) if img_root else None
+            if thumb is not None:
+                st.image(thumb, caption="query", width="stretch")
+            st.markdown(f"**#{rank} · {row['id']}**  \n{row.get('city', '')}  \nerror **{fmt_m(row['error_m'])}**" + (f"  \nknn-kde {fmt_m(row['kde_error_m'])}" if "kde_error_m" in row else ""))
+        m = matches(row)
+        near_imgs = nearest_training(row)
+        truth = (row["lat"], row["lon"])
+        with mid:
+            pred = (row["pred_lat"], row["pred_lon"])
+            near = maps.streets_near(lines, truth)
+            if near_imgs:
+                others = np.array([ll for _, ll, _ in near_imgs], dtype=np.float64).reshape(-1, 2)
+                what = "the training images nearest in embedding space"
+            else:
+                others = np.array([[s["lat"], s["lon"]] for _, s in m], dtype=np.float64).reshape(-1, 2)
+                what = "training images at the model's top-k locations"
+            st.plotly_chart(figures.mini_map(truth, pred, others, near), width="stretch", key=f"mm_{run.run_id}_{row['row']}", config={"displayModeBar": False})
+            st.caption(f"green: truth · red ×: prediction · blue: {what}")
+            if m and "city" in m[0][1] and str(m[0][1]["city"]) != str(row["city"]):
+                st.markdown(f"Matched to **{m[0][1]['city']}**: the model placed this {str(row['city'])} photo in another city.")
+        with right:
+            if near_imgs:
+                st.caption("Nearest training images (image embeddings), with how far each was taken from the truth")
+                dist_m = haversine_m(np.array([ll for _, ll, _ in near_imgs]), np.array([truth] * len(near_imgs)))
+                cols = st.columns(len(near_imgs))
+                for (path, ll, cos), d, cc in zip(near_imgs, dist_m, cols):
+                    with cc:
+                        t = loaders.thumbnail(view.runs_root, img_root, str(path)) if img_root else None
+                        if t is not None:
+                            st.image(t, width="stretch")
+                        st.caption(f"{fmt_m(d)} away · cos {cos:.2f}")
+            elif m:
+                cols = st.columns(min(len(m), 5))
+                for (k, s), cc in zip(m[:5], cols):
+                    with cc:
+                        t = loaders.thumbnail(view.runs_root, img_root, str(s.get("image", ""))) if img_root else None
+                        if t is not None:
+                            st.image(t, width="stretch")
+                        st.caption(f"#{k} · {float(s['lat']):.5f}, {float(s['lon']):.5f}")
+            else:
+                st.caption("No training sample table here to show what the model matched.")

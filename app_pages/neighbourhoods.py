@@ -3,21 +3,25 @@
 import numpy as np
 import pandas as pd
 import streamlit as st
+from threadpoolctl import threadpool_limits
 
 from appkit import frame, loaders, urlstate
 from swclip.analysis.spatial_stats import neighbourhood_overlap, pca_2d
 from swclip.geo import haversine_m
 from swclip.viz import figures, maps
+from swclip.viz.scale import fmt_m
 
 view = frame.ensure_frame()
 run0 = frame.require_run(view, "the neighbourhood page")
 st.title("Neighbourhoods")
 
 df0 = loaders.predictions(view.runs_root, run0.run_id, run0.stamp)
-city = frame.one_city(view, run0, "Neighbourhoods are per city")
+city = view.city_or_none()  # None: every city, through a seeded sample of NB_MAX samples
+where = city or "all cities"
+NB_MAX = 2_000  # kNN, overlap@k and PCA on at most this many samples (all pairs of embeddings)
 
 # Runs on the same evaluation samples, ordered by σ (one-hot CLIP first): the bandwidth sweep.
-ids0 = set(df0.loc[df0["city"].astype(str) == city, "id"].astype(str))
+ids0 = set((df0 if city is None else df0.loc[df0["city"].astype(str) == city])["id"].astype(str))
 sweep = [r for r in view.available if loaders.embeddings(view.runs_root, r.run_id, r.stamp) is not None
          and ids0 & set(loaders.predictions(view.runs_root, r.run_id, r.stamp)["id"].astype(str))]
 sweep.sort(key=lambda r: (r.sigma_m or 0.0, r.run_id))
@@ -30,7 +34,7 @@ by_id = {r.run_id: r for r in sweep}
 
 def sweep_label(i):
     r = by_id[i]
-    return f"{'★ ' if r is nearest else ''}{r.run_id} ({'one-hot' if not r.sigma_m else f'σ = {r.sigma_m:g} m'})"
+    return f"{'★ ' if r is nearest else ''}{r.run_id} ({'one-hot' if not r.sigma_m else f'σ = {fmt_m(r.sigma_m)}'})"
 
 
 c1, c2 = st.columns([3, 1])
@@ -43,17 +47,23 @@ run = by_id[run_id]
 
 @st.cache_data(show_spinner="Finding neighbours…", max_entries=64)
 def neighbourhoods(runs_root, run_id, stamp, city, k):
-    """City rows sorted by id, their embeddings' and locations' kNN, overlap@k and a 2-D PCA."""
+    """The city's (or, for None, a seeded sample of NB_MAX) rows sorted by id, their embeddings' and
+    locations' kNN, overlap@k and a 2-D PCA. Sorted by id first, so runs on the same samples pick the same ones."""
     df = loaders.predictions(runs_root, run_id, stamp)
-    rows = np.flatnonzero(df["city"].astype(str).to_numpy() == city)
-    rows = rows[np.argsort(df["id"].astype(str).to_numpy()[rows], kind="stable")]  # same order in every run
-    emb = loaders.embeddings(runs_root, run_id, stamp)[rows].astype(np.float32)  # (N, D)
-    latlon = df.iloc[rows][["lat", "lon"]].to_numpy(np.float64)
-    table = df.iloc[rows].reset_index(drop=True)
-    if len(rows) < 3:
+    pos = np.arange(len(df)) if city is None else np.flatnonzero(df["city"].astype(str).to_numpy() == city)
+    pos = pos[np.argsort(df["id"].astype(str).to_numpy()[pos], kind="stable")]  # same order in every run
+    if len(pos) > NB_MAX:
+        pos = pos[np.sort(np.random.default_rng(0).choice(len(pos), NB_MAX, replace=False))]
+    emb = np.asarray(loaders.embeddings(runs_root, run_id, stamp)[df.index.to_numpy()[pos]], dtype=np.float32)  # (N, D)
+    latlon = df.iloc[pos][["lat", "lon"]].to_numpy(np.float64)
+    table = df.iloc[pos].reset_index(drop=True)
+    if len(pos) < 3:
         return table, None, None, None, None
-    ov = neighbourhood_overlap(emb, latlon, min(k, len(rows) - 1))  # its kNN indices: (N, k) each
-    return table, ov.embedding_knn, ov.geo_knn, ov, pca_2d(emb)
+    # One thread: on the shared 2-core machine two BLAS / OpenMP threads made the PCA's SVD 30x slower (32 s against 1 s).
+    with threadpool_limits(1):
+        ov = neighbourhood_overlap(emb, latlon, min(k, len(pos) - 1))  # its kNN indices: (N, k) each
+        xy = pca_2d(emb)
+    return table, ov.embedding_knn, ov.geo_knn, ov, xy
 
 
 table, e_knn, g_knn, ov, xy = neighbourhoods(view.runs_root, run.run_id, run.stamp, city, int(k))
@@ -64,6 +74,9 @@ if n < 3:
 if not ov.ok:
     st.warning(f"No neighbourhoods for this run: {ov.reason}")
     st.stop()
+if city is None:
+    st.caption(f"All cities: a seeded sample of {n:,} of the run's samples (the same ids in every run evaluated on the same samples); "
+               "pick a city in the sidebar for all of its samples.")
 k = e_knn.shape[1]
 anchor = urlstate.url_widget(st.number_input, f"Anchor sample (0 – {n - 1}, or click a dot in the projection)", "anchor", 0, parse=int, valid=lambda v: isinstance(v, int) and 0 <= v < n, min_value=0, max_value=n - 1, step=1)
 
@@ -73,9 +86,9 @@ e_dist = haversine_m(np.repeat(a_ll[None], k, 0), table.loc[e_idx, ["lat", "lon"
 g_dist = haversine_m(np.repeat(a_ll[None], k, 0), table.loc[g_idx, ["lat", "lon"]].to_numpy(np.float64))
 overlap_a = float(ov.overlap[anchor])
 st.markdown(
-    f"Anchor **{table.loc[anchor, 'id']}** in {city} · overlap@{k} for this anchor **{overlap_a:.2f}**, "
-    f"city mean **{ov.mean_overlap:.3f}** (chance {ov.chance_overlap:.3f}) · median distance to embedding neighbours "
-    f"**{np.median(e_dist):.0f} m** against **{np.median(g_dist):.0f} m** for the geographic ones."
+    f"Anchor **{table.loc[anchor, 'id']}** in {table.loc[anchor, 'city'] if 'city' in table else where} · overlap@{k} for this anchor **{overlap_a:.2f}**, "
+    f"mean over {where} **{ov.mean_overlap:.3f}** (chance {ov.chance_overlap:.3f}) · median distance to embedding neighbours "
+    f"**{fmt_m(np.median(e_dist))}** against **{fmt_m(np.median(g_dist))}** for the geographic ones."
 )
 
 img_root = loaders.image_root(view.runs_root, run.run_id, run.stamp)
@@ -88,7 +101,7 @@ def strip(title, idx, dist):
     for j, (i, d) in enumerate(items[: len(cols)]):
         with cols[j]:
             thumb = loaders.thumbnail(view.runs_root, img_root, str(table.loc[i, "image"])) if "image" in table and img_root else None
-            cap = "anchor" if d is None else f"{d:.0f} m" + (" ✓" if i in set(g_idx) and i in set(e_idx) else "")
+            cap = "anchor" if d is None else fmt_m(d) + (" ✓" if i in set(g_idx) and i in set(e_idx) else "")
             if thumb is not None:
                 st.image(thumb, caption=cap, width="stretch")
             else:
@@ -111,7 +124,7 @@ def on_pick():
 colours = maps.position_colours(table[["lat", "lon"]].to_numpy(np.float64))
 left, right = st.columns(2)
 with left:
-    fig = figures.embedding_scatter(xy, colours, anchor=anchor, highlight=e_idx, title=f"Embeddings of {city} (PCA), coloured by position",
+    fig = figures.embedding_scatter(xy, colours, anchor=anchor, highlight=e_idx, title=f"Embeddings of {where} (PCA), coloured by position",
                                     hover=[f"{i}: {s}" for i, s in enumerate(table["id"].astype(str))])
     st.plotly_chart(fig, width="stretch", key="proj", on_select=on_pick, selection_mode="points")
 with right:

@@ -12,25 +12,24 @@ from appkit import frame, loaders, urlstate
 from swclip.data import ImageError, open_image
 from swclip.geo import haversine_m
 from swclip.viz import maps
+from swclip.viz.scale import fmt_m
 
 view = frame.ensure_frame()
 run = frame.require_run(view, "prediction")
 st.title("Predict a location")
 
-predictor, problem = loaders.predictor(view.runs_root, run.run_id, run.stamp)
-if predictor is None:
-    st.error(f"This run cannot predict here: {problem}")
-    st.stop()
-st.caption(f"Run `{run.run_id}` · gallery of {len(predictor.gallery)} candidate locations · knn-kde bandwidth {predictor.bandwidth_m:.0f} m")
+PICK_MAX = 5_000  # evaluation samples offered to pick from (the largest errors when there are more)
 
 c1, c2 = st.columns([3, 2])
 with c1:
-    uploads = st.file_uploader("Photos (JPEG, PNG, WebP…); they stay in memory and are never written to disk", accept_multiple_files=True, key="uploads")
+    uploads = st.file_uploader("Photos (JPEG, HEIC, PNG, WebP…); they stay in memory and are never written to disk", accept_multiple_files=True, key="uploads")
 with c2:
     df = loaders.city_predictions(view.runs_root, run.run_id, run.stamp, view.city_or_none())
     img_root = loaders.image_root(view.runs_root, run.run_id, run.stamp)
+    if len(df) > PICK_MAX:  # a list of 210,000 ids would be megabytes on every rerun
+        df = df.nlargest(PICK_MAX, "error_m")
     options = df["id"].astype(str).tolist() if img_root and "image" in df else []
-    picked = urlstate.url_widget(st.multiselect, "…or evaluation samples", "pick", [], parse=lambda s: [x for x in s.split(",") if x], fmt=",".join,
+    picked = urlstate.url_widget(st.multiselect, "…or evaluation samples" + (f" (the {PICK_MAX:,} largest errors)" if len(df) == PICK_MAX else ""), "pick", [], parse=lambda s: [x for x in s.split(",") if x], fmt=",".join,
                             valid=lambda v: isinstance(v, list) and all(x in options for x in v), options=options, max_selections=24,
                             help=None if options else "The run's images are not under the runs directory.")
     top_k = urlstate.url_widget(st.slider, "Top-k places", "topk", 5, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 20, min_value=1, max_value=20)
@@ -60,8 +59,16 @@ for msg in errors:
     st.error(f"Skipped {msg}")
 
 if not queries:
-    st.info("Upload a photo or pick an evaluation sample to see where the model puts it.")
+    st.info(f"Upload a photo or pick an evaluation sample to see where run `{run.run_id}` puts it. "
+            "The model and its gallery load with the first photo (once per server).")
     st.stop()
+
+# Loaded only now: a 1M-entry gallery is gigabytes, and the page is useful before a photo arrives.
+predictor, problem = loaders.predictor(view.runs_root, run.run_id, run.stamp)
+if predictor is None:
+    st.error(f"This run cannot predict here: {problem}")
+    st.stop()
+st.caption(f"Run `{run.run_id}` · gallery of {len(predictor.gallery):,} candidate locations · knn-kde bandwidth {fmt_m(predictor.bandwidth_m)}")
 
 with st.spinner(f"Predicting {len(queries)} photo(s)…"):
     preds = predictor.predict([q[1] for q in queries], top_k=int(top_k), progress=False)

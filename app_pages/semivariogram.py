@@ -1,4 +1,4 @@
-"""Semivariogram: how fast embeddings and errors decorrelate with distance, per city, and the σ it suggests."""
+"""Semivariogram: how fast embeddings and errors decorrelate with distance, per city and over the whole run, and the σ it suggests."""
 
 import numpy as np
 import pandas as pd
@@ -10,6 +10,7 @@ from swclip.analysis.metrics import log10_error
 from swclip.analysis.spatial_stats import local_morans_i, morans_i
 from swclip.analysis.variogram import MODELS, empirical_variogram, fit_best, fit_variogram, suggest_bandwidth
 from swclip.viz import figures, maps
+from swclip.viz.scale import fmt_m
 
 LISA_RGB = {"HH": (215, 25, 28), "LL": (44, 123, 182), "HL": (253, 174, 97), "LH": (171, 217, 233), "ns": (150, 150, 150)}
 
@@ -19,31 +20,37 @@ st.title("Semivariogram")
 
 city = frame.one_city(view, run, "Variograms are per city")
 
+sc = loaders.run_scale(view.runs_root, run.run_id, run.stamp, city)
 c1, c2, c3, c4 = st.columns(4)
 with c4:
-    LAGS = (0, 500, 1000, 2000, 3000, 5000, 10_000)
-    max_lag = urlstate.url_widget(st.select_slider, "Largest lag", "maxlag", 0, parse=int, valid=lambda v: v in LAGS, options=LAGS,
-                             format_func=lambda v: "auto (half the widest pair)" if v == 0 else f"{v / 1000:g} km")
+    lags = (0, *sc.lag_choices_m)
+    max_lag = urlstate.url_widget(st.select_slider, "Largest lag", "maxlag", 0, parse=int, valid=lambda v: v in lags, options=lags,
+                                  format_func=lambda v: "auto (half the widest pair)" if v == 0 else fmt_m(v))
 with c1:
     model = urlstate.url_widget(st.selectbox, "Model", "model", "best", valid=lambda v: v in ("best", *MODELS), options=["best", *MODELS], help="'best': the lowest RMSE of all scikit-gstat models")
 with c2:
-    n_bins = urlstate.url_widget(st.slider, "Lag bins", "bins", 15, parse=int, valid=lambda v: isinstance(v, int) and 5 <= v <= 40, min_value=5, max_value=40)
+    n_bins = urlstate.url_widget(st.slider, "Lag bins", "bins", sc.bins_default, parse=int, valid=lambda v: isinstance(v, int) and 5 <= v <= 60, min_value=5, max_value=60)
 with c3:
     kernel = urlstate.url_widget(st.radio, "Kernel for the suggested σ", "vkernel", "gaussian", valid=lambda v: v in ("gaussian", "exponential"), options=["gaussian", "exponential"], horizontal=True)
+
+GLOBAL_SAMPLES = 20_000  # the global variogram's samples (seeded), whose pairs are then sampled too
 
 
 @st.cache_data(show_spinner="Fitting variograms…", max_entries=64)
 def variogram_of(runs_root, run_id, stamp, city, what, model, bins, max_lag_m):
-    """Empirical + fitted variogram of a run's embeddings ('embedding') or log10 errors ('error') in one city."""
+    """Empirical + fitted variogram of a run's embeddings ('embedding') or log10 errors ('error') in one city,
+    or over every city (city None: a seeded sample of GLOBAL_SAMPLES samples, great-circle lags up to max_lag_m)."""
     r = next(x for x in loaders.discover(runs_root)[0] if x.run_id == run_id)
-    rows = loaders.city_rows(runs_root, r, city)
-    df = loaders.predictions(runs_root, run_id, stamp).iloc[rows]
+    rows = loaders.city_rows(runs_root, r, city)  # rows of embeddings.npy = the predictions' index
+    if city is None and len(rows) > GLOBAL_SAMPLES:
+        rows = np.sort(np.random.default_rng(0).choice(rows, GLOBAL_SAMPLES, replace=False))
+    df = loaders.predictions(runs_root, run_id, stamp).loc[rows]
     latlon = df[["lat", "lon"]].to_numpy(np.float64)
     if what == "embedding":
         emb = loaders.embeddings(runs_root, run_id, stamp)
         if emb is None:
             return None, None
-        emp = empirical_variogram(latlon, embeddings=emb[rows], bins=bins, max_lag_m=max_lag_m or None, max_pairs=300_000, seed=0)
+        emp = empirical_variogram(latlon, embeddings=np.asarray(emb[rows], dtype=np.float32), bins=bins, max_lag_m=max_lag_m or None, max_pairs=300_000, seed=0)
     else:
         emp = empirical_variogram(latlon, values=log10_error(df["error_m"]), bins=bins, max_lag_m=max_lag_m or None, max_pairs=300_000, seed=0)
     fit = fit_best(emp) if model == "best" else fit_variogram(emp, model)
@@ -100,6 +107,27 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config
     "nugget": st.column_config.NumberColumn(format="%.4f"), "sill": st.column_config.NumberColumn(format="%.4f"),
     "range (m)": st.column_config.NumberColumn(format="%.0f"), f"suggested σ, {kernel} (m)": st.column_config.NumberColumn(format="%.0f"),
 })
+
+sc_all = loaders.run_scale(view.runs_root, run.run_id, run.stamp, None)
+if sc_all.world:
+    st.subheader("Over every city: the global variogram")
+    g_lags = (0, *sc_all.lag_choices_m)
+    g_lag = urlstate.url_widget(st.select_slider, "Largest lag (global)", "gmaxlag", sc_all.lag_default_m, parse=int, valid=lambda v: v in g_lags, options=g_lags,
+                           format_func=lambda v: "auto (half the widest pair)" if v == 0 else fmt_m(v))
+    g_curves, g_rows = [], []
+    for r in view.selected:
+        emp, fit = variogram_of(view.runs_root, r.run_id, r.stamp, None, "embedding", model, n_bins, g_lag)
+        if emp is None:
+            continue
+        g_curves.append(curve(r.run_id, emp, fit))
+        g_rows.append(fit_row(f"{r.run_id}: embeddings, all cities", emp, fit))
+    if g_curves:
+        st.plotly_chart(figures.variogram_figure(g_curves, sigma_m=view.sigma_m, title="Embedding dissimilarity γ(h) over every city",
+                                                 y_title="γ(h): mean 1 − cos between embeddings"), width="stretch", key="vg_global")
+        st.dataframe(pd.DataFrame(g_rows), hide_index=True, width="stretch")
+        st.caption(f"Great-circle lags up to {fmt_m(g_lag) if g_lag else 'half the widest pair'}, on a seeded sample of at most "
+                   f"{GLOBAL_SAMPLES:,} samples and 300,000 of their pairs, as the semivariogram paper samples pairs over OSV-5M. "
+                   f"The run spans about {fmt_m(sc_all.extent_m)}; the per-city variogram above is {city}'s.")
 
 st.subheader(f"Spatial structure of the errors of {run.run_id}")
 

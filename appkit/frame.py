@@ -15,19 +15,19 @@ from typing import Optional
 import numpy as np
 import streamlit as st
 
-from appkit.loaders import ALL_CITIES, APP_DIR, country_outlines, discover, nearby_places, predictions, streets
+from appkit.loaders import ALL_CITIES, APP_DIR, country_outlines, discover, nearby_places, predictions, run_problems, run_scale, streets
 from appkit.urlstate import begin_run, prune_url, url_widget
 from swclip.io import RunError
+from swclip.geo import haversine_m
 from swclip.runs import RunInfo
-from swclip.viz import maps
+from swclip.viz import maps, scale
 
 ENV_RUNS_DIR = "SWCLIP_RUNS_DIR"
 STATIC_DIR = APP_DIR / "static"
 _VIEW = "_view"
 _ROUTED = "_frame_drawn_by_app"
 
-# σ choices in metres, a round-number log scale (about 10 per decade) from 5 m to 5 km.
-SIGMA_CHOICES_M = tuple(int(m * 10**e) for e in range(0, 4) for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8) if 5 <= m * 10**e <= 5000)
+SIGMA_CHOICES_M = scale.SIGMA_CHOICES_M  # 10 m to 2,000 km, log scale
 
 def default_runs_dir() -> str:
     """--runs-dir (after ``--`` on the streamlit command line), else $SWCLIP_RUNS_DIR, else runs/."""
@@ -69,10 +69,6 @@ class View:
         return None if self.city in (None, ALL_CITIES) else self.city
 
 
-def _nearest_choice(sigma_m: float) -> int:
-    return min(SIGMA_CHOICES_M, key=lambda s: abs(np.log(s) - np.log(max(sigma_m, 1e-3))))
-
-
 def sidebar() -> View:
     """Draw the shared sidebar and return the selection."""
     sb = st.sidebar
@@ -110,14 +106,19 @@ def sidebar() -> View:
             st.stop()
         cities = [ALL_CITIES] + (sorted(df["city"].astype(str).unique()) if "city" in df else [])
         view.city = url_widget(st.selectbox, "City", "city", cities[1] if len(cities) > 1 else ALL_CITIES, valid=lambda v: v in cities, options=cities)
-        default_sigma = _nearest_choice(view.run.sigma_m or 100.0)
+        # The run's own σ; a one-hot run gets a σ on the scale of its samples' spread (a twentieth of it).
+        spread = run_scale(runs_root, view.run.run_id, view.run.stamp, view.city).extent_m
+        default_sigma = scale.nearest(SIGMA_CHOICES_M, view.run.sigma_m or max(spread / 20, 10.0))
         view.sigma_m = float(
             url_widget(
-                st.select_slider, "σ, kernel bandwidth (m, log scale)", "sigma", default_sigma,
+                st.select_slider, "σ, kernel bandwidth (log scale)", "sigma", default_sigma,
                 parse=lambda s: int(float(s)), valid=lambda v: v in SIGMA_CHOICES_M,
-                options=SIGMA_CHOICES_M, format_func=lambda s: f"{s:g} m",
+                options=SIGMA_CHOICES_M, format_func=scale.fmt_m,
             )
         )
+        for r in view.selected:
+            for problem in run_problems(runs_root, r.run_id, r.stamp):
+                st.warning(problem, icon=":material/warning:")
         manifest_popover(view)
     st.session_state[_VIEW] = view
     return view
@@ -175,12 +176,16 @@ def require_run(view: View, what: str = "this page") -> RunInfo:
 
 
 def context_for(view: View, run: RunInfo, city: Optional[str], latlon: np.ndarray) -> dict:
-    """Local map context for one city: demo streets, else nearby place names and country outlines."""
+    """Local map context for one city: demo streets, else nearby place names and country outlines (outlines
+    only when the points spread over more than a city)."""
     lines = streets(view.runs_root, run.run_id, run.stamp).get(city, []) if city else []
     if lines:
         return {"streets": lines, "places": None, "outlines": None}
     if len(latlon) == 0:
         return {"streets": [], "places": None, "outlines": None}
+    corners = np.array([latlon.min(0), latlon.max(0)])
+    if haversine_m(corners[:1], corners[1:])[0] > scale.WORLD_EXTENT_M:  # a dozen town names say nothing at country scale
+        return {"streets": [], "places": None, "outlines": country_outlines()}
     probe = latlon[np.linspace(0, len(latlon) - 1, min(len(latlon), 64)).astype(int)]
     return {"streets": [], "places": nearby_places(tuple(map(tuple, np.round(probe, 4)))), "outlines": country_outlines()}
 

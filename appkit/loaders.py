@@ -18,7 +18,9 @@ from swclip.data import ImageError, exif_gps, open_image, read_table
 from swclip.io import RunError
 from swclip.retrieval.predictor import Predictor
 from swclip.retrieval.search import SearchIndex
-from swclip.viz import maps
+from swclip.analysis.metrics import THRESHOLDS_KM, THRESHOLDS_M, extent_m, rva_summary, summarize, threshold_label
+from swclip.viz import maps, scale
+from swclip.viz.spatial_bins import h3_bins
 
 APP_DIR = Path(__file__).resolve().parents[1]
 ALL_CITIES = "All cities"
@@ -52,19 +54,61 @@ def streets(runs_root: str, run_id: str, stamp: float) -> dict:
     return catalog.read_streets(catalog.find_world(run, runs_root)) if run else {}
 
 
-@st.cache_data(show_spinner="Reading predictions…")
+@st.cache_resource(show_spinner="Reading predictions…", max_entries=8)
+def _loaded(runs_root: str, run_id: str, stamp: float) -> tuple:
+    """(usable predictions, problems) of a run, read once per run identity and shared, never copied.
+
+    Only the scalar columns are read (:func:`topk` reads the top-k lists on demand); the index is the
+    row number in predictions.parquet and so in embeddings.npy. Problems (NaN coordinates, duplicate
+    ids, an embeddings row count that disagrees) come from ``catalog.check_predictions``.
+    """
+    run = open_run(runs_root, run_id)
+    df = run.predictions(scalar_only=True)
+    try:
+        n_emb = int(run.embeddings(mmap=True).shape[0])
+    except RunError:
+        n_emb = None
+    return catalog.check_predictions(df, n_emb, run_id)
+
+
 def predictions(runs_root: str, run_id: str, stamp: float) -> pd.DataFrame:
-    """predictions.parquet of a run (one row per evaluation sample)."""
-    return open_run(runs_root, run_id).predictions()
+    """predictions.parquet of a run: one row per usable evaluation sample, index = its row in embeddings.npy.
+
+    Shared between reruns and sessions (210,000 rows are not copied per call): treat it as read-only.
+    """
+    return _loaded(runs_root, run_id, stamp)[0]
+
+
+def run_problems(runs_root: str, run_id: str, stamp: float) -> list:
+    """Sentences naming what is wrong with a run's predictions / embeddings (empty when nothing is)."""
+    try:
+        return _loaded(runs_root, run_id, stamp)[1]
+    except RunError as e:
+        return [str(e)]
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def topk(runs_root: str, run_id: str, stamp: float) -> Optional[tuple]:
+    """(latlon (N, K, 2), prob (N, K)) of a run's top-k candidates, row-aligned with predictions.parquet; None without them."""
+    return open_run(runs_root, run_id).topk()
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def city_predictions(runs_root: str, run_id: str, stamp: float, city: Optional[str]) -> pd.DataFrame:
+    """The rows of one city (all rows for None / 'All cities'), index reset; shared, treat as read-only."""
+    df = predictions(runs_root, run_id, stamp)
+    if city in (None, ALL_CITIES) or "city" not in df:
+        return df.reset_index(drop=True)
+    return df[df["city"] == city].reset_index(drop=True)
 
 
 @st.cache_data(show_spinner=False)
-def city_predictions(runs_root: str, run_id: str, stamp: float, city: Optional[str]) -> pd.DataFrame:
-    """The rows of one city (all rows for None / 'All cities')."""
+def run_scale(runs_root: str, run_id: str, stamp: float, city: Optional[str]) -> scale.Scale:
+    """View defaults from the spread of one city's samples (or of all of them)."""
     df = predictions(runs_root, run_id, stamp)
-    if city in (None, ALL_CITIES) or "city" not in df:
-        return df
-    return df[df["city"] == city].reset_index(drop=True)
+    if city not in (None, ALL_CITIES) and "city" in df:
+        df = df[df["city"] == city]
+    return scale.scale_for(extent_m(df[["lat", "lon"]].to_numpy(np.float64)))
 
 
 @st.cache_data(show_spinner=False)
@@ -91,13 +135,20 @@ def train_log(runs_root: str, run_id: str, stamp: float) -> Optional[pd.DataFram
         return None
 
 
-@st.cache_data(show_spinner="Reading embeddings…")
+@st.cache_resource(show_spinner=False, max_entries=8)
 def embeddings(runs_root: str, run_id: str, stamp: float) -> Optional[np.ndarray]:
-    """embeddings.npy of a run as float32 (N, D), row-aligned with predictions; None when absent."""
+    """embeddings.npy of a run, memory-mapped as stored (float16 or float32, (N, D)), row-aligned with
+    predictions.parquet; None when absent or when its row count disagrees (the sidebar says so).
+
+    Index it with ``predictions(...).index`` rows and convert what you take: ``emb[rows].astype(np.float32)``.
+    """
+    run = open_run(runs_root, run_id)
     try:
-        return np.asarray(open_run(runs_root, run_id).embeddings(mmap=False), dtype=np.float32)
+        emb = run.embeddings(mmap=True)
+        n = run.n_predictions()
     except RunError:
         return None
+    return emb if emb.shape[0] == n else None
 
 
 @st.cache_resource(show_spinner="Indexing the training images…", max_entries=8)
@@ -115,11 +166,11 @@ def image_neighbours(runs_root: str, run_id: str, stamp: float):
 
 
 def city_rows(runs_root: str, run: runs.RunInfo, city: Optional[str]) -> np.ndarray:
-    """Row indices of one city in a run's predictions (and so in its embeddings)."""
+    """Row numbers of one city's usable samples in predictions.parquet, and so in embeddings.npy (``predictions(...).loc[rows]``)."""
     df = predictions(runs_root, run.run_id, run.stamp)
     if city in (None, ALL_CITIES):
-        return np.arange(len(df))
-    return np.flatnonzero(df["city"].astype(str).to_numpy() == city)
+        return df.index.to_numpy()
+    return df.index.to_numpy()[df["city"].astype(str).to_numpy() == city]
 
 
 @st.cache_data(show_spinner=False)
@@ -184,3 +235,49 @@ def exif_latlon(data: bytes) -> Optional[tuple]:
 def sample_image_path(runs_root: str, img_root: Optional[str], rel: str) -> Optional[Path]:
     """An evaluation sample's image file, only if it lies inside the runs directory."""
     return catalog.image_path(Path(img_root) if img_root else None, rel, runs_root)
+
+
+# ----------------------------------------------------------------- world-scale views
+
+
+@st.cache_data(show_spinner="Binning errors into hexagons…", max_entries=32)
+def error_hexes(runs_root: str, run_id: str, stamp: float, city: Optional[str], lo_m: float, hi_m: float, edge_m: float) -> dict:
+    """H3 cells (edge nearest ``edge_m``) of median error and count over one city's (or every) sample with lo ≤ error ≤ hi."""
+    df = city_predictions(runs_root, run_id, stamp, city)
+    err = df["error_m"].to_numpy(np.float64)
+    keep = (err >= lo_m) & (err <= hi_m)
+    return h3_bins(df[["lat", "lon"]].to_numpy(np.float64)[keep], err[keep], edge_m)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def accuracy_table(runs_root: str, run_id: str, stamp: float, by: str, world: bool) -> pd.DataFrame:
+    """One row for all samples, then one per value of ``by`` ("city" or "country"): n, median, mean, accuracy at
+    the km thresholds (``world``) or the metre ones."""
+    df = predictions(runs_root, run_id, stamp)
+    summary = summarize(df["error_m"].to_numpy(), df[by].astype(str).to_numpy() if by in df else None)
+    rows = [{by: "all", **summary}] + [{by: c, **v} for c, v in summary.get("per_city", {}).items()]
+    acc = [threshold_label(t * 1000.0) for t in THRESHOLDS_KM] if world else [threshold_label(t) for t in THRESHOLDS_M]
+    return pd.DataFrame(rows)[[by, "n", "median_m", "mean_m", *acc]]
+
+
+@st.cache_data(show_spinner="Recall vs Area…", max_entries=32)
+def rva(runs_root: str, run_id: str, stamp: float, city: Optional[str], max_queries: int = 1000) -> Optional[dict]:
+    """A run's Recall-vs-Area curve: metrics.json's (all cities) when evaluation wrote one, else computed here
+    from the top-k on at most ``max_queries`` of the city's queries. None without top-k or a knn-kde bandwidth."""
+    run = _run(runs_root, run_id)
+    if run is None:
+        return None
+    if city in (None, ALL_CITIES):
+        stored = catalog.read_metrics(run).get("rva")
+        if isinstance(stored, dict) and "areas_km2" in stored:
+            return {**stored, "source": "metrics.json"}
+    bandwidth = run.manifest.get("kde_bandwidth_m") or catalog.read_metrics(run).get("kde_bandwidth_m")
+    tk = topk(runs_root, run_id, stamp)
+    if tk is None or not bandwidth:
+        return None
+    df = predictions(runs_root, run_id, stamp)
+    rows = df.index.to_numpy() if city in (None, ALL_CITIES) else df.index.to_numpy()[df["city"].astype(str).to_numpy() == city]
+    if len(rows) == 0:
+        return None
+    out = rva_summary(tk[0][rows], tk[1][rows], df.loc[rows, ["lat", "lon"]].to_numpy(np.float64), float(bandwidth), max_queries=max_queries)
+    return {**out, "source": "computed here"}

@@ -11,6 +11,9 @@ paths elsewhere and symlinks that leave the root.
   their error.
 - :func:`find_world` finds the synthetic world a demo run was trained on, so
   the maps can draw its streets and the semivariogram page its true ranges.
+- :func:`check_predictions` says what is wrong with a run's predictions
+  (coordinates, errors, duplicate ids, embeddings row count) and keeps the
+  rows the pages can use, with their row numbers.
 """
 
 from __future__ import annotations
@@ -227,3 +230,49 @@ def table_path(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
     if world is not None:
         cands.append(world.parent / given.name)  # the bundle moved: same file name beside world.json
     return _first_inside(root, cands, Path.is_file)
+
+
+# ----------------------------------------------------------------- bad input at scale
+
+COORD_COLUMNS = ("lat", "lon", "pred_lat", "pred_lon")
+REQUIRED_COLUMNS = ("id", *COORD_COLUMNS, "error_m")
+
+
+def check_predictions(df, n_embeddings: Optional[int] = None, run_id: str = "run"):
+    """What is wrong with a run's predictions table, and the rows the pages can still use.
+
+    df: predictions.parquet as read (one row per evaluation sample, its index the row number, which
+    is also the row of embeddings.npy); n_embeddings: rows of embeddings.npy (None when absent).
+    Returns (usable rows, problems): rows with missing or out-of-range coordinates, or a missing or
+    negative error_m, are left out (the index keeps the original row numbers, so embeddings stay
+    aligned); every other row stays. Each problem is one sentence naming the run, what is wrong, how
+    many rows and the first one, and what the app does about it. Never drops a row without one.
+    Raises RunError when a required column is missing (nothing can be shown).
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise RunError(f"{run_id}: predictions.parquet lacks column(s) {missing}; it has {list(df.columns)}")
+    problems = []
+    n = len(df)
+    lat = df[["lat", "pred_lat"]].to_numpy(np.float64)
+    lon = df[["lon", "pred_lon"]].to_numpy(np.float64)
+    bad_coord = ~(np.isfinite(lat).all(1) & np.isfinite(lon).all(1) & (np.abs(lat) <= 90).all(1) & (lon >= -180).all(1) & (lon <= 360).all(1))
+    err = df["error_m"].to_numpy(np.float64)
+    bad_err = ~bad_coord & ~(np.isfinite(err) & (err >= 0))
+    ids = df["id"].astype(str)
+    for mask, what in ((bad_coord, "missing or out-of-range coordinates (lat, lon, pred_lat, pred_lon)"),
+                       (bad_err, "a missing or negative error_m")):
+        if mask.any():
+            i = int(np.flatnonzero(mask)[0])
+            problems.append(f"{run_id}: {int(mask.sum()):,} of {n:,} prediction row(s) have {what} (first: row {i}, id {ids.iloc[i]!r}); "
+                            "they are left out of every page")
+    dup = ids.duplicated(keep=False)
+    if dup.any():
+        first = ids[dup].iloc[0]
+        problems.append(f"{run_id}: {int(ids[dup].nunique()):,} id(s) occur more than once ({int(dup.sum()):,} rows; e.g. {first!r} "
+                        f"× {int((ids == first).sum())}); every row is kept, but Compare, which pairs runs by id, cannot use this run")
+    if n_embeddings is not None and n_embeddings != n:
+        problems.append(f"{run_id}: embeddings.npy has {n_embeddings:,} rows for {n:,} predictions, so they cannot be matched row by row; "
+                        "pages that need embeddings skip this run")
+    keep = ~(bad_coord | bad_err)
+    return (df if keep.all() else df[keep]), problems

@@ -90,14 +90,62 @@ def write_predictions(run_dir, df) -> Path:
     return atomic_write(Path(run_dir) / ARTEFACTS["predictions"], lambda tmp: df.to_parquet(tmp, index=False))
 
 
-def read_predictions(run_dir):
+def read_predictions(run_dir, scalar_only: bool = False):
+    """predictions.parquet as a DataFrame. scalar_only: leave out list columns (topk_*), which cost most
+    of the read at OSV-5M's size; :func:`read_topk` reads those as arrays."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     path = _artefact_path(run_dir, "predictions")
     try:
-        return pd.read_parquet(path)
+        columns = None
+        if scalar_only:
+            schema = pq.read_schema(path)
+            columns = [f.name for f in schema if not pa.types.is_list(f.type) and not pa.types.is_large_list(f.type)]
+        return pd.read_parquet(path, columns=columns)
     except Exception as e:  # pyarrow raises several types for a bad file
         raise RunError(f"{path} is not a readable parquet file: {e}") from e
+
+
+def predictions_rows(run_dir) -> int:
+    """Rows of predictions.parquet, from its footer (no data read)."""
+    import pyarrow.parquet as pq
+
+    path = _artefact_path(run_dir, "predictions")
+    try:
+        return int(pq.read_metadata(path).num_rows)
+    except Exception as e:
+        raise RunError(f"{path} is not a readable parquet file: {e}") from e
+
+
+def read_topk(run_dir) -> Optional[tuple]:
+    """The top-k candidates of predictions.parquet as arrays: (latlon (N, K, 2) float64, prob (N, K) float64).
+
+    None when the table has no topk_lat / topk_lon / topk_prob columns; RunError when the lists are
+    ragged (rows with different k) or hold nulls.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = _artefact_path(run_dir, "predictions")
+    names = ("topk_lat", "topk_lon", "topk_prob")
+    try:
+        if not set(names) <= set(pq.read_schema(path).names):
+            return None
+        table = pq.read_table(path, columns=list(names))
+    except Exception as e:
+        raise RunError(f"{path} is not a readable parquet file: {e}") from e
+    n = table.num_rows
+    out = []
+    for name in names:
+        col = table.column(name).combine_chunks()
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        if n and (lengths.min() != lengths.max() or col.null_count):
+            raise RunError(f"{path}: {name} must hold one list of the same length per row (k from {lengths.min()} to {lengths.max()}, {col.null_count} null)")
+        k = int(lengths[0]) if n else 0
+        out.append(col.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, k))
+    return np.stack(out[:2], -1), out[2]
 
 
 def write_embeddings(run_dir, embeddings: np.ndarray, dtype=np.float16) -> Path:
@@ -313,8 +361,15 @@ class Run:
     def has(self, name: str) -> bool:
         return (self.run_dir / ARTEFACTS[name]).is_file()
 
-    def predictions(self):
-        return read_predictions(self.run_dir)
+    def predictions(self, scalar_only: bool = False):
+        return read_predictions(self.run_dir, scalar_only)
+
+    def topk(self) -> Optional[tuple]:
+        """(latlon (N, K, 2), prob (N, K)) of predictions.parquet's top-k lists (:func:`read_topk`)."""
+        return read_topk(self.run_dir)
+
+    def n_predictions(self) -> int:
+        return predictions_rows(self.run_dir)
 
     def embeddings(self, mmap: bool = True) -> np.ndarray:
         return read_embeddings(self.run_dir, mmap)

@@ -138,7 +138,7 @@ def test_error_map_filters_and_other_pages_controls(runs_root):
     at.select_slider(key="url:err").set_value((100, 1_000_000))
     at.slider(key="url:worst").set_value(5)
     at.run()
-    assert not errors_of(at) and "between 100 m and 1000 km" in text_of(at)
+    assert not errors_of(at) and "between 100 m and 1,000 km" in text_of(at)
     at.switch_page("app_pages/neighbourhoods.py")
     at.run()
     at.radio(key="url:nrun").set_value("demo/clip")
@@ -151,7 +151,7 @@ def test_error_map_filters_and_other_pages_controls(runs_root):
     at.run()
     assert not errors_of(at) and len(at.get("download_button")) == 1
     # the nearest training images come from the run's image gallery, with their distance from the truth
-    assert "Nearest training images" in text_of(at) and " m away · cos " in text_of(at)
+    assert "Nearest training images" in text_of(at) and " away · cos " in text_of(at)
 
 
 # ----------------------------------------------------------------- uploads

@@ -48,19 +48,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(request):
-    runs_root = fixture_runs(Path(request.config.cache.mkdir("swclip_app_fixture")))
+def serve(runs_root: Path, log_path: Path, health_s: float = 30.0):
+    """`streamlit run app.py` on a free localhost port over ``runs_root``; yields its URL, stops it after."""
     port = _free_port()
     env = dict(os.environ, SWCLIP_RUNS_DIR=str(runs_root), HF_HUB_OFFLINE="1")
-    log = open(Path(request.config.cache.mkdir("swclip_app_fixture")) / "streamlit.log", "w")
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
+        for _ in range(int(health_s / 0.2)):
             try:
                 urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
                 break
@@ -69,7 +68,7 @@ def server(request):
                     pytest.fail(f"streamlit exited with {proc.returncode}; see {log.name}")
                 time.sleep(0.2)
         else:
-            pytest.fail("streamlit did not become healthy within 30 s")
+            pytest.fail(f"streamlit did not become healthy within {health_s:.0f} s")
         yield url
     finally:
         proc.terminate()
@@ -78,6 +77,12 @@ def server(request):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(request):
+    cache = Path(request.config.cache.mkdir("swclip_app_fixture"))
+    yield from serve(fixture_runs(cache), cache / "streamlit.log")
 
 
 def _settle(page, timeout_ms=60_000):

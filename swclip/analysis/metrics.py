@@ -1,18 +1,22 @@
-"""Geo-localization metrics: errors, accuracy at thresholds, GeoScore, recall.
+"""Geo-localization metrics: errors, accuracy at thresholds, GeoScore, recall, and the world-scale ones.
 
 All errors are great-circle metres (``error_m``). Street-level work reads the
 metre thresholds; the field's global benchmarks (IM2GPS, OSV-5M) read the km
 thresholds (street 1 km, city 25 km, region 200 km, country 750 km,
-continent 2500 km).
+continent 2500 km). Beyond one city: OSV-5M's administrative accuracy
+(:func:`admin_accuracy`, its keys from the offline reverse_geocoder), and
+Recall-vs-Area of the knn-kde density (:func:`hdr_area_km2`, :func:`rva_curve`);
+evaluation writes both through :func:`scale_metrics`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from swclip.geo import haversine_m
+from swclip.geo import EARTH_RADIUS_M, check_latlon, chord_to_m, haversine_m, unit_vectors
 
 THRESHOLDS_M = (25, 50, 100, 250, 500, 1000)
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
@@ -90,7 +94,10 @@ def summarize(error_m: Any, city: Optional[Sequence] = None) -> dict:
         city = np.asarray(city)
         if city.shape != err.shape:
             raise ValueError(f"city has shape {city.shape}, error_m has {err.shape}: one city per sample")
-        out["per_city"] = {str(c): _summary(err[city == c]) for c in sorted(set(city.tolist()), key=str)}
+        names, inverse = np.unique(city.astype(str), return_inverse=True)  # one pass, not one comparison per city
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
+        out["per_city"] = {str(c): _summary(err[order[bounds[k]:bounds[k + 1]]]) for k, c in enumerate(names)}
     return out
 
 
@@ -137,6 +144,254 @@ def recall_vs_area(ranked_regions: Any, true_region: Any, region_area_km2: Any, 
         finite = needed[np.isfinite(needed)]
         lo, hi = (finite.min(), finite.max()) if finite.size else (1.0, 10.0)
         areas_km2 = np.geomspace(max(lo, 1e-9), max(hi, lo * 10, 1e-8), 50)
-    areas_km2 = np.asarray(areas_km2, dtype=np.float64)
-    recall = (needed[None, :] <= areas_km2[:, None]).mean(1)
+    areas_km2, recall = rva_curve(needed, areas_km2)
     return areas_km2, recall, needed
+
+
+# ----------------------------------------------------------------- beyond one city
+
+ADMIN_LEVELS = ("country", "region", "sub-region", "city")
+# The GeoNames parts each level's key joins, as OSV-5M's metrics/utils.py joins them ("_"), and the part
+# whose absence makes the truth's key empty at that level (OSV-5M skips rows whose true key is missing).
+_ADMIN_PARTS = {
+    "country": ("cc",),
+    "region": ("admin1", "cc"),
+    "sub-region": ("admin2", "admin1", "cc"),
+    "city": ("name", "admin2", "admin1", "cc"),
+}
+OSV5M_EARTH_RADIUS_KM = 6371.0  # metrics/utils.py's haversine
+EARTH_AREA_KM2 = 4.0 * math.pi * (EARTH_RADIUS_M / 1000.0) ** 2
+# Recall-vs-Area grid: 10 per decade from 100 m² to the whole Earth, the same for every run so curves overlay.
+RVA_AREAS_KM2 = np.append(10.0 ** np.arange(-4.0, 8.75, 0.1), EARTH_AREA_KM2)
+
+
+def reverse_geocode(latlon: Any, mode: Optional[int] = None) -> dict:
+    """GeoNames parts of the nearest populated place, offline (reverse_geocoder). (N, 2) -> {part: (N,) str}.
+
+    One batched query for all rows (distinct rows only). ``mode`` is reverse_geocoder's: 2 (its default,
+    what OSV-5M calls) splits the KD-tree query over processes, 1 runs in this process; None: 2, except
+    inside a daemonic worker process (the demo build's), which may not start processes. reverse_geocoder
+    keeps one geocoder per process, so the first call's mode stays; the answers are the same in both.
+    """
+    import multiprocessing
+
+    import reverse_geocoder as rg
+
+    if mode is None:
+        mode = 1 if multiprocessing.current_process().daemon else 2
+
+    check_latlon(latlon)
+    ll = np.asarray(latlon, dtype=np.float64)
+    parts = ("name", "admin1", "admin2", "cc")
+    if len(ll) == 0:
+        return {p: np.array([], dtype=object) for p in parts}
+    uniq, inverse = np.unique(ll, axis=0, return_inverse=True)
+    found = rg.search([(float(a), float(b)) for a, b in uniq], mode=mode, verbose=False)
+    return {p: np.array([r.get(p, "") for r in found], dtype=object)[inverse.reshape(-1)] for p in parts}
+
+
+def admin_keys(parts: dict) -> dict:
+    """OSV-5M's keys from reverse_geocode's parts: {level: (N,) str}, e.g. city = name_admin2_admin1_cc."""
+    out = {}
+    for level, names in _ADMIN_PARTS.items():
+        cols = [np.asarray(parts[n], dtype=object).astype(str) for n in names]
+        key = cols[0]
+        for c in cols[1:]:
+            key = np.char.add(np.char.add(key, "_"), c)
+        out[level] = key
+    return out
+
+
+def admin_accuracy(pred_latlon: Any, true_latlon: Any, mode: Optional[int] = None) -> dict:
+    """Share of predictions in the true country, region, sub-region and city, as OSV-5M scores them.
+
+    pred_latlon, true_latlon: (N, 2) degrees. Both go through reverse_geocoder (one batched query);
+    the keys are OSV-5M's: country = cc, region = admin1_cc, sub-region = admin2_admin1_cc,
+    city = name_admin2_admin1_cc. A row whose true place lacks that level's own part (no admin1 for
+    the region, no admin2 for the sub-region, no name for the city) has no key there and is skipped at
+    that level, as OSV-5M skips its "nan" keys. Returns {"acc_country", …, "acc_city": fraction or NaN
+    when every row was skipped, "n_country", … rows scored, "skipped_country", … rows skipped}.
+    """
+    pred, true = np.asarray(pred_latlon, dtype=np.float64), np.asarray(true_latlon, dtype=np.float64)
+    if pred.shape != true.shape:
+        raise ValueError(f"pred_latlon {pred.shape} and true_latlon {true.shape} must have the same shape")
+    check_latlon(pred, "pred_latlon")
+    check_latlon(true, "true_latlon")
+    n = len(pred)
+    parts = reverse_geocode(np.concatenate([pred, true]), mode=mode)
+    keys = admin_keys(parts)
+    out = {}
+    for level, names in _ADMIN_PARTS.items():
+        has = np.asarray(parts[names[0]][n:], dtype=object).astype(str) != ""
+        hit = keys[level][:n] == keys[level][n:]
+        out[f"acc_{level}"] = float(hit[has].mean()) if has.any() else float("nan")
+        out[f"n_{level}"] = int(has.sum())
+        out[f"skipped_{level}"] = int(n - has.sum())
+    return out
+
+
+def distance_km(pred_latlon: Any, true_latlon: Any, parity: Optional[str] = None) -> np.ndarray:
+    """Great-circle distance in km. (N, 2), (N, 2) -> (N,).
+
+    parity=None: swclip.geo.haversine_m (R = 6,371.0088 km). parity="osv5m": OSV-5M's haversine
+    (metrics/utils.py: R = 6,371 km, 2·atan2(√a, √(1−a))), for numbers comparable with its tables.
+    """
+    pred, true = np.asarray(pred_latlon, dtype=np.float64), np.asarray(true_latlon, dtype=np.float64)
+    if parity is None:
+        return haversine_m(pred, true) / 1000.0
+    if parity != "osv5m":
+        raise ValueError(f"parity must be None or 'osv5m', got {parity!r}")
+    check_latlon(pred, "pred_latlon")
+    check_latlon(true, "true_latlon")
+    p, t = np.deg2rad(pred), np.deg2rad(true)
+    a = np.sin((p[:, 0] - t[:, 0]) / 2) ** 2 + np.cos(p[:, 0]) * np.cos(t[:, 0]) * np.sin((p[:, 1] - t[:, 1]) / 2) ** 2
+    return OSV5M_EARTH_RADIUS_KM * 2 * np.arctan2(np.sqrt(a), np.sqrt(np.clip(1 - a, 0.0, None)))
+
+
+def osv5m_metrics(pred_latlon: Any, true_latlon: Any, parity: Optional[str] = "osv5m", mode: Optional[int] = None) -> dict:
+    """OSV-5M's world-scale table for one run: admin_accuracy plus median_km and mean_km (its haversine by default)."""
+    d = distance_km(pred_latlon, true_latlon, parity)
+    return {"median_km": float(np.median(d)), "mean_km": float(np.mean(d)), "distance_parity": parity or "swclip",
+            **admin_accuracy(pred_latlon, true_latlon, mode=mode)}
+
+
+# ----------------------------------------------------------------- Recall vs Area
+
+
+def _cap_area_km2(angle_rad: np.ndarray) -> np.ndarray:
+    return 2.0 * math.pi * (EARTH_RADIUS_M / 1000.0) ** 2 * (1.0 - np.cos(angle_rad))
+
+
+def _angle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Angle between unit vectors (..., 3), well conditioned at small angles."""
+    return np.arctan2(np.linalg.norm(np.cross(u, v), axis=-1), np.sum(u * v, axis=-1))
+
+
+def hdr_area_km2(topk_latlon: Any, topk_prob: Any, true_latlon: Any, bandwidth_m: float, samples: int = 256,
+                 chunk: int = 256) -> np.ndarray:
+    """Area of the knn-kde density's highest-density region that just contains the truth, per query.
+
+    The density is the one knn-kde climbs (swclip.index.kde_density): f(x) = Σ_j p_j exp(−d(x, c_j)² / 2h²)
+    over a query's top-k candidates c_j with probabilities p_j, h = bandwidth_m, d great-circle. The region
+    at level λ is {x : f(x) ≥ λ}; the area needed is that of the region at λ = f(truth): the search area a
+    user must cover, densest ground first, before the true spot is inside. Recall-vs-Area is then the
+    share of queries whose needed area is at most A (:func:`rva_curve`).
+
+    Computed on the sphere: {f ≥ λ} lies inside the caps of radius R_j = h·√(2 ln(K p_j / λ)) about the
+    candidates (outside them every term is below λ/K); each cap is covered by a spherical Fibonacci
+    lattice of ``samples`` equal-area points, and the union's area is Σ_j area_j · mean(1[f ≥ λ] / caps
+    covering the point). One candidate gives exactly the cap through the truth.
+
+    topk_latlon: (N, K, 2) degrees; topk_prob: (N, K) ≥ 0; true_latlon: (N, 2). Returns (N,) km².
+    """
+    cand = np.asarray(topk_latlon, dtype=np.float64)
+    prob = np.asarray(topk_prob, dtype=np.float64)
+    true = np.asarray(true_latlon, dtype=np.float64)
+    if cand.ndim != 3 or cand.shape[2] != 2 or prob.shape != cand.shape[:2] or true.shape != (cand.shape[0], 2):
+        raise ValueError(f"need topk_latlon (N, K, 2), topk_prob (N, K), true_latlon (N, 2); got {cand.shape}, {prob.shape}, {true.shape}")
+    if not (bandwidth_m > 0 and math.isfinite(bandwidth_m)):
+        raise ValueError(f"bandwidth_m must be a positive number of metres, got {bandwidth_m!r}")
+    if not np.isfinite(prob).all() or (prob < 0).any():
+        raise ValueError("topk_prob must be finite and >= 0")
+    check_latlon(cand.reshape(-1, 2), "topk_latlon")
+    check_latlon(true, "true_latlon")
+    n, k = prob.shape
+    h = bandwidth_m / EARTH_RADIUS_M  # bandwidth as an angle
+    i = np.arange(samples) + 0.5
+    u = i / samples  # (S,) uniform in area over the cap
+    phi = i * math.pi * (3.0 - math.sqrt(5.0))  # golden angle
+    out = np.empty(n)
+    with np.errstate(divide="ignore"):
+        logp_all = np.log(prob)
+    for s in range(0, n, chunk):
+        c = unit_vectors(cand[s:s + chunk].reshape(-1, 2)).reshape(-1, k, 3)  # (Q, K, 3)
+        t = unit_vectors(true[s:s + chunk])  # (Q, 3)
+        logp = logp_all[s:s + chunk]  # (Q, K)
+        q = len(t)
+        d_t = _angle(t[:, None, :], c)  # (Q, K)
+        log_lam = _logsumexp(logp - 0.5 * (d_t / h) ** 2, axis=1)  # (Q,) log f(truth)
+        arg = math.log(k) + logp - log_lam[:, None]  # (Q, K)
+        radius = np.where(arg > 0, h * np.sqrt(2.0 * np.maximum(arg, 0.0)), 0.0).clip(0.0, math.pi)  # (Q, K) angles
+        # An orthonormal frame (e1, e2) about each candidate.
+        ref = np.where(np.abs(c[..., 2:3]) < 0.9, np.array([0.0, 0.0, 1.0]), np.array([1.0, 0.0, 0.0]))
+        e1 = np.cross(c, ref)
+        e1 /= np.linalg.norm(e1, axis=-1, keepdims=True)
+        e2 = np.cross(c, e1)
+        cos_t = 1.0 - u[None, None, :] * (1.0 - np.cos(radius))[..., None]  # (Q, K, S)
+        sin_t = np.sqrt(np.clip(1.0 - cos_t ** 2, 0.0, None))
+        x = (cos_t[..., None] * c[:, :, None, :]
+             + sin_t[..., None] * (np.cos(phi)[None, None, :, None] * e1[:, :, None, :] + np.sin(phi)[None, None, :, None] * e2[:, :, None, :]))  # (Q, K, S, 3)
+        dot = np.einsum("qksd,qjd->qksj", x, c)  # (Q, K, S, K): sample against every candidate
+        # arccos loses ~1e-8 rad (0.1 m) near 0: far below any bandwidth the app offers (>= 10 m)
+        d_x = np.arccos(np.clip(dot, -1.0, 1.0))
+        inside = _logsumexp(logp[:, None, None, :] - 0.5 * (d_x / h) ** 2, axis=3) >= log_lam[:, None, None]  # (Q, K, S)
+        covers = (dot >= np.cos(radius)[:, None, None, :]).sum(3)  # (Q, K, S) caps holding the sample (>= 1 in theory)
+        share = (inside / np.maximum(covers, 1)).mean(2)  # (Q, K)
+        out[s:s + q] = (_cap_area_km2(radius) * share * (radius > 0)).sum(1)
+    return out
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(m, axis) + np.log(np.sum(np.exp(a - m), axis=axis))
+
+
+def rva_curve(needed_km2: Any, areas_km2: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """recall(A) = share of queries whose needed area is ≤ A. -> (areas_km2 (G,), recall (G,)); default grid RVA_AREAS_KM2."""
+    needed = np.asarray(needed_km2, dtype=np.float64).ravel()
+    if needed.size == 0 or np.isnan(needed).any():
+        raise ValueError("needed_km2 must be a non-empty array without NaN (inf: never covered)")
+    areas = np.asarray(RVA_AREAS_KM2 if areas_km2 is None else areas_km2, dtype=np.float64)
+    return areas, np.searchsorted(np.sort(needed), areas, side="right") / needed.size
+
+
+RVA_MAX_QUERIES = 20_000
+ADMIN_MIN_EXTENT_M = 50_000.0  # runs wider than this get OSV-5M's admin-level table in metrics.json
+
+
+def extent_m(latlon: Any, sample: int = 2000, quantile: float = 0.99, seed: int = 0) -> float:
+    """How far a set of samples spreads: the ``quantile`` of great-circle distances between pairs, metres.
+
+    latlon: (N, 2) degrees. All pairs of a seeded sample of at most ``sample`` points, so a handful of
+    stray samples does not make a city look like a continent. 0 for fewer than 2 points.
+    """
+    check_latlon(latlon)
+    ll = np.asarray(latlon, dtype=np.float64)
+    if len(ll) < 2:
+        return 0.0
+    if len(ll) > sample:
+        ll = ll[np.random.default_rng(seed).choice(len(ll), sample, replace=False)]
+    x = unit_vectors(ll)  # (n, 3)
+    i, j = np.triu_indices(len(ll), 1)
+    chord = np.sqrt(np.clip(2.0 - 2.0 * (x @ x.T)[i, j], 0.0, 4.0))  # one matrix product: 10x faster than haversine per pair
+    return float(np.quantile(chord_to_m(chord), quantile))
+
+
+def rva_summary(topk_latlon: Any, topk_prob: Any, true_latlon: Any, bandwidth_m: float,
+                max_queries: int = RVA_MAX_QUERIES, seed: int = 0) -> dict:
+    """Recall-vs-Area of the knn-kde density (:func:`hdr_area_km2`) on at most ``max_queries`` queries
+    (a seeded sample beyond that), on the fixed grid RVA_AREAS_KM2 so runs overlay.
+
+    Returns {"areas_km2", "recall", "median_area_km2", "n_queries", "of", "bandwidth_m", "seed"}.
+    """
+    true = np.asarray(true_latlon, dtype=np.float64)
+    n = len(true)
+    rows = np.arange(n) if n <= max_queries else np.sort(np.random.default_rng(seed).choice(n, max_queries, replace=False))
+    needed = hdr_area_km2(np.asarray(topk_latlon)[rows], np.asarray(topk_prob)[rows], true[rows], bandwidth_m)
+    areas, recall = rva_curve(needed)
+    return {"areas_km2": areas.tolist(), "recall": recall.tolist(), "median_area_km2": float(np.median(needed)),
+            "n_queries": int(len(rows)), "of": int(n), "bandwidth_m": float(bandwidth_m), "seed": int(seed)}
+
+
+def scale_metrics(pred_latlon: Any, true_latlon: Any, topk_latlon: Any, topk_prob: Any, bandwidth_m: float,
+                  mode: Optional[int] = None) -> dict:
+    """What evaluation adds beyond :func:`summarize`: {"rva": rva_summary(...)} always, and
+    {"osv5m": osv5m_metrics(...)} (admin-level accuracy, median / mean km with OSV-5M's haversine)
+    when the true locations spread wider than ADMIN_MIN_EXTENT_M. Also {"extent_m"}."""
+    spread = extent_m(true_latlon)
+    out = {"extent_m": spread, "rva": rva_summary(topk_latlon, topk_prob, true_latlon, bandwidth_m)}
+    if spread > ADMIN_MIN_EXTENT_M:
+        out["osv5m"] = osv5m_metrics(pred_latlon, true_latlon, parity="osv5m", mode=mode)
+    return out

@@ -4,7 +4,10 @@
 bytes itself (no file handle or temp file outlives the call), refuses
 decompression bombs before decoding, applies the EXIF orientation, and turns
 every mode (CMYK, 16-bit, alpha, palette) into 8-bit RGB. Every failure becomes
-an ``ImageError`` that names the file and the problem.
+an ``ImageError`` that names the file and the problem. HEIC / HEIF (most phone
+photos) open through pillow-heif's Pillow plugin, registered on import; libheif
+applies the container's rotation when decoding and pillow-heif then reports EXIF
+orientation 1, so no photo is turned twice.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from pillow_heif import register_heif_opener
 
 from swclip.io import resolve_inside
+
+register_heif_opener()  # Image.open reads HEIC / HEIF from here on (uploads, EXIF GPS, folders of phone photos)
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 × 8000; a street-view frame is a few Mpx
 JPEG_EOI = b"\xff\xd9"

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 
 from swclip import runs
-from swclip.analysis.metrics import SUMMARY_KEYS, errors_m, recall_at_k, summarize
+from swclip.analysis.metrics import SUMMARY_KEYS, errors_m, recall_at_k, scale_metrics, summarize
 from swclip.data import ImageDataset
 from swclip.retrieval.gallery import Gallery
 from swclip.retrieval.predictor import Predictor
@@ -160,6 +160,8 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
     metrics = summarize(err, city)
     metrics.update(retrieval_recall(model, emb, true, city if text else None))
     metrics["knn_kde"] = summarize(kde_err)
+    # Recall-vs-Area of the knn-kde density; OSV-5M's admin-level table when the samples span > 50 km
+    metrics.update(scale_metrics(pred, true, np.stack([p.latlon_topk for p in preds]), np.stack([p.prob for p in preds]), predictor.bandwidth_m))
     images = None
     if image_gallery:
         images = Gallery(train_table[["lat", "lon"]].to_numpy(np.float64), train_emb, kind="image",

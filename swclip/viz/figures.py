@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from swclip.method.soft_labels import kernel_weights
+from swclip.viz.scale import fmt_m
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 # No template: Streamlit applies its own theme, and plotly's template costs time on every figure.
@@ -97,38 +98,73 @@ def effective_positives_figure(neff: Any, batch_size: int) -> go.Figure:
 # ----------------------------------------------------------------- errors
 
 
-def error_histogram(errors: Mapping[str, Any], log_x: bool = True) -> go.Figure:
-    """Histogram of error_m per group (run or city), log-spaced bins in metres."""
-    fig = _fig("Error distribution", xaxis_title="error (m)", yaxis_title="samples", barmode="overlay")
-    allv = np.concatenate([np.asarray(v, dtype=np.float64) for v in errors.values()]) if errors else np.array([1.0])
+def _length_ticks(lo: float, hi: float) -> tuple[list, list]:
+    ticks = [t for t in NICE_TICKS_M if lo / 3 <= t <= hi * 3]
+    return ticks, [fmt_m(t) for t in ticks]
+
+
+def error_histogram(errors: Mapping[str, Any], log_x: bool = True, bins: int = 40) -> go.Figure:
+    """Histogram of error_m per group (run or city), log-spaced bins in metres.
+
+    Binned here (numpy) and drawn as bars, so the browser gets ``bins`` numbers per group, not one per
+    sample (210,000 samples would be megabytes of JSON).
+    """
+    fig = _fig("Error distribution", xaxis_title="error (m)", yaxis_title="samples", barmode="overlay", bargap=0)
+    vals = {name: np.asarray(v, dtype=np.float64) for name, v in errors.items()}
+    allv = np.concatenate(list(vals.values())) if vals else np.array([1.0])
     allv = allv[np.isfinite(allv)]
     lo, hi = max(float(allv.min()) if allv.size else 1.0, 1.0), max(float(allv.max()) if allv.size else 10.0, 10.0)
-    edges = (np.log10(lo), np.log10(hi)) if log_x else (0.0, hi)
-    xbins = dict(start=edges[0], end=edges[1] + 1e-9, size=max((edges[1] - edges[0]) / 40, 1e-6))  # shared bins
-    for i, (name, v) in enumerate(errors.items()):
-        v = np.asarray(v, dtype=np.float64)
+    edges = np.linspace(np.log10(lo), np.log10(hi) + 1e-9, bins + 1) if log_x else np.linspace(0.0, hi, bins + 1)  # shared bins
+    traces = []
+    for i, (name, v) in enumerate(vals.items()):
         x = np.log10(np.maximum(v, 1.0)) if log_x else v
-        fig.add_trace(go.Histogram(x=x, name=str(name), opacity=0.6, marker_color=PALETTE[i % len(PALETTE)], xbins=xbins))
+        counts, _ = np.histogram(x[np.isfinite(x)], edges)
+        traces.append(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), name=str(name), opacity=0.6, marker_color=PALETTE[i % len(PALETTE)]))
+    fig.add_traces(traces)
     if log_x:
-        ticks = [t for t in NICE_TICKS_M if lo / 2 <= t <= hi * 2]
-        fig.update_xaxes(tickvals=np.log10(ticks), ticktext=[f"{t / 1000:g} km" if t >= 1000 else f"{t:g}" for t in ticks], title="error (m, log scale)")
+        ticks, text = _length_ticks(lo, hi)
+        fig.update_xaxes(tickvals=np.log10(ticks), ticktext=text, title="error (log scale)")
     return fig
 
 
-def error_cdf(errors: Mapping[str, Any], thresholds_m: Sequence[float] = (25, 50, 100, 250, 500, 1000)) -> go.Figure:
-    """Empirical CDF of error_m per group on a log x axis, thresholds as dotted lines."""
-    fig = _fig("Share of samples within distance", xaxis_title="error (m, log scale)", yaxis_title="fraction ≤ error", xaxis_type="log")
+def error_cdf(errors: Mapping[str, Any], thresholds_m: Sequence[float] = (25, 50, 100, 250, 500, 1000), max_points: int = 2000) -> go.Figure:
+    """Empirical CDF of error_m per group on a log x axis, thresholds as dotted lines.
+
+    A group of more than ``max_points`` samples is drawn through its exact quantiles at ``max_points``
+    evenly spaced fractions (the curve a reader sees is the same; the browser gets 2,000 points, not 210,000).
+    """
+    fig = _fig("Share of samples within distance", xaxis_title="error (log scale)", yaxis_title="fraction ≤ error", xaxis_type="log")
+    traces = []
     for i, (name, v) in enumerate(errors.items()):
         v = np.sort(np.asarray(v, dtype=np.float64))
         if v.size == 0:
             continue
         y = np.arange(1, v.size + 1) / v.size
-        fig.add_trace(go.Scatter(x=np.maximum(v, 0.5), y=y, name=str(name), mode="lines", line=dict(color=PALETTE[i % len(PALETTE)], width=2, shape="hv")))
+        if v.size > max_points:
+            pick = np.unique(np.linspace(0, v.size - 1, max_points).round().astype(int))
+            v, y = v[pick], y[pick]
+        traces.append(go.Scatter(x=np.maximum(v, 0.5), y=y, name=str(name), mode="lines", line=dict(color=PALETTE[i % len(PALETTE)], width=2, shape="hv")))
+    fig.add_traces(traces)
     _rules(fig, [dict(x=t, dash="dot", colour="lightgrey") for t in thresholds_m])
     allv = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in errors.values()]) if errors else np.array([1.0])
     lo, hi = max(float(np.nanmin(allv)), 0.5), max(float(np.nanmax(allv)), 1.0)
-    ticks = [t for t in NICE_TICKS_M if lo / 3 <= t <= hi * 3]
-    fig.update_xaxes(tickvals=ticks, ticktext=[f"{t / 1000:g} km" if t >= 1000 else f"{t:g}" for t in ticks], tickangle=0)
+    ticks, text = _length_ticks(lo, hi)
+    fig.update_xaxes(tickvals=ticks, ticktext=text, tickangle=0)
+    fig.update_yaxes(range=[0, 1.01])
+    return fig
+
+
+def rva_figure(curves: Mapping[str, Mapping[str, Any]], title: str = "Recall vs Area") -> go.Figure:
+    """Recall-vs-Area curves, one per run: share of queries whose truth lies inside the knn-kde density's
+    highest-density region of at most A km² (``swclip.metrics.hdr_area_km2``).
+
+    curves: {name: {"areas_km2": (G,), "recall": (G,)}}; x log scale, reference areas as dotted lines.
+    """
+    fig = _fig(title, xaxis_title="search area A (km², log scale)", yaxis_title="recall: truth inside the area", xaxis_type="log")
+    fig.add_traces([go.Scatter(x=np.asarray(c["areas_km2"], dtype=np.float64), y=np.asarray(c["recall"], dtype=np.float64), name=str(name), mode="lines",
+                               line=dict(color=PALETTE[i % len(PALETTE)], width=2, shape="hv")) for i, (name, c) in enumerate(curves.items())])
+    refs = ((1.0, "1 km²"), (1000.0, "a city"), (250_000.0, "a country"))
+    _rules(fig, [dict(x=a, dash="dot", colour="lightgrey", text=t) for a, t in refs])
     fig.update_yaxes(range=[0, 1.01])
     return fig
 
@@ -160,9 +196,9 @@ def variogram_figure(
         if c.get("range_m"):
             rules.append(dict(x=float(c["range_m"]), dash="dash", colour=colour, opacity=0.6))
     if sigma_m:
-        rules.append(dict(x=float(sigma_m), colour="black", width=2, text=f"σ = {sigma_m:g} m"))
+        rules.append(dict(x=float(sigma_m), colour="black", width=2, text=f"σ = {fmt_m(sigma_m)}"))
     if suggested_sigma_m:
-        rules.append(dict(x=float(suggested_sigma_m), colour=PALETTE[4], dash="dashdot", text=f"suggested σ {suggested_sigma_m:.0f} m", position="bottom"))
+        rules.append(dict(x=float(suggested_sigma_m), colour=PALETTE[4], dash="dashdot", text=f"suggested σ {fmt_m(suggested_sigma_m)}", position="bottom"))
     rules += [dict(x=float(r), colour="lightgrey", dash="dot") for r in true_ranges_m]
     _rules(fig, rules)
     lags = [float(np.nanmax(c["lags_m"])) for c in curves if len(c["lags_m"]) and np.isfinite(c["lags_m"]).any()]

@@ -271,9 +271,10 @@ def line_layer(from_latlon: Any, to_latlon: Any, rgba: Sequence[int] = (220, 40,
     )
 
 
-def hex_layer(bins: dict, vmin: float, vmax: float, log: bool = True, alpha: int = 150) -> pdk.Layer:
-    """PolygonLayer of ``swclip.viz.spatial_bins.hex_bins`` output, coloured by its value (viridis)."""
-    rgb = ramp(bins["value"], vmin, vmax, log=log)
+def hex_layer(bins: dict, vmin: float, vmax: float, log: bool = True, alpha: int = 150, colours: Any = None) -> pdk.Layer:
+    """PolygonLayer of ``swclip.viz.spatial_bins.hex_bins`` / ``h3_bins`` output, coloured by its value (viridis),
+    or by ``colours`` (H, 3) uint8 when given (e.g. :func:`diverging`)."""
+    rgb = ramp(bins["value"], vmin, vmax, log=log) if colours is None else np.asarray(colours, dtype=np.uint8)
     df = pd.DataFrame(
         {
             "polygon": [p.round(6).tolist() for p in bins["polygon_lonlat"]],

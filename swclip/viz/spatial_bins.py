@@ -8,6 +8,8 @@ equirectangular frame), which is exact enough over a city's few kilometres.
   soft-label matrix shows blocks instead of noise.
 - :func:`hex_bins` groups points into pointy-top hexagons of a given
   circumradius and summarises a value per hexagon (the median error map).
+- :func:`h3_bins` does the same with Uber's H3 cells, which tile the whole
+  sphere: the maps of runs wider than a city (countries, the world).
 """
 
 from __future__ import annotations
@@ -90,6 +92,18 @@ def hex_centres_m(q: np.ndarray, r: np.ndarray, radius_m: float) -> np.ndarray:
     return np.stack([radius_m * _SQRT3 * (q + r / 2.0), radius_m * 1.5 * r], -1)
 
 
+def _bin_input(latlon: Any, values: Any, size_m: float, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) float64 latlon and (N,) float64 values, checked; ValueError naming the problem."""
+    check_latlon(latlon)
+    ll = np.asarray(latlon, dtype=np.float64)
+    vals = np.asarray(values, dtype=np.float64).ravel()
+    if vals.shape[0] != ll.shape[0]:
+        raise ValueError(f"values has {vals.shape[0]} entries for {ll.shape[0]} points")
+    if not (math.isfinite(size_m) and size_m > 0):
+        raise ValueError(f"{name} must be a positive number of metres, got {size_m!r}")
+    return ll, vals
+
+
 def hex_bins(
     latlon: Any,
     values: Any,
@@ -108,13 +122,7 @@ def hex_bins(
     (lon, lat) for deck.gl, ``value`` (H,) the statistic, ``count`` (H,), and
     ``bin_of_point`` (N,) the row each point went to.
     """
-    check_latlon(latlon)
-    ll = np.asarray(latlon, dtype=np.float64)
-    vals = np.asarray(values, dtype=np.float64).ravel()
-    if vals.shape[0] != ll.shape[0]:
-        raise ValueError(f"values has {vals.shape[0]} entries for {ll.shape[0]} points")
-    if not (math.isfinite(radius_m) and radius_m > 0):
-        raise ValueError(f"radius_m must be a positive number of metres, got {radius_m!r}")
+    ll, vals = _bin_input(latlon, values, radius_m, "radius_m")
     if origin_latlon is None:
         origin_latlon = (float(ll[:, 0].mean()), float(ll[:, 1].mean())) if len(ll) else (0.0, 0.0)
     xy = degrees_to_local_metres(ll, origin_latlon)  # (N, 2) metres
@@ -137,3 +145,48 @@ def hex_bins(
         "count": count,
         "bin_of_point": inverse,
     }
+
+
+# H3's average hexagon edge length (= circumradius) per resolution 0..15, metres (h3.average_hexagon_edge_length).
+H3_EDGE_M = (1281256.011, 483056.8391, 182512.9565, 68979.2218, 26071.7597, 9854.091, 3724.5327, 1406.4758, 531.414,
+             200.7861, 75.8638, 28.6639, 10.8302, 4.092, 1.5461, 0.5842)
+
+
+def h3_resolution(edge_m: float) -> int:
+    """The H3 resolution whose average edge is nearest ``edge_m`` on a log scale."""
+    return min(range(len(H3_EDGE_M)), key=lambda r: abs(math.log(H3_EDGE_M[r]) - math.log(max(edge_m, 1e-3))))
+
+
+def h3_bins(latlon, values, edge_m: float, stat: str = "median") -> dict:
+    """Group points into H3 cells (the resolution nearest ``edge_m``) and summarise ``values`` per cell.
+
+    Works at any scale, across the antimeridian too (H3 tiles the sphere; a cell holding a pole spans every
+    longitude and is drawn as it comes). latlon: (N, 2)
+    degrees; values: (N,). Returns the dict :func:`hex_bins` returns (one row per non-empty cell):
+    ``centre_latlon`` (H, 2), ``polygon_lonlat`` list of H (V, 2) (lon, lat) rings for deck.gl (V = 6,
+    or 5 for H3's pentagons; longitudes unwrapped so a cell across ±180° stays one piece), ``value``
+    (H,) the statistic (pandas' groupby median or mean), ``count`` (H,), ``bin_of_point`` (N,), and
+    ``res``, ``cells`` (H,) H3 ids.
+    """
+    import pandas as pd
+    from h3.api import numpy_int as h3n
+
+    ll, vals = _bin_input(latlon, values, edge_m, "edge_m")
+    if stat not in ("median", "mean"):
+        raise ValueError(f"stat must be 'median' or 'mean', got {stat!r}")
+    res = h3_resolution(edge_m)
+    lon = (ll[:, 1] + 180.0) % 360.0 - 180.0
+    cells = np.fromiter((h3n.latlng_to_cell(a, b, res) for a, b in zip(ll[:, 0].tolist(), lon.tolist())), dtype=np.uint64, count=len(ll))
+    keys, inverse = np.unique(cells, return_inverse=True)
+    inverse = inverse.ravel()
+    grouped = pd.Series(vals).groupby(inverse)
+    value = (grouped.median() if stat == "median" else grouped.mean()).to_numpy(np.float64)
+    count = np.bincount(inverse, minlength=len(keys))
+    centres = np.array([h3n.cell_to_latlng(int(c)) for c in keys], dtype=np.float64).reshape(-1, 2)
+    rings = []
+    for c in keys:
+        b = np.asarray(h3n.cell_to_boundary(int(c)), dtype=np.float64)[:, ::-1].copy()  # (V, 2) lon, lat
+        b[:, 0] = np.unwrap(b[:, 0], period=360.0)  # an edge across ±180° stays short
+        rings.append(b)
+    return {"centre_latlon": centres, "polygon_lonlat": rings, "value": value, "count": count,
+            "bin_of_point": inverse, "res": res, "cells": keys}
