@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from swclip.analysis.metrics import summarize
+
 
 def weighted_median(values: np.ndarray, weights: np.ndarray, chunk: int = 256) -> np.ndarray:
     """np.median of each seed's values repeated by integer weights, without repeating them.
@@ -186,7 +188,6 @@ def per_city(exp: dict, metric: str = "median_m") -> "pd.DataFrame":
     """Test ``metric`` per city: one row per (config, city) with mean and sd across seeds and n_seeds."""
     import pandas as pd
 
-    from swclip.analysis.metrics import summarize
 
     city = np.asarray(exp["test_rows"]["city"])
     rows = []

@@ -40,6 +40,21 @@ from typing import Optional
 
 import numpy as np
 
+from swclip.analysis.empirical_variogram import empirical_variogram
+from swclip.analysis.experiment_stats import summary_table
+from swclip.analysis.metrics import summarize
+from swclip.analysis.variogram import fit_best, suggest_bandwidth
+from swclip.data import read_table, spatial_split
+from swclip.geo import EARTH_RADIUS_M, unit_vectors
+from swclip.io import atomic_write, atomic_write_json
+from swclip.runs import load_run
+from swclip.synth import make_world
+from swclip.synth.world import load_world
+from swclip.training.config import load_config
+from swclip.training.demo import CONFIG_DIR
+from swclip.training.evaluation import encode_images, evaluate
+from swclip.training.loop import train
+
 FORMAT = "swclip-experiment"
 VERSION = 1
 SUMMARY_KEYS = ("n", "median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "acc@1km", "acc@25km", "recall@1")
@@ -117,9 +132,6 @@ def plan_jobs(cfg: ExperimentConfig) -> list[dict]:
 
 def prepare(out: Path, cfg: ExperimentConfig, progress: bool = True) -> Path:
     """Render the world and write split.csv (each skipped when there). -> split.csv."""
-    from swclip.data import read_table, spatial_split
-    from swclip.io import atomic_write
-    from swclip.synth import make_world
 
     world = out / "world"
     if not (world / "world.json").is_file():
@@ -136,7 +148,6 @@ def prepare(out: Path, cfg: ExperimentConfig, progress: bool = True) -> Path:
 
 def world_summary(world_dir: Path) -> dict:
     """The world's parameters for experiment.json: covariance, seed, and each city's true field ranges."""
-    from swclip.synth.world import load_world
 
     meta = load_world(world_dir)
     ranges = {c["name"]: sorted(f["range_m"] for f in c["fields"]) for c in meta["cities"]}
@@ -151,7 +162,6 @@ def oracle_errors_m(table, split: str = "test") -> np.ndarray:
     top-1 prediction from the training-location gallery (no model can do better)."""
     from scipy.spatial import cKDTree
 
-    from swclip.geo import EARTH_RADIUS_M, unit_vectors
 
     train = unit_vectors(table.loc[table["split"] == "train", ["lat", "lon"]].to_numpy(np.float64))
     rows = unit_vectors(table.loc[table["split"] == split, ["lat", "lon"]].to_numpy(np.float64))
@@ -170,11 +180,6 @@ def variogram_sigma(clip_dir: Path, split_csv: Path, max_lag_m: float) -> dict:
     """
     import torch
 
-    from swclip.data import read_table
-    from swclip.analysis.empirical_variogram import empirical_variogram
-    from swclip.analysis.variogram import fit_best, suggest_bandwidth
-    from swclip.runs import load_run
-    from swclip.training.evaluation import encode_images
 
     table = read_table(split_csv, split_csv.parent)
     train = table[table["split"] == "train"].reset_index(drop=True)
@@ -212,13 +217,6 @@ def run_job(job: dict) -> dict:
     """Train + evaluate one job on val and test (in a worker process, one torch thread). -> its record."""
     import torch
 
-    from swclip.data import read_table
-    from swclip.io import atomic_write_json
-    from swclip.runs import load_run
-    from swclip.training.config import load_config
-    from swclip.training.demo import CONFIG_DIR
-    from swclip.training.evaluation import evaluate
-    from swclip.training.loop import train
 
     torch.set_num_threads(1)
     cfg = ExperimentConfig(**job["experiment"])
@@ -370,14 +368,11 @@ def run_experiment(out, cfg: Optional[ExperimentConfig] = None, workers: int = 2
 def write_experiment(out: Path, cfg: ExperimentConfig, jobs: list, records: dict, failed: dict, split_csv: Path,
                      elapsed_s: float) -> dict:
     """Assemble experiment.json from the finished records (atomically). -> the dict."""
-    from swclip.data import read_table
-    from swclip.io import atomic_write_json
 
     table = read_table(split_csv, split_csv.parent)
     test = table[table["split"] == "test"]
     split_meta = json.loads((split_csv.parent / "split.json").read_text())
     oracle = oracle_errors_m(table)
-    from swclip.analysis.metrics import summarize
 
     exp = dict(
         format=FORMAT, version=VERSION, name=cfg.name,
@@ -400,7 +395,6 @@ def write_experiment(out: Path, cfg: ExperimentConfig, jobs: list, records: dict
 
 def summary_markdown(exp: dict) -> str:
     """The printed summary: per config, mean ± sd across seeds of val and test metrics, and Δ vs CLIP."""
-    from swclip.analysis.experiment_stats import summary_table
 
     df = summary_table(exp)
     head = "| config | seeds | val median (m) | test median (m) | test acc@250 m | test acc@500 m | Δ test median vs CLIP [95 % block CI] |"
