@@ -206,13 +206,35 @@ def draw_frame() -> View:
     return view
 
 
+def leave_legacy_pages_mode() -> None:
+    """Rerun at once when Streamlit ran this script in its legacy ``pages/``-folder mode (multipage v1).
+
+    Streamlit decides between v1 (a navigation built from the ``pages/`` folder, file names as titles)
+    and ``st.navigation`` (v2) with one process-wide flag, ``PagesManager.uses_pages_directory``: True
+    while a ``pages/`` folder sits beside app.py, False from the first ``st.navigation`` call on.
+    Until then every run goes through v1. So a fresh server whose first request is a link to
+    ``/error_map`` runs that page alone and stays in v1 for every session after it (file names in
+    the sidebar), and AppTest, which resets the flag before each run, loses the sidebar's widget
+    state on every rerun. Both were seen with Streamlit 1.67 (tests/test_browser.py and
+    tests/test_app.py check them). Clearing the flag before any element is drawn and rerunning
+    puts the same URL path through app.py's ``st.navigation``: v1 and v2 name a page by the same
+    hash of its url path, so the rerun lands on the page that was asked for.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def ensure_frame() -> View:
     """The first call of every page: the frame's View, drawing the frame unless app.py already did this run.
 
     Under ``st.navigation`` app.py draws the frame before the page (:func:`run_routed`), so the sidebar's
     widgets keep one identity across page switches; a page opened on its own, or by
-    ``AppTest.from_file("app_pages/x.py")``, draws the same frame itself.
+    ``AppTest.from_file("pages/x.py")``, draws the same frame itself.
     """
+    leave_legacy_pages_mode()
     if st.session_state.get(_ROUTED):
         return st.session_state[_VIEW]
     return draw_frame()

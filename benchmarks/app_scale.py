@@ -166,9 +166,8 @@ def _jpeg() -> bytes:
 
 
 def page_path(name: str) -> str:
-    for folder in ("pages", "app_pages"):
-        if (REPO / folder / f"{name}.py").is_file():
-            return f"{folder}/{name}.py"
+    if (REPO / "pages" / f"{name}.py").is_file():
+        return f"pages/{name}.py"
     raise FileNotFoundError(name)
 
 

@@ -23,9 +23,9 @@ pytestmark = [pytest.mark.xdist_group(name="app"), pytest.mark.slow]
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 _SESSION_RUNS_DIR = os.environ.get("SWCLIP_RUNS_DIR")  # what the machine set, if anything
-PAGES = ["app_pages/overview.py", "app_pages/predict.py", "app_pages/error_map.py", "app_pages/semivariogram.py",
-         "app_pages/soft_labels.py", "app_pages/negatives.py", "app_pages/neighbourhoods.py", "app_pages/compare.py",
-         "app_pages/failures.py"]
+PAGES = ["pages/overview.py", "pages/experiments.py", "pages/predict.py", "pages/error_map.py", "pages/semivariogram.py",
+         "pages/soft_labels.py", "pages/negatives.py", "pages/neighbourhoods.py", "pages/compare.py",
+         "pages/failures.py"]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_url_state_survives_page_switches_and_reproduces_the_view(runs_root):
     at.select_slider(key="url:sigma").set_value(400)
     at.run()
     assert at.query_params["city"] == "Manchester" and at.query_params["sigma"] == "400"
-    at.switch_page("app_pages/soft_labels.py")
+    at.switch_page("pages/soft_labels.py")
     at.run()
     assert not errors_of(at)
     assert at.query_params["city"] == "Manchester" and at.query_params["sigma"] == "400"
@@ -107,7 +107,7 @@ def test_url_state_survives_page_switches_and_reproduces_the_view(runs_root):
 def test_soft_labels_follow_the_controls(runs_root):
     at = new_app(runs_root)
     at.run()
-    at.switch_page("app_pages/soft_labels.py")
+    at.switch_page("pages/soft_labels.py")
     at.run()
     at.slider(key="url:batch").set_value(40)
     at.radio(key="url:kernel").set_value("exponential")
@@ -133,19 +133,19 @@ def test_hand_edited_url_falls_back_to_valid_choices(runs_root):
 def test_error_map_filters_and_other_pages_controls(runs_root):
     at = new_app(runs_root)
     at.run()
-    at.switch_page("app_pages/error_map.py")
+    at.switch_page("pages/error_map.py")
     at.run()
     at.select_slider(key="url:err").set_value((100, 1_000_000))
     at.slider(key="url:worst").set_value(5)
     at.run()
     assert not errors_of(at) and "between 100 m and 1,000 km" in text_of(at)
-    at.switch_page("app_pages/neighbourhoods.py")
+    at.switch_page("pages/neighbourhoods.py")
     at.run()
     at.radio(key="url:nrun").set_value("demo/clip")
     at.number_input(key="url:anchor").set_value(3)
     at.run()
     assert not errors_of(at) and "overlap@8" in text_of(at)
-    at.switch_page("app_pages/failures.py")
+    at.switch_page("pages/failures.py")
     at.run()
     at.slider(key="url:worst").set_value(2)
     at.run()
@@ -188,7 +188,7 @@ def test_predict_survives_hostile_uploads_and_reads_exif_gps(runs_root):
     ]
     at = new_app(runs_root)
     at.run()
-    at.switch_page("app_pages/predict.py")
+    at.switch_page("pages/predict.py")
     at.run()
     at.file_uploader(key="uploads").set_value(files)
     at.run()
@@ -251,12 +251,12 @@ def test_nothing_is_read_outside_the_runs_directory(runs_root, tmp_path):
     # And the app shows the run without thumbnails rather than failing.
     at = new_app(root)
     at.run()
-    at.switch_page("app_pages/failures.py")
+    at.switch_page("pages/failures.py")
     at.run()
     assert not errors_of(at)
     assert any("not under the runs directory" in str(i.value) for i in at.info)
     # Without a demo world, the maps fall back to place names and country outlines.
-    at.switch_page("app_pages/error_map.py")
+    at.switch_page("pages/error_map.py")
     at.run()
     assert not errors_of(at)
     assert not any("Demo world" in str(i.value) for i in at.info)

@@ -13,7 +13,7 @@ from swclip.training import experiments as ex
 
 pytestmark = [pytest.mark.xdist_group(name="app"), pytest.mark.slow]
 
-PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "experiments.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "experiments.py")
 COMMITTED = ex.find_experiments(None)
 
 
@@ -32,6 +32,7 @@ def test_page_shows_the_committed_experiment(monkeypatch, tmp_path):
     assert not at.exception, [e.value for e in at.exception]
     exp = ex.load_experiment(COMMITTED[0])
     assert at.selectbox[0].value == f"committed: {COMMITTED[0].name}"
+    assert at.selectbox[0].value == "committed: experiment-gaussian-b100.json", "opens on the README's headline protocol"
     assert exp["name"] in _text(at)
     assert ("Partial experiment" in "\n".join(str(w.value) for w in at.warning)) == (not exp["status"]["complete"])
     # the bootstrap table: one row per non-CLIP config, its Δ median is the library's, computed here independently

@@ -15,7 +15,7 @@ from tests.world_fixture import N_CITIES, N_EVAL, broken_copy, cached_world
 pytestmark = [pytest.mark.xdist_group(name="app"), pytest.mark.slow]
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGE_DIR = "pages" if (Path(APP).parent / "pages" / "error_map.py").is_file() else "app_pages"
+PAGE_DIR = "pages"
 PAGES = ["overview", "predict", "error_map", "semivariogram", "soft_labels", "neighbourhoods", "compare", "failures"]
 
 

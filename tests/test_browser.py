@@ -30,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 # url path -> the page's h1
-PAGES = {"": "Runs", "predict": "Predict a location", "error_map": "Error map", "semivariogram": "Semivariogram",
-         "soft_labels": "Soft labels", "neighbourhoods": "Neighbourhoods", "compare": "Compare two runs", "failures": "Failures"}
+PAGES = {"": "Runs", "experiments": "Experiments", "predict": "Predict a location", "error_map": "Error map",
+         "semivariogram": "Semivariogram", "soft_labels": "Soft labels", "negatives": "Negatives",
+         "neighbourhoods": "Neighbourhoods", "compare": "Compare two runs", "failures": "Failures"}
 DECK_PAGES = {"error_map", "semivariogram", "soft_labels", "neighbourhoods", "compare"}
 
 pytestmark = [
@@ -158,3 +159,35 @@ def test_every_page_in_chromium(server, tmp_path):
             assert not failed, f"static files failed to load: {failed}"
         finally:
             browser.close()
+
+
+def test_a_link_to_a_page_as_the_first_request_opens_inside_the_frame(request, tmp_path):
+    """A fresh server whose first request is ``/error_map`` must route it through app.py's st.navigation.
+
+    With a ``pages/`` folder beside app.py, Streamlit 1.67 otherwise runs that first request in its
+    legacy folder mode (the page alone, file names as the sidebar's navigation) and keeps every
+    later session in it (appkit.frame.leave_legacy_pages_mode).
+    """
+    from playwright.sync_api import sync_playwright
+
+    cache = Path(request.config.cache.mkdir("swclip_app_fixture"))
+    server = serve(fixture_runs(cache), tmp_path / "streamlit.log")
+    url = next(server)  # a server of its own: the first request must be the link
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            try:
+                for path, title in (("error_map?city=London", "Error map"), ("", "Runs")):
+                    page.goto(f"{url}/{path}")
+                    page.wait_for_selector(f'h1:has-text("{title}")', timeout=60_000)
+                    _settle(page)
+                    _no_exception(page, path or "runs")
+                    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+                    # st.navigation's titles, not the legacy mode's file names ("app", "error map", ...)
+                    assert "Experiments" in nav and "Soft labels" in nav and "error map" not in nav, f"{path}: {nav!r}"
+                    assert page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"]').count(), "no run picker"
+            finally:
+                browser.close()
+    finally:
+        server.close()

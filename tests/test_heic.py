@@ -54,8 +54,7 @@ def test_predict_page_takes_a_heic_upload_and_reads_its_gps(request, monkeypatch
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=240)
     at.query_params.update({"run": "osv5m-swclip"})
     at.run()
-    page = "pages" if (Path(__file__).resolve().parents[1] / "pages" / "predict.py").is_file() else "app_pages"
-    at.switch_page(f"{page}/predict.py")
+    at.switch_page("pages/predict.py")
     at.run()
     at.file_uploader(key="uploads").set_value([("phone.heic", heic_bytes(), "image/heic")])
     at.run()

@@ -98,7 +98,7 @@ def test_negatives_page_under_apptest(tmp_path_factory, monkeypatch):
     root = fixture_runs(tmp_path_factory.mktemp("negatives_fixture"))
     monkeypatch.setenv("SWCLIP_RUNS_DIR", str(root))
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120).run()
-    at.switch_page("app_pages/negatives.py").run()
+    at.switch_page("pages/negatives.py").run()
     assert not at.exception, [e.value for e in at.exception]
     text = "\n".join(str(m.value) for m in at.markdown) + "\n".join(str(w.value) for w in at.warning)
     assert "Negatives" in "\n".join(t.value for t in at.title)

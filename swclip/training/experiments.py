@@ -439,11 +439,16 @@ def load_experiment(path) -> dict:
     return exp
 
 
+MAIN_EXPERIMENT = "experiment-gaussian-b100.json"  # the README's headline protocol: Gaussian world, 100 m buffer
+
+
 def find_experiments(runs_root=None, results_dir=None, max_depth: int = 3) -> list[Path]:
-    """The committed experiments (``results_dir``, default RESULTS_DIR: ``benchmarks/results/experiment-*.json``),
-    then every ``experiment.json`` under ``runs_root`` at most ``max_depth`` folders down, each list sorted by path."""
+    """The committed experiments (``results_dir``, default RESULTS_DIR: ``benchmarks/results/experiment-*.json``;
+    the main protocol, MAIN_EXPERIMENT, first, then by name), then every ``experiment.json`` under ``runs_root``
+    at most ``max_depth`` folders down, sorted by path."""
     results_dir = RESULTS_DIR if results_dir is None else results_dir
-    found = sorted(Path(results_dir).glob("experiment-*.json")) if results_dir and Path(results_dir).is_dir() else []
+    committed = Path(results_dir).glob("experiment-*.json") if results_dir and Path(results_dir).is_dir() else []
+    found = sorted(committed, key=lambda p: (p.name != MAIN_EXPERIMENT, p.name))
     if runs_root is not None and Path(runs_root).is_dir():
         root = Path(runs_root)
         for depth in range(max_depth + 1):
