@@ -11,12 +11,9 @@ B = 256); speed lives here now, never in a test.
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import numpy as np
 
-from swclip.benchmark import interleaved_times, machine, write_result
+from swclip.benchmark import batch_size_args, interleaved_times, report_batch_times
 from swclip.geo import local_metres_to_degrees
 from swclip.method.soft_labels import effective_positives, soft_targets
 from swclip.viz import figures
@@ -35,11 +32,7 @@ def redraw(latlon: np.ndarray, sigma_m: float) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, nargs="+", default=[64, 256, 1024], help="batch sizes B")
-    p.add_argument("--repeats", type=int, default=8, help="timed redraws per B (σ cycles through 50/80/120 m)")
-    p.add_argument("--no-write", action="store_true", help="print only")
-    args = p.parse_args(argv)
+    args = batch_size_args(__doc__, [64, 256, 1024], "timed redraws per B (σ cycles through 50/80/120 m)", argv)
     rng = np.random.default_rng(0)
     pool = local_metres_to_degrees(rng.uniform(-2000, 2000, (max(args.batch) * 2, 2)), ORIGIN)  # a 4 km city
     figures.target_heatmap(np.eye(4), "warm-up")  # plotly's first figure pays its imports
@@ -49,13 +42,7 @@ def main(argv=None) -> int:
         ll = pool[rng.choice(len(pool), b, replace=False)]
         t = interleaved_times({"redraw": lambda: redraw(ll, float(next(sigmas)))}, args.repeats, warmup=1)["redraw"]
         rows.append({"batch": b, **t})
-    load = os.getloadavg()[0]
-    print(f"{'B':>6} {'median ms':>10} {'min ms':>8}   (1-min load {load:.1f})")
-    for r in rows:
-        print(f"{r['batch']:>6} {1000 * r['median_s']:>10.1f} {1000 * r['min_s']:>8.1f}")
-    if not args.no_write:
-        path = write_result("figures", {"what": "soft-label redraw per σ change", "load_avg_1min": load, "rows": rows})
-        print(f"wrote {path}  ({machine()['cpu_cores']} cores)")
+    report_batch_times("figures", "soft-label redraw per σ change", rows, write=not args.no_write)
     return 0
 
 

@@ -11,12 +11,9 @@ B = 256 on the 2-core machine. Prints medians and writes benchmarks/results/nega
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import numpy as np
 
-from swclip.benchmark import interleaved_times, machine, write_result
+from swclip.benchmark import batch_size_args, interleaved_times, report_batch_times
 from swclip.analysis.negatives import batch_negatives, share_by_distance, strongest_pairs
 from swclip.analysis.variogram import VariogramFit
 from swclip.geo import local_metres_to_degrees
@@ -39,11 +36,7 @@ def update(emb: np.ndarray, latlon: np.ndarray, variant: str, beta: float) -> No
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, nargs="+", default=[64, 256, 512], help="batch sizes B")
-    p.add_argument("--repeats", type=int, default=8, help="timed updates per B (variant and β alternate)")
-    p.add_argument("--no-write", action="store_true", help="print only")
-    args = p.parse_args(argv)
+    args = batch_size_args(__doc__, [64, 256, 512], "timed updates per B (variant and β alternate)", argv)
     rng = np.random.default_rng(0)
     rows = []
     for b in args.batch:
@@ -55,14 +48,7 @@ def main(argv=None) -> int:
         update(emb, ll, "swclip", 1.0)  # plotly's first figure pays its imports
         t = interleaved_times({"update": lambda: update(emb, ll, *next(settings))}, args.repeats, warmup=1)["update"]
         rows.append({"batch": b, **t})
-    load = os.getloadavg()[0]
-    print(f"{'B':>6} {'median ms':>10} {'min ms':>8}   (1-min load {load:.1f})")
-    for r in rows:
-        print(f"{r['batch']:>6} {1000 * r['median_s']:>10.1f} {1000 * r['min_s']:>8.1f}")
-    if not args.no_write:
-        path = write_result("negatives", {"what": "Negatives page update per control change", "load_avg_1min": load,
-                                          "rows": rows})
-        print(f"wrote {path}  ({machine()['cpu_cores']} cores)")
+    report_batch_times("negatives", "Negatives page update per control change", rows, write=not args.no_write)
     return 0
 
 

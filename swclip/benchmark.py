@@ -3,6 +3,7 @@ result files in benchmarks/results/ of the checkout."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -63,3 +64,23 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS_DIR / f"{name}-{machine_tag()}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return path
+
+
+def batch_size_args(doc: str, batches: list[int], repeats_help: str, argv=None):
+    """The command line of a per-batch-size benchmark: --batch B..., --repeats N, --no-write."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, nargs="+", default=batches, help="batch sizes B")
+    p.add_argument("--repeats", type=int, default=8, help=repeats_help)
+    p.add_argument("--no-write", action="store_true", help="print only")
+    return p.parse_args(argv)
+
+
+def report_batch_times(name: str, what: str, rows: list[dict], write: bool = True) -> None:
+    """Print rows of {"batch", "median_s", "min_s"} with the 1-min load; write them to results unless told not to."""
+    load = os.getloadavg()[0]
+    print(f"{'B':>6} {'median ms':>10} {'min ms':>8}   (1-min load {load:.1f})")
+    for r in rows:
+        print(f"{r['batch']:>6} {1000 * r['median_s']:>10.1f} {1000 * r['min_s']:>8.1f}")
+    if write:
+        path = write_result(name, {"what": what, "load_avg_1min": load, "rows": rows})
+        print(f"wrote {path}  ({machine()['cpu_cores']} cores)")

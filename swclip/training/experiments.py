@@ -25,6 +25,9 @@ The protocol (fixed before any test number is looked at):
 Layout of ``out``: ``world/`` (the world + split.csv), ``runs/<config>-seed<k>/`` (one
 run each; ``record.json`` written last marks it finished, so a restart skips it), and
 ``experiment.json``, rewritten after every finished run.
+
+One concept, the experiment grid (its protocol, its jobs, its runner and record), so one
+module past 400 lines; the statistics are swclip.analysis.experiment_stats.
 """
 
 from __future__ import annotations

@@ -403,21 +403,6 @@ def match_state_layout(optimizer) -> None:
                     state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
-def match_state_layout(optimizer) -> None:
-    """Give every per-parameter optimiser tensor its parameter's strides.
-
-    ``Optimizer.load_state_dict`` keeps the strides the state was saved with, so moments saved
-    from a contiguous (CPU, channels_last=false) model would not match channels-last parameters,
-    and the other way round; fused AdamW refuses such a mix.
-    """
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            for k, v in state.items():
-                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
-                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
-
-
 # --------------------------------------------------------------------------- the loop
 
 
