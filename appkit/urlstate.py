@@ -60,8 +60,13 @@ def url_widget(
         out = widget(label, key=wkey, value=value, **kwargs)
         url_set(key, tuple(out), fmt)
         return tuple(out)
-    if wkey not in st.session_state or (valid is not None and not valid(st.session_state[wkey])):
-        st.session_state[wkey] = value
+    current = st.session_state.get(wkey, value)
+    if valid is not None and not valid(current):
+        current = value
+    # Assigned on every run, not only the first: two pages may share a key (Soft labels and Negatives
+    # both have "batch") with other bounds, so another widget identity, and Streamlit starts a new
+    # identity from its minimum unless the value is set in this run (seen: B = 256 became 2).
+    st.session_state[wkey] = current
     out = widget(label, key=wkey, **kwargs)
     url_set(key, out, fmt)
     return out

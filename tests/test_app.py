@@ -121,6 +121,22 @@ def test_soft_labels_follow_the_controls(runs_root):
     assert "median effective positives per row **1.00**" in text_of(at)  # one-hot: exactly one positive per row
 
 
+def test_a_control_two_pages_share_keeps_its_value_across_the_switch(runs_root):
+    """Soft labels and Negatives both have "batch", with other bounds (so other widget identities)."""
+    at = new_app(runs_root)
+    at.query_params.update({"city": "London"})
+    at.run()
+    at.switch_page("pages/soft_labels.py")
+    at.run()
+    at.slider(key="url:batch").set_value(20)
+    at.run()
+    at.switch_page("pages/negatives.py")
+    at.run()
+    assert not errors_of(at)
+    assert at.slider(key="url:batch").value == 20 and at.query_params["batch"] == "20"
+    assert "B = 20" in text_of(at)
+
+
 def test_hand_edited_url_falls_back_to_valid_choices(runs_root):
     at = new_app(runs_root)
     at.query_params.update({"run": "../../etc", "city": "Atlantis", "sigma": "-3", "batch": "999999"})
