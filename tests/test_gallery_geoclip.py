@@ -109,6 +109,22 @@ def test_evaluation_predictions_are_csv_places_and_the_run_says_which_gallery(ev
     assert metrics["kde_bandwidth_m"] > 1_000
 
 
+def test_evaluating_again_with_geoclip100k_gives_the_same_numbers(evaluated, tmp_path):
+    import pandas as pd
+
+    from swclip.cli import main
+
+    again = tmp_path / "again"
+    shutil.copytree(evaluated, again)  # its manifest now holds the 100K gallery's bandwidth (about 2 km)
+    assert main(["evaluate", str(again), "--quiet", "--device", "cpu", "--gallery", "geoclip100k"]) == 0
+    first, second = (json.loads((run / "metrics.json").read_text()) for run in (evaluated, again))
+    assert second["kde_bandwidth_m"] == first["kde_bandwidth_m"]
+    # the training-image kNN keeps its own street-level bandwidth, not the world gallery's
+    assert second["image_knn"] == first["image_knn"]
+    pd.testing.assert_frame_equal(pd.read_parquet(again / "predictions.parquet"),
+                                  pd.read_parquet(evaluated / "predictions.parquet"))
+
+
 def test_predict_searches_geoclip100k_stored_or_encoded_on_the_fly(world_run, evaluated, places, tmp_path, capsys):
     from swclip.cli import main
     from swclip.retrieval.gallery import Gallery

@@ -172,7 +172,9 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
         images = Gallery(train_table[["lat", "lon"]].to_numpy(np.float64), train_emb, kind="image",
                          ids=train_table["image"].astype(str).to_numpy(),
                          city=train_table["city"].astype(str).to_numpy() if "city" in train_table else None)
-        image_preds = Predictor(model, images, bandwidth_m=bandwidth_m).predict_embeddings(emb, top_k)
+        # the training images lie where the training locations do: a world gallery's bandwidth is not theirs
+        image_bandwidth_m = bandwidth_m if gallery_source == "split" else None
+        image_preds = Predictor(model, images, bandwidth_m=image_bandwidth_m).predict_embeddings(emb, top_k)
         metrics["image_knn"] = summarize(errors_m(np.array([p.estimate for p in image_preds]), true))
     metrics["n_gallery"] = len(gallery)
     metrics["gallery_source"] = gallery_source
