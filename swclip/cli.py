@@ -72,12 +72,17 @@ def configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.epilog = ("examples:\n"
                 "  swclip evaluate runs/demo/swclip-s50\n"
                 "  swclip evaluate copied/run --table /data/cities/samples.csv --root /data/cities   # trained elsewhere\n"
-                "  swclip evaluate runs/x --checkpoint runs/x/checkpoints/step_00004000             # an earlier checkpoint")
+                "  swclip evaluate runs/x --checkpoint runs/x/checkpoints/step_00004000             # an earlier checkpoint\n"
+                "  swclip evaluate runs/osv5m --gallery geoclip100k                                 # world scale: GeoCLIP's gallery")
     p.add_argument("run_dir", help="run directory (holds manifest.json and model.safetensors)")
     p.add_argument("--table", help="sample table (default: the one named in the manifest)")
     p.add_argument("--root", help="image root (default: the manifest's, else the table's folder)")
     p.add_argument("--split", help="rows to evaluate (default: the manifest's eval split, else 'test')")
     p.add_argument("--gallery-split", help="rows whose locations form the gallery (default: 'train')")
+    p.add_argument("--gallery", choices=("split", "geoclip100k"), default=None,  # swclip.retrieval.gallery_source
+                   help="candidate places: split (the gallery split's locations) or geoclip100k (GeoCLIP's 100K "
+                        "coordinates, world scale; needs the geoclip wheel); either is encoded by the run's location "
+                        "tower into gallery.npz (default: the manifest's data.gallery, else split)")
     p.add_argument("--checkpoint", help="evaluate this checkpoints/step_* folder's weights (they become the run's weights)")
     p.add_argument("--top-k", type=int, default=5, help="candidates kept per sample (default 5)")
     p.add_argument("--batch-size", type=int, default=256, help="images per encoder batch (default 256)")
@@ -96,7 +101,8 @@ def run_evaluate(args) -> int:
     dist_info = init_distributed(args.device)  # under torchrun: the images are encoded sharded over the ranks
     metrics = evaluate_run(args.run_dir, table=args.table, root=args.root, split=args.split, train_split=args.gallery_split,
                            top_k=args.top_k, batch_size=args.batch_size, num_workers=args.num_workers,
-                           device=args.device, progress=not args.quiet, checkpoint=args.checkpoint)
+                           device=args.device, progress=not args.quiet, checkpoint=args.checkpoint,
+                           gallery_source=args.gallery)
     if dist_info.world_size > 1:
         import torch.distributed as dist
 
@@ -203,13 +209,16 @@ def run_synth(args) -> int:
 def configure_predict(p: argparse.ArgumentParser) -> None:
     p.description = ("Predict where street-view photos were taken with a trained run: the top-k gallery "
                      "places with probabilities, the knn-kde estimate and a confidence radius.")
-    p.epilog = "example:\n  swclip predict photo.jpg --run runs/demo/swclip-s50 --top-k 5"
+    p.epilog = ("examples:\n  swclip predict photo.jpg --run runs/demo/swclip-s50 --top-k 5\n"
+                "  swclip predict photo.jpg --run runs/osv5m --gallery geoclip100k   # world scale: GeoCLIP's 100K places")
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     p.add_argument("--run", required=True, help="run directory (holds manifest.json, model.safetensors, gallery.npz)")
     p.add_argument("--runs-root", default=None, help="refuse a --run outside this folder")
     p.add_argument("--top-k", type=int, default=5, help="places to list per image (default 5)")
-    p.add_argument("--gallery", choices=["gallery", "image_gallery"], default="gallery",
-                   help="search candidate locations (default) or training images (kNN baseline)")
+    p.add_argument("--gallery", choices=["gallery", "image_gallery", "geoclip100k"], default="gallery",
+                   help="search the run's gallery.npz (default), training images (kNN baseline) or GeoCLIP's 100K "
+                        "coordinates (world scale; encoded by the run's location tower unless `swclip evaluate "
+                        "--gallery geoclip100k` stored them as the run's gallery)")
     p.add_argument("--bandwidth-m", type=float, default=None, help="knn-kde kernel sigma in metres (default: the run's)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
 
@@ -219,7 +228,7 @@ def run_predict(args) -> int:
     from swclip.retrieval.predictor import Predictor
 
     predictor = Predictor.from_run(args.run, runs_root=args.runs_root, gallery=args.gallery,
-                                   bandwidth_m=args.bandwidth_m)
+                                   bandwidth_m=args.bandwidth_m, progress=True)
     images = [open_image(path) for path in args.images]
     for path, pred in zip(args.images, predictor.predict(images, top_k=args.top_k, progress=len(images) > 1)):
         if args.json:

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from swclip.retrieval.gallery import Gallery
+from swclip.retrieval.gallery_source import gallery_places, stored_gallery_source
 from swclip.retrieval.kde import knn_kde, median_spacing_m, softmax_np, weighted_radius_m
 from swclip.retrieval.search import SMALL_BATCH, SearchIndex, limit_threads
 from swclip.runs import load_run
@@ -93,15 +94,26 @@ class Predictor:
             self.logit_scale = float(model.scale())
 
     @classmethod
-    def from_run(cls, run_dir, runs_root=None, gallery: str = "gallery", device: str = "cpu", **kwargs) -> "Predictor":
+    def from_run(cls, run_dir, runs_root=None, gallery: str = "gallery", device: str = "cpu",
+                 progress: bool = False, **kwargs) -> "Predictor":
         """Load a run (swclip.runs.load_run) and its gallery.npz (or gallery="image_gallery").
 
-        The knn-kde bandwidth comes from ``kwargs``, else the manifest's ``kde_bandwidth_m``, else the gallery.
+        gallery="geoclip100k": GeoCLIP's 100K coordinates (swclip.retrieval.gallery_source): the run's
+        gallery.npz when its manifest says that is what it holds, else encoded now by the run's location
+        tower (a progress bar with ``progress``; ``swclip evaluate --gallery geoclip100k`` stores it once).
+        The knn-kde bandwidth comes from ``kwargs``, else the manifest's ``kde_bandwidth_m`` (unless the
+        gallery is one encoded here: that bandwidth belongs to the stored gallery), else the gallery.
         """
 
         run = load_run(run_dir, runs_root=runs_root, device=device)
-        kwargs.setdefault("bandwidth_m", run.manifest.get("kde_bandwidth_m"))
-        predictor = cls(run.model, run.gallery(gallery), **kwargs)
+        if gallery == "geoclip100k" and stored_gallery_source(run.manifest) != "geoclip100k":
+            latlon, city = gallery_places("geoclip100k", run.model)
+            places = Gallery.from_locations(run.model.eval(), latlon, city=city, progress=progress)
+        else:
+            places = run.gallery("gallery" if gallery == "geoclip100k" else gallery)
+            if kwargs.get("bandwidth_m") is None:  # the CLI passes None for "not given"
+                kwargs["bandwidth_m"] = run.manifest.get("kde_bandwidth_m")
+        predictor = cls(run.model, places, **kwargs)
         predictor.run = run
         return predictor
 

@@ -21,6 +21,7 @@ import yaml
 from swclip.io import atomic_write_bytes
 from swclip.method.model import DEMO_CONFIG, MAX_LOGIT_SCALE
 from swclip.method.soft_labels import check_kernel
+from swclip.retrieval.gallery_source import check_gallery_source
 
 MODEL_PRESET = "demo"  # `model: demo` in a YAML config means swclip.method.model.DEMO_CONFIG
 LOSSES = ("clip", "swclip", "swclip+nc", "semivariogram")
@@ -39,6 +40,7 @@ class DataConfig:
     check_images: str = "header"  # read_table's image check: header | decode | none (millions of images: none)
     train_split: str = "train"  # rows of the split column used for training
     eval_split: str = "test"  # rows evaluated by train/evaluate.py
+    gallery: str = "split"  # evaluation's candidate places: split (train_split's locations) | geoclip100k (GeoCLIP's 100K)
     preload: bool = False  # decode every training image once into memory (small data sets: the demo)
     augment: bool = True  # augmentation on every step
     num_workers: int = 0  # DataLoader workers (file-backed path)
@@ -219,6 +221,7 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"optim.accum_steps ({cfg.optim.accum_steps}) must be >= 1 and divide batch_size ({cfg.batch_size})")
     if cfg.data.format not in ("table", "osv5m"):
         raise ValueError(f"data.format {cfg.data.format!r} unknown; choose table or osv5m")
+    check_gallery_source(cfg.data.gallery, "data.gallery")
     if cfg.data.check_images not in ("header", "decode", "none"):
         raise ValueError(f"data.check_images {cfg.data.check_images!r} unknown; choose header, decode or none")
     if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -4,8 +4,11 @@
     evaluate_run("copied/run", table="/data/x.csv", root="/data")   # a run trained elsewhere
 
 What it does:
-    gallery      the training locations, duplicates removed, encoded by the location tower
-                 (swclip.retrieval.gallery.Gallery.from_locations) -> gallery.npz
+    gallery      the training locations (gallery_source="split", the default) or GeoCLIP's 100K
+                 coordinates ("geoclip100k", world scale; swclip.retrieval.gallery_source), duplicates
+                 removed, encoded by the location tower (swclip.retrieval.gallery.Gallery.from_locations)
+                 -> gallery.npz; its source goes into metrics.json ("gallery_source") and
+                 manifest.json ("gallery")
     embeddings   every eval image through model.preprocess_val and the image tower -> embeddings.npy (N, D)
     predictions  faiss top-k over the gallery (swclip.retrieval.predictor.Predictor): top-1 is the prediction
                  (pred_lat, pred_lon, error_m); the knn-kde estimate is kept beside it
@@ -39,6 +42,7 @@ from swclip import runs
 from swclip.analysis.metrics import SUMMARY_KEYS, errors_m, recall_at_k, scale_metrics, summarize
 from swclip.data import ImageDataset
 from swclip.retrieval.gallery import Gallery
+from swclip.retrieval.gallery_source import gallery_places, gallery_record, stored_gallery_source
 from swclip.retrieval.predictor import Predictor
 from swclip.retrieval.search import SearchIndex
 from swclip.runs import RESERVED_KEYS, load_run, save_run
@@ -119,9 +123,11 @@ def retrieval_recall(model, image_embeddings: np.ndarray, latlon: np.ndarray, ci
 
 
 def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
-             bandwidth_m: Optional[float] = None, progress: bool = False, image_gallery: bool = True) -> dict:
+             bandwidth_m: Optional[float] = None, progress: bool = False, image_gallery: bool = True,
+             gallery_source: str = "split") -> dict:
     """-> {"predictions": DataFrame, "embeddings": (N, D), "gallery": Gallery, "image_gallery": Gallery | None,
-    "metrics": dict}. ``image_gallery=False`` skips encoding the training images.
+    "metrics": dict}. ``image_gallery=False`` skips encoding the training images. gallery_source: the location
+    gallery's places, "split" (``train_table``'s locations) or "geoclip100k" (swclip.retrieval.gallery_source).
 
     Under torchrun every rank calls this: the images are encoded sharded (see ``encode_images``),
     the rest runs on rank 0, and the other ranks return None.
@@ -129,14 +135,13 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
     import pandas as pd
 
     model.eval()
+    places, place_city = gallery_places(gallery_source, model, train_table)  # first: a missing geoclip wheel fails fast
     emb = encode_images(model, eval_table, root, batch_size, num_workers, progress)
     train_emb = encode_images(model, train_table, root, batch_size, num_workers, progress) if image_gallery else None
     if _world()[0] != 0:
         return None
     text = getattr(getattr(model, "config", None), "location_tower", "gps") == "text"
-    train_city = train_table["city"].astype(str).tolist() if text and "city" in train_table else None
-    gallery = Gallery.from_locations(model, train_table[["lat", "lon"]].to_numpy(np.float64), city=train_city,
-                                     progress=progress)
+    gallery = Gallery.from_locations(model, places, city=place_city, progress=progress)
     predictor = Predictor(model, gallery, bandwidth_m=bandwidth_m)
     preds = predictor.predict_embeddings(emb, top_k)
     true = eval_table[["lat", "lon"]].to_numpy(np.float64)
@@ -167,9 +172,12 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
         images = Gallery(train_table[["lat", "lon"]].to_numpy(np.float64), train_emb, kind="image",
                          ids=train_table["image"].astype(str).to_numpy(),
                          city=train_table["city"].astype(str).to_numpy() if "city" in train_table else None)
-        image_preds = Predictor(model, images, bandwidth_m=bandwidth_m).predict_embeddings(emb, top_k)
+        # the training images lie where the training locations do: a world gallery's bandwidth is not theirs
+        image_bandwidth_m = bandwidth_m if gallery_source == "split" else None
+        image_preds = Predictor(model, images, bandwidth_m=image_bandwidth_m).predict_embeddings(emb, top_k)
         metrics["image_knn"] = summarize(errors_m(np.array([p.estimate for p in image_preds]), true))
     metrics["n_gallery"] = len(gallery)
+    metrics["gallery_source"] = gallery_source
     metrics["top_k"] = int(top_k)
     metrics["kde_bandwidth_m"] = predictor.bandwidth_m
     return {"predictions": df, "embeddings": emb, "gallery": gallery, "image_gallery": images, "metrics": metrics}
@@ -177,7 +185,8 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
 
 def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = None, split: Optional[str] = None,
                  train_split: Optional[str] = None, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
-                 device: str = "auto", progress: bool = False, checkpoint: Optional[str] = None) -> Optional[dict]:
+                 device: str = "auto", progress: bool = False, checkpoint: Optional[str] = None,
+                 gallery_source: Optional[str] = None) -> Optional[dict]:
     """Evaluate a run directory in place; -> metrics.
 
     table / root: the sample table and image root (default: the manifest's; give them for a run
@@ -185,7 +194,11 @@ def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = Non
     else "test" / "train"). checkpoint: evaluate these weights (a checkpoints/step_* folder)
     instead of the run's final model.safetensors; the run's model.safetensors and manifest are then
     replaced by that checkpoint's weights, so the artefacts always match the run's weights.
-    
+    gallery_source: the location gallery's places, "split" (the train_split rows' locations) or
+    "geoclip100k" (GeoCLIP's 100K coordinates); default: the manifest's data.gallery, else "split".
+    The manifest's knn-kde bandwidth is reused only for a gallery of the same source (it was
+    derived from that gallery's spacing); another source derives its own.
+
     device: "auto" (the local rank's GPU when there is one, else the CPU), "cpu", "cuda[:N]".
     Under torchrun (an initialised process group) the image encoding is sharded over the
     ranks, rank 0 writes the artefacts and returns the metrics, the other ranks return None.
@@ -217,8 +230,11 @@ def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = Non
     train_split = train_split or data.get("train_split") or "train"
     eval_rows, train_rows = _split_rows(full, split), _split_rows(full, train_split)
     root = root or full.attrs.get("root") or str(Path(table).parent)
+    gallery_source = gallery_source or data.get("gallery") or "split"
+    same_gallery = stored_gallery_source(run.manifest) == gallery_source
     res = evaluate(run.model, train_rows, eval_rows, root, top_k, batch_size, num_workers,
-                   bandwidth_m=run.manifest.get("kde_bandwidth_m"), progress=progress)
+                   bandwidth_m=run.manifest.get("kde_bandwidth_m") if same_gallery else None, progress=progress,
+                   gallery_source=gallery_source)
     if res is None:  # not rank 0: its shares are with rank 0, which writes
         return None
 
@@ -230,5 +246,6 @@ def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = Non
     metrics = {**res["metrics"], "eval_split": split, "gallery_split": train_split, "table": str(table)}
     runs.write_metrics(run_dir, metrics)
     run.update_manifest(metrics={k: metrics[k] for k in SUMMARY_KEYS if k in metrics},
-                        kde_bandwidth_m=metrics["kde_bandwidth_m"])
+                        kde_bandwidth_m=metrics["kde_bandwidth_m"],
+                        gallery=gallery_record(gallery_source, len(res["gallery"]), train_split))
     return metrics

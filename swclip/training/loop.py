@@ -604,7 +604,7 @@ def save_final(run_dir: Path, model, cfg: TrainConfig, table, run_id: str) -> No
         "nc_weight": cfg.loss.nc_weight if cfg.loss.name == "swclip+nc" else 0.0,
         "data": {"table": str(cfg.data.table), "root": str(cfg.data.root), "format": cfg.data.format,
                  "check_images": cfg.data.check_images, "train_split": cfg.data.train_split,
-                 "eval_split": cfg.data.eval_split, "synthetic": cfg.data.synthetic,
+                 "eval_split": cfg.data.eval_split, "gallery": cfg.data.gallery, "synthetic": cfg.data.synthetic,
                  "hash": table_hash(table) if table is not None else None,
                  "n_train": int(len(table)) if table is not None else None},
     }
