@@ -55,26 +55,28 @@ streets = loaders.streets(view.runs_root, run.run_id, run.stamp)
 locator = SampleLocator(samples[["lat", "lon"]].to_numpy(np.float64)) if samples is not None else None
 if not img_root:
     st.info("The run's images are not under the runs directory: the gallery shows maps and numbers only.")
-image_index = loaders.image_neighbours(view.runs_root, run.run_id, run.stamp)
-eval_emb = loaders.embeddings(view.runs_root, run.run_id, run.stamp) if image_index else None
 
 
-def nearest_training(rows, k=5):
+@st.cache_data(show_spinner="Searching the training images…", max_entries=64)
+def nearest_training(runs_root, run_id, stamp, rows, k=5):
     """{row: the k training images nearest that query in embedding space (image_gallery.npz): [(path, latlon, cos)]}.
 
-    One search for the whole page: each search reads the whole gallery (500,000 × 512 is 1 GB), so six
-    queries in one pass cost about what one does."""
+    One search for the page's rows (a tuple, in file order): each search reads the whole gallery
+    (500,000 × 512 is 1 GB), so six queries in one pass cost about what one does; cached per run and
+    rows, so a rerun that shows the same failures (another threshold, the other ranking) searches nothing."""
+    image_index = loaders.image_neighbours(runs_root, run_id, stamp)
+    eval_emb = loaders.embeddings(runs_root, run_id, stamp) if image_index else None
     if image_index is None or eval_emb is None or len(rows) == 0:
         return {}
     gallery, index = image_index
-    q = np.asarray(eval_emb[np.sort(rows)], dtype=np.float32)  # (Q, D); float16 memory map -> float32, rows in file order
+    q = np.asarray(eval_emb[list(rows)], dtype=np.float32)  # (Q, D); float16 memory map -> float32
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     scores, idx = index.search(q, k)
     return {int(r): [(gallery.ids[i], gallery.latlon[i], float(sc)) for sc, i in zip(s_r, i_r) if i >= 0]
-            for r, s_r, i_r in zip(np.sort(rows), scores, idx)}
+            for r, s_r, i_r in zip(rows, scores, idx)}
 
 
-near_by_row = nearest_training(worst["row"].to_numpy())
+near_by_row = nearest_training(view.runs_root, run.run_id, run.stamp, tuple(int(r) for r in np.sort(worst["row"].to_numpy())))
 
 
 topk = loaders.topk(view.runs_root, run.run_id, run.stamp)

@@ -251,8 +251,13 @@ def test_gamma_torch_and_gamma_match_skgstat_models(model):
     models = pytest.importorskip("skgstat.models")
     h = np.concatenate([[0.0], np.linspace(1e-3, 4000, 401)])
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    from swclip.analysis.variogram import VariogramFit, _skgstat_model
+
+    # the array formulas against scikit-gstat's own function, also near the fit's shape bounds (small; 2 / 20)
+    for r, c0, shape, b in [(50.0, 2.0, 0.05, 0.5), (3000.0, 0.9, 2.0 if model == "stable" else 20.0, 0.1)]:
+        args = (r, c0, shape, b) if model in ("stable", "matern") else (r, c0, b)
+        np.testing.assert_allclose(_skgstat_model(model)(h, *args), getattr(models, model)(h, *args), rtol=1e-12, atol=1e-12)
     for r, c0, shape, b in [(700.0, 1.3, 0.7, 0.2), (1500.0, 0.4, 1.6, 0.0)]:
-        from swclip.analysis.variogram import VariogramFit
 
         fit = VariogramFit(ok=True, model=model, nugget=b, partial_sill=c0, sill=b + c0, range_m=r,
                            shape=shape if model in ("stable", "matern") else None)
