@@ -116,9 +116,10 @@ def nearby_places(latlon_key: tuple) -> pd.DataFrame:
     return maps.nearby_places(np.asarray(latlon_key, dtype=np.float64).reshape(-1, 2))
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_resource(show_spinner=False)
 def country_outlines() -> Optional[dict]:
-    """Natural Earth 110m country outlines shipped in assets/ (None if the file is missing)."""
+    """Natural Earth 110m country outlines shipped in assets/ (None if the file is missing); one shared
+    object, read-only (swclip.viz.maps encodes it to JSON once, by identity)."""
 
     try:
         return json.loads((APP_DIR / "assets" / "ne_110m_countries.geojson").read_text())

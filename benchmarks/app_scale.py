@@ -12,9 +12,12 @@ encode, and metrics.json from the evaluation's own metric code.
 
 ``time`` drives app.py under streamlit's AppTest in this process (what the server does), per page:
 first load with cold caches (``st.cache_data`` and ``st.cache_resource`` cleared) and a rerun after one
-widget change, with the sidebar on "All cities" and on one city, then reports the process's peak RSS
-(ru_maxrss: this process is the server). Goals: first load < 5 s, rerun < 1 s, peak < 6 GB.
-Results go to benchmarks/results/app_scale-<machine>.json with the 1-minute load average.
+widget change, with the sidebar on "All cities" (named in the URL: the sidebar opens on the first city
+otherwise) and on one city, then reports the process's peak RSS (ru_maxrss: this process is the server;
+it counts the gallery's memory-mapped pages that were touched). Goals: first load < 5 s, rerun < 1 s,
+peak < 6 GB. Results go to benchmarks/results/app_scale-<label>-<machine>.json with the 1-minute load average.
+
+    ... time --runs DIR --pages semivariogram --views all --profile /tmp/prof   # cProfile of each run, one file each
 """
 
 from __future__ import annotations
@@ -171,12 +174,59 @@ def page_path(name: str) -> str:
     raise FileNotFoundError(name)
 
 
-def time_pages(runs_root: Path, pages: list[str], city: str | None, timeout_s: float = 600) -> list[dict]:
+class _ScriptProfile:
+    """cProfile of the script thread(s) AppTest starts inside ``with`` (cProfile only sees the thread that enables it)."""
+
+    def __init__(self):
+        import cProfile
+
+        self.prof = cProfile.Profile()
+
+    def _start(self, *args):
+        sys.setprofile(None)
+        self.prof.enable()
+
+    def __enter__(self):
+        import threading
+
+        threading.setprofile(self._start)
+        return self
+
+    def __exit__(self, *exc):
+        import threading
+
+        threading.setprofile(None)
+
+    def dump(self, path: Path, top: int = 30) -> None:
+        import io
+        import pstats
+
+        self.prof.dump_stats(path)
+        buf = io.StringIO()
+        pstats.Stats(str(path), stream=buf).sort_stats("cumulative").print_stats(top)
+        print(f"--- {path.name}", buf.getvalue()[:6000], sep="\n", flush=True)
+
+
+def _timed_run(at, profile_to: Path | None) -> float:
+    """at.run(), its wall time; with ``profile_to`` the script thread's cProfile is written there and summarised."""
+    if profile_to is None:
+        t0 = time.perf_counter()
+        at.run()
+        return time.perf_counter() - t0
+    with _ScriptProfile() as p:
+        t0 = time.perf_counter()
+        at.run()
+        dt = time.perf_counter() - t0
+    p.dump(profile_to)
+    return dt
+
+
+def time_pages(runs_root: Path, pages: list[str], city: str | None, timeout_s: float = 600, profile_dir: Path | None = None) -> list[dict]:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
     # Start-up first: one run of every page on an empty runs folder imports what the server imports once
-    # (streamlit, plotly, pydeck, ...), so "first load" is a page's own cold-cache cost.
+    # (streamlit, plotly, pydeck, ...; open_clip for Predict's model), so "first load" is a page's own cold-cache cost.
     import tempfile
 
     with tempfile.TemporaryDirectory() as empty:
@@ -194,20 +244,16 @@ def time_pages(runs_root: Path, pages: list[str], city: str | None, timeout_s: f
         gc.collect()  # what the cleared caches held is gone before the next page loads, as in a fresh server
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=timeout_s)
         at.query_params["run"] = "osv5m-swclip,osv5m-clip"
-        if city:
-            at.query_params["city"] = city
+        at.query_params["city"] = city or "All cities"  # the sidebar opens on the first city when the URL names none
         at.switch_page(page_path(name))
-        t0 = time.perf_counter()
-        at.run()
-        first = time.perf_counter() - t0
+        prof = (lambda phase: profile_dir / f"{name}-{'city' if city else 'all'}-{phase}.pstats") if profile_dir else (lambda phase: None)
+        first = _timed_run(at, prof("first"))
         errs = [str(e.value)[:300] for e in at.exception]
         rerun = None
         try:
             widget = getattr(at, kind)(key=key)
             widget.set_value(value)
-            t0 = time.perf_counter()
-            at.run()
-            rerun = time.perf_counter() - t0
+            rerun = _timed_run(at, prof("rerun"))
             errs += [str(e.value)[:300] for e in at.exception]
         except Exception as e:  # a page that stopped before drawing the widget
             errs.append(f"rerun: {type(e).__name__}: {e}"[:300])
@@ -215,9 +261,7 @@ def time_pages(runs_root: Path, pages: list[str], city: str | None, timeout_s: f
         if name == "predict":  # the model and the 1M-entry gallery load with the first photo
             try:
                 at.file_uploader(key="uploads").set_value([("street.jpg", _jpeg(), "image/jpeg")])
-                t0 = time.perf_counter()
-                at.run()
-                photo = time.perf_counter() - t0
+                photo = _timed_run(at, prof("photo"))
                 errs += [str(e.value)[:300] for e in at.exception]
             except Exception as e:
                 errs.append(f"photo: {type(e).__name__}: {e}"[:300])
@@ -241,6 +285,8 @@ def main(argv=None) -> int:
     t.add_argument("--city", default=None, help="one city's name (default: the first city of the run)")
     t.add_argument("--label", default="after", help="'before' or 'after' a change, stored in the JSON")
     t.add_argument("--no-write", action="store_true")
+    t.add_argument("--views", nargs="+", default=["all", "city"], choices=["all", "city"], help="'All cities', one city, or both")
+    t.add_argument("--profile", type=Path, default=None, help="a folder: cProfile each run of each page into it (slower; implies --no-write)")
     args = p.parse_args(argv)
     if args.cmd == "build":
         s = args.scale
@@ -249,14 +295,24 @@ def main(argv=None) -> int:
     import pandas as pd
 
     city = args.city or sorted(pd.read_parquet(args.runs / "osv5m-swclip" / "predictions.parquet", columns=["city"])["city"].unique())[0]
-    rows = time_pages(args.runs, args.pages, None) + time_pages(args.runs, args.pages, city)
+    t0 = time.perf_counter()
+    import open_clip  # noqa: F401  what Predict's model needs: a server imports it once, with its first photo
+
+    import_s = time.perf_counter() - t0
+    print(f"start-up: importing open_clip took {import_s:.1f} s (paid once per server, by its first photo)", flush=True)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        args.no_write = True
+    rows = []
+    for v in args.views:
+        rows += time_pages(args.runs, args.pages, None if v == "all" else city, profile_dir=args.profile)
     load = os.getloadavg()[0]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak RSS {peak:.2f} GB, 1-min load {load:.1f}")
     if not args.no_write:
         from swclip.benchmark import machine, write_result
 
-        path = write_result(f"app_scale-{args.label}", {"label": args.label, "load_avg_1min": load, "peak_rss_gb": peak,
+        path = write_result(f"app_scale-{args.label}", {"label": args.label, "load_avg_1min": load, "peak_rss_gb": peak, "open_clip_import_s": round(import_s, 2),
                                                           "machine": machine(), "rows": rows})
         print(f"wrote {path}")
     return 0

@@ -69,6 +69,18 @@ def boot(runs_root, a, a_stamp, b, b_stamp, city, n):
 table = boot(view.runs_root, ra.run_id, ra.stamp, rb.run_id, rb.stamp, city, int(n_boot))
 
 
+def change_delta(j):
+    """log2(B / A) of each pair's error (errors below 1 m count as 1 m)."""
+    return np.log2(np.maximum(j["error_b_m"].to_numpy(), 1.0) / np.maximum(j["error_a_m"].to_numpy(), 1.0))
+
+
+@st.cache_data(show_spinner="Binning the change into H3 cells…", max_entries=16)
+def change_cells(runs_root, a, a_stamp, b, b_stamp, city, edge_m):
+    """H3 cells of the median log2(B / A), keyed by run identity: 210,000 pairs take a second to bin."""
+    j = paired(runs_root, a, a_stamp, b, b_stamp, city)
+    return h3_bins(j[["lat", "lon"]].to_numpy(np.float64), change_delta(j), edge_m)
+
+
 def fmt(v, stat):
     return f"{v:.3f}" if higher_is_better(stat) else f"{v:.0f}"
 
@@ -94,7 +106,7 @@ with left:
         st.caption("Share of samples whose true spot lies inside the knn-kde density's highest-density region of at most that area "
                    "(" + ", ".join(f"{k}: {v['n_queries']:,} queries, {v['source']}" for k, v in curves.items()) + ").")
 with right:
-    delta = np.log2(np.maximum(joined["error_b_m"].to_numpy(), 1.0) / np.maximum(joined["error_a_m"].to_numpy(), 1.0))
+    delta = change_delta(joined)
     latlon = joined[["lat", "lon"]].to_numpy(np.float64)
     sc = loaders.run_scale(view.runs_root, ra.run_id, ra.stamp, city)
     if len(joined) <= POINTS_MAX:
@@ -102,7 +114,7 @@ with right:
         layer = maps.scatter_layer(pts, radius_m=16, alpha=240)
         tooltip = {"text": "{id}: A {a_m} m → B {b_m} m"}
     else:
-        bins = h3_bins(latlon, delta, sc.hex_default_m)
+        bins = change_cells(view.runs_root, ra.run_id, ra.stamp, rb.run_id, rb.stamp, city, sc.hex_default_m)
         layer = maps.hex_layer(bins, -3.0, 3.0, log=False, alpha=220, colours=maps.diverging(bins["value"], 3.0))
         tooltip = {"text": "{id} log2(B/A) {value}"}
     st.markdown(f"**Where the error changed** in {scope}: blue, B is better; red, B is worse (colour saturates at 8×)"

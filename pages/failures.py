@@ -55,19 +55,28 @@ streets = loaders.streets(view.runs_root, run.run_id, run.stamp)
 locator = SampleLocator(samples[["lat", "lon"]].to_numpy(np.float64)) if samples is not None else None
 if not img_root:
     st.info("The run's images are not under the runs directory: the gallery shows maps and numbers only.")
-image_index = loaders.image_neighbours(view.runs_root, run.run_id, run.stamp)
-eval_emb = loaders.embeddings(view.runs_root, run.run_id, run.stamp) if image_index else None
 
 
-def nearest_training(row, k=5):
-    """The k training images nearest the query in embedding space (image_gallery.npz): (path, latlon, cos)."""
-    if image_index is None or eval_emb is None:
-        return []
+@st.cache_data(show_spinner="Searching the training images…", max_entries=64)
+def nearest_training(runs_root, run_id, stamp, rows, k=5):
+    """{row: the k training images nearest that query in embedding space (image_gallery.npz): [(path, latlon, cos)]}.
+
+    One search for the page's rows (a tuple, in file order): each search reads the whole gallery
+    (500,000 × 512 is 1 GB), so six queries in one pass cost about what one does; cached per run and
+    rows, so a rerun that shows the same failures (another threshold, the other ranking) searches nothing."""
+    image_index = loaders.image_neighbours(runs_root, run_id, stamp)
+    eval_emb = loaders.embeddings(runs_root, run_id, stamp) if image_index else None
+    if image_index is None or eval_emb is None or len(rows) == 0:
+        return {}
     gallery, index = image_index
-    q = np.asarray(eval_emb[int(row["row"]) : int(row["row"]) + 1], dtype=np.float32)  # float16 memory map -> float32
+    q = np.asarray(eval_emb[list(rows)], dtype=np.float32)  # (Q, D); float16 memory map -> float32
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     scores, idx = index.search(q, k)
-    return [(gallery.ids[i], gallery.latlon[i], float(sc)) for sc, i in zip(scores[0], idx[0]) if i >= 0]
+    return {int(r): [(gallery.ids[i], gallery.latlon[i], float(sc)) for sc, i in zip(s_r, i_r) if i >= 0]
+            for r, s_r, i_r in zip(rows, scores, idx)}
+
+
+near_by_row = nearest_training(view.runs_root, run.run_id, run.stamp, tuple(int(r) for r in np.sort(worst["row"].to_numpy())))
 
 
 topk = loaders.topk(view.runs_root, run.run_id, run.stamp)
@@ -91,7 +100,7 @@ for rank, (_, row) in enumerate(worst.iterrows(), start=(page_no - 1) * int(per_
                 st.image(thumb, caption="query", width="stretch")
             st.markdown(f"**#{rank} · {row['id']}**  \n{row.get('city', '')}  \nerror **{fmt_m(row['error_m'])}**" + (f"  \nknn-kde {fmt_m(row['kde_error_m'])}" if "kde_error_m" in row else ""))
         m = matches(row)
-        near_imgs = nearest_training(row)
+        near_imgs = near_by_row.get(int(row["row"]), [])
         truth = (row["lat"], row["lon"])
         with mid:
             pred = (row["pred_lat"], row["pred_lon"])

@@ -19,11 +19,22 @@ df0 = loaders.predictions(view.runs_root, run0.run_id, run0.stamp)
 city = view.city_or_none()  # None: every city, through a seeded sample of NB_MAX samples
 where = city or "all cities"
 NB_MAX = 2_000  # kNN, overlap@k and PCA on at most this many samples (all pairs of embeddings)
+K_MAX = 24  # the k slider's top: one search at K_MAX serves every k (neighbourhood_overlap's knn=)
+
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def shares_samples(runs_root, run_id0, stamp0, city, run_id, stamp):
+    """Whether run_id has any of run_id0's samples (one city's, or all): keyed by run identity, since
+    building the two sets of 210,000 ids took a second on every rerun."""
+    d0 = loaders.predictions(runs_root, run_id0, stamp0)
+    ids0 = set((d0 if city is None else d0.loc[d0["city"].astype(str) == city])["id"].astype(str))
+    return bool(ids0 & set(loaders.predictions(runs_root, run_id, stamp)["id"].astype(str)))
+
 
 # Runs on the same evaluation samples, ordered by σ (one-hot CLIP first): the bandwidth sweep.
-ids0 = set((df0 if city is None else df0.loc[df0["city"].astype(str) == city])["id"].astype(str))
 sweep = [r for r in view.available if loaders.embeddings(view.runs_root, r.run_id, r.stamp) is not None
-         and ids0 & set(loaders.predictions(view.runs_root, r.run_id, r.stamp)["id"].astype(str))]
+         and shares_samples(view.runs_root, run0.run_id, run0.stamp, city, r.run_id, r.stamp)]
 sweep.sort(key=lambda r: (r.sigma_m or 0.0, r.run_id))
 if not sweep:
     st.warning("No run here has embeddings.npy for this city's samples.")
@@ -41,14 +52,15 @@ c1, c2 = st.columns([3, 1])
 with c1:
     run_id = urlstate.url_widget(st.radio, "Run (★: nearest to the sidebar σ)", "nrun", nearest.run_id, valid=lambda v: v in by_id, options=list(by_id), format_func=sweep_label, horizontal=True)
 with c2:
-    k = urlstate.url_widget(st.slider, "k neighbours", "k", 8, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 24, min_value=1, max_value=24)
+    k = urlstate.url_widget(st.slider, "k neighbours", "k", 8, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= K_MAX, min_value=1, max_value=K_MAX)
 run = by_id[run_id]
 
 
-@st.cache_data(show_spinner="Finding neighbours…", max_entries=64)
-def neighbourhoods(runs_root, run_id, stamp, city, k):
-    """The city's (or, for None, a seeded sample of NB_MAX) rows sorted by id, their embeddings' and
-    locations' kNN, overlap@k and a 2-D PCA. Sorted by id first, so runs on the same samples pick the same ones."""
+@st.cache_resource(show_spinner="Finding neighbours…", max_entries=16)
+def sample_knn(runs_root, run_id, stamp, city):
+    """Everything but k: the city's (or, for None, a seeded sample of NB_MAX) rows sorted by id, their
+    embeddings (N, D) and latlon (N, 2), the overlap at K_MAX (its kNN serve every smaller k) and a 2-D PCA.
+    Sorted by id first, so runs on the same samples pick the same ones. Shared, treat as read-only."""
     df = loaders.predictions(runs_root, run_id, stamp)
     pos = np.arange(len(df)) if city is None else np.flatnonzero(df["city"].astype(str).to_numpy() == city)
     pos = pos[np.argsort(df["id"].astype(str).to_numpy()[pos], kind="stable")]  # same order in every run
@@ -58,11 +70,22 @@ def neighbourhoods(runs_root, run_id, stamp, city, k):
     latlon = df.iloc[pos][["lat", "lon"]].to_numpy(np.float64)
     table = df.iloc[pos].reset_index(drop=True)
     if len(pos) < 3:
-        return table, None, None, None, None
+        return table, emb, latlon, None, None
     # One thread: on the shared 2-core machine two BLAS / OpenMP threads made the PCA's SVD 30x slower (32 s against 1 s).
     with threadpool_limits(1):
-        ov = neighbourhood_overlap(emb, latlon, min(k, len(pos) - 1))  # its kNN indices: (N, k) each
+        wide = neighbourhood_overlap(emb, latlon, min(K_MAX, len(pos) - 1))
         xy = pca_2d(emb)
+    return table, emb, latlon, wide, xy
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def neighbourhoods(runs_root, run_id, stamp, city, k):
+    """(table, embedding kNN (N, k), geographic kNN (N, k), overlap@k, PCA (N, 2)) of :func:`sample_knn`'s samples."""
+    table, emb, latlon, wide, xy = sample_knn(runs_root, run_id, stamp, city)
+    if wide is None:
+        return table, None, None, None, None
+    knn = (wide.embedding_knn, wide.geo_knn) if wide.ok else None
+    ov = neighbourhood_overlap(emb, latlon, min(k, len(table) - 1), knn=knn)
     return table, ov.embedding_knn, ov.geo_knn, ov, xy
 
 

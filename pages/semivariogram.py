@@ -8,7 +8,8 @@ from appkit import frame, loaders, urlstate
 from swclip import catalog
 from swclip.analysis.metrics import log10_error
 from swclip.analysis.spatial_stats import local_morans_i, morans_i
-from swclip.analysis.variogram import MODELS, empirical_variogram, fit_best, fit_variogram, suggest_bandwidth
+from swclip.analysis.empirical_variogram import bin_pairs, variogram_pairs
+from swclip.analysis.variogram import MODELS, fit_best, fit_variogram, suggest_bandwidth
 from swclip.viz import figures, maps
 from swclip.viz.scale import fmt_m
 
@@ -36,10 +37,11 @@ with c3:
 GLOBAL_SAMPLES = 20_000  # the global variogram's samples (seeded), whose pairs are then sampled too
 
 
-@st.cache_data(show_spinner="Fitting variograms…", max_entries=64)
-def variogram_of(runs_root, run_id, stamp, city, what, model, bins, max_lag_m):
-    """Empirical + fitted variogram of a run's embeddings ('embedding') or log10 errors ('error') in one city,
-    or over every city (city None: a seeded sample of GLOBAL_SAMPLES samples, great-circle lags up to max_lag_m)."""
+@st.cache_resource(show_spinner="Measuring pairs…", max_entries=32)
+def pairs_of(runs_root, run_id, stamp, city, what):
+    """The sampled pairs (distance, dissimilarity) of a run's embeddings ('embedding') or log10 errors
+    ('error') in one city, or over every city (city None: a seeded sample of GLOBAL_SAMPLES samples);
+    None without embeddings. Kept per run identity, so a new bin count or largest lag only rebins them."""
     r = next(x for x in loaders.discover(runs_root)[0] if x.run_id == run_id)
     rows = loaders.city_rows(runs_root, r, city)  # rows of embeddings.npy = the predictions' index
     if city is None and len(rows) > GLOBAL_SAMPLES:
@@ -49,10 +51,18 @@ def variogram_of(runs_root, run_id, stamp, city, what, model, bins, max_lag_m):
     if what == "embedding":
         emb = loaders.embeddings(runs_root, run_id, stamp)
         if emb is None:
-            return None, None
-        emp = empirical_variogram(latlon, embeddings=np.asarray(emb[rows], dtype=np.float32), bins=bins, max_lag_m=max_lag_m or None, max_pairs=300_000, seed=0)
-    else:
-        emp = empirical_variogram(latlon, values=log10_error(df["error_m"]), bins=bins, max_lag_m=max_lag_m or None, max_pairs=300_000, seed=0)
+            return None
+        return variogram_pairs(latlon, embeddings=np.asarray(emb[rows], dtype=np.float32), max_pairs=300_000, seed=0)
+    return variogram_pairs(latlon, values=log10_error(df["error_m"]), max_pairs=300_000, seed=0)
+
+
+@st.cache_data(show_spinner="Fitting variograms…", max_entries=64)
+def variogram_of(runs_root, run_id, stamp, city, what, model, bins, max_lag_m):
+    """Empirical + fitted variogram of :func:`pairs_of`'s pairs (great-circle lags up to max_lag_m, 0: auto)."""
+    pairs = pairs_of(runs_root, run_id, stamp, city, what)
+    if pairs is None:
+        return None, None
+    emp = bin_pairs(pairs, bins=bins, max_lag_m=max_lag_m or None)
     fit = fit_best(emp) if model == "best" else fit_variogram(emp, model)
     return emp, fit
 

@@ -155,6 +155,36 @@ def test_decks_serialise_without_a_basemap_token():
     assert len(spec["layers"][1]["data"]) == 2
 
 
+def test_compact_deck_json_is_pydecks_own_with_outlines_encoded_once():
+    """The app's decks write the same JSON object as pydeck's own (indented) to_json, outlines included, and
+    a GeoJSON dict shared between maps is encoded once: its second deck reuses the text (same object)."""
+    import pydeck as pdk
+
+    ll = local_metres_to_degrees(np.random.default_rng(1).uniform(-500, 500, (30, 2)), ORIGIN)
+    outlines = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": f"c{i}"}, "geometry": {"type": "Polygon", "coordinates": [[[i, 0.5], [i + 0.25, 1.0], [i, 1.5], [i, 0.5]]]}}
+        for i in range(5)]}
+    layers = maps.context_layers([], pd.DataFrame({"name": ["A"], "lat": [ORIGIN[0]], "lon": [ORIGIN[1]]}), outlines=outlines)
+    layers += [maps.scatter_layer(maps.points_frame(ll, id=[f"s{i}" for i in range(30)])), maps.hex_layer(hex_bins(ll, np.arange(30.0), 150.0), 1, 30)]
+    d = maps.deck(layers, ll, tooltip={"text": "{id}"})
+    assert json.loads(d.to_json()) == json.loads(pdk.Deck.to_json(d))
+    assert json.loads(d.to_json())["layers"][0]["data"] == outlines
+    encoded = []
+    real_dumps = json.dumps
+
+    def counting_dumps(obj, *a, **k):
+        encoded.append(obj is outlines)
+        return real_dumps(obj, *a, **k)
+
+    json.dumps = counting_dumps
+    try:
+        again = maps.deck(maps.context_layers(outlines=outlines), ll).to_json()
+    finally:
+        json.dumps = real_dumps
+    assert not any(encoded)  # the outlines came from the memo, not from a new encode
+    assert json.loads(again)["layers"][0]["data"] == outlines
+
+
 def test_nearby_places_are_offline_and_near():
     ll = np.array([[51.5072, -0.1276], [51.51, -0.12]])  # central London
     places = maps.nearby_places(ll)

@@ -136,6 +136,25 @@ def test_approximate_index_recall_at_10(kind, model):
     assert recall >= 0.95, f"{kind} recall@10 = {recall:.3f}"
 
 
+def test_flat_search_over_a_memory_map_equals_faiss_index_flat(tmp_path):
+    """The flat kind searches the caller's array in place (a float32 memory map stays one, nothing copied)
+    and answers as faiss's own IndexFlatIP does, for one query and for a batch."""
+    import faiss
+
+    x, q = _clustered(5000, 48, 0), _clustered(37, 48, 1)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    index = SearchIndex(mapped, kind="flat")
+    assert np.shares_memory(index._flat, mapped)  # no copy of the gallery
+    ref = faiss.IndexFlatIP(48)
+    ref.add(x)
+    for queries in (q[:1], q):
+        scores, idx = index.search(queries, 7)
+        ref_scores, ref_idx = ref.search(queries, 7)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-6)
+
+
 def test_search_rejects_wrong_dimension():
     with pytest.raises(ValueError, match=r"\(Q, 16\)"):
         SearchIndex(_clustered(100, 16)).search(_clustered(2, 8), 3)
@@ -164,6 +183,56 @@ def test_gallery_from_locations_dedups_and_encodes_once(model, monkeypatch):
     # and predicting with the gallery encodes images only: the locations are not encoded again
     Predictor(model, g).predict(_images(2), top_k=2, progress=False)
     assert len(encoded) == 3
+
+
+def test_gallery_load_memory_maps_the_embeddings(tmp_path):
+    """Gallery.load maps the embeddings out of the .npz (no read of the whole array), with the same values,
+    ids and locations as reading it whole; a compressed .npz (not mappable) is read whole instead."""
+    rng = np.random.default_rng(0)
+    g = Gallery(rng.uniform(-60, 60, (300, 2)), _clustered(300, 24), kind="image", ids=[f"im/{i}.jpg" for i in range(300)])
+    path = g.save(tmp_path / "g.npz")
+    mapped, whole = Gallery.load(path), Gallery.load(path, mmap=False)
+    assert isinstance(mapped.embeddings.base, np.memmap) or isinstance(mapped.embeddings, np.memmap)
+    assert not mapped.embeddings.flags.writeable and whole.embeddings.flags.writeable
+    np.testing.assert_array_equal(mapped.embeddings, g.embeddings)
+    np.testing.assert_array_equal(mapped.embeddings, whole.embeddings)
+    np.testing.assert_array_equal(mapped.latlon, g.latlon)
+    assert mapped.ids.tolist() == g.ids.tolist() and mapped.kind == "image"
+    np.savez_compressed(tmp_path / "c.npz", latlon=g.latlon, embeddings=g.embeddings, kind=np.array("image"))
+    packed = Gallery.load(tmp_path / "c.npz")
+    assert not isinstance(packed.embeddings, np.memmap) and packed.embeddings.flags.writeable
+    np.testing.assert_array_equal(packed.embeddings, g.embeddings)
+    # a member cut short: the map would run past it (into the zip's directory), so the load names the problem
+    cut = tmp_path / "cut.npz"
+    np.savez(cut, latlon=g.latlon[:10], embeddings=g.embeddings[:10])
+    raw = bytearray(cut.read_bytes())
+    shape_at = raw.index(b"(10, 24)", raw.index(b"embeddings.npy"))
+    raw[shape_at:shape_at + 8] = b"(99, 24)"  # the header now promises more rows than the member holds
+    cut.write_bytes(bytes(raw))
+    with pytest.raises(RunError, match="shorter than its header"):
+        Gallery.load(cut)
+
+
+@pytest.mark.parametrize("where", [0, 70, 299])
+def test_gallery_check_finds_bad_rows_in_any_chunk(monkeypatch, where):
+    """The finite / unit-norm check runs in chunks: a NaN row or an unnormalised row in any chunk fails it."""
+    import swclip.retrieval.gallery as gallery_mod
+
+    monkeypatch.setattr(gallery_mod, "CHECK_ROWS", 64)
+    latlon = np.zeros((300, 2))
+    bad = _clustered(300, 8)
+    bad[where, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        Gallery(latlon, bad)
+    long = _clustered(300, 8)
+    long[where] *= 1.01
+    with pytest.raises(ValueError, match=r"L2-normalised; norms range 1\.0000\.\.1\.0100"):
+        Gallery(latlon, long)
+    huge = _clustered(300, 8)
+    huge[where] = 1e30  # finite, but its squared norm overflows float32: still a norm error, not "NaN or inf"
+    with pytest.raises(ValueError, match="L2-normalised"):
+        Gallery(latlon, huge)
+    Gallery(latlon, _clustered(300, 8))  # and good rows pass
 
 
 def test_gallery_save_load_and_corruption(model, tmp_path):

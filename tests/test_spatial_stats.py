@@ -263,6 +263,25 @@ def test_neighbourhood_overlap_returns_its_knn_indices_as_a_naive_search_finds_t
         assert ov.overlap[i] == pytest.approx(len(set(ov.embedding_knn[i]) & set(ov.geo_knn[i])) / k)
 
 
+def test_neighbourhood_overlap_from_a_larger_ks_neighbours_equals_a_new_search():
+    """Given the kNN of an earlier call with a larger k, overlap@k is what a fresh search at k gives
+    (the app's k slider reuses one search), and too few columns are refused."""
+    rng = np.random.default_rng(5)
+    n = 80
+    latlon = np.column_stack([48.85 + rng.uniform(-0.02, 0.02, n), 2.35 + rng.uniform(-0.03, 0.03, n)])
+    emb = rng.normal(size=(n, 12)).astype(np.float32)
+    wide = neighbourhood_overlap(emb, latlon, 20)
+    for k in (1, 4, 9, 20):
+        fresh, reused = neighbourhood_overlap(emb, latlon, k), neighbourhood_overlap(emb, latlon, k, knn=(wide.embedding_knn, wide.geo_knn))
+        np.testing.assert_array_equal(reused.embedding_knn, fresh.embedding_knn)
+        np.testing.assert_array_equal(reused.geo_knn, fresh.geo_knn)
+        np.testing.assert_array_equal(reused.overlap, fresh.overlap)
+        np.testing.assert_allclose(reused.embedding_neighbour_dist_m, fresh.embedding_neighbour_dist_m)
+        assert reused.mean_overlap == fresh.mean_overlap and reused.chance_overlap == fresh.chance_overlap
+    with pytest.raises(ValueError, match="K >= k"):
+        neighbourhood_overlap(emb, latlon, 21, knn=(wide.embedding_knn, wide.geo_knn))
+
+
 def test_pca_2d_matches_the_covariance_eigenvectors():
     from swclip.analysis.spatial_stats import pca_2d
 

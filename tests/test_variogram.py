@@ -251,8 +251,13 @@ def test_gamma_torch_and_gamma_match_skgstat_models(model):
     models = pytest.importorskip("skgstat.models")
     h = np.concatenate([[0.0], np.linspace(1e-3, 4000, 401)])
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    from swclip.analysis.variogram import VariogramFit, _skgstat_model
+
+    # the array formulas against scikit-gstat's own function, also near the fit's shape bounds (small; 2 / 20)
+    for r, c0, shape, b in [(50.0, 2.0, 0.05, 0.5), (3000.0, 0.9, 2.0 if model == "stable" else 20.0, 0.1)]:
+        args = (r, c0, shape, b) if model in ("stable", "matern") else (r, c0, b)
+        np.testing.assert_allclose(_skgstat_model(model)(h, *args), getattr(models, model)(h, *args), rtol=1e-12, atol=1e-12)
     for r, c0, shape, b in [(700.0, 1.3, 0.7, 0.2), (1500.0, 0.4, 1.6, 0.0)]:
-        from swclip.analysis.variogram import VariogramFit
 
         fit = VariogramFit(ok=True, model=model, nugget=b, partial_sill=c0, sill=b + c0, range_m=r,
                            shape=shape if model in ("stable", "matern") else None)
@@ -393,3 +398,41 @@ def test_practical_range_is_where_gamma_reaches_95_percent(model):
                 "gaussian": 1000.0 * math.sqrt(math.log(20)) / 2}
     if model in expected:
         assert pr == pytest.approx(expected[model], rel=2e-4)
+
+
+@pytest.mark.parametrize("what", ["values", "embeddings"])
+@pytest.mark.parametrize("binning", ["fixed", "equal_count"])
+def test_binning_kept_pairs_again_equals_the_empirical_variogram(monkeypatch, what, binning):
+    """variogram_pairs + bin_pairs (the app's Semivariogram reruns: a new bin count rebins the kept pairs)
+    give what empirical_variogram gives on the same arguments: same edges and counts, sums to the last bits;
+    also when the equal-count edges come from a seeded subsample of the distances (EDGE_SAMPLE made small)."""
+    import swclip.analysis.empirical_variogram as ev
+
+    monkeypatch.setattr(ev, "EDGE_SAMPLE", 700)
+    rng = np.random.default_rng(11)
+    latlon = local_metres_to_degrees(rng.uniform(-3000, 3000, (400, 2)), (51.5, -0.1))
+    data = {"values": rng.normal(size=400)} if what == "values" else {"embeddings": rng.normal(size=(400, 16)).astype(np.float32)}
+    for max_pairs in (5_000, 200_000):  # sampled blocks, then all 79,800 pairs
+        pairs = ev.variogram_pairs(latlon, max_pairs=max_pairs, seed=3, binning=binning, **data)
+        assert pairs.all_pairs == (max_pairs == 200_000)
+        for bins, max_lag_m in ((7, None), (15, 2500.0), (np.array([0.0, 100.0, 900.0, 4000.0]), None)):
+            ref = ev.empirical_variogram(latlon, bins=bins, binning=binning, max_lag_m=max_lag_m, max_pairs=max_pairs, seed=3, **data)
+            got = ev.bin_pairs(pairs, bins, binning, max_lag_m)
+            assert got.ok and ref.ok
+            np.testing.assert_array_equal(got.bin_edges_m, ref.bin_edges_m)
+            np.testing.assert_array_equal(got.counts, ref.counts)
+            np.testing.assert_allclose(got.gamma, ref.gamma, rtol=1e-12)
+            np.testing.assert_allclose(got.lag_m, ref.lag_m, rtol=1e-12)
+            assert (got.n_pairs_sampled, got.n_pairs_total, got.all_pairs) == (ref.n_pairs_sampled, ref.n_pairs_total, ref.all_pairs)
+            assert got.mean_dissimilarity == pytest.approx(ref.mean_dissimilarity, rel=1e-12)
+
+
+def test_variogram_pairs_bad_input_and_limits():
+    from swclip.analysis.empirical_variogram import bin_pairs, variogram_pairs
+
+    latlon = local_metres_to_degrees(np.random.default_rng(0).uniform(-500, 500, (50, 2)), (51.5, -0.1))
+    flat = variogram_pairs(latlon, values=np.ones(50))
+    assert not flat.ok and "zero variance" in flat.reason
+    assert not bin_pairs(flat, 10).ok and "zero variance" in bin_pairs(flat, 10).reason
+    with pytest.raises(ValueError, match="max_pairs"):
+        variogram_pairs(latlon, values=np.arange(50.0), max_pairs=None)

@@ -163,6 +163,31 @@ def empirical_variogram(latlon: Any, values: Any = None, embeddings: Any = None,
     all samples at one spot) gives ``ok=False`` and a ``reason``; malformed
     arguments (shapes, unknown options, invalid coordinates) raise ValueError.
     """
+    inputs = _prepare(latlon, values, embeddings, dissimilarity, binning, min_samples)
+    if isinstance(inputs, EmpiricalVariogram):
+        inputs.seed = seed
+        return inputs
+    latlon, values, embeddings, dissimilarity = inputs
+    n = latlon.shape[0]
+    rng = np.random.default_rng(seed)
+    x = unit_vectors(latlon)  # (N, 3) float64
+    blocks, all_pairs = _blocks(n, max_pairs, rng)
+
+    def distances():
+        for rows, cols, upper in blocks:
+            d_m, keep = _block_distances_m(x, rows, cols, upper)
+            yield d_m[keep]
+
+    edges = _edges(bins, binning, max_lag_m, distances, sum(r.size * c.size for r, c, _ in blocks), rng)
+    if isinstance(edges, str):
+        return _no_variogram(edges, dissimilarity, n, seed)
+    pairs = (_block_pairs(x, rows, cols, upper, values, embeddings, dissimilarity) for rows, cols, upper in blocks)
+    return _binned(edges, pairs, dissimilarity, n, all_pairs, seed)
+
+
+def _prepare(latlon, values, embeddings, dissimilarity, binning, min_samples):
+    """Checked inputs (latlon, values, embeddings L2-normalised, dissimilarity), or the no-variogram result
+    for bad data; ValueError for malformed arguments (see :func:`empirical_variogram`)."""
     if (values is None) == (embeddings is None):
         raise ValueError("give exactly one of values (N,) or embeddings (N, D)")
     dissimilarity = dissimilarity or ("cosine" if embeddings is not None else "half_sq_diff")
@@ -189,16 +214,20 @@ def empirical_variogram(latlon: Any, values: Any = None, embeddings: Any = None,
             raise ValueError("dissimilarity 'half_sq_diff' needs scalar values (N,), not embeddings")
     problem = _input_problem(latlon, values, embeddings, min_samples)
     if problem:
-        return _no_variogram(problem, dissimilarity, n, seed)
+        return _no_variogram(problem, dissimilarity, n, 0)
     if embeddings is not None:
         embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return latlon, values, embeddings, dissimilarity
 
-    rng = np.random.default_rng(seed)
-    x = unit_vectors(latlon)  # (N, 3) float64
-    blocks, all_pairs = _blocks(n, max_pairs, rng)
-    edges = _edges(bins, binning, max_lag_m, x, blocks, rng)
-    if isinstance(edges, str):
-        return _no_variogram(edges, dissimilarity, n, seed)
+
+def _block_pairs(x, rows, cols, upper, values, embeddings, dissimilarity):
+    """(distances (P,) m, dissimilarities (P,)) of one block's kept pairs."""
+    d_m, keep = _block_distances_m(x, rows, cols, upper)
+    return d_m[keep], _block_dissimilarity(rows, cols, values, embeddings, dissimilarity)[keep]
+
+
+def _binned(edges, pairs, dissimilarity, n, all_pairs, seed) -> EmpiricalVariogram:
+    """Bin an iterable of (distances, dissimilarities) blocks by ``edges`` into the EmpiricalVariogram."""
     k = edges.size - 1
     counts = np.zeros(k, dtype=np.int64)
     sum_diss, sum_d = np.zeros(k), np.zeros(k)
@@ -208,10 +237,7 @@ def empirical_variogram(latlon: Any, values: Any = None, embeddings: Any = None,
     # one BLAS thread: many (256, D) x (D, 256) products spend more time in thread
     # hand-offs than in arithmetic; faster on the shared 2-core machine (benchmarks/spatial_stats.py)
     with threadpool_limits(1, user_api="blas"):
-        for rows, cols, upper in blocks:
-            d_m, keep = _block_distances_m(x, rows, cols, upper)
-            diss = _block_dissimilarity(rows, cols, values, embeddings, dissimilarity)[keep]
-            d_m = d_m[keep]
+        for d_m, diss in pairs:
             n_sampled += d_m.size
             total_diss += float(diss.sum())
             idx = np.searchsorted(edges, d_m, side="right") - 1
@@ -230,8 +256,77 @@ def empirical_variogram(latlon: Any, values: Any = None, embeddings: Any = None,
     )
 
 
-def _edges(bins, binning, max_lag_m, x, blocks, rng):
-    """Bin edges in metres (K + 1,), or a reason string when no lag exists."""
+PAIRS_MAX = 5_000_000  # pairs variogram_pairs keeps in memory (80 MB); past that, bin as you go (empirical_variogram)
+
+
+@dataclass
+class VariogramPairs:
+    """The examined pairs of an empirical variogram before binning (:func:`variogram_pairs`): a new bin
+    count, binning or largest lag bins them again (:func:`bin_pairs`) without drawing or measuring a pair.
+
+    distance_m, dissimilarity_values: (P,) float64, one entry per examined pair. ok=False (with
+    ``reason``): no variogram exists for this input, as for :class:`EmpiricalVariogram`.
+    """
+
+    ok: bool
+    reason: str = ""
+    dissimilarity: str = ""
+    distance_m: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    dissimilarity_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_samples: int = 0
+    all_pairs: bool = False
+    seed: int = 0
+    n_sampled_estimate: int = 0  # as empirical_variogram counts blocks, for the equal-count edge sample
+    rng_state: dict = field(default_factory=dict)  # the seeded generator after drawing the blocks
+
+
+def variogram_pairs(latlon: Any, values: Any = None, embeddings: Any = None, dissimilarity: Optional[str] = None,
+                    max_pairs: int = 2_000_000, seed: int = 0, min_samples: int = MIN_SAMPLES,
+                    binning: str = "fixed") -> VariogramPairs:
+    """The pairs :func:`empirical_variogram` would examine with these arguments, kept: then
+    ``bin_pairs(variogram_pairs(...), bins, binning, max_lag_m)`` equals ``empirical_variogram(...)``
+    (the same pairs, edges and counts; sums to the last bits). max_pairs: at most PAIRS_MAX."""
+    if max_pairs is None or not 1 <= max_pairs <= PAIRS_MAX:
+        raise ValueError(f"variogram_pairs keeps its pairs in memory: max_pairs must be 1 .. {PAIRS_MAX:,}, got {max_pairs}")
+    inputs = _prepare(latlon, values, embeddings, dissimilarity, binning, min_samples)
+    if isinstance(inputs, EmpiricalVariogram):
+        return VariogramPairs(ok=False, reason=inputs.reason, dissimilarity=inputs.dissimilarity, n_samples=inputs.n_samples, seed=seed)
+    latlon, values, embeddings, dissimilarity = inputs
+    n = latlon.shape[0]
+    rng = np.random.default_rng(seed)
+    x = unit_vectors(latlon)  # (N, 3) float64
+    blocks, all_pairs = _blocks(n, max_pairs, rng)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):  # as in _binned
+        pairs = [_block_pairs(x, rows, cols, upper, values, embeddings, dissimilarity) for rows, cols, upper in blocks]
+    return VariogramPairs(
+        ok=True, dissimilarity=dissimilarity, distance_m=np.concatenate([d for d, _ in pairs]),
+        dissimilarity_values=np.concatenate([v for _, v in pairs]), n_samples=n, all_pairs=all_pairs, seed=seed,
+        n_sampled_estimate=sum(r.size * c.size for r, c, _ in blocks), rng_state=rng.bit_generator.state,
+    )
+
+
+def bin_pairs(pairs: VariogramPairs, bins: Any = 20, binning: str = "fixed", max_lag_m: Optional[float] = None) -> EmpiricalVariogram:
+    """Bin :func:`variogram_pairs`' pairs into an empirical variogram (``bins``, ``binning`` and ``max_lag_m``
+    as in :func:`empirical_variogram`)."""
+    if binning not in BINNINGS:
+        raise ValueError(f"unknown binning {binning!r}; choose one of {BINNINGS}")
+    if not pairs.ok:
+        return _no_variogram(pairs.reason, pairs.dissimilarity, pairs.n_samples, pairs.seed)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = pairs.rng_state
+    edges = _edges(bins, binning, max_lag_m, lambda: [pairs.distance_m], pairs.n_sampled_estimate, rng)
+    if isinstance(edges, str):
+        return _no_variogram(edges, pairs.dissimilarity, pairs.n_samples, pairs.seed)
+    return _binned(edges, [(pairs.distance_m, pairs.dissimilarity_values)], pairs.dissimilarity, pairs.n_samples, pairs.all_pairs, pairs.seed)
+
+
+def _edges(bins, binning, max_lag_m, distances, n_sampled, rng):
+    """Bin edges in metres (K + 1,), or a reason string when no lag exists.
+
+    distances: a callable giving an iterable of the examined pairs' distances (m), block by block;
+    n_sampled: about how many there are (sets the share kept to place equal-count edges)."""
     if not np.isscalar(bins):
         edges = np.asarray(bins, dtype=np.float64)
         if edges.ndim != 1 or edges.size < 2 or edges[0] != 0 or np.any(np.diff(edges) <= 0):
@@ -242,13 +337,10 @@ def _edges(bins, binning, max_lag_m, x, blocks, rng):
     if max_lag_m is not None and not (math.isfinite(max_lag_m) and max_lag_m > 0):
         raise ValueError(f"max_lag_m must be a positive number of metres, got {max_lag_m}")
     need_sample = binning == "equal_count"
-    n_sampled = sum(r.size * c.size for r, c, _ in blocks)
     frac = min(1.0, EDGE_SAMPLE / max(n_sampled, 1))
     max_d, kept = 0.0, []
     if max_lag_m is None or need_sample:
-        for rows, cols, upper in blocks:
-            d_m, keep = _block_distances_m(x, rows, cols, upper)
-            d_m = d_m[keep]
+        for d_m in distances():
             max_d = max(max_d, float(d_m.max(initial=0.0)))
             if need_sample:
                 kept.append(d_m if frac >= 1 else d_m[rng.random(d_m.size) < frac])

@@ -312,8 +312,12 @@ def embedding_knn(embeddings: np.ndarray, k: int) -> np.ndarray:
     return _knn_without_self(idx, k)
 
 
-def neighbourhood_overlap(embeddings: Any, latlon: Any, k: int = 10) -> NeighbourhoodOverlap:
+def neighbourhood_overlap(embeddings: Any, latlon: Any, k: int = 10, knn: Optional[tuple] = None) -> NeighbourhoodOverlap:
     """overlap@k and the geographic distance to embedding neighbours; embeddings (N, D), latlon (N, 2).
+
+    knn: (embedding_knn, geo_knn), (N, K) each with K >= k, nearest first, from an earlier call with a
+    larger k (its ``embedding_knn`` / ``geo_knn``): their first k columns are used instead of searching
+    again, so a k slider costs no new search (the app's Neighbourhoods page).
 
     Embedding neighbours by exact inner-product search in faiss on
     L2-normalised rows, geographic ones by a KD-tree on unit vectors; memory
@@ -341,8 +345,13 @@ def neighbourhood_overlap(embeddings: Any, latlon: Any, k: int = 10) -> Neighbou
         reason = f"embeddings row {int(np.flatnonzero(np.linalg.norm(emb, axis=1) == 0)[0])} is all zeros"
     if reason:
         return NeighbourhoodOverlap(ok=False, reason=reason, k=k)
-    e_idx = embedding_knn(emb, k)  # (N, k)
-    g_idx = geographic_knn(latlon, k)  # (N, k)
+    if knn is not None:
+        e_idx, g_idx = (np.asarray(a)[:, :k] for a in knn)  # (N, k) each
+        if e_idx.shape != (n, k) or g_idx.shape != (n, k):
+            raise ValueError(f"knn must be two (N, K >= k) = ({n}, >= {k}) arrays, got {np.shape(knn[0])} and {np.shape(knn[1])}")
+    else:
+        e_idx = embedding_knn(emb, k)  # (N, k)
+        g_idx = geographic_knn(latlon, k)  # (N, k)
     overlap = (e_idx[:, :, None] == g_idx[:, None, :]).any(-1).sum(1) / k  # (N,)
     here = latlon[:, None, :]
     e_dist = haversine_m(here, latlon[e_idx], check=False).mean(1)

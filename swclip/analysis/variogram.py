@@ -142,24 +142,52 @@ class VariogramFit:
                 for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
-def _skgstat_model(model: str):
-    """scikit-gstat's model function, vectorised over h.
+def _spherical(h, r, c0, b=0.0):
+    a = r / 1.0
+    return np.where(h <= r, b + c0 * ((1.5 * (h / a)) - (0.5 * ((h / a) ** 3.0))), b + c0)
 
-    Its public functions are numba-jitted scalar functions mapped over h; the
-    first call of each compiles for about a second, five models in all. We call
-    the same function's plain-Python body (``py_func``): the same formula,
-    with no compile on the app's first page view or the training's first refit.
-    """
+
+def _exponential(h, r, c0, b=0.0):
+    a = r / 3.0
+    return b + c0 * (1.0 - np.exp(-(h / a)))
+
+
+def _gaussian(h, r, c0, b=0.0):
+    a = r / 2.0
+    return b + c0 * (1.0 - np.exp(-(h ** 2 / a ** 2)))
+
+
+def _stable(h, r, c0, s, b=0.0):
+    a = r / np.power(3, 1 / s)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        g = b + c0 * (1.0 - np.exp(-np.power(h / a, s)))
+    return np.where(h == 0, b, g)  # as scikit-gstat: b at lag 0 (a small s would divide by zero there)
+
+
+def _matern(h, r, c0, s, b=0.0):
+    from scipy import special
+
+    a = r / 2.0
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        g = b + c0 * (1.0 - (2 / special.gamma(s)) * np.power((h * np.sqrt(s)) / a, s) * special.kv(s, 2 * ((h * np.sqrt(s)) / a)))
+    return np.where(h == 0, b, g)
+
+
+# scikit-gstat's model formulas (skgstat.models, 1.0), written over arrays: its public functions are
+# numba-jitted scalar functions mapped over h, whose first calls compile for about a second each, and
+# whose plain-Python bodies, called once per lag, made the Semivariogram page's fits and practical
+# ranges take seconds. tests/test_variogram.py holds these to scikit-gstat's own functions on a grid.
+_MODEL_FUNCTIONS = {"spherical": _spherical, "exponential": _exponential, "gaussian": _gaussian, "stable": _stable, "matern": _matern}
+
+
+def _skgstat_model(model: str):
+    """scikit-gstat's ``model`` function, vectorised over h: (h (M,) metres, *params) -> (M,) float64."""
     if model not in MODELS:
         raise ValueError(f"unknown variogram model {model!r}; choose one of {MODELS}")
-    from skgstat import models
-
-    fn = getattr(models, model)
-    scalar = getattr(getattr(fn, "__wrapped__", fn), "py_func", fn)
+    fn = _MODEL_FUNCTIONS[model]
 
     def vectorised(h, *params):
-        h = np.ravel(np.asarray(h, dtype=np.float64))
-        return np.fromiter((scalar(float(x), *params) for x in h), dtype=np.float64, count=h.size)
+        return np.asarray(fn(np.ravel(np.asarray(h, dtype=np.float64)), *params), dtype=np.float64)
 
     return vectorised
 

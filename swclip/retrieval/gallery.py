@@ -5,11 +5,16 @@ location tower (kind="location"), or training-image embeddings with their
 locations (kind="image", the "Revisiting IM2GPS" kNN baseline, also the app's
 "nearest training images"). ``ids`` are sample ids (image paths for an image
 gallery), ``city`` the city name of each entry (read by a text tower's
-template); the two are kept apart. Stored as gallery.npz, never pickled.
+template); the two are kept apart. Stored as gallery.npz, never pickled; loaded
+with the embeddings memory-mapped from the (uncompressed) .npz, so a 1M × 512
+gallery (2 GB) opens in milliseconds and its pages stay in the OS page cache,
+shared between processes.
 """
 
 from __future__ import annotations
 
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -22,6 +27,68 @@ from swclip.geo import check_latlon
 from swclip.io import RunError, atomic_write
 
 GALLERY_KINDS = ("location", "image")
+CHECK_ROWS = 65_536  # rows per chunk of the finite / unit-norm check: no (N, D) temporaries
+
+
+def _check_unit_rows(emb: np.ndarray) -> None:
+    """ValueError unless every row of (N, D) float32 ``emb`` is finite and L2-normalised (|norm − 1| ≤ 1e-3).
+
+    One pass in chunks of CHECK_ROWS rows: a squared norm is finite exactly when its row is (short of
+    float32 overflow, which the chunk's own isfinite then tells apart), so a memory-mapped gallery is
+    read once and never copied whole.
+    """
+    lo, hi, bad = np.inf, -np.inf, False
+    for s in range(0, len(emb), CHECK_ROWS):
+        chunk = emb[s:s + CHECK_ROWS]
+        sq = np.einsum("ij,ij->i", chunk, chunk)  # (n,) squared norms
+        if not np.isfinite(sq).all():
+            if not np.isfinite(chunk).all():
+                bad = True
+                break
+            sq = np.einsum("ij,ij->i", chunk.astype(np.float64), chunk.astype(np.float64))  # finite but overflowed
+        norms = np.sqrt(sq)
+        lo, hi = min(lo, float(norms.min())), max(hi, float(norms.max()))
+    if bad:
+        raise ValueError("gallery embeddings contain NaN or inf")
+    if max(abs(lo - 1), abs(hi - 1)) > 1e-3:
+        raise ValueError(f"gallery embeddings must be L2-normalised; norms range {lo:.4f}..{hi:.4f}")
+
+
+def _npz_memmap(path: Path, member: str) -> Optional[np.ndarray]:
+    """A read-only memory map of ``member`` (e.g. "embeddings") inside the .npz at ``path``, or None when it
+    cannot be mapped (compressed, encrypted, an object array, an unknown .npy version): then read it whole.
+
+    np.savez stores members uncompressed, each a plain .npy file at some offset of the zip: its local
+    header (30 bytes + name + extra field) is skipped, then the .npy header read, and the data mapped.
+    Unlike reading through zipfile, the member's CRC is not checked.
+    """
+    with zipfile.ZipFile(path) as z:
+        try:
+            info = z.getinfo(member + ".npy")
+        except KeyError:
+            return None
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"bad local header for {member}.npy")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return None
+        offset = f.tell()
+    if dtype.hasobject:
+        return None
+    if offset + int(np.prod(shape)) * dtype.itemsize > info.header_offset + 30 + name_len + extra_len + info.file_size:
+        raise ValueError(f"{member}.npy is shorter than its header says")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 # ------------------------------------------------------------------------------------------ gallery
@@ -42,7 +109,7 @@ class Gallery:
 
     def __post_init__(self):
         self.latlon = np.ascontiguousarray(self.latlon, dtype=np.float64)
-        self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+        self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)  # a float32 memory map stays one
         check_latlon(self.latlon, "gallery latlon")
         if self.kind not in GALLERY_KINDS:
             raise ValueError(f"gallery kind must be one of {GALLERY_KINDS}, got {self.kind!r}")
@@ -51,11 +118,7 @@ class Gallery:
                              f"got {self.embeddings.shape}")
         if len(self.latlon) == 0:
             raise ValueError("gallery is empty")
-        if not np.isfinite(self.embeddings).all():
-            raise ValueError("gallery embeddings contain NaN or inf")
-        norms = np.linalg.norm(self.embeddings, axis=1)
-        if np.abs(norms - 1).max() > 1e-3:
-            raise ValueError(f"gallery embeddings must be L2-normalised; norms range {norms.min():.4f}..{norms.max():.4f}")
+        _check_unit_rows(self.embeddings)
         for name in ("ids", "city"):
             value = getattr(self, name)
             if value is not None:
@@ -109,11 +172,18 @@ class Gallery:
         return atomic_write(path, write)
 
     @classmethod
-    def load(cls, path) -> "Gallery":
-        """Inverse of :meth:`save`; RunError (a ValueError) naming the problem for a corrupt or malformed file."""
+    def load(cls, path, mmap: bool = True) -> "Gallery":
+        """Inverse of :meth:`save`; RunError (a ValueError) naming the problem for a corrupt or malformed file.
+
+        mmap: the embeddings stay a read-only memory map of the file (see :func:`_npz_memmap`; checked for
+        finite unit rows in one chunked pass); False reads them into memory.
+        """
         try:
             with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
+                mapped = _npz_memmap(Path(path), "embeddings") if mmap and "embeddings" in z.files else None
+                data = {k: z[k] for k in z.files if not (k == "embeddings" and mapped is not None)}
+            if mapped is not None:
+                data["embeddings"] = mapped
         except Exception as e:  # OSError, ValueError (pickled arrays), zipfile.BadZipFile, EOFError ...
             raise RunError(f"{path} is not a readable gallery .npz (corrupt, truncated or pickled): {e}") from None
         missing = [k for k in ("latlon", "embeddings") if k not in data]

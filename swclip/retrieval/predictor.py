@@ -87,8 +87,8 @@ class Predictor:
         self.gallery = gallery
         self.index = SearchIndex(gallery.embeddings, kind=index_kind, small_batch_threads=small_batch_threads)
         self.small_batch_threads = small_batch_threads
-        spacing = median_spacing_m(gallery.latlon)
-        self.bandwidth_m = float(bandwidth_m) if bandwidth_m else max(4.0 * spacing, 1.0)
+        # the gallery's spacing only when no bandwidth is given: a 1M-entry KD-tree takes seconds
+        self.bandwidth_m = float(bandwidth_m) if bandwidth_m else max(4.0 * median_spacing_m(gallery.latlon), 1.0)
         self.batch_size = int(batch_size)
         with torch.no_grad():
             self.logit_scale = float(model.scale())

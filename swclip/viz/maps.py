@@ -18,8 +18,10 @@ the builders swap. No function here imports streamlit.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
@@ -118,6 +120,54 @@ def paper_layer(frame_latlon: Any, margin: float = 3.0) -> pdk.Layer:
     return pdk.Layer("PolygonLayer", data=[{"polygon": ring}], get_polygon="polygon", get_fill_color=PAPER_RGBA, stroked=False, pickable=False)
 
 
+_GEOJSON_MEMO: dict = {}  # id(geojson dict) -> (the dict, its JSON); a few entries (country outlines)
+_GEOJSON_MEMO_MAX = 8
+_memo_lock = threading.Lock()
+
+
+def _geojson_text(data: dict, default) -> str:
+    """JSON of a GeoJSON dict handed to a layer, memoised by identity: the country outlines (20,000
+    coordinates) sit under every map and are shared read-only (appkit.loaders.country_outlines is a
+    cache_resource), so they are encoded once per server instead of once per map and rerun."""
+    with _memo_lock:
+        hit = _GEOJSON_MEMO.get(id(data))
+    if hit is not None and hit[0] is data:
+        return hit[1]
+    text = json.dumps(data, sort_keys=True, default=default)
+    with _memo_lock:
+        if len(_GEOJSON_MEMO) >= _GEOJSON_MEMO_MAX:
+            _GEOJSON_MEMO.pop(next(iter(_GEOJSON_MEMO)))
+        _GEOJSON_MEMO[id(data)] = (data, text)
+    return text
+
+
+class CompactDeck(pdk.Deck):
+    """A pydeck Deck whose JSON has no indentation, with GeoJSON layer data encoded once (:func:`_geojson_text`).
+
+    pydeck's ``to_json`` indents (indent=2), which makes Python's json fall back from its C encoder to
+    the pure-Python one: about 1.5 s per rerun for a map with the country outlines and a few thousand
+    points on the shared 2-core machine. Same content and keys, sorted, as pydeck writes.
+    """
+
+    def to_json(self) -> str:
+        from pydeck.bindings.json_tools import default_serialize
+
+        spliced: dict = {}
+
+        def default(o):
+            out = default_serialize(o)
+            if isinstance(out, dict) and isinstance(out.get("data"), dict):
+                token = f"@@swclip-geojson-{len(spliced)}@@"
+                spliced[json.dumps(token)] = _geojson_text(out["data"], default_serialize)
+                out["data"] = token
+            return out
+
+        text = json.dumps(self, sort_keys=True, default=default)
+        for token, data_text in spliced.items():
+            text = text.replace(token, data_text, 1)
+        return text
+
+
 def deck(layers: Sequence[pdk.Layer], frame_latlon: Any, tooltip: Optional[dict] = None, height_px: int = 430, width_px: int = 460, paper: bool = False) -> pdk.Deck:
     """A pydeck Deck framed on ``frame_latlon``, offline and with no token.
 
@@ -126,7 +176,7 @@ def deck(layers: Sequence[pdk.Layer], frame_latlon: Any, tooltip: Optional[dict]
     ``paper=True`` hides any basemap behind a light rectangle (the demo world).
     """
     layers = ([paper_layer(frame_latlon)] if paper else []) + list(layers)
-    return pdk.Deck(
+    return CompactDeck(
         layers=layers,
         initial_view_state=view_state(frame_latlon, width_px=width_px, height_px=height_px),
         map_style=None,
