@@ -267,3 +267,21 @@ def test_negative_weights_in_place_equal_the_plain_call_bit_for_bit(variant, mar
         assert torch.equal(a, b)
     assert torch.equal(h2, (h <= 700.0).float())  # and h_m became the near mask
     assert (plain[0][(h > 1200) & (h < 1300)] == 0).all() and (plain[0] != 0).any()
+
+
+def test_symmetric_cross_entropy_equals_torch_both_directions():
+    """The fused ½[CE(X, I) + CE(Xᵀ, I)] against torch's cross_entropy: value, gradient, gradcheck in float64."""
+    from swclip.method.semivariogram_loss import symmetric_cross_entropy
+
+    g = torch.Generator().manual_seed(6)
+    x = (30.0 * torch.randn(11, 11, generator=g, dtype=torch.float64)).requires_grad_()
+    labels = torch.arange(11)
+    ref = (F.cross_entropy(x, labels) + F.cross_entropy(x.T, labels)) / 2
+    (want,) = torch.autograd.grad(ref, x)
+    got = symmetric_cross_entropy(x)
+    (grad,) = torch.autograd.grad(got, x)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-12)
+    torch.testing.assert_close(grad, want, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(symmetric_cross_entropy, (x.detach()[:5, :5].clone().requires_grad_(),))
+    with pytest.raises(ValueError, match="square"):
+        symmetric_cross_entropy(x[:, :5])
