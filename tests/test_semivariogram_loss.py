@@ -203,3 +203,85 @@ def test_manifest_record_is_plain_json():
     assert rec["variant"] == "chen2025" and rec["split_m"] == 1500.0 and rec["step"] == 300 and rec["bank_size"] == 4096
     assert rec["model"] == "stable" and rec["params"]["shape"] == 1.3
     assert LossVariogram.from_dict(rec).gamma_torch(torch.tensor([800.0])).item() == pytest.approx(stable_gamma(800.0, make_fit()))
+
+
+@pytest.mark.parametrize("variant", ["swclip", "chen2025"])
+@pytest.mark.parametrize("block", [None, 7])
+def test_gradients_equal_float64_reference_with_weights_from_the_loop(variant, block, monkeypatch):
+    """Loss and gradients against autograd of the plain formulas in float64, the weights from the naive loop.
+
+    The fast path shares one B×B product between the two directions (swclip), reads the transposed
+    cross-entropy down the columns, builds the weights in place and evaluates γ in row blocks
+    (``block``: 7 elements, i.e. one row per block).
+    """
+    import swclip.method.semivariogram_loss as svl
+
+    if block is not None:
+        monkeypatch.setattr(svl, "CPU_BLOCK_ELEMENTS", block)
+    image, location, latlon = batch(14, 5, seed=4)
+    fit, split, beta, margin, scale = make_fit(range_m=900.0), 1100.0, 1.5, 0.03, 6.0
+    loss = SemivariogramWeightedLoss(variant, beta=beta, margin=margin)
+    loss.set_variogram(LossVariogram(fit, split, "practical", 0, 0))
+    v, l_ = image.clone().requires_grad_(), location.clone().requires_grad_()
+    out = loss(v, l_, torch.tensor(scale), latlon)
+    out["contrastive_loss"].backward()
+
+    n, ll, img = len(image), latlon.tolist(), image.double().tolist()
+    log_w = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                h = haversine_loop(ll[i], ll[j])
+                r = stable_gamma(h, fit) - (1 - dot(img[i], img[j]))
+                if variant == "swclip" and r > margin:
+                    log_w[i, j] = -beta * (r - margin) if h <= split else beta * (r - margin)
+                elif variant == "chen2025" and h <= split:
+                    log_w[i, j] = beta * max(0.0, -r - margin)
+    v64, l64 = image.double().requires_grad_(), location.double().requires_grad_()
+    labels = torch.arange(n)
+    if variant == "swclip":
+        ref = (F.cross_entropy(scale * v64 @ l64.T + log_w, labels) + F.cross_entropy(scale * l64 @ v64.T + log_w.T, labels)) / 2
+    else:
+        ref = F.cross_entropy(scale * (v64 @ l64.T) * log_w.exp(), labels)
+    ref.backward()
+    assert out["hard_negative_frac"] > 0 and (variant == "chen2025" or out["false_negative_frac"] > 0)
+    assert out["contrastive_loss"].item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(v.grad.double(), v64.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(l_.grad.double(), l64.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["swclip", "chen2025"])
+@pytest.mark.parametrize("margin", [0.0, 0.05])
+def test_negative_weights_in_place_equal_the_plain_call_bit_for_bit(variant, margin):
+    """The loss's in-place path and the page's plain call give the same weights and masks; a NaN γ gives weight 1."""
+    g = torch.Generator().manual_seed(5)
+    h = 3000.0 * torch.rand(40, 50, generator=g)
+    cos_dist = 2.0 * torch.rand(40, 50, generator=g)
+    gamma = 0.3 + 0.6 * (h / 1500.0).clamp(max=1.0)
+    gamma[(h > 1200) & (h < 1300)] = float("nan")
+    plain = negative_weights(variant, h, cos_dist, gamma, 700.0, 1.7, margin)
+    h2, c2 = h.clone(), cos_dist.clone()
+    fast = negative_weights(variant, h2, c2, gamma, 700.0, 1.7, margin, inplace=True)
+    assert fast[0].data_ptr() == c2.data_ptr()  # written into cos_dist
+    for a, b in zip(plain, fast):
+        assert torch.equal(a, b)
+    assert torch.equal(h2, (h <= 700.0).float())  # and h_m became the near mask
+    assert (plain[0][(h > 1200) & (h < 1300)] == 0).all() and (plain[0] != 0).any()
+
+
+def test_symmetric_cross_entropy_equals_torch_both_directions():
+    """The fused ½[CE(X, I) + CE(Xᵀ, I)] against torch's cross_entropy: value, gradient, gradcheck in float64."""
+    from swclip.method.semivariogram_loss import symmetric_cross_entropy
+
+    g = torch.Generator().manual_seed(6)
+    x = (30.0 * torch.randn(11, 11, generator=g, dtype=torch.float64)).requires_grad_()
+    labels = torch.arange(11)
+    ref = (F.cross_entropy(x, labels) + F.cross_entropy(x.T, labels)) / 2
+    (want,) = torch.autograd.grad(ref, x)
+    got = symmetric_cross_entropy(x)
+    (grad,) = torch.autograd.grad(got, x)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-12)
+    torch.testing.assert_close(grad, want, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(symmetric_cross_entropy, (x.detach()[:5, :5].clone().requires_grad_(),))
+    with pytest.raises(ValueError, match="square"):
+        symmetric_cross_entropy(x[:, :5])

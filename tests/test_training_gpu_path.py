@@ -194,6 +194,25 @@ def test_train_log_and_tensorboard_have_every_term_and_the_run_columns(tmp_path)
     assert nc == pytest.approx(log["nc_loss"].tolist(), rel=1e-6)
 
 
+def test_semivariogram_fractions_reach_train_log_and_tensorboard(tmp_path):
+    """The semivariogram loss's statistics (false / hard negative fractions, the split distance) are logged too."""
+    import pandas as pd
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from swclip.training.loop import train
+
+    cfg = tiny_cfg("semivariogram", "data.synthetic=true", "data.synthetic_size=64", "steps=3", "log_every=1",
+                   f"out_dir={tmp_path}", "run_id=sv")
+    run = train(cfg)
+    log = pd.read_csv(run / "train_log.csv")
+    stats = ["false_negative_frac", "hard_negative_frac", "variogram_range_m"]
+    assert set(stats + ["contrastive_loss", "loss"]) <= set(log.columns) and log[stats].notna().all().all()
+    assert (log["loss"] - log["contrastive_loss"]).abs().max() < 1e-6  # statistics are logged, not summed
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {f"train/{c}" for c in stats} <= set(events.Tags()["scalars"])
+
+
 # ----------------------------------------------------------------------------- torch.compile
 
 

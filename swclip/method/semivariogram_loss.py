@@ -65,6 +65,8 @@ RANGE_KINDS = ("practical", "effective")
 CHEN_BIN_RAD = 1e-3  # their lag bins
 CHEN_RHO_STEP_RAD = 1e-2  # their grid for dγ/dh
 CHEN_RHO_SLOPE = 1e-2  # per radian
+# γ(h) on the CPU in row blocks of at most this many elements (16 MB of float32), see gamma_blocked
+CPU_BLOCK_ELEMENTS = 1 << 22
 
 
 # ------------------------------------------------------------------------------------ the variogram the loss uses
@@ -171,29 +173,93 @@ def split_distance_m(variogram) -> float:
 
 
 def negative_weights(variant: str, h_m: torch.Tensor, cos_dist: torch.Tensor, gamma: torch.Tensor, split_m: float,
-                     beta: float, margin: float = 0.0):
+                     beta: float, margin: float = 0.0, inplace: bool = False):
     """Per-pair re-weighting of negatives. All inputs (B, M) float32 except split_m, beta, margin.
 
     -> (log_w (B, M), false (B, M) bool, hard (B, M) bool).
     swclip: log_w = ∓β(r − m) is added to the logits (w multiplies exp(s)).
     chen2025: log_w = β p is the log of the factor exp(β p) that multiplies the logits.
     Positives are not masked here; the caller zeroes their entries.
+    ``inplace=True`` writes log_w into ``cos_dist`` and 1.0 / 0.0 (near / far) into ``h_m`` (the loss's
+    path: at B = 4096 each (B, M) float temporary is a fresh 64-MB mapping); the values are the same
+    either way, bit for bit.
     """
-    r = gamma - cos_dist  # (B, M): > 0 when the pair is more alike than expected
-    near = h_m <= split_m
-    if variant == "swclip":
-        excess = r - margin
-        alike = excess > 0
-        false, hard = alike & near, alike & ~near
-        log_w = torch.where(false, -beta * excess, torch.where(hard, beta * excess, torch.zeros_like(r)))
-    elif variant == "chen2025":
-        p = torch.where(near, (cos_dist - gamma - margin).clamp_min(0.0), torch.zeros_like(r))
-        false, hard = near & (r > margin), p > 0
-        log_w = beta * p
-    else:
+    if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
-    log_w = torch.nan_to_num(log_w, nan=0.0, posinf=0.0, neginf=0.0)  # a γ that is NaN somewhere changes nothing there
-    return log_w, false, hard
+    log_w = cos_dist if inplace else cos_dist.clone()
+    r = torch.sub(gamma, log_w, out=log_w)  # (B, M) r = γ − c: > 0 when the pair is more alike than expected
+    near = h_m <= split_m  # (B, M) bool
+    near_f = torch.le(h_m, split_m, out=h_m) if inplace else near.float()  # (B, M) 1.0 near, 0.0 far
+    if variant == "swclip":
+        alike = r > margin  # r − m > 0
+        false = alike & near
+        hard = alike.logical_xor_(false)  # alike & ~near
+        if margin:
+            r.sub_(margin)
+        # ∓β (r − m)⁺: β (r − m) where alike (0 elsewhere), then times 1 − 2·near (−1 near, +1 far), exactly
+        r.clamp_(min=0.0).mul_(beta)
+        torch.addcmul(r, r, near_f, value=-2.0, out=r)
+    else:
+        false = near & (r > margin)
+        p = r.neg_()  # c − γ
+        if margin:
+            p.sub_(margin)
+        p.clamp_(min=0.0).mul_(near_f)  # p = max(0, c − γ − m) near, 0 beyond ρ
+        hard = p > 0
+        p.mul_(beta)
+    # a γ that is NaN (or inf) somewhere changes nothing there
+    return log_w.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0), false, hard
+
+
+def gamma_blocked(variogram, h_m: torch.Tensor) -> torch.Tensor:
+    """γ(h_m) as float32, h_m (B, K) metres -> (B, K); on the CPU in blocks of rows.
+
+    Each temporary of γ's formula (six for the exponential model) is a fresh (B, K) tensor, and glibc
+    maps every block over 32 MB anew and unmaps it when freed: at B = 4096 (64 MB) the page faults
+    took ~45 % of γ's time. Blocks of at most ``CPU_BLOCK_ELEMENTS`` come from the heap and are reused.
+    Elementwise, so the same numbers as one call.
+    """
+    if h_m.device.type != "cpu" or h_m.ndim != 2 or h_m.numel() <= CPU_BLOCK_ELEMENTS:
+        return variogram.gamma_torch(h_m).float()
+    out = torch.empty(h_m.shape, dtype=torch.float32)
+    step = max(1, CPU_BLOCK_ELEMENTS // h_m.shape[1])
+    for r0 in range(0, h_m.shape[0], step):
+        out[r0: r0 + step] = variogram.gamma_torch(h_m[r0: r0 + step])
+    return out
+
+
+class _SymmetricCrossEntropy(torch.autograd.Function):
+    """½ [CE(X, I) + CE(Xᵀ, I)] of a square X (B, B), the diagonal the positives -> scalar.
+
+    What ``(F.cross_entropy(X, I) + F.cross_entropy(X.T, I)) / 2`` computes, with three (B, B)
+    temporaries instead of about nine: row and column log-sum-exp in one reused buffer, and the
+    gradient (softmax over rows + softmax over columns − 2I) / 2B built in place.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        buf = torch.empty_like(x)
+        m_r, m_c = x.amax(1, keepdim=True), x.amax(0, keepdim=True)  # (B, 1), (1, B)
+        lse_r = torch.sub(x, m_r, out=buf).exp_().sum(1).log_().add_(m_r.squeeze(1))  # (B,)
+        lse_c = torch.sub(x, m_c, out=buf).exp_().sum(0).log_().add_(m_c.squeeze(0))  # (B,)
+        ctx.save_for_backward(x, lse_r, lse_c)
+        return (lse_r.mean() + lse_c.mean()) / 2 - x.diagonal().mean()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, lse_r, lse_c = ctx.saved_tensors
+        b = x.shape[0]
+        grad = torch.sub(x, lse_r[:, None]).exp_()  # (B, B) softmax over each row
+        grad.add_(torch.sub(x, lse_c[None, :]).exp_()).mul_(grad_out / (2 * b))  # + softmax over each column
+        grad.diagonal().sub_(grad_out / b)
+        return grad
+
+
+def symmetric_cross_entropy(logits):
+    """½ [CE(X, I) + CE(Xᵀ, I)] for square logits X (B, B) (see _SymmetricCrossEntropy) -> scalar."""
+    if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"symmetric_cross_entropy needs square (B, B) logits, got {tuple(logits.shape)}")
+    return _SymmetricCrossEntropy.apply(logits)
 
 
 # ------------------------------------------------------------------------------------ memory bank
@@ -339,17 +405,31 @@ class SemivariogramWeightedLoss(nn.Module):
             cols_latlon = torch.cat([all_latlon, queue_latlon.to(all_latlon.dtype)], 0)
             if queue_image_features is not None:  # the image queue, aligned with the GPS queue (Chen et al.)
                 cols_image = torch.cat([all_image, queue_image_features], 0)
-        logits_per_image = similarity(image_features, cols_location, logit_scale)  # (B, W·B [+ Q])
+        logits_per_image = similarity(image_features, cols_location, logit_scale)  # (B, W·B [+ Q]) float32
         log_w, stats = self._log_weights(image_features, cols_image, latlon, cols_latlon, labels)
+        # in place on the product's output: mm's backward needs its inputs, not its result
         if self.variant == "swclip":
-            logits_per_location = similarity(location_features, all_image, logit_scale)  # (B, W·B)
             if log_w is not None:
-                logits_per_image = logits_per_image + log_w
-                logits_per_location = logits_per_location + log_w[:, : all_image.shape[0]]
-            loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_location, labels)) / 2
+                logits_per_image.add_(log_w)
+            n = all_image.shape[0]
+            if self.world_size == 1:
+                # one process: the location -> image logits are the transpose (the weights are symmetric,
+                # w_ij = w_ji), so one B×B product forward and two backward instead of two and four; the
+                # transpose's cross-entropy read down the columns (a CE of Xᵀ copies X and adds a transposed
+                # gradient, ~25 % slower at B = 4096)
+                if logits_per_image.shape[1] == n:  # no queue columns: both directions in one fused pass
+                    return {"contrastive_loss": symmetric_cross_entropy(logits_per_image), **stats}
+                square = logits_per_image[:, :n]  # (B, B)
+                loss_per_location = (torch.logsumexp(square, 0) - square.diagonal()).mean()
+            else:  # this rank's locations against the gathered images: not a transpose of the above
+                logits_per_location = similarity(location_features, all_image, logit_scale)  # (B, W·B)
+                if log_w is not None:
+                    logits_per_location.add_(log_w[:, :n])
+                loss_per_location = F.cross_entropy(logits_per_location, labels)
+            loss = (F.cross_entropy(logits_per_image, labels) + loss_per_location) / 2
         else:
             if log_w is not None:
-                logits_per_image = logits_per_image * log_w.exp()  # positives have log_w = 0
+                logits_per_image.mul_(log_w.exp_())  # positives have log_w = 0, factor 1
             loss = F.cross_entropy(logits_per_image, labels)
         return {"contrastive_loss": loss, **stats}
 
@@ -363,19 +443,23 @@ class SemivariogramWeightedLoss(nn.Module):
         if self.variogram is None:
             return None, {"false_negative_frac": zero, "hard_negative_frac": zero, "variogram_range_m": zero}
         with torch.no_grad():
-            m_all = cols_latlon.shape[0]
-            h_m = pairwise_haversine_m(latlon, cols_latlon[: cols_image.shape[0]], dtype=torch.float32, check=False)
-            cos_dist = 1.0 - similarity(image_features, cols_image, 1.0)
-            gamma = self.variogram.gamma_torch(h_m).float()
+            b, k, m_all = len(labels), cols_image.shape[0], cols_latlon.shape[0]
+            h_m = pairwise_haversine_m(latlon, cols_latlon[:k], dtype=torch.float32, check=False)  # (B, K)
+            gamma = gamma_blocked(self.variogram, h_m)  # (B, K)
+            cos_dist = similarity(image_features, cols_image, 1.0).neg_().add_(1.0)  # (B, K) 1 − v_i·v_j
             split_m = split_distance_m(self.variogram)
-            log_w, false, hard = negative_weights(self.variant, h_m, cos_dist, gamma, split_m, self.beta, self.margin)
-            rows = torch.arange(len(labels), device=labels.device)
-            neg = torch.ones_like(false)
-            neg[rows, labels] = False
+            log_w, false, hard = negative_weights(self.variant, h_m, cos_dist, gamma, split_m, self.beta, self.margin,
+                                                  inplace=True)
+            del h_m, gamma
+            rows = torch.arange(b, device=labels.device)
             log_w[rows, labels] = 0.0
-            if log_w.shape[1] < m_all:  # queue columns with no image: weight 1
-                log_w = F.pad(log_w, (0, m_all - log_w.shape[1]))
-            n_neg = neg.sum().clamp_min(1)  # fractions of the negatives with an image to compare
-            stats = {"false_negative_frac": (false & neg).sum() / n_neg, "hard_negative_frac": (hard & neg).sum() / n_neg,
+            if k < m_all:  # queue columns with no image: weight 1
+                log_w = F.pad(log_w, (0, m_all - k))
+            # fractions of the negatives with an image to compare: all (B, K) pairs but each row's positive;
+            # count_nonzero: a bool (B, K) .sum() converts to int64 first, ~15x slower at B = 4096
+            n_neg = max(b * k - b, 1)
+            n_false = torch.count_nonzero(false) - torch.count_nonzero(false[rows, labels])
+            n_hard = torch.count_nonzero(hard) - torch.count_nonzero(hard[rows, labels])
+            stats = {"false_negative_frac": n_false / n_neg, "hard_negative_frac": n_hard / n_neg,
                      "variogram_range_m": torch.tensor(split_m, device=log_w.device)}
         return log_w, stats
