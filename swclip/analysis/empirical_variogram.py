@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from swclip.geo import check_latlon, chord_to_m, to_numpy, unit_vectors
 
@@ -232,8 +233,6 @@ def _binned(edges, pairs, dissimilarity, n, all_pairs, seed) -> EmpiricalVariogr
     counts = np.zeros(k, dtype=np.int64)
     sum_diss, sum_d = np.zeros(k), np.zeros(k)
     n_sampled, total_diss = 0, 0.0
-    from threadpoolctl import threadpool_limits
-
     # one BLAS thread: many (256, D) x (D, 256) products spend more time in thread
     # hand-offs than in arithmetic; faster on the shared 2-core machine (benchmarks/spatial_stats.py)
     with threadpool_limits(1, user_api="blas"):
@@ -296,8 +295,6 @@ def variogram_pairs(latlon: Any, values: Any = None, embeddings: Any = None, dis
     rng = np.random.default_rng(seed)
     x = unit_vectors(latlon)  # (N, 3) float64
     blocks, all_pairs = _blocks(n, max_pairs, rng)
-    from threadpoolctl import threadpool_limits
-
     with threadpool_limits(1, user_api="blas"):  # as in _binned
         pairs = [_block_pairs(x, rows, cols, upper, values, embeddings, dissimilarity) for rows, cols, upper in blocks]
     return VariogramPairs(
