@@ -13,6 +13,7 @@ from swclip.method.losses import (
     ClipLoss,
     NeighbourhoodConsistencyLoss,
     SoftClipLoss,
+    _WeightedNeighbourCrossEntropy,
 )
 from swclip.method.semivariogram_loss import EmbeddingMemoryBank, SemivariogramWeightedLoss
 from swclip.method.soft_labels import soft_targets
@@ -125,6 +126,60 @@ def test_neighbourhood_consistency_equals_loop_reference():
     out = SoftClipLoss(400.0, nc_weight=0.3, nc_temperature=0.2)(image, location, torch.tensor(10.0), latlon)
     assert set(out) == {"contrastive_loss", "nc_loss"}
     assert out["nc_loss"].item() == pytest.approx(0.3 * ref, rel=1e-4)
+
+
+def test_neighbourhood_consistency_gradient_matches_finite_differences_of_the_loop():
+    """The fused backward (swclip.method.losses._WeightedNeighbourCrossEntropy) against central differences of
+    the plain-loop term, for both shapes it runs in: one process (the rows are the columns) and one rank of two
+    (5 local rows against 10 gathered columns, own columns offset by the rank)."""
+    image, _, latlon = batch(10, 6, seed=11)
+    image = image.double()
+    q = soft_targets(latlon, 400.0).double()  # (10, 10)
+    tau, eps = 0.2, 1e-6
+
+    # one process: the gradient of the loop term over all rows, against every coordinate
+    v = image.clone().requires_grad_()
+    NeighbourhoodConsistencyLoss(tau)(v, v, q).backward()
+    ref = torch.zeros(10, 6, dtype=torch.float64)
+    for idx in np.ndindex(10, 6):
+        vals = []
+        for sign in (1, -1):
+            x = image.clone()
+            x[idx] += sign * eps
+            vals.append(nc_loop(x.tolist(), q.tolist(), tau))
+        ref[idx] = (vals[0] - vals[1]) / (2 * eps)
+    torch.testing.assert_close(v.grad, ref, rtol=1e-6, atol=1e-8)
+
+    # rank 1 of 2 (its rows are 5..9, against all 10 gathered columns): the fused cross-entropy alone, its local
+    # rows and the gathered columns being two separate inputs (the DDP test covers the all-reduced mass)
+    local = image[5:].clone().requires_grad_()
+    columns = image.clone().requires_grad_()
+    q_off = q[5:].clone()
+    q_off[torch.arange(5), torch.arange(5, 10)] = 0.0
+    _WeightedNeighbourCrossEntropy.apply(local, columns, q_off, q_off.sum(1), 1 / tau, torch.arange(5),
+                                         torch.arange(5, 10)).sum().backward()
+
+    def rank_term(x_rows, x_cols):  # Σ_i∈5..9 −Σ_j≠i q_ij log softmax_j≠i(x_i·x_j / τ), by loops
+        total = 0.0
+        for i in range(5, 10):
+            others = [j for j in range(10) if j != i]
+            lp = log_softmax_row([float(x_rows[i - 5] @ x_cols[j]) / tau for j in others])
+            total -= sum(q[i, j].item() * lp[k] for k, j in enumerate(others))
+        return total
+
+    def fd(which, shape):  # central differences of rank_term w.r.t. the local rows or the gathered columns
+        out = torch.zeros(shape, dtype=torch.float64)
+        for idx in np.ndindex(*shape):
+            vals = []
+            for sign in (1, -1):
+                xr, xc = image[5:].clone(), image.clone()
+                (xr if which == "rows" else xc)[idx] += sign * eps
+                vals.append(rank_term(xr, xc))
+            out[idx] = (vals[0] - vals[1]) / (2 * eps)
+        return out
+
+    torch.testing.assert_close(local.grad, fd("rows", (5, 6)), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(columns.grad, fd("cols", (10, 6)), rtol=1e-6, atol=1e-8)
 
 
 def test_neighbourhood_consistency_is_zero_without_neighbours_and_never_nan():

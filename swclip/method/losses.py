@@ -146,6 +146,68 @@ class ClipLoss(nn.Module):
 _EXCLUDED_LOGIT = -1e4
 
 
+def _plus_transpose(x, block: int = 128):
+    """x + xᵀ for a square (N, N) x, as a new tensor.
+
+    On CPU the plain ``x + x.T`` reads xᵀ with a stride of N and is as slow as a (4096, 4096) × (4096, 512)
+    product; adding the transpose in column blocks of ``block`` that stay in cache is about twice as fast
+    (B = 4096, 2 cores). Elsewhere the plain sum.
+    """
+    if x.device.type != "cpu":
+        return x + x.T
+    out = x.clone()
+    for j in range(0, x.shape[0], block):
+        out[:, j:j + block] += x[j:j + block].T
+    return out
+
+
+class _WeightedNeighbourCrossEntropy(torch.autograd.Function):
+    """Per row i: −Σ_j q_ij log softmax_j(s·a_i·b_j), with q's and the logits' own columns excluded.
+
+    The NC term's cross-entropy, fused into one (B, M) buffer: the logits become the softmax in place,
+    and the backward is dG = s·g_i·(m_i p_ij − q_ij), then one product per input. torch's
+    ``cross_entropy`` with probability targets keeps a log-softmax, multiplies it by the targets and
+    does the same again backwards: about twice the (B, M) passes. The reference it must equal is the
+    plain-loop KL in tests/test_losses.py.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, q_off, mass, scale: float, rows, cols):
+        """a: (B, D), b: (M, D), q_off: (B, M) targets with each row's own column zeroed, mass: (B,) = q_off.sum(1).
+
+        -> (B,) −Σ_j q_off_ij log p_ij with p_i = softmax over j ≠ own column of scale·a_i·b_j.
+        """
+        with torch.autocast(a.device.type, enabled=False):
+            logits = similarity(a, b, scale)  # (B, M) fp32 (or fp64 for fp64 inputs)
+            logits[rows, cols] = _EXCLUDED_LOGIT
+            q = q_off.to(logits.dtype)
+            cross = torch.bmm(q.unsqueeze(1), logits.unsqueeze(2)).view(-1)  # (B,) Σ_j q_ij logit_ij; own: 0·(−1e4)
+            top = logits.amax(1, keepdim=True)  # (B, 1)
+            p = logits.sub_(top).exp_()  # (B, M) in place: exp(logit − max)
+            total = p.sum(1, keepdim=True)
+            p.div_(total)  # softmax over j ≠ own (the own column's exp is exactly 0)
+            lse = (top + total.log()).view(-1)  # (B,)
+            m = mass.to(logits.dtype)
+        ctx.save_for_backward(a, b, q, m, p)
+        ctx.scale = scale
+        ctx.same_features = a is b  # single process: the rows are the columns (own column = diagonal)
+        return m * lse - cross
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        a, b, q, m, p = ctx.saved_tensors
+        g = grad.to(p.dtype)  # (B,)
+        d_logits = p * (g * m).unsqueeze(1)  # (B, M) a fresh buffer: p stays intact for a second backward
+        d_logits.addcmul_(q, g.unsqueeze(1), value=-1.0)  # g_i (m_i p_ij − q_ij); the own column stays 0
+        with torch.autocast(a.device.type, enabled=False):  # the scale goes on the (·, D) products: cheaper
+            if ctx.same_features:  # one process, logits = s·V Vᵀ: dV = s·(dG + dGᵀ) V, one product instead of two
+                return (_plus_transpose(d_logits) @ a.to(p.dtype)).mul_(ctx.scale).to(a.dtype), *[None] * 6
+            grad_a = (d_logits @ b.to(p.dtype)).mul_(ctx.scale).to(a.dtype) if ctx.needs_input_grad[0] else None
+            grad_b = (d_logits.T @ a.to(p.dtype)).mul_(ctx.scale).to(b.dtype) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b, None, None, None, None, None
+
+
 class NeighbourhoodConsistencyLoss(nn.Module):
     """Mass-weighted KL(Q⁰ ‖ softmax_{j≠i}(v_i·v_j / τ)) over the rows of the global batch.
 
@@ -182,16 +244,19 @@ class NeighbourhoodConsistencyLoss(nn.Module):
         with torch.no_grad():
             q_off = targets.to(torch.promote_types(targets.dtype, torch.float32)).clone()  # (B, M)
             q_off[rows, cols] = 0.0
-            mass = q_off.sum(1)  # (B,) m_i
-            # Σ_j q0 log q0 · m_i = Σ_j q_off log q_off − m_i log m_i: the KL's constant part, per row
-            neg_entropy = torch.special.xlogy(q_off, q_off).sum(1) - torch.special.xlogy(mass, mass)
+            mass = q_off.sum(1)  # (B,) m_i, exact also when tiny (no 1 − q_ii cancellation)
+            # Σ_i m_i Σ_j q0 log q0 = Σ_ij q_off log q_off − Σ_i m_i log m_i: the KL's constant part. The zeros
+            # are clamped to the smallest normal float first (0 · log(tiny) = 0): log(0) = −inf is a slow path.
+            log_q = q_off.clamp_min(torch.finfo(q_off.dtype).tiny).log_()  # (B, M)
+            neg_entropy = torch.dot(q_off.view(-1), log_q.view(-1)) - torch.special.xlogy(mass, mass).sum()
+            del log_q
             total_mass = _global_sum(mass.sum(), world_size)
-        logits = similarity(image_features, all_image_features, 1.0 / self.temperature)  # (B, M)
-        logits[rows, cols] = _EXCLUDED_LOGIT
-        # cross_entropy with the unnormalised q_off as targets gives −Σ_j q_off log p = m_i · CE(Q⁰_i, p_i)
-        weighted_ce = F.cross_entropy(logits, q_off, reduction="none")  # (B,)
-        weighted_kl = (weighted_ce + neg_entropy).sum()
-        return world_size * weighted_kl / total_mass.clamp_min(torch.finfo(q_off.dtype).tiny)
+        # Σ_i m_i · CE(Q⁰_i, p_i) = Σ_i −Σ_j q_off_ij log p_ij
+        weighted_ce = _WeightedNeighbourCrossEntropy.apply(
+            image_features, all_image_features, q_off, mass, 1.0 / self.temperature, rows, cols)  # (B,)
+        weighted_kl = weighted_ce.sum() + neg_entropy
+        # no row with mass: the sum is 0, and so is the term (dividing by 1 keeps its gradient finite and 0)
+        return world_size * weighted_kl / torch.where(total_mass > 0, total_mass, torch.ones_like(total_mass))
 
 
 class SoftClipLoss(nn.Module):
