@@ -13,7 +13,7 @@ from swclip.method.losses import (
     ClipLoss,
     NeighbourhoodConsistencyLoss,
     SoftClipLoss,
-    _WeightedNeighbourCrossEntropy,
+    _MassWeightedNeighbourKL,
 )
 from swclip.method.semivariogram_loss import EmbeddingMemoryBank, SemivariogramWeightedLoss
 from swclip.method.soft_labels import soft_targets
@@ -129,7 +129,7 @@ def test_neighbourhood_consistency_equals_loop_reference():
 
 
 def test_neighbourhood_consistency_gradient_matches_finite_differences_of_the_loop():
-    """The fused backward (swclip.method.losses._WeightedNeighbourCrossEntropy) against central differences of
+    """The fused backward (swclip.method.losses._MassWeightedNeighbourKL) against central differences of
     the plain-loop term, for both shapes it runs in: one process (the rows are the columns) and one rank of two
     (5 local rows against 10 gathered columns, own columns offset by the rank)."""
     image, _, latlon = batch(10, 6, seed=11)
@@ -150,14 +150,18 @@ def test_neighbourhood_consistency_gradient_matches_finite_differences_of_the_lo
         ref[idx] = (vals[0] - vals[1]) / (2 * eps)
     torch.testing.assert_close(v.grad, ref, rtol=1e-6, atol=1e-8)
 
-    # rank 1 of 2 (its rows are 5..9, against all 10 gathered columns): the fused cross-entropy alone, its local
-    # rows and the gathered columns being two separate inputs (the DDP test covers the all-reduced mass)
+    # rank 1 of 2 (its rows are 5..9, against all 10 gathered columns): the fused per-row m_i·KL_i alone, its
+    # local rows and the gathered columns being two separate inputs (the DDP test covers the all-reduced mass);
+    # the gradient's reference drops the KL's constant part (it does not depend on the features)
     local = image[5:].clone().requires_grad_()
     columns = image.clone().requires_grad_()
     q_off = q[5:].clone()
     q_off[torch.arange(5), torch.arange(5, 10)] = 0.0
-    _WeightedNeighbourCrossEntropy.apply(local, columns, q_off, q_off.sum(1), 1 / tau, torch.arange(5),
-                                         torch.arange(5, 10)).sum().backward()
+    per_row = _MassWeightedNeighbourKL.apply(local, columns, q_off, 1 / tau, torch.arange(5), torch.arange(5, 10))
+    per_row.sum().backward()
+    loop_rows = nc_rows(image.tolist(), q.tolist(), tau)[5:]  # (m_i, KL_i) of rows 5..9, all with mass here
+    torch.testing.assert_close(per_row.detach(), torch.tensor([m * kl for m, kl in loop_rows], dtype=torch.float64),
+                               rtol=1e-9, atol=0)
 
     def rank_term(x_rows, x_cols):  # Σ_i∈5..9 −Σ_j≠i q_ij log softmax_j≠i(x_i·x_j / τ), by loops
         total = 0.0
@@ -180,6 +184,16 @@ def test_neighbourhood_consistency_gradient_matches_finite_differences_of_the_lo
 
     torch.testing.assert_close(local.grad, fd("rows", (5, 6)), rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(columns.grad, fd("cols", (10, 6)), rtol=1e-6, atol=1e-8)
+
+
+def test_neighbourhood_consistency_refuses_a_second_backward_instead_of_a_wrong_gradient():
+    """The fused term overwrites its saved softmax with the gradient: a retain_graph second pass must raise."""
+    image, _, latlon = batch(6, 4, seed=2)
+    v = image.double().requires_grad_()
+    out = NeighbourhoodConsistencyLoss(0.2)(v, v, soft_targets(latlon, 400.0))
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="back-propagated once"):
+        out.backward()
 
 
 def test_neighbourhood_consistency_is_zero_without_neighbours_and_never_nan():

@@ -67,7 +67,7 @@ def gather_batch(image_features, location_features, latlon, world_size: int):
     return all_image, all_location, all_latlon
 
 
-def similarity(a, b, scale=None):
+def similarity(a, b, scale=None, out=None):
     """(N, D) · (M, D)ᵀ -> (N, M) in at least float32, also under autocast; optionally times ``scale``.
 
     Every B×B product of the losses goes through here. Under bf16 autocast a plain
@@ -75,14 +75,15 @@ def similarity(a, b, scale=None):
     logits, the size of the near-neighbour differences the soft labels encode. So
     autocast is switched off for the product and the inputs are upcast (float64
     inputs stay float64). ``scale`` (a scalar, e.g. the logit scale) multiplies the
-    (N, D) side, which is cheaper than scaling the (N, M) result.
+    (N, D) side, which is cheaper than scaling the (N, M) result. ``out``: an (N, M) buffer
+    of that dtype to write into (no autograd: for a custom Function's forward).
     """
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     with torch.autocast(a.device.type, enabled=False):
         a = a.to(dtype)
         if scale is not None:
             a = scale.to(dtype) * a if torch.is_tensor(scale) else scale * a
-        return a @ b.to(dtype).T
+        return torch.mm(a, b.to(dtype).T, out=out)
 
 
 def _check_inputs(image_features, location_features, latlon=None):
@@ -161,51 +162,65 @@ def _plus_transpose(x, block: int = 128):
     return out
 
 
-class _WeightedNeighbourCrossEntropy(torch.autograd.Function):
-    """Per row i: −Σ_j q_ij log softmax_j(s·a_i·b_j), with q's and the logits' own columns excluded.
+def _row_dot(x, y):
+    """Σ_j x_ij y_ij for (B, M) x and y -> (B,), without a (B, M) product temporary."""
+    return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).view(-1)
 
-    The NC term's cross-entropy, fused into one (B, M) buffer: the logits become the softmax in place,
-    and the backward is dG = s·g_i·(m_i p_ij − q_ij), then one product per input. torch's
-    ``cross_entropy`` with probability targets keeps a log-softmax, multiplies it by the targets and
-    does the same again backwards: about twice the (B, M) passes. The reference it must equal is the
-    plain-loop KL in tests/test_losses.py.
+
+class _MassWeightedNeighbourKL(torch.autograd.Function):
+    """Per row i: m_i · KL(Q⁰_i ‖ p_i), p_i = softmax over j ≠ own of s·a_i·b_j, m_i = Σ_j q_ij (own column 0).
+
+        m_i KL_i = Σ_j q_ij log q_ij − m_i log m_i − Σ_j q_ij log p_ij
+        −Σ_j q_ij log p_ij = m_i lse_i − Σ_j q_ij logit_ij
+
+    Fused so that the forward needs one (B, M) buffer: it holds log q (for the constant part), then the
+    logits, then the softmax, which the backward overwrites with dG = g_i (m_i p_ij − q_ij) before one
+    product per input (one in all when the rows are the columns, dV = s·(dG + dGᵀ) V). torch's
+    ``cross_entropy`` with probability targets keeps a log-softmax and a product with the targets, and
+    as many again backwards; on CPU every fresh (B, M) buffer also costs its page faults. The reference
+    it must equal is the plain-loop KL in tests/test_losses.py.
     """
 
     @staticmethod
-    def forward(ctx, a, b, q_off, mass, scale: float, rows, cols):
-        """a: (B, D), b: (M, D), q_off: (B, M) targets with each row's own column zeroed, mass: (B,) = q_off.sum(1).
+    def forward(ctx, a, b, q_off, scale: float, rows, cols):
+        """a: (B, D), b: (M, D), q_off: (B, M) targets with each row's own column (rows, cols) zeroed.
 
-        -> (B,) −Σ_j q_off_ij log p_ij with p_i = softmax over j ≠ own column of scale·a_i·b_j.
+        -> (B,) m_i · KL_i in float32 (float64 for float64 inputs).
         """
         with torch.autocast(a.device.type, enabled=False):
-            logits = similarity(a, b, scale)  # (B, M) fp32 (or fp64 for fp64 inputs)
+            dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+            q = q_off.to(dtype)
+            m = q.sum(1)  # (B,)
+            buf = torch.empty(q.shape, dtype=dtype, device=q.device)  # (B, M)
+            # zeros clamped to the smallest normal float (0 · log(tiny) = 0): log(0) = −inf is a slow path
+            q_log_q = _row_dot(q, torch.clamp(q, min=torch.finfo(dtype).tiny, out=buf).log_())  # (B,)
+            logits = similarity(a, b, scale, out=buf)  # (B, M), the same buffer
             logits[rows, cols] = _EXCLUDED_LOGIT
-            q = q_off.to(logits.dtype)
-            cross = torch.bmm(q.unsqueeze(1), logits.unsqueeze(2)).view(-1)  # (B,) Σ_j q_ij logit_ij; own: 0·(−1e4)
+            cross = _row_dot(q, logits)  # (B,) Σ_j q_ij logit_ij; the own column is 0 · (−1e4)
             top = logits.amax(1, keepdim=True)  # (B, 1)
-            p = logits.sub_(top).exp_()  # (B, M) in place: exp(logit − max)
+            p = logits.sub_(top).exp_()  # exp(logit − max), in place
             total = p.sum(1, keepdim=True)
             p.div_(total)  # softmax over j ≠ own (the own column's exp is exactly 0)
             lse = (top + total.log()).view(-1)  # (B,)
-            m = mass.to(logits.dtype)
         ctx.save_for_backward(a, b, q, m, p)
-        ctx.scale = scale
-        ctx.same_features = a is b  # single process: the rows are the columns (own column = diagonal)
-        return m * lse - cross
+        ctx.scale, ctx.same_features, ctx.spent = scale, a is b, False  # a is b: one process, own = diagonal
+        return q_log_q - torch.special.xlogy(m, m) + m * lse - cross
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
+        if ctx.spent:  # the softmax buffer became the gradient: a second pass would read garbage
+            raise RuntimeError("the neighbourhood-consistency term can be back-propagated once (no retain_graph)")
+        ctx.spent = True
         a, b, q, m, p = ctx.saved_tensors
         g = grad.to(p.dtype)  # (B,)
-        d_logits = p * (g * m).unsqueeze(1)  # (B, M) a fresh buffer: p stays intact for a second backward
-        d_logits.addcmul_(q, g.unsqueeze(1), value=-1.0)  # g_i (m_i p_ij − q_ij); the own column stays 0
+        d_logits = p.mul_((g * m).unsqueeze(1)).addcmul_(q, g.unsqueeze(1), value=-1.0)  # (B, M) in place; own: 0
         with torch.autocast(a.device.type, enabled=False):  # the scale goes on the (·, D) products: cheaper
-            if ctx.same_features:  # one process, logits = s·V Vᵀ: dV = s·(dG + dGᵀ) V, one product instead of two
-                return (_plus_transpose(d_logits) @ a.to(p.dtype)).mul_(ctx.scale).to(a.dtype), *[None] * 6
+            if ctx.same_features:
+                return (_plus_transpose(d_logits) @ a.to(p.dtype)).mul_(ctx.scale).to(a.dtype), *[None] * 5
             grad_a = (d_logits @ b.to(p.dtype)).mul_(ctx.scale).to(a.dtype) if ctx.needs_input_grad[0] else None
             grad_b = (d_logits.T @ a.to(p.dtype)).mul_(ctx.scale).to(b.dtype) if ctx.needs_input_grad[1] else None
-        return grad_a, grad_b, None, None, None, None, None
+        return grad_a, grad_b, None, None, None, None
 
 
 class NeighbourhoodConsistencyLoss(nn.Module):
@@ -243,18 +258,10 @@ class NeighbourhoodConsistencyLoss(nn.Module):
         cols = _self_columns(b, rank, targets.device)
         with torch.no_grad():
             q_off = targets.to(torch.promote_types(targets.dtype, torch.float32)).clone()  # (B, M)
-            q_off[rows, cols] = 0.0
-            mass = q_off.sum(1)  # (B,) m_i, exact also when tiny (no 1 − q_ii cancellation)
-            # Σ_i m_i Σ_j q0 log q0 = Σ_ij q_off log q_off − Σ_i m_i log m_i: the KL's constant part. The zeros
-            # are clamped to the smallest normal float first (0 · log(tiny) = 0): log(0) = −inf is a slow path.
-            log_q = q_off.clamp_min(torch.finfo(q_off.dtype).tiny).log_()  # (B, M)
-            neg_entropy = torch.dot(q_off.view(-1), log_q.view(-1)) - torch.special.xlogy(mass, mass).sum()
-            del log_q
-            total_mass = _global_sum(mass.sum(), world_size)
-        # Σ_i m_i · CE(Q⁰_i, p_i) = Σ_i −Σ_j q_off_ij log p_ij
-        weighted_ce = _WeightedNeighbourCrossEntropy.apply(
-            image_features, all_image_features, q_off, mass, 1.0 / self.temperature, rows, cols)  # (B,)
-        weighted_kl = weighted_ce.sum() + neg_entropy
+            q_off[rows, cols] = 0.0  # m_i = Σ_j q_off_ij is then exact also when tiny (no 1 − q_ii cancellation)
+            total_mass = _global_sum(q_off.sum(), world_size)
+        weighted_kl = _MassWeightedNeighbourKL.apply(
+            image_features, all_image_features, q_off, 1.0 / self.temperature, rows, cols).sum()  # Σ_i m_i KL_i
         # no row with mass: the sum is 0, and so is the term (dividing by 1 keeps its gradient finite and 0)
         return world_size * weighted_kl / torch.where(total_mass > 0, total_mass, torch.ones_like(total_mass))
 
