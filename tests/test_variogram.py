@@ -249,7 +249,8 @@ def test_nugget_false_fixes_nugget_at_zero(small_field):
 @pytest.mark.parametrize("model", MODELS)
 def test_gamma_torch_and_gamma_match_skgstat_models(model):
     models = pytest.importorskip("skgstat.models")
-    h = np.concatenate([[0.0], np.linspace(1e-3, 4000, 401)])
+    # lag 0, lags from a millimetre up (log-spaced: where a small Matérn smoothness rises steeply) and a linear grid
+    h = np.concatenate([[0.0], np.geomspace(1e-3, 50.0, 60), np.linspace(1e-3, 4000, 401)])
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     from swclip.analysis.variogram import VariogramFit, _skgstat_model
 
@@ -257,14 +258,16 @@ def test_gamma_torch_and_gamma_match_skgstat_models(model):
     for r, c0, shape, b in [(50.0, 2.0, 0.05, 0.5), (3000.0, 0.9, 2.0 if model == "stable" else 20.0, 0.1)]:
         args = (r, c0, shape, b) if model in ("stable", "matern") else (r, c0, b)
         np.testing.assert_allclose(_skgstat_model(model)(h, *args), getattr(models, model)(h, *args), rtol=1e-12, atol=1e-12)
-    for r, c0, shape, b in [(700.0, 1.3, 0.7, 0.2), (1500.0, 0.4, 1.6, 0.0)]:
+    # shapes at the fit's bounds too (0.05: nearly a jump at lag 0; 20 for the Matérn, 2 for the stable)
+    for r, c0, shape, b in [(700.0, 1.3, 0.7, 0.2), (1500.0, 0.4, 1.6, 0.0), (600.0, 0.9, 0.05, 0.3),
+                            (900.0, 0.9, 2.0 if model == "stable" else 20.0, 0.1)]:
 
         fit = VariogramFit(ok=True, model=model, nugget=b, partial_sill=c0, sill=b + c0, range_m=r,
                            shape=shape if model in ("stable", "matern") else None)
         args = (r, c0, shape, b) if model in ("stable", "matern") else (r, c0, b)
         ref = getattr(models, model)(h, *args)  # the public (numba) function
         np.testing.assert_allclose(fit.gamma(h), ref, rtol=1e-12, atol=1e-12)
-        tol = 1e-4 if model == "matern" else 1e-9  # Matérn: linear interpolation of a fine table
+        tol = 1e-4 if model == "matern" else 1e-9  # Matérn: linear interpolation of a fine table in log h
         for device in devices:
             out = fit.gamma_torch(torch.tensor(h, dtype=torch.float64, device=device))
             assert out.device.type == device and out.dtype == torch.float64
