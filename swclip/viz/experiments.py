@@ -74,8 +74,9 @@ def sigma_figure(table: pd.DataFrame, metric: str = "median_m", split: str = "te
     for xv, colour, dash, text in marks:
         traces.append(go.Scatter(x=[xv, xv], y=[y0, y1], mode="lines", line=dict(color=colour, dash=dash, width=2),
                                  name=text, hovertemplate=text + "<extra></extra>"))
-    return _fig(title or f"{label} on {split} against σ", traces, xaxis=dict(type="log", title="σ (m)"),
-                yaxis=dict(title=label), height=460)
+    # ticks at the grid's own σ values, in metres: plotly's log-axis minor ticks read "2, 3, 5" without a unit
+    xaxis = dict(type="log", title="σ (m)", tickvals=x.tolist(), ticktext=[f"{v:g} m" for v in x], minor=dict(ticks=""))
+    return _fig(title or f"{label} on {split} against σ", traces, xaxis=xaxis, yaxis=dict(title=label), height=460)
 
 
 HEADLINE_CONFIGS = ("clip", "swclip (val σ)", "swclip-var", "swclip+nc (val σ, λ)", "semivariogram")
