@@ -89,3 +89,55 @@ def test_verdicts_on_a_bootstrap_table_agree_with_the_data():
     assert list(v) == [verdict(r.statistic, r.diff_lo, r.diff_hi) for r in table.itertuples()]
     with pytest.raises(ValueError, match="reversed"):
         verdict("median_m", 1.0, -1.0)
+
+
+def _naive_resample_statistics(ea, eb, idx):
+    """Reference: each resample's statistics from a plain loop over the resampled values (np.median / mean)."""
+    order = np.argsort(ea, kind="stable")  # PairedBootstrap's indices point into the samples sorted by A's error
+    out = np.empty((len(idx), len(STATISTICS), 3))
+    for i, row in enumerate(idx):
+        ra, rb = ea[order[row]], eb[order[row]]
+        for s, thr in enumerate([None, None, 100.0, 500.0, 1000.0]):
+            if s == 0:
+                out[i, s, :2] = np.median(ra), np.median(rb)
+            elif s == 1:
+                out[i, s, :2] = ra.sum() / ra.size, rb.sum() / rb.size
+            else:
+                out[i, s, :2] = np.count_nonzero(ra <= thr) / ra.size, np.count_nonzero(rb <= thr) / rb.size
+    out[:, :, 2] = out[:, :, 1] - out[:, :, 0]
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 3, 301, 1000, 20_000])
+def test_resample_statistics_match_a_naive_loop_on_the_same_indices(n):
+    from swclip.analysis.compare import PairedBootstrap
+
+    assert list(STATISTICS) == ["median_m", "mean_m", "acc@100m", "acc@500m", "acc@1km"]
+    rng = np.random.default_rng(n)
+    ea = np.round(rng.lognormal(5.5, 1.2, n), -1)  # rounded: ties, and errors exactly at the thresholds
+    eb = np.round(ea * rng.lognormal(0, 0.6, n), -1)
+    idx = rng.integers(0, n, size=(12, n), dtype=np.int32)
+    idx[0] = 0  # every draw the smallest A error: the medians lie far outside the searched window
+    idx[1] = n - 1
+    idx[2, : n // 2 + 1] = 0  # just over half the draws at one sample
+    ours = PairedBootstrap(ea, eb).resample_statistics(idx)
+    ref = _naive_resample_statistics(ea, eb, idx)
+    np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-9)
+
+
+def test_paired_bootstrap_blocks_do_not_depend_on_the_count_asked_or_the_threads():
+    from swclip.analysis.compare import BOOT_BLOCK, PairedBootstrap
+
+    rng = np.random.default_rng(3)
+    ea = rng.lognormal(6, 1, 5000)
+    eb = ea * rng.lognormal(0, 0.4, 5000)
+    kept = PairedBootstrap(ea, eb, seed=7)
+    first = kept.draws(2 * BOOT_BLOCK)
+    more = kept.draws(5 * BOOT_BLOCK)  # extends the kept resamples
+    fresh = PairedBootstrap(ea, eb, seed=7).draws(5 * BOOT_BLOCK, workers=1)
+    np.testing.assert_array_equal(more[: 2 * BOOT_BLOCK], first)
+    np.testing.assert_array_equal(more, fresh)
+    assert not np.array_equal(PairedBootstrap(ea, eb, seed=8).draws(BOOT_BLOCK), fresh[:BOOT_BLOCK])
+    assert len(np.unique(more[:, 0, 0])) > 100  # the resamples differ from one another
+    table = kept.table(250)
+    assert table.loc[0, "diff_lo"] == np.percentile(more[:250, 0, 2], 2.5)

@@ -8,18 +8,55 @@ spread between photo sets.
 
 from __future__ import annotations
 
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
 
+BOOT_BLOCK = 100  # resamples per seed stream: block i depends on (seed, i) only, so 500 resamples extend 200
+CHUNK_ELEMENTS = 1 << 22  # resampled indices held at once (int64: 32 MB, and as much again in buffers)
+WINDOW_SD = 8.0  # half-width, in standard deviations, of the rank window searched for a resample's quantile
+
+
+@dataclass(frozen=True)
+class ErrorStatistic:
+    """A statistic of an error vector (metres) that :class:`PairedBootstrap` computes from ranks.
+
+    kind: "quantile" (``value`` = q in [0, 1], numpy's default linear interpolation), "mean", or
+    "share_at_most" (``value`` = a threshold in metres: the share of errors <= it). Called on an
+    (..., N) array it returns (...), as ``np.quantile`` / ``np.mean`` do along the last axis.
+    """
+
+    kind: str
+    value: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in ("quantile", "mean", "share_at_most"):
+            raise ValueError(f"unknown statistic kind {self.kind!r}; choose 'quantile', 'mean' or 'share_at_most'")
+        if self.kind == "quantile" and not 0.0 <= self.value <= 1.0:
+            raise ValueError(f"a quantile must be in [0, 1], got {self.value}")
+
+    def __call__(self, e: Any) -> Any:
+        e = np.asarray(e, dtype=np.float64)
+        if self.kind == "quantile":
+            return np.quantile(e, self.value, axis=-1)
+        if self.kind == "mean":
+            return np.mean(e, axis=-1)
+        return np.mean(e <= self.value, axis=-1)
+
+
 # Statistics of an error vector (metres) that the comparison reports.
-STATISTICS: dict[str, Callable[[np.ndarray], Any]] = {
-    "median_m": lambda e: np.median(e, axis=-1),
-    "mean_m": lambda e: np.mean(e, axis=-1),
-    "acc@100m": lambda e: np.mean(e <= 100.0, axis=-1),
-    "acc@500m": lambda e: np.mean(e <= 500.0, axis=-1),
-    "acc@1km": lambda e: np.mean(e <= 1000.0, axis=-1),
+STATISTICS: dict[str, ErrorStatistic] = {
+    "median_m": ErrorStatistic("quantile", 0.5),
+    "mean_m": ErrorStatistic("mean"),
+    "acc@100m": ErrorStatistic("share_at_most", 100.0),
+    "acc@500m": ErrorStatistic("share_at_most", 500.0),
+    "acc@1km": ErrorStatistic("share_at_most", 1000.0),
 }
 
 
@@ -42,6 +79,149 @@ def paired_errors(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
     return joined.reset_index(drop=True)
 
 
+class PairedBootstrap:
+    """Percentile-bootstrap intervals of two runs' paired errors, for run A, run B and B − A; resamples kept.
+
+    error_a_m, error_b_m: (N,) metres for the same N samples. statistics: name -> :class:`ErrorStatistic`
+    (computed from ranks in a few streaming passes over each resample) or any callable mapping an
+    (..., N) array to (...) (computed on the resampled values: slower). The app keeps one per pair of
+    runs (thread-safe), so asking for more resamples only draws the new ones.
+
+    Resample i for a seed is the same whatever ``n_boot`` is asked: resamples are drawn in blocks of
+    BOOT_BLOCK from ``SeedSequence(seed, spawn_key=(block,))``, blocks in parallel threads (numpy
+    releases the GIL in the draws, gathers and reductions). A resample is N indices drawn uniformly
+    into the samples sorted by A's error (a relabelling of the samples, so the same bootstrap
+    distribution). In that order A's k-th smallest resampled error is ``sorted_a[k-th smallest index]``:
+    a quantile is an order statistic of the indices, found by counting the indices in a window of
+    WINDOW_SD standard deviations about its expected rank (a resample whose order statistic falls
+    outside is partitioned whole, so the result is exact). B's ranks are the same indices mapped to B's
+    order. A share is a count of ranks below the threshold's rank; a mean, a sum of resampled errors.
+    """
+
+    def __init__(self, error_a_m: Any, error_b_m: Any, statistics: Optional[Mapping[str, Callable]] = None, seed: int = 0):
+        ea = np.asarray(error_a_m, dtype=np.float64).ravel()
+        eb = np.asarray(error_b_m, dtype=np.float64).ravel()
+        if ea.shape != eb.shape:
+            raise ValueError(f"error_a_m {ea.shape} and error_b_m {eb.shape} must be paired (same samples)")
+        if ea.size < 2:
+            raise ValueError("need at least 2 paired samples to bootstrap")
+        if ea.size > np.iinfo(np.int32).max:
+            raise ValueError(f"{ea.size:,} pairs: at most {np.iinfo(np.int32).max:,} (B's ranks are int32)")
+        self.n, self.seed = int(ea.size), int(seed)
+        self.statistics = dict(statistics or STATISTICS)
+        self._ea, self._eb = ea, eb
+        order_a = np.argsort(ea, kind="stable")
+        self._sorted_a, self._b_by_a = ea[order_a], eb[order_a]  # both runs' errors in the order of A's
+        order_b = np.argsort(self._b_by_a, kind="stable")
+        self._sorted_b = self._b_by_a[order_b]
+        self._rank_b = np.empty(self.n, dtype=np.int32)  # B's rank of the sample at each position of A's order
+        self._rank_b[order_b] = np.arange(self.n, dtype=np.int32)
+        self._blocks: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def draws(self, n_boot: int, workers: Optional[int] = None) -> np.ndarray:
+        """(n_boot, S, 3) the statistics of each resample (S in the order of ``statistics``): A, B, B − A.
+
+        workers: threads for the blocks not drawn yet (default: one per core, at most one per block).
+        """
+        if int(n_boot) < 1:
+            raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+        n_blocks = -(-int(n_boot) // BOOT_BLOCK)
+        need = [i for i in range(n_blocks) if i not in self._blocks]
+        if need:
+            workers = max(1, min(len(need), workers or os.cpu_count() or 1))
+            if workers == 1:
+                done = [self._block(i) for i in need]
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    done = list(pool.map(self._block, need))
+            with self._lock:
+                self._blocks.update(zip(need, done))
+        return np.concatenate([self._blocks[i] for i in range(n_blocks)])[:int(n_boot)]
+
+    def table(self, n_boot: int = 2000, ci: float = 0.95, workers: Optional[int] = None) -> pd.DataFrame:
+        """One row per statistic: a, a_lo, a_hi, b, b_lo, b_hi, diff, diff_lo, diff_hi (point estimates on
+        the full sample; ``ci`` two-sided percentile bounds over ``n_boot`` resamples)."""
+        if not 0 < ci < 1:
+            raise ValueError(f"ci must be in (0, 1), got {ci}")
+        lo, hi = np.percentile(self.draws(n_boot, workers), [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100], axis=0)  # (S, 3) each
+        rows = []
+        for s, (name, fn) in enumerate(self.statistics.items()):
+            a, b = float(fn(self._ea)), float(fn(self._eb))
+            rows.append({"statistic": name, "a": a, "a_lo": lo[s, 0], "a_hi": hi[s, 0], "b": b, "b_lo": lo[s, 1], "b_hi": hi[s, 1],
+                         "diff": b - a, "diff_lo": lo[s, 2], "diff_hi": hi[s, 2]})
+        return pd.DataFrame(rows)
+
+    def resample_statistics(self, idx: np.ndarray) -> np.ndarray:
+        """(m, S, 3) the statistics of the resamples ``idx`` (m, N) int: indices into the samples sorted by A's error."""
+        idx = np.ascontiguousarray(idx, dtype=np.intp)  # what take() indexes with (int32 would be converted per call)
+        if idx.ndim != 2 or idx.shape[1] != self.n:
+            raise ValueError(f"idx must be (m, {self.n}), got {idx.shape}")
+        m, n = idx.shape
+        out = np.empty((m, len(self.statistics), 3))
+        rank_b = None
+        buf = np.empty((m, n))  # reused: fresh (m, N) outputs cost page faults
+        for s, fn in enumerate(self.statistics.values()):
+            if isinstance(fn, ErrorStatistic) and fn.kind == "mean":
+                out[:, s, 0] = np.mean(np.take(self._sorted_a, idx, out=buf), axis=1)
+                out[:, s, 1] = np.mean(np.take(self._b_by_a, idx, out=buf), axis=1)
+            elif isinstance(fn, ErrorStatistic):
+                if rank_b is None:
+                    rank_b = np.take(self._rank_b, idx)  # (m, N) int32: the same resamples as ranks in B's order
+                for col, (ranks, ordered) in enumerate(((idx, self._sorted_a), (rank_b, self._sorted_b))):
+                    if fn.kind == "share_at_most":
+                        cut = int(np.searchsorted(ordered, fn.value, side="right"))  # ranks below cut have error <= value
+                        out[:, s, col] = np.add.reduce(ranks < cut, axis=1, dtype=np.int64) / n
+                    else:
+                        out[:, s, col] = self._quantile(ranks, ordered, fn.value)
+            else:
+                out[:, s, 0] = fn(np.take(self._sorted_a, idx, out=buf))
+                out[:, s, 1] = fn(np.take(self._b_by_a, idx, out=buf))
+        out[:, :, 2] = out[:, :, 1] - out[:, :, 0]
+        return out
+
+    def _block(self, block: int) -> np.ndarray:
+        """(BOOT_BLOCK, S, 3) of block ``block``: its own seed stream, drawn CHUNK_ELEMENTS indices at a time."""
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(block,)))
+        rows = max(1, CHUNK_ELEMENTS // self.n)
+        parts = []
+        for start in range(0, BOOT_BLOCK, rows):
+            idx = rng.integers(0, self.n, size=(min(rows, BOOT_BLOCK - start), self.n), dtype=np.intp)
+            parts.append(self.resample_statistics(idx))
+        return np.concatenate(parts)
+
+    def _quantile(self, ranks: np.ndarray, ordered: np.ndarray, q: float) -> np.ndarray:
+        """(m,) numpy's linear-interpolation quantile q of ``ordered[ranks[r]]`` for each row r of ranks (m, N)."""
+        n = self.n
+        pos = q * (n - 1)
+        k0 = int(math.floor(pos))
+        k1 = min(k0 + 1, n - 1)
+        r0, r1 = self._order_statistics(ranks, k0, k1)
+        lo_v, hi_v = ordered[r0], ordered[r1]
+        gamma = pos - k0
+        diff = hi_v - lo_v  # as numpy's _lerp, from the nearer end
+        return hi_v - diff * (1 - gamma) if gamma >= 0.5 else lo_v + diff * gamma
+
+    def _order_statistics(self, ranks: np.ndarray, k0: int, k1: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k0-th and k1-th smallest (0-based, k0 <= k1) of each row of ranks (m, N), as (m,) int64 each."""
+        m, n = ranks.shape
+        half = int(WINDOW_SD * math.sqrt(n) / 2) + 16  # the k-th of N uniform ranks has sd <= sqrt(N) / 2
+        lo, hi = max(0, k0 - half), min(n, k1 + half + 1)
+        width = hi - lo
+        below = np.add.reduce(ranks < lo, axis=1, dtype=np.int64)  # (m,)
+        shifted = (ranks - ranks.dtype.type(lo)).view(np.dtype(ranks.dtype.str.replace("i", "u"))).ravel()  # below lo wraps to a large value
+        inside = np.flatnonzero(shifted < width)
+        counts = np.bincount(inside // n * width + shifted[inside].astype(np.intp), minlength=m * width).reshape(m, width)
+        cum = np.cumsum(counts, axis=1)  # (m, width): resampled ranks <= lo + p
+        r0 = lo + np.add.reduce(cum <= (k0 - below)[:, None], axis=1, dtype=np.int64)
+        r1 = lo + np.add.reduce(cum <= (k1 - below)[:, None], axis=1, dtype=np.int64)
+        outside = np.flatnonzero((below > k0) | (below + cum[:, -1] <= k1))
+        for r in outside:  # rare: the order statistic left the window, so this resample is partitioned whole
+            part = np.partition(ranks[r], (k0, k1))
+            r0[r], r1[r] = part[k0], part[k1]
+        return r0, r1
+
+
 def paired_bootstrap(
     error_a_m: Any,
     error_b_m: Any,
@@ -56,38 +236,9 @@ def paired_bootstrap(
     maps an (..., N) array to (...). Returns one row per statistic with
     columns a, a_lo, a_hi, b, b_lo, b_hi, diff, diff_lo, diff_hi (point
     estimates on the full sample; ``ci`` two-sided percentile bounds).
+    :class:`PairedBootstrap` draws the resamples; keep one to extend them.
     """
-    ea = np.asarray(error_a_m, dtype=np.float64).ravel()
-    eb = np.asarray(error_b_m, dtype=np.float64).ravel()
-    if ea.shape != eb.shape:
-        raise ValueError(f"error_a_m {ea.shape} and error_b_m {eb.shape} must be paired (same samples)")
-    if ea.size < 2:
-        raise ValueError("need at least 2 paired samples to bootstrap")
-    if not 0 < ci < 1:
-        raise ValueError(f"ci must be in (0, 1), got {ci}")
-    stats = dict(statistics or STATISTICS)
-    rng = np.random.default_rng(seed)
-    rows = []
-    # Resample indices in chunks: (chunk, N) int64 stays small for N in the tens of thousands.
-    chunk = max(1, min(n_boot, 4_000_000 // ea.size))
-    draws: dict[str, list] = {k: [] for k in stats}
-    done = 0
-    while done < n_boot:
-        m = min(chunk, n_boot - done)
-        idx = rng.integers(0, ea.size, size=(m, ea.size))  # (m, N)
-        ra, rb = ea[idx], eb[idx]
-        for name, fn in stats.items():
-            sa, sb = np.asarray(fn(ra), dtype=np.float64), np.asarray(fn(rb), dtype=np.float64)
-            draws[name].append(np.stack([sa, sb, sb - sa], -1))  # (m, 3)
-        done += m
-    q = [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100]
-    for name, fn in stats.items():
-        d = np.concatenate(draws[name])  # (n_boot, 3)
-        lo, hi = np.percentile(d, q, axis=0)
-        a, b = float(fn(ea)), float(fn(eb))
-        rows.append({"statistic": name, "a": a, "a_lo": lo[0], "a_hi": hi[0], "b": b, "b_lo": lo[1], "b_hi": hi[1],
-                     "diff": b - a, "diff_lo": lo[2], "diff_hi": hi[2]})
-    return pd.DataFrame(rows)
+    return PairedBootstrap(error_a_m, error_b_m, statistics, seed).table(n_boot, ci)
 
 
 def higher_is_better(statistic: str) -> bool:
