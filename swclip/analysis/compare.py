@@ -79,6 +79,131 @@ def paired_errors(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
     return joined.reset_index(drop=True)
 
 
+def _quantile_ranks(n: int, q: float) -> tuple[int, int, float]:
+    """numpy's linear quantile q of n sorted values: (lower rank, upper rank, weight of the upper)."""
+    pos = q * (n - 1)
+    k0 = int(math.floor(pos))
+    return k0, min(k0 + 1, n - 1), pos - k0
+
+
+def _lerp(lo_v: np.ndarray, hi_v: np.ndarray, gamma: float) -> np.ndarray:
+    """lo_v + gamma (hi_v - lo_v), from the nearer end, as numpy's quantile computes it."""
+    diff = hi_v - lo_v
+    return hi_v - diff * (1 - gamma) if gamma >= 0.5 else lo_v + diff * gamma
+
+
+class _RankCells:
+    """The samples grouped so that a resample's quantiles and shares follow from how many draws fall in each group.
+
+    Positions are the samples in A's error order (position = A's rank); B's rank of each is ``rank_b``.
+    A share needs only the number of draws below one rank (a "break"); a quantile, the draws below its
+    window and the draws on each rank inside the window. So every sample whose A-rank lies in an A window
+    or whose B-rank lies in a B window is a group of its own, and the others are grouped by (A interval,
+    B interval) between the breaks: a resample's counts over the groups are one multinomial draw (N
+    draws, probability = group size / N) instead of N indices. A resample whose order statistic leaves
+    its window (about 1e-15 at WINDOW_SD = 8) has its draws placed on the samples of each group
+    (uniformly, as a resample would), once per resample, and is read whole: the result stays exact.
+    """
+
+    def __init__(self, sorted_a: np.ndarray, sorted_b: np.ndarray, rank_b: np.ndarray, order_b: np.ndarray,
+                 stats: list, window_sd: float):
+        n = self.n = len(rank_b)
+        self.order_b = order_b
+        self.sorted = (sorted_a, sorted_b)
+        half = int(window_sd * math.sqrt(n) / 2) + 16  # the k-th of N uniform ranks has sd <= sqrt(N) / 2
+        breaks, plans = ([set(), set()], [[], []])
+        for s, fn in stats:
+            for col in (0, 1):
+                if fn.kind == "share_at_most":
+                    cut = int(np.searchsorted(self.sorted[col], fn.value, side="right"))  # ranks below have error <= value
+                    breaks[col].add(cut)
+                    plans[col].append((s, "share", cut))
+                else:
+                    k0, k1, gamma = _quantile_ranks(n, fn.value)
+                    lo, hi = max(0, k0 - half), min(n, k1 + half + 1)
+                    breaks[col].update((lo, hi))
+                    plans[col].append((s, "quantile", (k0, k1, gamma, lo, hi)))
+        self.breaks = [np.array(sorted(b), dtype=np.intp) for b in breaks]
+        windows = [np.arange(p[2][3], p[2][4]) for p in plans[0] if p[1] == "quantile"]
+        windows += [order_b[p[2][3]:p[2][4]] for p in plans[1] if p[1] == "quantile"]
+        fine = np.unique(np.concatenate(windows)) if windows else np.empty(0, dtype=np.intp)
+        is_fine = np.zeros(n, dtype=bool)
+        is_fine[fine] = True
+        pos = np.flatnonzero(~is_fine)
+        nb = len(self.breaks[1]) + 1
+        ia = np.searchsorted(self.breaks[0], pos, side="right")  # A interval: ranks in [breaks[i-1], breaks[i])
+        ib = np.searchsorted(self.breaks[1], rank_b[pos], side="right")
+        keys, inverse, sizes = np.unique(ia * nb + ib, return_inverse=True, return_counts=True)
+        self.n_cells, self.fine = len(keys), fine
+        self.probs = np.concatenate([sizes, np.ones(len(fine))]) / n
+        # below[col][c, j]: every rank of group c lies below break j of that run (an interval i lies below break j iff i <= j)
+        fine_ranks = (fine, rank_b[fine])
+        self.below = [np.vstack([(cell_i[:, None] <= np.arange(len(br))[None, :]), fine_ranks[col][:, None] < br[None, :]]).astype(np.float64)
+                      for col, (cell_i, br) in enumerate(((keys // nb, self.breaks[0]), (keys % nb, self.breaks[1])))]
+        self.plans = plans
+        # group of each rank inside a window, in rank order (window ranks are all single-sample groups)
+        self._window_groups = {}
+        for col in (0, 1):
+            for s, kind, arg in plans[col]:
+                if kind == "quantile":
+                    lo, hi = arg[3], arg[4]
+                    positions = np.arange(lo, hi) if col == 0 else order_b[lo:hi]
+                    self._window_groups[col, s] = self.n_cells + np.searchsorted(fine, positions)
+        self._cell_positions = pos[np.argsort(inverse, kind="stable")]  # the groups' samples, group by group
+        self._cell_start = np.cumsum(sizes) - sizes
+        self._cell_sizes = sizes
+
+    def draw(self, rng: np.random.Generator, m: int) -> dict:
+        """{(statistic index, run 0/1): (m,) values} for m resamples."""
+        return self.read(rng.multinomial(self.n, self.probs, size=m), rng)
+
+    def group_counts(self, per_sample: np.ndarray) -> np.ndarray:
+        """(m, groups) draws per group from (m, N) draws per sample (positions in A's order)."""
+        cells = np.add.reduceat(per_sample[:, self._cell_positions], self._cell_start, axis=1) if self.n_cells else np.empty((len(per_sample), 0), np.int64)
+        return np.concatenate([cells, per_sample[:, self.fine]], axis=1)
+
+    def read(self, counts: np.ndarray, rng: np.random.Generator, per_sample: Optional[np.ndarray] = None) -> dict:
+        """{(statistic index, run 0/1): (m,) values} of resamples with ``counts`` (m, groups) draws per group.
+
+        per_sample: (m, N) the resamples' draws per sample, when known (tests): read instead of placing the
+        draws of a resample whose order statistic left its window.
+        """
+        m = len(counts)
+        out, outside = {}, np.zeros(m, dtype=bool)
+        for col in (0, 1):
+            below = counts.astype(np.float64) @ self.below[col]  # (m, breaks): draws below each break (exact integers)
+            for s, kind, arg in self.plans[col]:
+                if kind == "share":
+                    out[s, col] = below[:, int(np.searchsorted(self.breaks[col], arg))] / self.n
+                    continue
+                k0, k1, gamma, lo, hi = arg
+                under = below[:, int(np.searchsorted(self.breaks[col], lo))].astype(np.int64)
+                cum = np.cumsum(counts[:, self._window_groups[col, s]], axis=1)  # (m, window): draws on ranks <= lo + p
+                r0 = lo + np.add.reduce(cum <= (k0 - under)[:, None], axis=1, dtype=np.int64)
+                r1 = lo + np.add.reduce(cum <= (k1 - under)[:, None], axis=1, dtype=np.int64)
+                outside |= (under > k0) | (under + cum[:, -1] <= k1)
+                out[s, col] = _lerp(self.sorted[col][np.minimum(r0, self.n - 1)], self.sorted[col][np.minimum(r1, self.n - 1)], gamma)
+        for r in np.flatnonzero(outside):  # rare: place this resample's draws on the samples, read every quantile from them
+            per = self._placed(counts[r], rng) if per_sample is None else per_sample[r]  # (N,) draws on each position
+            for col in (0, 1):
+                cum = np.cumsum(per if col == 0 else per[self.order_b])
+                for s, kind, arg in self.plans[col]:
+                    if kind == "quantile":
+                        k0, k1, gamma = arg[:3]
+                        r0, r1 = np.searchsorted(cum, [k0, k1], side="right")
+                        out[s, col][r] = _lerp(self.sorted[col][r0], self.sorted[col][r1], gamma)
+        return out
+
+    def _placed(self, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(N,) draws per sample: each group's draws spread uniformly (with replacement) over its samples."""
+        per = np.zeros(self.n, dtype=np.int64)
+        per[self.fine] = counts[self.n_cells:]
+        cell = np.repeat(np.arange(self.n_cells), counts[:self.n_cells])
+        where = self._cell_start[cell] + rng.integers(0, self._cell_sizes[cell])
+        np.add.at(per, self._cell_positions[where], 1)
+        return per
+
+
 class PairedBootstrap:
     """Percentile-bootstrap intervals of two runs' paired errors, for run A, run B and B − A; resamples kept.
 
@@ -89,16 +214,17 @@ class PairedBootstrap:
 
     Resample i for a seed is the same whatever ``n_boot`` is asked: resamples are drawn in blocks of
     BOOT_BLOCK from ``SeedSequence(seed, spawn_key=(block,))``, blocks in parallel threads (numpy
-    releases the GIL in the draws, gathers and reductions). A resample is N indices drawn uniformly
-    into the samples sorted by A's error (a relabelling of the samples, so the same bootstrap
-    distribution). In that order A's k-th smallest resampled error is ``sorted_a[k-th smallest index]``:
-    a quantile is an order statistic of the indices, found by counting the indices in a window of
-    WINDOW_SD standard deviations about its expected rank (a resample whose order statistic falls
-    outside is partitioned whole, so the result is exact). B's ranks are the same indices mapped to B's
-    order. A share is a count of ranks below the threshold's rank; a mean, a sum of resampled errors.
+    releases the GIL in the draws, gathers and reductions). The samples are put in the order of A's
+    errors, so a sample's position is its A rank and an order statistic of the resampled positions is
+    A's resampled quantile. Quantiles and shares (:class:`ErrorStatistic`) need only how many draws fall
+    below a few ranks and on the ranks near each quantile: they are read from one multinomial draw of
+    counts over groups of samples (:class:`_RankCells`: exact, without drawing N indices). Means and
+    callables draw N indices per resample (a mean gathers both errors of each drawn pair at once).
+    :meth:`resample_statistics` reads any statistic from given index resamples (the tests' reference).
     """
 
-    def __init__(self, error_a_m: Any, error_b_m: Any, statistics: Optional[Mapping[str, Callable]] = None, seed: int = 0):
+    def __init__(self, error_a_m: Any, error_b_m: Any, statistics: Optional[Mapping[str, Callable]] = None, seed: int = 0,
+                 window_sd: float = WINDOW_SD):
         ea = np.asarray(error_a_m, dtype=np.float64).ravel()
         eb = np.asarray(error_b_m, dtype=np.float64).ravel()
         if ea.shape != eb.shape:
@@ -116,6 +242,11 @@ class PairedBootstrap:
         self._sorted_b = self._b_by_a[order_b]
         self._rank_b = np.empty(self.n, dtype=np.int32)  # B's rank of the sample at each position of A's order
         self._rank_b[order_b] = np.arange(self.n, dtype=np.int32)
+        # (A, B) of each position side by side as one complex128: one random gather fetches both errors of a pair
+        self._pair_by_a = np.stack([self._sorted_a, self._b_by_a], axis=1).view(np.complex128).ravel()
+        rank_stats = [(s, fn) for s, fn in enumerate(self.statistics.values()) if isinstance(fn, ErrorStatistic) and fn.kind != "mean"]
+        self._cells = _RankCells(self._sorted_a, self._sorted_b, self._rank_b, order_b, rank_stats, window_sd) if rank_stats else None
+        self._by_index = [s for s in range(len(self.statistics)) if s not in {s for s, _ in rank_stats}]  # means and callables
         self._blocks: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -152,19 +283,26 @@ class PairedBootstrap:
                          "diff": b - a, "diff_lo": lo[s, 2], "diff_hi": hi[s, 2]})
         return pd.DataFrame(rows)
 
-    def resample_statistics(self, idx: np.ndarray) -> np.ndarray:
-        """(m, S, 3) the statistics of the resamples ``idx`` (m, N) int: indices into the samples sorted by A's error."""
+    def resample_statistics(self, idx: np.ndarray, which: Optional[list] = None) -> np.ndarray:
+        """(m, S, 3) the statistics of the resamples ``idx`` (m, N) int: indices into the samples sorted by A's error.
+
+        which: the statistics to compute (indices into ``statistics``; default all; the others stay NaN).
+        """
         idx = np.ascontiguousarray(idx, dtype=np.intp)  # what take() indexes with (int32 would be converted per call)
         if idx.ndim != 2 or idx.shape[1] != self.n:
             raise ValueError(f"idx must be (m, {self.n}), got {idx.shape}")
         m, n = idx.shape
-        out = np.empty((m, len(self.statistics), 3))
-        rank_b = None
+        out = np.full((m, len(self.statistics), 3), np.nan)
+        rank_b = pair_buf = None
         buf = np.empty((m, n))  # reused: fresh (m, N) outputs cost page faults
         for s, fn in enumerate(self.statistics.values()):
+            if which is not None and s not in which:
+                continue
             if isinstance(fn, ErrorStatistic) and fn.kind == "mean":
-                out[:, s, 0] = np.mean(np.take(self._sorted_a, idx, out=buf), axis=1)
-                out[:, s, 1] = np.mean(np.take(self._b_by_a, idx, out=buf), axis=1)
+                if pair_buf is None:
+                    pair_buf = np.empty((m, n), dtype=np.complex128)
+                total = np.take(self._pair_by_a, idx, out=pair_buf).sum(axis=1)  # real: A's sum, imaginary: B's
+                out[:, s, 0], out[:, s, 1] = total.real / n, total.imag / n
             elif isinstance(fn, ErrorStatistic):
                 if rank_b is None:
                     rank_b = np.take(self._rank_b, idx)  # (m, N) int32: the same resamples as ranks in B's order
@@ -181,14 +319,22 @@ class PairedBootstrap:
         return out
 
     def _block(self, block: int) -> np.ndarray:
-        """(BOOT_BLOCK, S, 3) of block ``block``: its own seed stream, drawn CHUNK_ELEMENTS indices at a time."""
+        """(BOOT_BLOCK, S, 3) of block ``block``, from its own seed stream: quantiles and shares from group counts
+        (:class:`_RankCells`), then means and callables from N indices per resample, CHUNK_ELEMENTS at a time.
+        Each statistic's A, B and B − A come from one resample; different statistics may come from different ones
+        (each interval is read on its own)."""
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(block,)))
-        rows = max(1, CHUNK_ELEMENTS // self.n)
-        parts = []
-        for start in range(0, BOOT_BLOCK, rows):
-            idx = rng.integers(0, self.n, size=(min(rows, BOOT_BLOCK - start), self.n), dtype=np.intp)
-            parts.append(self.resample_statistics(idx))
-        return np.concatenate(parts)
+        out = np.empty((BOOT_BLOCK, len(self.statistics), 3))
+        if self._cells is not None:
+            for (s, col), v in self._cells.draw(rng, BOOT_BLOCK).items():
+                out[:, s, col] = v
+        if self._by_index:
+            rows = max(1, CHUNK_ELEMENTS // self.n)
+            for start in range(0, BOOT_BLOCK, rows):
+                idx = rng.integers(0, self.n, size=(min(rows, BOOT_BLOCK - start), self.n), dtype=np.intp)
+                out[start:start + len(idx), self._by_index] = self.resample_statistics(idx, self._by_index)[:, self._by_index]
+        out[:, :, 2] = out[:, :, 1] - out[:, :, 0]
+        return out
 
     def _quantile(self, ranks: np.ndarray, ordered: np.ndarray, q: float) -> np.ndarray:
         """(m,) numpy's linear-interpolation quantile q of ``ordered[ranks[r]]`` for each row r of ranks (m, N)."""
