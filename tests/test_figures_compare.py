@@ -185,3 +185,31 @@ def test_group_counts_read_like_a_naive_loop_on_the_same_resamples(n, window_sd)
     assert sorted(got) == [(s, col) for s in (0, 2, 3, 4) for col in (0, 1)]  # the mean is drawn by index
     for (s, col), values in got.items():
         np.testing.assert_allclose(values, ref[:, s, col], rtol=1e-12, atol=0, err_msg=f"{list(STATISTICS)[s]} run {col}")
+
+
+@pytest.mark.parametrize("n", [5, 256, 1000])
+def test_mean_resample_positions_are_uniform_over_the_samples(n):
+    """The mean's resamples draw runs of 256 positions by a multinomial, then a byte within a run: each
+    resample has N positions, and over many resamples every position is drawn as often as a uniform draw
+    would (chi-square)."""
+    from scipy.stats import chisquare
+
+    from swclip.analysis.compare import PairedBootstrap
+
+    pb = PairedBootstrap(np.arange(n, dtype=float), np.arange(n, dtype=float))
+    resamples = list(pb.mean_positions(np.random.default_rng(4), 4000))
+    assert all(len(p) == n and p.min() >= 0 and p.max() < n for p in resamples)
+    counts = np.bincount(np.concatenate(resamples), minlength=n)
+    assert chisquare(counts).pvalue > 1e-4
+
+
+def test_resample_means_match_a_naive_mean_of_the_same_positions():
+    from swclip.analysis.compare import PairedBootstrap
+
+    rng = np.random.default_rng(9)
+    ea, eb = rng.lognormal(6, 1, 3000), rng.lognormal(6, 1, 3000)
+    pb = PairedBootstrap(ea, eb)
+    resamples = list(pb.mean_positions(rng, 20))
+    order = np.argsort(ea, kind="stable")  # positions are in the order of A's errors
+    ref = np.array([[np.mean(ea[order[p]]), np.mean(eb[order[p]])] for p in resamples])
+    np.testing.assert_allclose(pb.resample_means(resamples), ref, rtol=1e-12)
