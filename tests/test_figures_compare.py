@@ -117,7 +117,7 @@ def test_resample_statistics_match_a_naive_loop_on_the_same_indices(n):
     ea = np.round(rng.lognormal(5.5, 1.2, n), -1)  # rounded: ties, and errors exactly at the thresholds
     eb = np.round(ea * rng.lognormal(0, 0.6, n), -1)
     idx = rng.integers(0, n, size=(12, n), dtype=np.int32)
-    idx[0] = 0  # every draw the smallest A error: the medians lie far outside the searched window
+    idx[0] = 0  # every draw the smallest A error
     idx[1] = n - 1
     idx[2, : n // 2 + 1] = 0  # just over half the draws at one sample
     ours = PairedBootstrap(ea, eb).resample_statistics(idx)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 BOOT_BLOCK = 100  # resamples per seed stream: block i depends on (seed, i) only, so 500 resamples extend 200
-CHUNK_ELEMENTS = 1 << 22  # resampled indices held at once (int64: 32 MB, and as much again in buffers)
+CHUNK_ELEMENTS = 1 << 22  # resampled indices held at once for a callable statistic (int64: 32 MB, and twice that in values)
 MEAN_GROUP = 256  # positions per run in a mean's resample (one random byte picks within a run)
 WINDOW_SD = 8.0  # half-width, in standard deviations, of the rank window searched for a resample's quantile
 
@@ -209,8 +209,8 @@ class PairedBootstrap:
     """Percentile-bootstrap intervals of two runs' paired errors, for run A, run B and B − A; resamples kept.
 
     error_a_m, error_b_m: (N,) metres for the same N samples. statistics: name -> :class:`ErrorStatistic`
-    (computed from ranks in a few streaming passes over each resample) or any callable mapping an
-    (..., N) array to (...) (computed on the resampled values: slower). The app keeps one per pair of
+    (drawn as below) or any callable mapping an (..., N) array to (...) (called on N resampled errors
+    per resample: slower). The app keeps one per pair of
     runs (thread-safe), so asking for more resamples only draws the new ones.
 
     Resample i for a seed is the same whatever ``n_boot`` is asked: resamples are drawn in blocks of
@@ -222,6 +222,7 @@ class PairedBootstrap:
     counts over groups of samples (:class:`_RankCells`: exact, without drawing N indices). Means and
     callables draw N indices per resample (a mean gathers both errors of each drawn pair at once).
     :meth:`resample_statistics` reads any statistic from given index resamples (the tests' reference).
+    window_sd: the half-width of a quantile's window of ranks, in standard deviations (tests shrink it).
     """
 
     def __init__(self, error_a_m: Any, error_b_m: Any, statistics: Optional[Mapping[str, Callable]] = None, seed: int = 0,
@@ -286,37 +287,17 @@ class PairedBootstrap:
         return pd.DataFrame(rows)
 
     def resample_statistics(self, idx: np.ndarray, which: Optional[list] = None) -> np.ndarray:
-        """(m, S, 3) the statistics of the resamples ``idx`` (m, N) int: indices into the samples sorted by A's error.
-
-        which: the statistics to compute (indices into ``statistics``; default all; the others stay NaN).
-        """
-        idx = np.ascontiguousarray(idx, dtype=np.intp)  # what take() indexes with (int32 would be converted per call)
+        """(m, S, 3) the statistics of the resamples ``idx`` (m, N) int, indices into the samples sorted by A's
+        error, each statistic called on the resampled errors (callables are drawn so; for any statistic it is
+        the slow reference). which: the statistics to compute (indices; default all; the others stay NaN)."""
+        idx = np.ascontiguousarray(idx, dtype=np.intp)
         if idx.ndim != 2 or idx.shape[1] != self.n:
             raise ValueError(f"idx must be (m, {self.n}), got {idx.shape}")
-        m, n = idx.shape
-        out = np.full((m, len(self.statistics), 3), np.nan)
-        rank_b = pair_buf = None
-        buf = np.empty((m, n))  # reused: fresh (m, N) outputs cost page faults
+        out = np.full((len(idx), len(self.statistics), 3), np.nan)
+        ra, rb = np.take(self._sorted_a, idx), np.take(self._b_by_a, idx)
         for s, fn in enumerate(self.statistics.values()):
-            if which is not None and s not in which:
-                continue
-            if isinstance(fn, ErrorStatistic) and fn.kind == "mean":
-                if pair_buf is None:
-                    pair_buf = np.empty((m, n), dtype=np.complex128)
-                total = np.take(self._pair_by_a, idx, out=pair_buf).sum(axis=1)  # real: A's sum, imaginary: B's
-                out[:, s, 0], out[:, s, 1] = total.real / n, total.imag / n
-            elif isinstance(fn, ErrorStatistic):
-                if rank_b is None:
-                    rank_b = np.take(self._rank_b, idx)  # (m, N) int32: the same resamples as ranks in B's order
-                for col, (ranks, ordered) in enumerate(((idx, self._sorted_a), (rank_b, self._sorted_b))):
-                    if fn.kind == "share_at_most":
-                        cut = int(np.searchsorted(ordered, fn.value, side="right"))  # ranks below cut have error <= value
-                        out[:, s, col] = np.add.reduce(ranks < cut, axis=1, dtype=np.int64) / n
-                    else:
-                        out[:, s, col] = self._quantile(ranks, ordered, fn.value)
-            else:
-                out[:, s, 0] = fn(np.take(self._sorted_a, idx, out=buf))
-                out[:, s, 1] = fn(np.take(self._b_by_a, idx, out=buf))
+            if which is None or s in which:
+                out[:, s, 0], out[:, s, 1] = fn(ra), fn(rb)
         out[:, :, 2] = out[:, :, 1] - out[:, :, 0]
         return out
 
@@ -368,37 +349,6 @@ class PairedBootstrap:
             if len(sizes) > full:
                 pos = np.concatenate([pos, starts[full] + rng.integers(0, sizes[full], size=counts[full])])
             yield pos
-
-    def _quantile(self, ranks: np.ndarray, ordered: np.ndarray, q: float) -> np.ndarray:
-        """(m,) numpy's linear-interpolation quantile q of ``ordered[ranks[r]]`` for each row r of ranks (m, N)."""
-        n = self.n
-        pos = q * (n - 1)
-        k0 = int(math.floor(pos))
-        k1 = min(k0 + 1, n - 1)
-        r0, r1 = self._order_statistics(ranks, k0, k1)
-        lo_v, hi_v = ordered[r0], ordered[r1]
-        gamma = pos - k0
-        diff = hi_v - lo_v  # as numpy's _lerp, from the nearer end
-        return hi_v - diff * (1 - gamma) if gamma >= 0.5 else lo_v + diff * gamma
-
-    def _order_statistics(self, ranks: np.ndarray, k0: int, k1: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k0-th and k1-th smallest (0-based, k0 <= k1) of each row of ranks (m, N), as (m,) int64 each."""
-        m, n = ranks.shape
-        half = int(WINDOW_SD * math.sqrt(n) / 2) + 16  # the k-th of N uniform ranks has sd <= sqrt(N) / 2
-        lo, hi = max(0, k0 - half), min(n, k1 + half + 1)
-        width = hi - lo
-        below = np.add.reduce(ranks < lo, axis=1, dtype=np.int64)  # (m,)
-        shifted = (ranks - ranks.dtype.type(lo)).view(np.dtype(ranks.dtype.str.replace("i", "u"))).ravel()  # below lo wraps to a large value
-        inside = np.flatnonzero(shifted < width)
-        counts = np.bincount(inside // n * width + shifted[inside].astype(np.intp), minlength=m * width).reshape(m, width)
-        cum = np.cumsum(counts, axis=1)  # (m, width): resampled ranks <= lo + p
-        r0 = lo + np.add.reduce(cum <= (k0 - below)[:, None], axis=1, dtype=np.int64)
-        r1 = lo + np.add.reduce(cum <= (k1 - below)[:, None], axis=1, dtype=np.int64)
-        outside = np.flatnonzero((below > k0) | (below + cum[:, -1] <= k1))
-        for r in outside:  # rare: the order statistic left the window, so this resample is partitioned whole
-            part = np.partition(ranks[r], (k0, k1))
-            r0[r], r1[r] = part[k0], part[k1]
-        return r0, r1
 
 
 def paired_bootstrap(
