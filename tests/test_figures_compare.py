@@ -213,3 +213,14 @@ def test_resample_means_match_a_naive_mean_of_the_same_positions():
     order = np.argsort(ea, kind="stable")  # positions are in the order of A's errors
     ref = np.array([[np.mean(ea[order[p]]), np.mean(eb[order[p]])] for p in resamples])
     np.testing.assert_allclose(pb.resample_means(resamples), ref, rtol=1e-12)
+
+
+def test_shares_any_id_compares_ids_as_text():
+    from swclip.analysis.compare import shares_any_id
+
+    assert shares_any_id(pd.Series(["a", "b", "7"]), pd.Series([9, 8, 7]))  # "7" and 7: one id, as paired_errors joins them
+    assert not shares_any_id(pd.Series(["a", "b"]), pd.Series(["c", "d"]))
+    assert shares_any_id(np.array(["x", "y"]), ["q", "y"])
+    assert not shares_any_id(pd.Series([], dtype=str), pd.Series(["a"]))
+    big = pd.Series([f"{i:08d}" for i in range(100_000)])
+    assert shares_any_id(big, big.iloc[[-1]]) and not shares_any_id(big, pd.Series(["x"]))
