@@ -42,6 +42,8 @@ def test_paired_bootstrap_rejects_unpaired_input():
         paired_bootstrap([1.0, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="at least 2"):
         paired_bootstrap([1.0], [1.0])
+    with pytest.raises(ValueError, match="error_b_m has 1 non-finite"):
+        paired_bootstrap([1.0, 2.0, 3.0], [1.0, np.nan, 3.0])
 
 
 def test_paired_errors_joins_on_id():

@@ -242,6 +242,9 @@ class PairedBootstrap:
             raise ValueError(f"error_a_m {ea.shape} and error_b_m {eb.shape} must be paired (same samples)")
         if ea.size < 2:
             raise ValueError("need at least 2 paired samples to bootstrap")
+        for name, e in (("error_a_m", ea), ("error_b_m", eb)):
+            if not np.isfinite(e).all():
+                raise ValueError(f"{name} has {int((~np.isfinite(e)).sum()):,} non-finite value(s): ranks need numbers")
         if ea.size > np.iinfo(np.int32).max:
             raise ValueError(f"{ea.size:,} pairs: at most {np.iinfo(np.int32).max:,} (B's ranks are int32)")
         self.n, self.seed = int(ea.size), int(seed)
