@@ -6,6 +6,7 @@ import streamlit as st
 from threadpoolctl import threadpool_limits
 
 from appkit import frame, loaders, urlstate
+from swclip.analysis.compare import shares_any_id
 from swclip.analysis.spatial_stats import neighbourhood_overlap, pca_2d
 from swclip.geo import haversine_m
 from swclip.viz import figures, maps
@@ -25,11 +26,9 @@ K_MAX = 24  # the k slider's top: one search at K_MAX serves every k (neighbourh
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def shares_samples(runs_root, run_id0, stamp0, city, run_id, stamp):
-    """Whether run_id has any of run_id0's samples (one city's, or all): keyed by run identity, since
-    building the two sets of 210,000 ids took a second on every rerun."""
+    """Whether run_id has any of run_id0's samples (one city's, or all), keyed by run identity."""
     d0 = loaders.predictions(runs_root, run_id0, stamp0)
-    ids0 = set((d0 if city is None else d0.loc[d0["city"].astype(str) == city])["id"].astype(str))
-    return bool(ids0 & set(loaders.predictions(runs_root, run_id, stamp)["id"].astype(str)))
+    return shares_any_id((d0 if city is None else d0.loc[d0["city"].astype(str) == city])["id"], loaders.predictions(runs_root, run_id, stamp)["id"])
 
 
 # Runs on the same evaluation samples, ordered by σ (one-hot CLIP first): the bandwidth sweep.

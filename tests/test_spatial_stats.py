@@ -291,5 +291,8 @@ def test_pca_2d_matches_the_covariance_eigenvectors():
     w, v = np.linalg.eigh(np.cov(x - x.mean(0), rowvar=False))
     ref = (x - x.mean(0)) @ v[:, ::-1][:, :2]  # leading two axes, largest variance first
     np.testing.assert_allclose(np.abs(xy), np.abs(ref), atol=1e-8)  # the axes' signs are arbitrary
+    wide = rng.normal(size=(5, 9)) * np.linspace(3.0, 0.1, 9)  # fewer samples than dimensions: the N x N branch
+    u, sv, _ = np.linalg.svd(wide - wide.mean(0), full_matrices=False)
+    np.testing.assert_allclose(np.abs(pca_2d(wide)), np.abs(u[:, :2] * sv[:2]), atol=1e-8)
     with pytest.raises(ValueError, match="N >= 2"):
         pca_2d(x[:1])
