@@ -233,13 +233,16 @@ _TABLE_CACHE: dict = {}  # one entry per worker process: the split table, keyed 
 
 def split_table(split_csv: Path):
     """The experiment's split table (all rows), read and checked (swclip.data.read_table) once per worker
-    process and file version; -> a copy, so no run sees another's changes."""
+    process and file version. The same DataFrame for every run: callers must not set its columns in place
+    (frames derived from it, such as a split's rows, never write back under pandas' copy-on-write). Not a
+    copy on purpose: a copy consolidates the float columns, after which training's lat/lon arrays are
+    read-only views (torch warns) instead of the fresh read's own arrays."""
     st = split_csv.stat()
     key = (str(split_csv.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _TABLE_CACHE:
         _TABLE_CACHE.clear()
         _TABLE_CACHE[key] = read_table(split_csv, split_csv.parent)
-    return _TABLE_CACHE[key].copy()
+    return _TABLE_CACHE[key]
 
 
 def run_job(job: dict) -> dict:
