@@ -462,7 +462,7 @@ def write_experiment(out: Path, cfg: ExperimentConfig, jobs: list, records: dict
                      elapsed_s: float) -> dict:
     """Assemble experiment.json from the finished records (atomically). -> the dict."""
 
-    table = read_table(split_csv, split_csv.parent)
+    table = split_table(split_csv)  # read once per process: this runs after every finished run
     test = table[table["split"] == "test"]
     split_meta = json.loads((split_csv.parent / "split.json").read_text())
     oracle = oracle_errors_m(table)
