@@ -3,6 +3,7 @@
     swclip experiment --out runs/experiments/gaussian-b100              # the main protocol
     swclip experiment --out runs/experiments/exp-b100 --covariance exponential --seeds 0 1 2
     swclip experiment --out /tmp/try --quick                            # 2 seeds, 3 σ
+    swclip experiment --grid full --out runs/experiments --results benchmarks/results   # the committed three
 
 The protocol (fixed before any test number is looked at):
 
@@ -24,7 +25,8 @@ The protocol (fixed before any test number is looked at):
 
 Layout of ``out``: ``world/`` (the world + split.csv), ``runs/<config>-seed<k>/`` (one
 run each; ``record.json`` written last marks it finished, so a restart skips it), and
-``experiment.json``, rewritten after every finished run.
+``experiment.json``, rewritten after every finished run. Runs are lean by default: they compute only
+what the record holds (``run_job``); ``--artefacts`` writes the app's evaluation artefacts too.
 
 One concept, the experiment grid (its protocol, its jobs, its runner and record), so one
 module past 400 lines; the statistics are swclip.analysis.experiment_stats.
