@@ -198,7 +198,7 @@ def variogram_sigma(clip_dir: Path, split_csv: Path, max_lag_m: float) -> dict:
     import torch
 
 
-    table = read_table(split_csv, split_csv.parent)
+    table = split_table(split_csv)
     train = table[table["split"] == "train"].reset_index(drop=True)
     run = load_run(clip_dir)
     run.model.eval()
