@@ -1,6 +1,8 @@
 """Experiment runner and its statistics: the block bootstrap against a naive loop, selection on
-validation, the job plan, and a tiny `swclip experiment --quick` grid end to end with resume."""
+validation, the job plan, a tiny `swclip experiment --quick` grid end to end with resume, lean runs against
+runs with the app's artefacts, and `--grid full` (its protocol, one bar, resume)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -169,3 +171,76 @@ def test_quick_grid_runs_resumes_and_refuses_a_changed_world(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="buffer_m"):
         main([a if a != "30" else "60" for a in argv])
+
+
+TINY = dict(seeds=(0,), sigmas_m=(150.0,), nc_weights=(), variogram=False, semivariogram=False, steps=2, batch_size=16,
+            samples_per_city=40, block_m=300.0, buffer_m=30.0)
+
+
+@pytest.mark.slow
+def test_lean_runs_record_the_same_numbers_as_runs_with_the_apps_artefacts(tmp_path):
+    """The grid's lean runs (table read once, no image gallery, no scale metrics, nothing written) against the
+    app's path (training reads its table, evaluate_run writes predictions.parquet and metrics.json): every
+    recorded number the same, to the last bit."""
+    import shutil
+
+    cfg = ex.ExperimentConfig(name="tiny", **TINY)
+    lean = ex.run_experiment(tmp_path / "lean", cfg, workers=1, progress=False)
+    shutil.copytree(tmp_path / "lean" / "world", tmp_path / "full" / "world")  # the same world, not re-rendered
+    full = ex.run_experiment(tmp_path / "full", cfg, workers=1, progress=False, artefacts=True)
+    assert lean["status"]["finished"] == full["status"]["finished"] == 2 and not lean["status"]["failed"]
+    for a, b in zip(lean["runs"], full["runs"]):
+        assert a["name"] == b["name"] and a["timings"]["lean"] and not b["timings"]["lean"]
+        assert {"median_m", "acc@250m", "recall@1"} <= set(a["val"]) and set(a["test"]) == set(b["test"])
+        for key in ("val", "test", "test_error_m", "sigma_m"):
+            assert a[key] == b[key], (a["name"], key)
+        lean_dir, full_dir = tmp_path / "lean" / "runs" / a["name"], tmp_path / "full" / "runs" / a["name"]
+        assert not (lean_dir / "predictions.parquet").exists()
+        metrics = json.loads((full_dir / "metrics.json").read_text())
+        assert "image_knn" in metrics and metrics["median_m"] == b["test"]["median_m"]
+
+
+def test_full_grid_is_the_committed_protocol():
+    """`swclip experiment --grid full` plans the protocols of the committed experiment-*.json, 130 runs."""
+    cfgs = ex.grid_plan("full")
+    assert sum(len(ex.plan_jobs(c)) for c in cfgs) == 130
+    for cfg in cfgs:
+        committed = json.loads((ex.RESULTS_DIR / f"experiment-{cfg.name}.json").read_text())
+        planned = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as JSON lists
+        assert {k: committed["protocol"][k] for k in planned} == planned, cfg.name
+        assert committed["status"]["planned"] == len(ex.plan_jobs(cfg))
+    with pytest.raises(ValueError, match="unknown grid"):
+        ex.grid_plan("huge")
+
+
+@pytest.mark.slow
+def test_grid_command_runs_every_experiment_resumes_and_refuses_protocol_options(tmp_path, monkeypatch, capsys):
+    from swclip.cli import main
+
+    size = {k: v for k, v in TINY.items() if k in ("steps", "batch_size", "samples_per_city", "block_m")}
+    proto = {k: v for k, v in TINY.items() if k not in size}
+    monkeypatch.setitem(ex.GRIDS, "full", (ex.ExperimentConfig(name="g", **proto),
+                                          ex.ExperimentConfig(name="e", covariance="exponential", **proto)))
+    out, results = tmp_path / "grid", tmp_path / "results"
+    argv = ["experiment", "--grid", "full", "--out", str(out), "--results", str(results), "--steps", "2",
+            "--batch-size", "16", "--samples-per-city", "40", "--block", "300"]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert "grid full: 4 runs in 2 experiments" in printed.out and "4/4" in printed.err  # one bar over both
+    for name, cov in (("g", "gaussian"), ("e", "exponential")):
+        exp = json.loads((results / f"experiment-{name}.json").read_text())
+        assert exp == json.loads((out / name / "experiment.json").read_text())
+        assert exp["status"]["complete"] and exp["world"]["covariance"] == cov
+        assert exp["protocol"]["steps"] == 2 and exp["protocol"]["buffer_m"] == 30.0
+
+    # resume: only the run whose record is gone is trained again, and its experiment's copy is rewritten
+    records = {p: p.stat().st_mtime_ns for p in out.glob("*/runs/*/record.json")}
+    (out / "e" / "runs" / "clip-seed0" / "record.json").unlink()
+    (results / "experiment-e.json").unlink()
+    assert main(argv + ["--quiet"]) == 0
+    again = {p: p.stat().st_mtime_ns for p in out.glob("*/runs/*/record.json")}
+    assert sorted(str(p.relative_to(out)) for p in again if again[p] != records.get(p)) == ["e/runs/clip-seed0/record.json"]
+    assert json.loads((results / "experiment-e.json").read_text())["status"]["finished"] == 2
+
+    with pytest.raises(SystemExit, match="--seeds"):
+        main(argv + ["--seeds", "0", "1"])

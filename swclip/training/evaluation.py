@@ -124,10 +124,12 @@ def retrieval_recall(model, image_embeddings: np.ndarray, latlon: np.ndarray, ci
 
 def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
              bandwidth_m: Optional[float] = None, progress: bool = False, image_gallery: bool = True,
-             gallery_source: str = "split") -> dict:
+             gallery_source: str = "split", scale: bool = True) -> dict:
     """-> {"predictions": DataFrame, "embeddings": (N, D), "gallery": Gallery, "image_gallery": Gallery | None,
     "metrics": dict}. ``image_gallery=False`` skips encoding the training images. gallery_source: the location
     gallery's places, "split" (``train_table``'s locations) or "geoclip100k" (swclip.retrieval.gallery_source).
+    ``scale=False`` skips the Recall-vs-Area and admin-level metrics (``scale_metrics``: the app's, a tenth of
+    a small run's CPU; the experiment grid records neither); every other metric is computed as with True.
 
     Under torchrun every rank calls this: the images are encoded sharded (see ``encode_images``),
     the rest runs on rank 0, and the other ranks return None.
@@ -166,7 +168,9 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
     metrics.update(retrieval_recall(model, emb, true, city if text else None))
     metrics["knn_kde"] = summarize(kde_err)
     # Recall-vs-Area of the knn-kde density; OSV-5M's admin-level table when the samples span > 50 km
-    metrics.update(scale_metrics(pred, true, np.stack([p.latlon_topk for p in preds]), np.stack([p.prob for p in preds]), predictor.bandwidth_m))
+    if scale:
+        metrics.update(scale_metrics(pred, true, np.stack([p.latlon_topk for p in preds]), np.stack([p.prob for p in preds]),
+                                     predictor.bandwidth_m))
     images = None
     if image_gallery:
         images = Gallery(train_table[["lat", "lon"]].to_numpy(np.float64), train_emb, kind="image",

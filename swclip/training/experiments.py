@@ -3,6 +3,7 @@
     swclip experiment --out runs/experiments/gaussian-b100              # the main protocol
     swclip experiment --out runs/experiments/exp-b100 --covariance exponential --seeds 0 1 2
     swclip experiment --out /tmp/try --quick                            # 2 seeds, 3 σ
+    swclip experiment --grid full --out runs/experiments --results benchmarks/results   # the committed three
 
 The protocol (fixed before any test number is looked at):
 
@@ -24,7 +25,8 @@ The protocol (fixed before any test number is looked at):
 
 Layout of ``out``: ``world/`` (the world + split.csv), ``runs/<config>-seed<k>/`` (one
 run each; ``record.json`` written last marks it finished, so a restart skips it), and
-``experiment.json``, rewritten after every finished run.
+``experiment.json``, rewritten after every finished run. Runs are lean by default: they compute only
+what the record holds (``run_job``); ``--artefacts`` writes the app's evaluation artefacts too.
 
 One concept, the experiment grid (its protocol, its jobs, its runner and record), so one
 module past 400 lines; the statistics are swclip.analysis.experiment_stats.
@@ -50,12 +52,12 @@ from swclip.analysis.variogram import fit_best, suggest_bandwidth
 from swclip.data import read_table, spatial_split
 from swclip.geo import EARTH_RADIUS_M, unit_vectors
 from swclip.io import atomic_write, atomic_write_json
-from swclip.runs import load_run
+from swclip.runs import load_run, read_predictions
 from swclip.synth import make_world
 from swclip.synth.world import load_world
 from swclip.training.config import load_config
 from swclip.training.demo import CONFIG_DIR
-from swclip.training.evaluation import encode_images, evaluate
+from swclip.training.evaluation import encode_images, evaluate, evaluate_run
 from swclip.training.loop import train
 
 FORMAT = "swclip-experiment"
@@ -87,13 +89,25 @@ class ExperimentConfig:
     variogram: bool = True  # SW-CLIP at the variogram-suggested σ
     semivariogram: bool = True  # semivariogram-weighted CLIP
     select_metric: str = "median_m"  # lower is better
-    # training (each run: one torch thread)
-    steps: int = 400
+    # training (each run: one torch thread); 300 x 128, smaller than the demo bundle's runs, to fit the budget
+    steps: int = 300
     batch_size: int = 128
     variogram_max_lag_m: float = 3000.0  # street-level lags only: the cities are tens of km apart
 
 
 QUICK = dict(seeds=(0, 1), sigmas_m=(50.0, 150.0, 400.0))
+
+# The whole grid behind the README's tables, one experiment each (``swclip experiment --grid full``):
+# the main world, the second world (exponential covariance), and the main world with a 30 m buffer
+# (CLIP and three σ only: it asks how much of the gain is interpolation, not which σ).
+GRIDS = {
+    "full": (
+        ExperimentConfig(name="gaussian-b100"),
+        ExperimentConfig(name="exponential-b100", covariance="exponential"),
+        ExperimentConfig(name="gaussian-b30", buffer_m=30.0, sigmas_m=(50.0, 150.0, 400.0), nc_weights=(),
+                         variogram=False, semivariogram=False),
+    ),
+}
 
 
 def job_name(config: str, seed: int) -> str:
@@ -184,7 +198,7 @@ def variogram_sigma(clip_dir: Path, split_csv: Path, max_lag_m: float) -> dict:
     import torch
 
 
-    table = read_table(split_csv, split_csv.parent)
+    table = split_table(split_csv)
     train = table[table["split"] == "train"].reset_index(drop=True)
     run = load_run(clip_dir)
     run.model.eval()
@@ -216,14 +230,40 @@ def _overrides(job: dict, cfg: ExperimentConfig, split_csv: Path, runs_dir: Path
     raise ValueError(f"unknown job kind {kind!r}")
 
 
+_TABLE_CACHE: dict = {}  # one entry per worker process: the split table, keyed by its path, size and mtime
+
+
+def split_table(split_csv: Path):
+    """The experiment's split table (all rows), read and checked (swclip.data.read_table) once per worker
+    process and file version. The same DataFrame for every run: callers must not set its columns in place
+    (frames derived from it, such as a split's rows, never write back under pandas' copy-on-write). Not a
+    copy on purpose: a copy consolidates the float columns, after which training's lat/lon arrays are
+    read-only views (torch warns) instead of the fresh read's own arrays."""
+    st = split_csv.stat()
+    key = (str(split_csv.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _TABLE_CACHE:
+        _TABLE_CACHE.clear()
+        _TABLE_CACHE[key] = read_table(split_csv, split_csv.parent)
+    return _TABLE_CACHE[key]
+
+
 def run_job(job: dict) -> dict:
-    """Train + evaluate one job on val and test (in a worker process, one torch thread). -> its record."""
+    """Train + evaluate one job on val and test (in a worker process, one torch thread). -> its record.
+
+    ``job["artefacts"]`` False (the grid's default, lean): the split table is read once per worker and
+    handed to training, and evaluation computes only what the record holds (no training-image gallery, no
+    Recall-vs-Area or admin-level metrics, nothing written but record.json). True: training reads its own
+    table, and the test split is evaluated by ``evaluate_run``, which writes the app's artefacts
+    (predictions.parquet, embeddings, galleries, metrics.json) so the run opens in the app. The record's
+    numbers are the same either way (tests/test_experiments.py runs a grid both ways).
+    """
     import torch
 
 
     torch.set_num_threads(1)
     cfg = ExperimentConfig(**job["experiment"])
     split_csv, runs_dir = Path(job["split_csv"]), Path(job["runs_dir"])
+    lean = not job.get("artefacts", False)
     t0, c0 = time.perf_counter(), time.process_time()
     record = {k: job[k] for k in ("name", "config", "seed", "kind", "sigma_m", "nc_weight")}
     if job["kind"] == "swclip-var":
@@ -236,23 +276,25 @@ def run_job(job: dict) -> dict:
         job = {**job, "sigma_m": vg["sigma_m"]}
         record["sigma_m"] = vg["sigma_m"]
     config, over = _overrides(job, cfg, split_csv, runs_dir)
-    run_dir = train(load_config(CONFIG_DIR / config, over))
-    t1 = time.perf_counter()
-    table = read_table(split_csv, split_csv.parent)
+    table = split_table(split_csv) if lean else read_table(split_csv, split_csv.parent)
     train_rows = table[table["split"] == "train"].reset_index(drop=True)
+    run_dir = train(load_config(CONFIG_DIR / config, over), table=train_rows if lean else None)
+    t1 = time.perf_counter()
     model = load_run(run_dir).model
     for split in ("val", "test"):
         rows = table[table["split"] == split].reset_index(drop=True)
-        res = evaluate(model, train_rows, rows, str(split_csv.parent), image_gallery=False)
-        m = res["metrics"]
+        if lean or split == "val":
+            res = evaluate(model, train_rows, rows, str(split_csv.parent), image_gallery=not lean, scale=not lean)
+            m, pred = res["metrics"], res["predictions"]
+        else:  # the app's path: the run's own table and test split (its manifest), artefacts written
+            m, pred = evaluate_run(run_dir), read_predictions(run_dir, scalar_only=True)
         record[split] = {k: m[k] for k in SUMMARY_KEYS if k in m}
         if split == "test":
-            errors = res["predictions"]["error_m"].to_numpy()
-            if list(res["predictions"]["id"]) != list(rows["id"].astype(str)):
+            if list(pred["id"].astype(str)) != list(rows["id"].astype(str)):
                 raise RuntimeError("evaluation reordered the test rows")
-            record["test_error_m"] = np.round(errors, 1).tolist()
+            record["test_error_m"] = np.round(pred["error_m"].to_numpy(), 1).tolist()
     record["timings"] = dict(train_s=t1 - t0, eval_s=time.perf_counter() - t1, cpu_s=time.process_time() - c0,
-                             threads=torch.get_num_threads())
+                             threads=torch.get_num_threads(), lean=lean)
     atomic_write_json(run_dir / "record.json", record)
     return record
 
@@ -278,11 +320,15 @@ def _ready(job: dict, records: dict, cfg: ExperimentConfig) -> Optional[dict]:
     return job
 
 
-def run_experiment(out, cfg: Optional[ExperimentConfig] = None, workers: int = 2, progress: bool = True) -> dict:
+def run_experiment(out, cfg: Optional[ExperimentConfig] = None, workers: int = 2, progress: bool = True,
+                   artefacts: bool = False, bar=None) -> dict:
     """Run (or resume) the grid; -> the experiment dict (also written to ``out``/experiment.json).
 
     workers: runs trained at once, each in its own spawned process with one torch thread
     (as the demo bundle: on 2 cores two one-thread runs beat one two-thread run after another).
+    artefacts: each run also writes the app's evaluation artefacts on test (see ``run_job``); the
+    recorded numbers are the same. bar: a tqdm bar to advance (``run_grid``'s, over several
+    experiments; it is left open); default: one of its own when ``progress``.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -311,12 +357,12 @@ def run_experiment(out, cfg: Optional[ExperimentConfig] = None, workers: int = 2
             records[job["name"]] = json.loads(p.read_text())
     pending = [j for j in jobs if j["name"] not in records]
     failed: dict = {}
-    bar = None
-    if progress:
+    own_bar = bar is None and progress
+    if own_bar:
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=f"experiment {cfg.name}", unit="run")
-    base = dict(experiment=cfg_dict, split_csv=str(split_csv), runs_dir=str(runs_dir))
+    base = dict(experiment=cfg_dict, split_csv=str(split_csv), runs_dir=str(runs_dir), artefacts=bool(artefacts))
     t_start = time.perf_counter()
     pool = ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn"))
     running: dict = {}
@@ -355,12 +401,12 @@ def run_experiment(out, cfg: Optional[ExperimentConfig] = None, workers: int = 2
                     bar.update(1)
                     r = records.get(job["name"], {})
                     if "test" in r:
-                        bar.write(f"[experiment] {job['name']}: val median {r['val']['median_m']:.0f} m, "
+                        bar.write(f"[experiment {cfg.name}] {job['name']}: val median {r['val']['median_m']:.0f} m, "
                                   f"test median {r['test']['median_m']:.0f} m ({r['timings']['cpu_s']:.0f} s CPU)")
                 write_experiment(out, cfg, jobs, records, failed, split_csv, time.perf_counter() - t_start)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        if bar is not None:
+        if own_bar:
             bar.close()
     exp = write_experiment(out, cfg, jobs, records, failed, split_csv, time.perf_counter() - t_start)
     if progress:
@@ -368,11 +414,57 @@ def run_experiment(out, cfg: Optional[ExperimentConfig] = None, workers: int = 2
     return exp
 
 
+def grid_plan(grid: str, **size) -> list[ExperimentConfig]:
+    """GRIDS[grid]'s experiments, with ``size`` (ExperimentConfig fields such as steps, batch_size,
+    samples_per_city, block_m: for tests; the protocol's fields are the grid's) replacing each default."""
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
+    return [dataclasses.replace(cfg, **size) for cfg in GRIDS[grid]]
+
+
+def run_grid(out, grid: str = "full", workers: int = 2, progress: bool = True, artefacts: bool = False,
+             results_dir=None, **size) -> list[dict]:
+    """Run (or resume) every experiment of GRIDS[grid], one after another, each in ``out``/<name>/,
+    under one progress bar over all their runs; -> their experiment dicts.
+
+    After each experiment its experiment.json is copied to ``results_dir``/experiment-<name>.json
+    (default ``out``; ``benchmarks/results`` replaces the committed ones). A restart skips every
+    finished run, as ``run_experiment`` does.
+    """
+    import shutil
+
+    out = Path(out)
+    results_dir = Path(results_dir) if results_dir is not None else out
+    results_dir.mkdir(parents=True, exist_ok=True)
+    cfgs = grid_plan(grid, **size)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        planned = sum(len(plan_jobs(c)) for c in cfgs)
+        done = sum(1 for c in cfgs for j in plan_jobs(c) if _record_path(out / c.name / "runs", j["name"]).is_file())
+        bar = tqdm(total=planned, initial=done, desc=f"grid {grid}", unit="run")
+    t0 = time.perf_counter()
+    exps = []
+    try:
+        for cfg in cfgs:
+            exps.append(run_experiment(out / cfg.name, cfg, workers=workers, progress=progress, artefacts=artefacts, bar=bar))
+            shutil.copyfile(out / cfg.name / "experiment.json", results_dir / f"experiment-{cfg.name}.json")
+    finally:
+        if bar is not None:
+            bar.close()
+    if progress:
+        runs = sum(e["status"]["finished"] for e in exps)
+        print(f"grid {grid}: {runs} runs in {len(exps)} experiments, {time.perf_counter() - t0:.0f} s wall this session; "
+              f"wrote {', '.join(str(results_dir / f'experiment-{c.name}.json') for c in cfgs)}")
+    return exps
+
+
 def write_experiment(out: Path, cfg: ExperimentConfig, jobs: list, records: dict, failed: dict, split_csv: Path,
                      elapsed_s: float) -> dict:
     """Assemble experiment.json from the finished records (atomically). -> the dict."""
 
-    table = read_table(split_csv, split_csv.parent)
+    table = split_table(split_csv)  # read once per process: this runs after every finished run
     test = table[table["split"] == "test"]
     split_meta = json.loads((split_csv.parent / "split.json").read_text())
     oracle = oracle_errors_m(table)
@@ -462,43 +554,83 @@ def find_experiments(runs_root=None, results_dir=None, max_depth: int = 3) -> li
 # --------------------------------------------------------------------------- command line (``swclip experiment``)
 
 
+PROTOCOL_OPTIONS = ("name", "covariance", "seeds", "sigmas", "nc_weights", "buffer", "world_seed", "no_variogram",
+                    "no_semivariogram", "quick")  # what a --grid fixes
+SIZE_OPTIONS = dict(steps="steps", batch_size="batch_size", samples_per_city="samples_per_city", block="block_m")
+
+
 def configure(parser) -> None:
     d = ExperimentConfig()
     parser.description = (
         "Train and evaluate a grid of configs x seeds on the demo world (CLIP, SW-CLIP over a σ sweep, SW-CLIP at the "
         "variogram-suggested σ, SW-CLIP+NC at the validation-chosen σ, semivariogram-weighted CLIP), with spatial "
-        "train/val/test blocks; writes <out>/experiment.json and prints a summary. Restarting skips finished runs.")
-    parser.add_argument("--out", required=True, help="experiment folder (world, runs, experiment.json)")
+        "train/val/test blocks; writes <out>/experiment.json and prints a summary. Restarting skips finished runs. "
+        "--grid full runs the README's whole grid (main world, exponential world, 30 m buffer) in one command.")
+    parser.add_argument("--out", required=True, help="experiment folder (world, runs, experiment.json); with --grid, "
+                        "the folder of the grid's experiments (<out>/<name>/)")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default=None,
+                        help="run a whole grid of experiments (full: gaussian-b100, exponential-b100, gaussian-b30, "
+                             "each at its protocol's seeds and σ) under one progress bar; writes "
+                             "<results>/experiment-<name>.json for each")
+    parser.add_argument("--results", default=None, help="with --grid: where the experiment-<name>.json copies go "
+                        "(default: --out; benchmarks/results replaces the committed ones)")
     parser.add_argument("--name", default=None, help="experiment name (default: <covariance>-b<buffer>)")
-    parser.add_argument("--covariance", choices=("gaussian", "exponential"), default=d.covariance, help="world's field covariance")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help=f"training seeds (default {list(d.seeds)})")
-    parser.add_argument("--sigmas", type=float, nargs="+", default=list(d.sigmas_m), help="σ sweep, metres")
-    parser.add_argument("--nc-weights", type=float, nargs="*", default=list(d.nc_weights), help="λ for SW-CLIP+NC (none: no NC runs)")
-    parser.add_argument("--buffer", type=float, default=d.buffer_m, help=f"metres between train and held-out rows (default {d.buffer_m:g})")
-    parser.add_argument("--block", type=float, default=d.block_m, help=f"held-out block side, metres (default {d.block_m:g})")
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps per run (default {d.steps})")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
-    parser.add_argument("--samples-per-city", type=int, default=d.samples_per_city,
+    parser.add_argument("--covariance", choices=("gaussian", "exponential"), default=None,
+                        help=f"world's field covariance (default {d.covariance})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help=f"training seeds (default {list(d.seeds)})")
+    parser.add_argument("--sigmas", type=float, nargs="+", default=None, help=f"σ sweep, metres (default {list(d.sigmas_m)})")
+    parser.add_argument("--nc-weights", type=float, nargs="*", default=None,
+                        help=f"λ for SW-CLIP+NC (default {list(d.nc_weights)}; none: no NC runs)")
+    parser.add_argument("--buffer", type=float, default=None, help=f"metres between train and held-out rows (default {d.buffer_m:g})")
+    parser.add_argument("--block", type=float, default=None, help=f"held-out block side, metres (default {d.block_m:g})")
+    parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps per run (default {d.steps})")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"batch size (default {d.batch_size})")
+    parser.add_argument("--samples-per-city", type=int, default=None,
                         help=f"world size: street samples per city (default {d.samples_per_city})")
-    parser.add_argument("--world-seed", type=int, default=d.world_seed, help="world seed (default 0; the split seed stays 0)")
-    parser.add_argument("--no-variogram", action="store_true", help="skip SW-CLIP at the variogram-suggested σ")
-    parser.add_argument("--no-semivariogram", action="store_true", help="skip semivariogram-weighted CLIP")
-    parser.add_argument("--quick", action="store_true", help="2 seeds and 3 σ (50, 150, 400 m), to try it")
+    parser.add_argument("--world-seed", type=int, default=None, help="world seed (default 0; the split seed stays 0)")
+    parser.add_argument("--no-variogram", action="store_true", default=None, help="skip SW-CLIP at the variogram-suggested σ")
+    parser.add_argument("--no-semivariogram", action="store_true", default=None, help="skip semivariogram-weighted CLIP")
+    parser.add_argument("--quick", action="store_true", default=None, help="2 seeds and 3 σ (50, 150, 400 m), to try it")
+    parser.add_argument("--artefacts", action="store_true",
+                        help="each run also writes the app's evaluation artefacts on test (predictions, embeddings, "
+                             "galleries, metrics.json), so it opens in the app; slower, same numbers")
     parser.add_argument("--workers", type=int, default=2, help="runs at once, one torch thread each (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
+def _given(args, dest: str, default):
+    value = getattr(args, dest)
+    return default if value is None else value
+
+
+def size_from_args(args) -> dict:
+    """The size options given on the command line, as ExperimentConfig fields."""
+    return {field: getattr(args, dest) for dest, field in SIZE_OPTIONS.items() if getattr(args, dest) is not None}
+
+
 def config_from_args(args) -> ExperimentConfig:
+    d = ExperimentConfig()
     cfg = ExperimentConfig(
-        covariance=args.covariance, world_seed=args.world_seed, samples_per_city=args.samples_per_city,
-        block_m=args.block, buffer_m=args.buffer, seeds=tuple(args.seeds), sigmas_m=tuple(args.sigmas),
-        nc_weights=tuple(args.nc_weights), variogram=not args.no_variogram, semivariogram=not args.no_semivariogram,
-        steps=args.steps, batch_size=args.batch_size)
+        covariance=_given(args, "covariance", d.covariance), world_seed=_given(args, "world_seed", d.world_seed),
+        buffer_m=_given(args, "buffer", d.buffer_m), seeds=tuple(_given(args, "seeds", d.seeds)),
+        sigmas_m=tuple(_given(args, "sigmas", d.sigmas_m)), nc_weights=tuple(_given(args, "nc_weights", d.nc_weights)),
+        variogram=not args.no_variogram, semivariogram=not args.no_semivariogram, **size_from_args(args))
     if args.quick:
         cfg = dataclasses.replace(cfg, **QUICK)
     return dataclasses.replace(cfg, name=args.name or f"{cfg.covariance}-b{cfg.buffer_m:g}" + ("-quick" if args.quick else ""))
 
 
 def run(args) -> int:
-    exp = run_experiment(args.out, config_from_args(args), workers=args.workers, progress=not args.quiet)
+    if args.grid is not None:
+        fixed = [f"--{o.replace('_', '-')}" for o in PROTOCOL_OPTIONS if getattr(args, o) is not None]
+        if fixed:
+            raise SystemExit(f"--grid {args.grid} fixes the protocol; drop {', '.join(fixed)} "
+                             "(only --steps, --batch-size, --samples-per-city and --block resize it)")
+        exps = run_grid(args.out, args.grid, workers=args.workers, progress=not args.quiet, artefacts=args.artefacts,
+                        results_dir=args.results, **size_from_args(args))
+        return 0 if not any(e["status"]["failed"] for e in exps) else 1
+    if args.results is not None:
+        raise SystemExit("--results goes with --grid (one experiment writes <out>/experiment.json)")
+    exp = run_experiment(args.out, config_from_args(args), workers=args.workers, progress=not args.quiet,
+                         artefacts=args.artefacts)
     return 0 if not exp["status"]["failed"] else 1
