@@ -18,9 +18,19 @@ import torch
 RESULTS_DIR = Path(os.environ.get("SWCLIP_RESULTS_DIR") or Path(__file__).resolve().parents[1] / "benchmarks" / "results")
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), or None: figures from two machines do not compare."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def machine() -> dict:
     """What the figures were measured on."""
     info = {
+        "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
