@@ -83,6 +83,8 @@ st.markdown(
     f"**{split['buffer_m']:g} m buffer**, train {counts.get('train')} / val {counts.get('val')} / test {counts.get('test')} "
     f"(buffer {counts.get('buffer')}) · {proto['steps']} steps × batch {proto['batch_size']} per run · "
     f"selection: {proto['selection']}.")
+if exp.get("git_commits"):  # written since 2026-12-01; earlier files do not say
+    st.caption("Code: " + ", ".join(f"`{c[:12]}`" for c in exp["git_commits"]) + " (the commit each run was trained with).")
 st.caption(f"Nearest training location to each test image (the floor of a top-1 gallery prediction): median "
            f"{exp['oracle_test']['median_m']:.0f} m. Under a {split['buffer_m']:g} m buffer every prediction is at least that far off.")
 

@@ -50,11 +50,15 @@ def test_page_reads_an_experiment_by_path_inside_the_runs_folder_only(monkeypatc
     if not COMMITTED:
         pytest.skip("no committed experiment to copy")
     (tmp_path / "exp").mkdir()
-    shutil.copy(COMMITTED[0], tmp_path / "exp" / "experiment.json")
+    exp = json.loads(Path(COMMITTED[0]).read_text())
+    exp["git_commits"] = ["0123456789abcdef0123456789abcdef01234567"]  # as a grid run since 2026-12-01 writes
+    (tmp_path / "exp" / "experiment.json").write_text(json.dumps(exp))
     at = _app(monkeypatch, tmp_path).run()
     assert f"runs: {Path('exp') / 'experiment.json'}" in at.selectbox[0].options
+    assert "Code: " not in _text(at)  # the committed file (earlier format) names no commit
     at.text_input[0].set_value("exp/experiment.json").run()
     assert not at.exception and not at.error
+    assert "Code: `0123456789ab`" in _text(at)  # the runs' commit, shortened
     at.text_input[0].set_value("../../etc/passwd").run()
     assert at.error and "Cannot open" in at.error[0].value
 

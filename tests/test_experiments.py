@@ -4,6 +4,8 @@ runs with the app's artefacts, and `--grid full` (its protocol, one bar, resume)
 
 import dataclasses
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,6 +160,13 @@ def test_quick_grid_runs_resumes_and_refuses_a_changed_world(tmp_path, capsys):
         assert {"val", "test"} <= set(r) and len(r["test_error_m"]) == n_test, r["name"]
     var = [r for r in exp["runs"] if r["kind"] == "swclip-var"]
     assert all(r["sigma_m"] == r["variogram"]["sigma_m"] > 0 for r in var)
+    # provenance: every run names the commit it was trained with, and the experiment lists them
+    repo = Path(ex.__file__).resolve().parents[2]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout (CI's is one)
+        commits = {r["git_commit"] for r in exp["runs"]}
+        assert len(commits) == 1 and commits.pop().split("-")[0] == head.stdout.strip()
+        assert exp["git_commits"] == sorted({r["git_commit"] for r in exp["runs"]})
     printed = capsys.readouterr().out
     assert "| clip | 2 |" in printed and "14 of 14 runs finished" in printed
 

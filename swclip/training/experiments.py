@@ -49,10 +49,11 @@ from swclip.analysis.empirical_variogram import empirical_variogram
 from swclip.analysis.experiment_stats import summary_table
 from swclip.analysis.metrics import summarize
 from swclip.analysis.variogram import fit_best, suggest_bandwidth
+from swclip.benchmark import cpu_model
 from swclip.data import read_table, spatial_split
 from swclip.geo import EARTH_RADIUS_M, unit_vectors
 from swclip.io import atomic_write, atomic_write_json
-from swclip.runs import load_run, read_predictions
+from swclip.runs import git_commit, load_run, read_predictions
 from swclip.synth import make_world
 from swclip.synth.world import load_world
 from swclip.training.config import load_config
@@ -293,6 +294,7 @@ def run_job(job: dict) -> dict:
             if list(pred["id"].astype(str)) != list(rows["id"].astype(str)):
                 raise RuntimeError("evaluation reordered the test rows")
             record["test_error_m"] = np.round(pred["error_m"].to_numpy(), 1).tolist()
+    record["git_commit"] = git_commit()  # per run: a grid resumed across commits shows it (None outside a checkout)
     record["timings"] = dict(train_s=t1 - t0, eval_s=time.perf_counter() - t1, cpu_s=time.process_time() - c0,
                              threads=torch.get_num_threads(), lean=lean)
     atomic_write_json(run_dir / "record.json", record)
@@ -476,7 +478,9 @@ def write_experiment(out: Path, cfg: ExperimentConfig, jobs: list, records: dict
                     complete=all(j["name"] in records for j in jobs), elapsed_s=round(elapsed_s, 1)),
         protocol=dict(dataclasses.asdict(cfg), selection=f"per seed: σ with the lowest validation {cfg.select_metric} "
                       "among the sweep; λ likewise among the NC runs at that σ",
-                      machine=dict(cpus=os.cpu_count(), threads_per_run=1)),
+                      machine=dict(cpus=os.cpu_count(), cpu_model=cpu_model(), threads_per_run=1)),
+        # the code the finished runs were trained with (usually one commit; more when resumed across commits)
+        git_commits=sorted({str(records[j["name"]].get("git_commit")) for j in jobs if j["name"] in records}),
         world=world_summary(split_csv.parent),
         split=split_meta,
         oracle_test={k: v for k, v in summarize(oracle).items() if k in SUMMARY_KEYS},
