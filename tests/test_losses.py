@@ -186,6 +186,17 @@ def test_neighbourhood_consistency_gradient_matches_finite_differences_of_the_lo
     torch.testing.assert_close(columns.grad, fd("cols", (10, 6)), rtol=1e-6, atol=1e-8)
 
 
+def test_plus_transpose_in_blocks_equals_x_plus_x_t():
+    """The NC backward's blocked x + xᵀ, at sizes that are and are not multiples of the block (the gradient
+    tests above stay inside one block)."""
+    from swclip.method.losses import _plus_transpose
+
+    g = torch.Generator().manual_seed(0)
+    for n, block in ((1, 128), (300, 128), (256, 128), (37, 8)):
+        x = torch.randn(n, n, generator=g)
+        torch.testing.assert_close(_plus_transpose(x, block), x + x.T, rtol=0, atol=0)
+
+
 def test_neighbourhood_consistency_refuses_a_second_backward_instead_of_a_wrong_gradient():
     """The fused term overwrites its saved softmax with the gradient: a retain_graph second pass must raise."""
     image, _, latlon = batch(6, 4, seed=2)
