@@ -14,9 +14,9 @@ import pandas as pd
 import streamlit as st
 
 from swclip import catalog, runs
+from swclip.runs import load_predictor
 from swclip.data import ImageError, exif_gps, open_image, read_table
 from swclip.io import RunError
-from swclip.retrieval.predictor import Predictor
 from swclip.retrieval.search import SearchIndex
 from swclip.analysis.metrics import THRESHOLDS_KM, THRESHOLDS_M, extent_m, rva_summary, summarize, threshold_label
 from swclip.viz import maps, scale
@@ -211,10 +211,10 @@ def sample_table(runs_root: str, run_id: str, stamp: float) -> Optional[pd.DataF
 
 @st.cache_resource(show_spinner="Loading the model and building its search index…", max_entries=8)
 def predictor(runs_root: str, run_id: str, stamp: float):
-    """(swclip.retrieval.predictor.Predictor, None), or (None, why) when the run cannot predict (no weights, no gallery…)."""
+    """(swclip.runs.load_predictor's Predictor, None), or (None, why) when the run cannot predict (no weights, no gallery…)."""
 
     try:
-        return Predictor.from_run(run_id, runs_root=runs_root), None
+        return load_predictor(run_id, runs_root=runs_root), None
     except (ValueError, OSError, KeyError) as e:  # RunError is a ValueError
         return None, str(e)
 
@@ -270,15 +270,15 @@ def rva(runs_root: str, run_id: str, stamp: float, city: Optional[str], max_quer
         return None
     if city in (None, ALL_CITIES):
         stored = catalog.read_metrics(run).get("rva")
-        if isinstance(stored, dict) and "areas_km2" in stored:
+        if isinstance(stored, dict) and {"areas_km2", "kde_bandwidth_m"} <= stored.keys():
             return {**stored, "source": "metrics.json"}
-    bandwidth = run.manifest.get("kde_bandwidth_m") or catalog.read_metrics(run).get("kde_bandwidth_m")
+    kde_bandwidth_m = run.manifest.get("kde_bandwidth_m") or catalog.read_metrics(run).get("kde_bandwidth_m")
     tk = topk(runs_root, run_id, stamp)
-    if tk is None or not bandwidth:
+    if tk is None or not kde_bandwidth_m:
         return None
     df = predictions(runs_root, run_id, stamp)
     rows = df.index.to_numpy() if city in (None, ALL_CITIES) else df.index.to_numpy()[df["city"].astype(str).to_numpy() == city]
     if len(rows) == 0:
         return None
-    out = rva_summary(tk[0][rows], tk[1][rows], df.loc[rows, ["lat", "lon"]].to_numpy(np.float64), float(bandwidth), max_queries=max_queries)
+    out = rva_summary(tk[0][rows], tk[1][rows], df.loc[rows, ["lat", "lon"]].to_numpy(np.float64), float(kde_bandwidth_m), max_queries=max_queries)
     return {**out, "source": "computed here"}

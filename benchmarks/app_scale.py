@@ -310,7 +310,7 @@ def main(argv=None) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak RSS {peak:.2f} GB, 1-min load {load:.1f}")
     if not args.no_write:
-        from swclip.benchmark import machine, write_result
+        from swclip.workflows.benchmark import machine, write_result
 
         path = write_result(f"app_scale-{args.label}", {"label": args.label, "load_avg_1min": load, "peak_rss_gb": peak, "open_clip_import_s": round(import_s, 2),
                                                           "machine": machine(), "rows": rows})

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
-    from swclip.benchmark import interleaved_times, write_result
+    from swclip.workflows.benchmark import interleaved_times, write_result
     from swclip.data import ImageDataset
     from swclip.synth import make_world
 

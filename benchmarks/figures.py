@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from swclip.benchmark import batch_size_args, interleaved_times, report_batch_times
+from swclip.workflows.benchmark import batch_size_args, interleaved_times, report_batch_times
 from swclip.geo import local_metres_to_degrees
 from swclip.method.soft_labels import effective_positives, soft_targets
 from swclip.viz import figures

@@ -14,7 +14,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from swclip.benchmark import interleaved_times, machine, write_result
+from swclip.workflows.benchmark import interleaved_times, machine, write_result
 from swclip.method.losses import ClipLoss, SoftClipLoss
 from swclip.analysis.variogram import VariogramFit
 from swclip.method.semivariogram_loss import LossVariogram, SemivariogramWeightedLoss

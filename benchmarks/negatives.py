@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.negatives [--batch 64 256 512] [--repeats 8]
 
 Times, per control change on a batch of B embeddings from a 4 km city: the B × B negative
-weights (swclip.analysis.negatives.batch_negatives, the loss's own negative_weights), the share
+weights (swclip.method.negatives.batch_negatives, the loss's own negative_weights), the share
 of false / hard negatives against distance, the strongest pairs of each kind, and the three
 plotly figures serialised to JSON (what Streamlit sends). Variants alternate. Target: < 0.5 s at
 B = 256 on the 2-core machine. Prints medians and writes benchmarks/results/negatives-<machine>.json.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from swclip.benchmark import batch_size_args, interleaved_times, report_batch_times
-from swclip.analysis.negatives import batch_negatives, share_by_distance, strongest_pairs
+from swclip.workflows.benchmark import batch_size_args, interleaved_times, report_batch_times
+from swclip.method.negatives import batch_negatives, share_by_distance, strongest_pairs
 from swclip.analysis.variogram import VariogramFit
 from swclip.geo import local_metres_to_degrees
 from swclip.method.semivariogram_loss import LossVariogram

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from swclip.benchmark import interleaved_times, machine, write_result
+from swclip.workflows.benchmark import interleaved_times, machine, write_result
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -45,16 +45,17 @@ def bench_photo(args) -> dict:
     from swclip.retrieval.gallery import Gallery
     from swclip.retrieval.kde import knn_kde, softmax_np, weighted_radius_m
     from swclip.retrieval.predictor import Predictor
-    from swclip.retrieval.search import limit_threads
+    from swclip.runs import load_predictor
+    from swclip.threads import limit_threads
 
     if args.run:
-        predictor = Predictor.from_run(args.run)
+        predictor = load_predictor(args.run)
         model, source = predictor.model, str(args.run)
     else:
         model = SWCLIP(DEMO_CONFIG).eval()
         rng = np.random.default_rng(0)
         latlon = np.column_stack([48.85 + rng.uniform(0, 0.04, args.gallery_n), 2.33 + rng.uniform(0, 0.05, args.gallery_n)])
-        predictor = Predictor(model, Gallery.from_locations(model, latlon), bandwidth_m=100.0)
+        predictor = Predictor(model, Gallery.from_locations(model, latlon), kde_bandwidth_m=100.0)
         source = "DEMO_CONFIG, random init"
     rng = np.random.default_rng(1)
     buf = io.BytesIO()
@@ -79,7 +80,7 @@ def bench_photo(args) -> dict:
         scores, idx = predictor.index.search(state["q"], 5)
         p = softmax_np(predictor.logit_scale * scores[0].astype(np.float64))
         ll = predictor.gallery.latlon[idx[0]]
-        est = knn_kde(ll, p, predictor.bandwidth_m)
+        est = knn_kde(ll, p, predictor.kde_bandwidth_m)
         weighted_radius_m(est, ll, p)
 
     def end_to_end():

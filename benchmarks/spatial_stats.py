@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from swclip.benchmark import interleaved_times, write_result
+from swclip.workflows.benchmark import interleaved_times, write_result
 
 ORIGIN = (48.85, 2.35)
 SIDE_M = 8000.0

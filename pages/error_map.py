@@ -76,7 +76,7 @@ with left:
         st.plotly_chart(figures.rva_figure(curves, title=f"Recall vs Area, {where}"), width="stretch", key="rva")
         c0 = next(iter(curves.values()))
         st.caption(f"Share of samples whose true spot lies inside the smallest highest-density region of the knn-kde density "
-                   f"(bandwidth {fmt_m(c0['bandwidth_m'])}) of at most that area; {c0['n_queries']:,} of {c0['of']:,} queries "
+                   f"(bandwidth {fmt_m(c0['kde_bandwidth_m'])}) of at most that area; {c0['n_queries']:,} of {c0['of']:,} queries "
                    f"({c0['source']}). Median area needed: {c0['median_area_km2']:,.3g} km². See the README for the definition.")
     else:
         st.info("No Recall vs Area: the run has no top-k candidates or no knn-kde bandwidth.")

@@ -10,8 +10,8 @@ from appkit.urlstate import url_widget
 from swclip.io import resolve_inside
 from swclip.analysis import experiment_stats as es
 from swclip.synth.world import RANGE_MIN_M
-from swclip.training import experiments as ex
-from swclip.analysis.variogram import suggest_bandwidth
+from swclip.workflows import results as rx
+from swclip.analysis.variogram import suggest_sigma_m
 from swclip.viz import experiments as vx
 
 view = frame.ensure_frame()
@@ -20,7 +20,7 @@ st.caption("The evidence behind the README's headline: a grid of configs × seed
            "σ and λ chosen on a validation split, test reported once. The Runs page shows single demo runs; this page "
            "shows whether the differences survive other seeds and other held-out places.")
 
-found = ex.find_experiments(view.runs_root)
+found = rx.find_experiments(view.runs_root)
 runs_root = Path(view.runs_root).resolve()
 
 
@@ -57,7 +57,7 @@ with c1:
 
 @st.cache_data(show_spinner="Reading the experiment…", max_entries=8)
 def load(p: str, mtime: float):
-    exp = ex.load_experiment(p)
+    exp = rx.load_experiment(p)
     return exp, es.summary_table(exp, n_boot=1000, seed=0), es.per_city(exp)
 
 
@@ -99,13 +99,13 @@ with c2:
 by_config = table.set_index("config")
 val_sigma = by_config.loc[es.VAL_SIGMA, "sigma_m_values"] if es.VAL_SIGMA in by_config.index else None
 var_sigma = by_config.loc["swclip-var", "sigma_m_values"] if "swclip-var" in by_config.index else None
-truth = suggest_bandwidth(world["range_m"]["min"], "gaussian") if world["range_m"]["min"] >= RANGE_MIN_M * 0.5 else None
+truth = suggest_sigma_m(world["range_m"]["min"], "gaussian") if world["range_m"]["min"] >= RANGE_MIN_M * 0.5 else None
 try:
     st.plotly_chart(vx.sigma_figure(table, metric, split_name, val_sigma, var_sigma, truth), width="stretch")
 except ValueError as err:
     st.info(f"No σ curve: {err}")
 st.caption("Band: ±1 standard deviation across seeds. Marks: the mean over seeds of each seed's validation-best σ and of "
-           "each seed's variogram-suggested σ (suggest_bandwidth of the practical range of the CLIP run's image-embedding "
+           "each seed's variogram-suggested σ (suggest_sigma_m of the practical range of the CLIP run's image-embedding "
            "variogram, fitted on the training split), and the σ the same rule gives for the world's shortest true range.")
 
 st.subheader("Against CLIP on test: paired block bootstrap")

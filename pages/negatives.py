@@ -11,7 +11,7 @@ import numpy as np
 import streamlit as st
 
 from appkit import frame, loaders, urlstate
-from swclip.analysis.negatives import batch_negatives, run_variogram, share_by_distance, strongest_pairs
+from swclip.method.negatives import batch_negatives, run_variogram, share_by_distance, strongest_pairs
 from swclip.method.semivariogram_loss import VARIANTS
 from swclip.viz import negatives as figs
 from swclip.viz.spatial_bins import hilbert_order

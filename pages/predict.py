@@ -68,7 +68,7 @@ predictor, problem = loaders.predictor(view.runs_root, run.run_id, run.stamp)
 if predictor is None:
     st.error(f"This run cannot predict here: {problem}")
     st.stop()
-st.caption(f"Run `{run.run_id}` · gallery of {len(predictor.gallery):,} candidate locations · knn-kde bandwidth {fmt_m(predictor.bandwidth_m)}")
+st.caption(f"Run `{run.run_id}` · gallery of {len(predictor.gallery):,} candidate locations · knn-kde bandwidth {fmt_m(predictor.kde_bandwidth_m)}")
 
 with st.spinner(f"Predicting {len(queries)} photo(s)…"):
     preds = predictor.predict([q[1] for q in queries], top_k=int(top_k), progress=False)

@@ -9,7 +9,7 @@ from swclip import catalog
 from swclip.analysis.metrics import log10_error
 from swclip.analysis.spatial_stats import local_morans_i, morans_i
 from swclip.analysis.empirical_variogram import bin_pairs, variogram_pairs
-from swclip.analysis.variogram import MODELS, fit_best, fit_variogram, suggest_bandwidth
+from swclip.analysis.variogram import MODELS, fit_best, fit_variogram, suggest_sigma_m
 from swclip.viz import figures, maps
 from swclip.viz.scale import fmt_m
 
@@ -78,7 +78,7 @@ def curve(name, emp, fit):
 def fit_row(name, emp, fit):
     row = {"variogram": name, "model": fit.model if fit.ok else "—", "nugget": fit.nugget, "sill": fit.sill, "range (m)": fit.range_m,
            # the bandwidth rule expects the 95 % range; scikit-gstat's gaussian/spherical ranges sit at 98-100 %
-           f"suggested σ, {kernel} (m)": suggest_bandwidth(fit.practical_range_m(), kernel) if fit.ok else np.nan,
+           f"suggested σ, {kernel} (m)": suggest_sigma_m(fit.practical_range_m(), kernel) if fit.ok else np.nan,
            "pairs used": emp.n_pairs_used if emp is not None else 0, "note": "" if fit.ok else fit.reason}
     if fit.ok and fit.range_at_bound:
         row["note"] = "range at the largest lag: the true range may be longer"
@@ -99,7 +99,7 @@ for r in view.selected:
     curves.append(curve(r.run_id, emp, fit))
     rows.append(fit_row(f"{r.run_id}: embeddings (1 − cos)", emp, fit))
     if suggested is None and fit.ok:
-        suggested = suggest_bandwidth(fit.practical_range_m(), kernel)
+        suggested = suggest_sigma_m(fit.practical_range_m(), kernel)
 
 st.plotly_chart(
     figures.variogram_figure(curves, sigma_m=view.sigma_m, suggested_sigma_m=suggested, true_ranges_m=list(true_ranges.values()),

@@ -11,7 +11,8 @@ import numpy as np
 import streamlit as st
 
 from appkit import frame, loaders, urlstate
-from swclip.method.soft_labels import KERNELS, effective_positives, soft_targets
+from swclip.kernels import KERNELS
+from swclip.method.soft_labels import effective_positives, soft_targets
 from swclip.viz import figures, maps
 from swclip.viz.spatial_bins import hilbert_order
 

@@ -66,6 +66,8 @@ def run_train(args) -> int:
 
 
 def configure_evaluate(p: argparse.ArgumentParser) -> None:
+    from swclip.retrieval.gallery_source import GALLERY_SOURCES
+
     p.description = ("Evaluate a trained run and write the artefacts the app reads into its directory: "
                      "predictions.parquet (top-1 error_m, knn-kde kde_error_m, top-k), embeddings.npy, gallery.npz, "
                      "metrics.json (overall and per city), and a metrics summary in manifest.json.")
@@ -79,7 +81,7 @@ def configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="image root (default: the manifest's, else the table's folder)")
     p.add_argument("--split", help="rows to evaluate (default: the manifest's eval split, else 'test')")
     p.add_argument("--gallery-split", help="rows whose locations form the gallery (default: 'train')")
-    p.add_argument("--gallery", choices=("split", "geoclip100k"), default=None,  # swclip.retrieval.gallery_source
+    p.add_argument("--gallery", choices=GALLERY_SOURCES, default=None,  # swclip.retrieval.gallery_source
                    help="candidate places: split (the gallery split's locations) or geoclip100k (GeoCLIP's 100K "
                         "coordinates, world scale; needs the geoclip wheel); either is encoded by the run's location "
                         "tower into gallery.npz (default: the manifest's data.gallery, else split)")
@@ -126,8 +128,8 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="world, split and training seed")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps per model (default: the demo configs')")
     p.add_argument("--models", nargs="+", default=None, help="run ids to build (default: all of DEMO_MODELS)")
-    p.add_argument("--samples-per-city", type=int, default=None, help="world size per city (default: swclip.training.demo's)")
-    p.add_argument("--cities", nargs="+", default=None, help="world cities (default: swclip.training.demo's)")
+    p.add_argument("--samples-per-city", type=int, default=None, help="world size per city (default: swclip.workflows.demo's)")
+    p.add_argument("--cities", nargs="+", default=None, help="world cities (default: swclip.workflows.demo's)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the runs even where they are complete (the world is kept)")
     p.add_argument("--workers", type=int, default=None, help="runs trained at once, one torch thread each (default: min(2, CPUs))")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -135,7 +137,7 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args) -> int:
-    from swclip.training.demo import build_demo
+    from swclip.workflows.demo import build_demo
 
     build_demo(args.out, seed=args.seed, steps=args.steps, models=args.models, samples_per_city=args.samples_per_city,
                cities=args.cities, rebuild=args.rebuild, progress=not args.quiet, workers=args.workers,
@@ -147,7 +149,7 @@ def run_demo(args) -> int:
 
 
 def configure_bench(p: argparse.ArgumentParser) -> None:
-    from swclip.training import bench
+    from swclip.workflows import bench
 
     p.description = bench.__doc__.split("\n\n", 1)[0] + (
         " Each loss gets its own model and optimiser (same seed); their steps run round-robin, so load drifts on a "
@@ -156,8 +158,8 @@ def configure_bench(p: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args) -> int:
-    from swclip.benchmark import write_result
-    from swclip.training.bench import format_table, measure
+    from swclip.workflows.benchmark import write_result
+    from swclip.workflows.bench import format_table, measure
 
     result = measure(args)
     print(format_table(result))
@@ -207,28 +209,35 @@ def run_synth(args) -> int:
 
 
 def configure_predict(p: argparse.ArgumentParser) -> None:
+    from swclip.retrieval.gallery_source import GALLERY_SOURCES
+
     p.description = ("Predict where street-view photos were taken with a trained run: the top-k gallery "
                      "places with probabilities, the knn-kde estimate and a confidence radius.")
     p.epilog = ("examples:\n  swclip predict photo.jpg --run runs/demo/swclip-s50 --top-k 5\n"
-                "  swclip predict photo.jpg --run runs/osv5m --gallery geoclip100k   # world scale: GeoCLIP's 100K places")
+                "  swclip predict photo.jpg --run runs/osv5m --gallery geoclip100k   # world scale: GeoCLIP's 100K places\n"
+                "  swclip predict photo.jpg --run runs/demo/swclip-s50 --search image   # nearest training images (kNN)")
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     p.add_argument("--run", required=True, help="run directory (holds manifest.json, model.safetensors, gallery.npz)")
     p.add_argument("--runs-root", default=None, help="refuse a --run outside this folder")
     p.add_argument("--top-k", type=int, default=5, help="places to list per image (default 5)")
-    p.add_argument("--gallery", choices=["gallery", "image_gallery", "geoclip100k"], default="gallery",
-                   help="search the run's gallery.npz (default), training images (kNN baseline) or GeoCLIP's 100K "
-                        "coordinates (world scale; encoded by the run's location tower unless `swclip evaluate "
-                        "--gallery geoclip100k` stored them as the run's gallery)")
-    p.add_argument("--bandwidth-m", type=float, default=None, help="knn-kde kernel sigma in metres (default: the run's)")
+    p.add_argument("--gallery", choices=GALLERY_SOURCES, default=None,  # swclip.retrieval.gallery_source
+                   help="candidate places: split (the gallery split's locations) or geoclip100k (GeoCLIP's 100K "
+                        "coordinates, world scale; encoded by the run's location tower unless `swclip evaluate "
+                        "--gallery geoclip100k` stored them as the run's gallery) (default: the run's gallery.npz)")
+    p.add_argument("--search", choices=("location", "image"), default="location",
+                   help="compare each photo with the location tower's places (default) or with the training "
+                        "images' embeddings (image_gallery.npz: the kNN baseline)")
+    p.add_argument("--kde-bandwidth-m", type=float, default=None,
+                   help="knn-kde kernel width in metres (default: the run's)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
 
 
 def run_predict(args) -> int:
     from swclip.data import open_image
-    from swclip.retrieval.predictor import Predictor
+    from swclip.runs import load_predictor
 
-    predictor = Predictor.from_run(args.run, runs_root=args.runs_root, gallery=args.gallery,
-                                   bandwidth_m=args.bandwidth_m, progress=True)
+    predictor = load_predictor(args.run, runs_root=args.runs_root, gallery=args.gallery, search=args.search,
+                               kde_bandwidth_m=args.kde_bandwidth_m, progress=True)
     images = [open_image(path) for path in args.images]
     for path, pred in zip(args.images, predictor.predict(images, top_k=args.top_k, progress=len(images) > 1)):
         if args.json:
@@ -269,13 +278,13 @@ def run_info(args) -> int:
 
 
 def configure_experiment(p: argparse.ArgumentParser) -> None:
-    from swclip.training.experiments import configure
+    from swclip.workflows.experiments import configure
 
     configure(p)
 
 
 def run_experiment(args) -> int:
-    from swclip.training.experiments import run
+    from swclip.workflows.experiments import run
 
     return run(args)
 

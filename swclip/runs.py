@@ -40,6 +40,8 @@ from safetensors.torch import load_file, save_file
 from swclip.io import RunError, atomic_write, atomic_write_json, resolve_inside, sha256_file
 from swclip.method.model import build_model
 from swclip.retrieval.gallery import Gallery
+from swclip.retrieval.gallery_source import check_gallery_source, gallery_places, stored_gallery_source
+from swclip.retrieval.predictor import Predictor
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -401,6 +403,49 @@ def load_run(run_dir, runs_root=None, device: str | torch.device = "cpu") -> Run
     load_weights(model, resolve_inside(run.run_dir, WEIGHTS), run.manifest.get("weights_sha256"))
     run.model = model.to(device).eval()
     return run
+
+
+SEARCHES = ("location", "image")
+
+
+def load_predictor(run_dir, runs_root=None, gallery: Optional[str] = None, search: str = "location",
+                   device: str = "cpu", progress: bool = False, **kwargs) -> Predictor:
+    """A run's model, gallery and faiss index, built once (swclip.retrieval.predictor.Predictor).
+
+    gallery: which places the candidates are, as in ``swclip evaluate --gallery``: None (the run's
+    stored gallery.npz, whatever it holds), "split" (the gallery split's locations; the stored gallery
+    must hold them) or "geoclip100k" (GeoCLIP's 100K coordinates: the stored gallery when the manifest
+    says it holds them, else encoded now by the run's location tower, with a progress bar when
+    ``progress``). search: "location" compares photos with the location tower's embeddings of the
+    places; "image" with the training images' embeddings (image_gallery.npz, the kNN baseline).
+    The knn-kde width comes from ``kwargs["kde_bandwidth_m"]``, else the manifest's (for a stored
+    gallery only: it belongs to that gallery), else the gallery's own spacing.
+    """
+    if search not in SEARCHES:
+        raise ValueError(f"search {search!r} unknown; choose location (the location tower's places) or image "
+                         "(the training images' embeddings)")
+    if gallery is not None:
+        check_gallery_source(gallery)
+    run = load_run(run_dir, runs_root=runs_root, device=device)
+    stored = stored_gallery_source(run.manifest)
+    if search == "image":
+        if gallery == "geoclip100k":
+            raise ValueError("search image reads the training images' embeddings; gallery geoclip100k holds "
+                             "places without images: use search location")
+        places = run.gallery("image_gallery")
+    elif gallery == "geoclip100k" and stored != "geoclip100k":
+        latlon, city = gallery_places("geoclip100k", run.model)
+        places = Gallery.from_locations(run.model.eval(), latlon, city=city, progress=progress)
+    elif gallery == "split" and stored != "split":
+        raise RunError(f"{run.run_dir}: its gallery.npz holds {stored} places, not the split's; run "
+                       "`swclip evaluate RUN --gallery split` to store the split's gallery")
+    else:
+        places = run.gallery("gallery")
+        if kwargs.get("kde_bandwidth_m") is None:  # the CLI passes None for "not given"
+            kwargs["kde_bandwidth_m"] = run.manifest.get("kde_bandwidth_m")
+    predictor = Predictor(run.model, places, **kwargs)
+    predictor.run = run
+    return predictor
 
 
 def update_manifest(run_dir, **changes) -> dict:

@@ -1,6 +1,6 @@
 """A small runs directory for the app's tests, built by the real code.
 
-``swclip.training.demo.build_demo`` renders a two-city procedural world, trains
+``swclip.workflows.demo.build_demo`` renders a two-city procedural world, trains
 one-hot CLIP and SW-CLIP (σ = 50 m) for a few steps on the CPU and evaluates
 both, exactly as ``make run`` does for the full demo, only smaller. Building
 takes about half a minute, so the result is kept in pytest's cache folder
@@ -42,7 +42,7 @@ def fixture_runs(cache_dir: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not (root / "demo" / ".complete").is_file():
-                from swclip.training.demo import build_demo
+                from swclip.workflows.demo import build_demo
 
                 shutil.rmtree(root, ignore_errors=True)
                 for old in cache_dir.iterdir():  # older code versions

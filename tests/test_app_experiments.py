@@ -9,12 +9,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from swclip.analysis import experiment_stats as es
-from swclip.training import experiments as ex
+from swclip.workflows import results as rx
 
 pytestmark = [pytest.mark.xdist_group(name="app"), pytest.mark.slow]
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "experiments.py")
-COMMITTED = ex.find_experiments(None)
+COMMITTED = rx.find_experiments(None)
 
 
 def _app(monkeypatch, runs_root) -> AppTest:
@@ -30,7 +30,7 @@ def _text(at) -> str:
 def test_page_shows_the_committed_experiment(monkeypatch, tmp_path):
     at = _app(monkeypatch, tmp_path).run()
     assert not at.exception, [e.value for e in at.exception]
-    exp = ex.load_experiment(COMMITTED[0])
+    exp = rx.load_experiment(COMMITTED[0])
     assert at.selectbox[0].value == f"committed: {COMMITTED[0].name}"
     assert at.selectbox[0].value == "committed: experiment-gaussian-b100.json", "opens on the README's headline protocol"
     assert exp["name"] in _text(at)

@@ -1,4 +1,4 @@
-"""swclip.benchmark: the result files say what they were measured on, load included."""
+"""swclip.workflows.benchmark: the result files say what they were measured on, load included."""
 
 import json
 import os

@@ -20,7 +20,7 @@ def load_build_demo():
 @pytest.mark.slow
 def test_build_demo_tiny_then_skip(tmp_path, monkeypatch):
     from swclip.runs import list_runs
-    from swclip.training import demo as demo_bundle
+    from swclip.workflows import demo as demo_bundle
 
     # a tiny, fast variant of the real bundle: same code path, fewer samples and steps
     monkeypatch.setitem(demo_bundle.WORLD, "cities", ["Glasgow", "Leeds"])
@@ -59,7 +59,7 @@ def test_build_demo_tiny_then_skip(tmp_path, monkeypatch):
 
 
 def test_build_demo_rejects_unknown_models(tmp_path):
-    from swclip.training.demo import build_demo
+    from swclip.workflows.demo import build_demo
 
     with pytest.raises(ValueError, match="unknown demo model"):
         build_demo(tmp_path, models=["nope"], samples_per_city=8, progress=False)

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from swclip.training.demo import CONFIG_DIR
+from swclip.training.config import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swclip.analysis import experiment_stats as es
-from swclip.training import experiments as ex
+from swclip.workflows import experiments as ex
+from swclip.workflows import results
 
 
 # --------------------------------------------------------------------------- statistics
@@ -214,7 +215,7 @@ def test_full_grid_is_the_committed_protocol():
     cfgs = ex.grid_plan("full")
     assert sum(len(ex.plan_jobs(c)) for c in cfgs) == 130
     for cfg in cfgs:
-        committed = json.loads((ex.RESULTS_DIR / f"experiment-{cfg.name}.json").read_text())
+        committed = json.loads((results.RESULTS_DIR / f"experiment-{cfg.name}.json").read_text())
         planned = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as JSON lists
         assert {k: committed["protocol"][k] for k in planned} == planned, cfg.name
         assert committed["status"]["planned"] == len(ex.plan_jobs(cfg))

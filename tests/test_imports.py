@@ -1,9 +1,11 @@
-"""The library's import structure: no cycles, no streamlit, every module importable on its own.
+"""The library's import structure: layers, no cycles, no streamlit, every module importable on its own.
 
 The import graph is read from the source with ``ast`` (every ``import`` / ``from ... import``
-of a swclip module, at any depth, so an import hidden inside a function still counts as an edge),
-and searched for cycles with Tarjan's strongly-connected components (networkx is not a dependency;
-the graph has about 50 nodes).
+of a swclip module, at any depth, so an import hidden inside a function still counts as an edge).
+LAYERS writes the package order down once: a module may import from lower layers and from its
+own package, never from a higher layer or from another package of its own layer. Cycles are
+searched with Tarjan's strongly-connected components (networkx is not a dependency; the graph has
+about 70 nodes).
 """
 
 import ast
@@ -21,6 +23,45 @@ def module_name(path: Path) -> str:
 
 
 MODULES = {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+APP_MODULES = {module_name(p): p for p in sorted((ROOT / "appkit").rglob("*.py"))}
+PAGE_MODULES = {module_name(p): p for p in [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]}
+
+# The package order, lowest first. A unit is a package or a top-level module; the longest unit that
+# prefixes a module's name is its unit. Peers in one layer never import each other.
+LAYERS = [
+    ("swclip", "swclip.geo", "swclip.io", "swclip.kernels", "swclip.threads", "swclip.loss_names"),
+    ("swclip.data", "swclip.synth", "swclip.analysis"),
+    ("swclip.method",),
+    ("swclip.retrieval", "swclip.viz"),
+    ("swclip.runs",),
+    ("swclip.catalog", "swclip.training"),
+    ("swclip.workflows",),
+    ("swclip.cli",),
+    ("appkit",),
+    ("app", "pages"),
+]
+LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+
+
+def unit_of(module: str) -> str:
+    """The longest unit of LAYERS that is ``module`` or a package above it (KeyError for none)."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in LAYER_OF:
+            return ".".join(parts[:n])
+    raise KeyError(f"{module} belongs to no unit of LAYERS: add it where it belongs")
+
+
+def layer_violations(edges) -> list[str]:
+    """Edges (importer, imported, line) that run against LAYERS: up a layer, or across to a peer unit."""
+    out = []
+    for importer, imported, line in edges:
+        a, b = unit_of(importer), unit_of(imported)
+        if a == b or LAYER_OF[b] < LAYER_OF[a]:
+            continue
+        kind = "up" if LAYER_OF[b] > LAYER_OF[a] else "across"
+        out.append(f"{importer}:{line} imports {imported} ({kind}: layer {LAYER_OF[a]} {a} -> layer {LAYER_OF[b]} {b})")
+    return out
 
 
 def imported_modules(path: Path):
@@ -45,7 +86,7 @@ def imported_modules(path: Path):
             visit(child, nested)
 
     visit(tree, False)
-    return [(m, line, f) for m, line, f in out if m.split(".")[0] in ("swclip", "streamlit")]
+    return [(m, line, f) for m, line, f in out if m.split(".")[0] in ("swclip", "streamlit", "appkit", "pages", "app")]
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -97,6 +138,40 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_cycle_finder_finds_a_planted_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def project_edges() -> list[tuple[str, str, int]]:
+    """(importer, imported, line) for every import of a project module in swclip/, appkit/, app.py and pages/."""
+    edges = []
+    for name, path in {**MODULES, **APP_MODULES, **PAGE_MODULES}.items():
+        edges += [(name, mod, line) for mod, line, _ in imported_modules(path) if mod.split(".")[0] != "streamlit"]
+    return edges
+
+
+def test_layer_check_catches_upward_and_sideways_imports():
+    planted = [("swclip.analysis.variogram", "swclip.method.soft_labels", 3),  # up
+               ("swclip.retrieval.predictor", "swclip.runs", 5),  # up
+               ("swclip.data.table", "swclip.synth.world", 7),  # across: peers
+               ("swclip", "swclip.cli", 1),  # the package root is the lowest layer
+               ("swclip.viz.maps", "appkit.frame", 9),  # the library never reaches the app
+               ("swclip.runs", "swclip.method.model", 11),  # down: fine
+               ("swclip.training.loop", "swclip.training.config", 13)]  # own package: fine
+    found = layer_violations(planted)
+    assert [f.split(":")[0] for f in found] == ["swclip.analysis.variogram", "swclip.retrieval.predictor",
+                                                "swclip.data.table", "swclip", "swclip.viz.maps"]
+    assert "(up:" in found[0] and "(across:" in found[2]
+
+
+def test_every_module_belongs_to_a_layer():
+    for name in [*MODULES, *APP_MODULES, *PAGE_MODULES]:
+        unit_of(name)
+
+
+def test_no_import_runs_against_the_layers():
+    edges = project_edges()
+    assert len(edges) > 300  # the walk found the project's imports (about 430)
+    found = layer_violations(edges)
+    assert not found, f"{len(found)} imports against LAYERS:\n" + "\n".join(found)
 
 
 def test_swclip_has_no_import_cycles():

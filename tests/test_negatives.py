@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swclip.analysis.negatives import batch_negatives, run_variogram, share_by_distance, strongest_pairs
+from swclip.method.negatives import batch_negatives, run_variogram, share_by_distance, strongest_pairs
 from swclip.method.semivariogram_loss import LossVariogram
 from swclip.viz import negatives as figs
 from tests.test_semivariogram_loss import haversine_loop, make_fit, stable_gamma

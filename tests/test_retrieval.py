@@ -50,7 +50,7 @@ def model():
 
 def test_knn_kde_across_the_antimeridian():
     cands = np.array([[10.0, 179.999], [10.0, -179.999], [10.001, 179.9995], [9.999, -179.9995]])
-    lat, lon = knn_kde(cands, np.ones(4), bandwidth_m=500.0)
+    lat, lon = knn_kde(cands, np.ones(4), kde_bandwidth_m=500.0)
     assert abs(lon) > 179.99  # averaging raw longitudes would give ~0
     assert abs(lat - 10.0) < 0.001
     assert naive_haversine_m((lat, lon), (10.0, 180.0)) < 100.0
@@ -58,7 +58,7 @@ def test_knn_kde_across_the_antimeridian():
 
 def test_knn_kde_near_the_pole():
     cands = np.array([[89.999, 0.0], [89.999, 90.0], [89.999, 180.0], [89.999, -90.0]])
-    lat, _ = knn_kde(cands, np.ones(4), bandwidth_m=1000.0)
+    lat, _ = knn_kde(cands, np.ones(4), kde_bandwidth_m=1000.0)
     assert lat > 89.9999
 
 
@@ -94,7 +94,7 @@ def test_knn_kde_is_equivariant_under_longitude_shifts(lat0, lon0, shift, seed):
 def test_knn_kde_rejects_bad_input():
     with pytest.raises(ValueError, match="weights"):
         knn_kde(np.zeros((3, 2)), np.zeros(3), 10.0)
-    with pytest.raises(ValueError, match="bandwidth_m"):
+    with pytest.raises(ValueError, match="kde_bandwidth_m"):
         knn_kde(np.zeros((3, 2)), np.ones(3), 0.0)
     with pytest.raises(ValueError, match="latitude"):
         knn_kde(np.array([[2.0, 95.0]])[:, ::-1], np.ones(1), 10.0)
@@ -263,7 +263,7 @@ def test_predictor_matches_brute_force_softmax(model):
     rng = np.random.default_rng(3)
     latlon = np.column_stack([51.5 + rng.uniform(0, 0.03, 300), -0.12 + rng.uniform(0, 0.04, 300)])
     g = Gallery.from_locations(model, latlon)
-    p = Predictor(model, g, bandwidth_m=200.0, batch_size=4)
+    p = Predictor(model, g, kde_bandwidth_m=200.0, batch_size=4)
     ims = _images(7)
     preds = p.predict(ims, top_k=5, progress=False)
     with torch.no_grad():
@@ -332,7 +332,7 @@ def two_threads():
 def test_limit_threads_restores_the_settings(two_threads):
     import faiss
 
-    from swclip.retrieval.search import limit_threads
+    from swclip.threads import limit_threads
 
     before = (torch.get_num_threads(), faiss.omp_get_max_threads())
     with limit_threads(1):
@@ -347,7 +347,7 @@ def test_limit_threads_restores_the_settings(two_threads):
 def test_predictor_drops_the_padding_of_an_approximate_index(model):
     rng = np.random.default_rng(4)
     latlon = np.column_stack([51.5 + rng.uniform(0, 0.05, 400), -0.12 + rng.uniform(0, 0.05, 400)])
-    p = Predictor(model, Gallery.from_locations(model, latlon), index_kind="ivf", bandwidth_m=100.0)
+    p = Predictor(model, Gallery.from_locations(model, latlon), index_kind="ivf", kde_bandwidth_m=100.0)
     p.index.index.nprobe = 1  # one list of ~40 entries cannot fill k = 100
     [pred] = p.predict_embeddings(p.gallery.embeddings[:1], top_k=100)
     assert 0 < len(pred.index) < 100 and (pred.index >= 0).all()
@@ -359,7 +359,7 @@ def test_limit_threads_nested_and_from_threads(two_threads):
 
     import faiss
 
-    from swclip.retrieval.search import limit_threads
+    from swclip.threads import limit_threads
 
     before = (torch.get_num_threads(), faiss.omp_get_max_threads())
     assert before == (2, 2)

@@ -97,8 +97,8 @@ def test_fresh_process_rebuilds_bit_identical_predictions(trained_run, tmp_path)
     script = textwrap.dedent(f"""
         import numpy as np
         from PIL import Image
-        from swclip.retrieval.predictor import Predictor
-        p = Predictor.from_run({str(run_dir)!r}, runs_root={str(root)!r})
+        from swclip.runs import load_predictor
+        p = load_predictor({str(run_dir)!r}, runs_root={str(root)!r})
         ims = [Image.open({str(tmp_path)!r} + f"/{{i}}.png").convert("RGB") for i in range(6)]
         preds = p.predict(ims, top_k=5, progress=False)
         np.savez({str(tmp_path / "out.npz")!r}, emb=p.encode(ims, progress=False),

@@ -4,7 +4,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swclip.method.soft_labels import effective_positives, kernel_weights, soft_targets
+from swclip.kernels import kernel_weights
+from swclip.method.soft_labels import effective_positives, soft_targets
 from tests.reference import soft_targets_loop
 
 

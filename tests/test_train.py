@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from swclip.geo import haversine_m
-from swclip.training.demo import CONFIG_DIR
+from swclip.training.config import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_CONFIG = {"clip": "demo_clip.yaml", "swclip": "demo_swclip.yaml", "swclip+nc": "demo_swclip_nc.yaml",

@@ -1,4 +1,4 @@
-"""swclip bench (swclip/training/bench.py, train/bench.py): every loss timed side by side on one model; the table and the numbers agree."""
+"""swclip bench (swclip/workflows/bench.py, train/bench.py): every loss timed side by side on one model; the table and the numbers agree."""
 
 import time
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from swclip.cli import build_parser
-from swclip.training import bench
+from swclip.workflows import bench
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ from swclip.training.checkpoint import (
     set_rng_state,
 )
 from swclip.training.config import LossConfig, load_config, save_config
-from swclip.training.demo import CONFIG_DIR
+from swclip.training.config import CONFIG_DIR
 from swclip.training.objective import build_loss, sigma_at
 from swclip.training.optim import NonFiniteLossError, clamp_logit_scale, lr_factor, param_groups
 

@@ -15,10 +15,10 @@ from swclip.analysis.variogram import (
     fit_best,
     fit_embedding_variogram,
     fit_variogram,
-    suggest_bandwidth,
+    suggest_sigma_m,
 )
 from swclip.geo import local_metres_to_degrees
-from swclip.method.soft_labels import kernel_weights
+from swclip.kernels import kernel_weights
 
 ORIGIN = (48.85, 2.35)
 R_SPHERE = 6_371_008.8
@@ -281,20 +281,20 @@ def test_gamma_torch_and_gamma_match_skgstat_models(model):
 
 @pytest.mark.parametrize("kernel", ["gaussian", "exponential"])
 @pytest.mark.parametrize("level", [0.05, 0.2])
-def test_suggest_bandwidth_kernel_reaches_level_at_range(kernel, level):
+def test_suggest_sigma_m_kernel_reaches_level_at_range(kernel, level):
     for range_m in (120.0, 850.0, 4000.0):
-        sigma = suggest_bandwidth(range_m, kernel, level=level)
+        sigma = suggest_sigma_m(range_m, kernel, level=level)
         assert float(kernel_weights(np.array([range_m]), sigma, kernel)[0]) == pytest.approx(level, rel=1e-9)
         assert float(kernel_weights(np.array([0.5 * range_m]), sigma, kernel)[0]) > level
 
 
-def test_suggest_bandwidth_rejects_bad_input():
+def test_suggest_sigma_m_rejects_bad_input():
     with pytest.raises(ValueError, match="onehot"):
-        suggest_bandwidth(500.0, "onehot")
+        suggest_sigma_m(500.0, "onehot")
     with pytest.raises(ValueError, match="range_m"):
-        suggest_bandwidth(float("nan"))
+        suggest_sigma_m(float("nan"))
     with pytest.raises(ValueError, match="level"):
-        suggest_bandwidth(500.0, level=1.5)
+        suggest_sigma_m(500.0, level=1.5)
 
 
 # --------------------------------------------------------------------------- bad input

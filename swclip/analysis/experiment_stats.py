@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 
 from swclip.analysis.metrics import summarize
+from swclip.loss_names import SWCLIP, SWCLIP_NC
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -123,7 +124,7 @@ def seed_records(exp: dict, select_metric: Optional[str] = None) -> dict:
     for r in exp["runs"]:
         if "test" in r:
             out.setdefault(r["config"], {})[r["seed"]] = r
-    for label, kind in ((VAL_SIGMA, "swclip"), (VAL_NC, "swclip+nc")):
+    for label, kind in ((VAL_SIGMA, SWCLIP), (VAL_NC, SWCLIP_NC)):
         by_seed: dict = {}
         for r in exp["runs"]:
             if r["kind"] == kind and "val" in r:

@@ -267,12 +267,12 @@ def _angle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.arctan2(np.linalg.norm(np.cross(u, v), axis=-1), np.sum(u * v, axis=-1))
 
 
-def hdr_area_km2(topk_latlon: Any, topk_prob: Any, true_latlon: Any, bandwidth_m: float, samples: int = 256,
+def hdr_area_km2(topk_latlon: Any, topk_prob: Any, true_latlon: Any, kde_bandwidth_m: float, samples: int = 256,
                  chunk: int = 256) -> np.ndarray:
     """Area of the knn-kde density's highest-density region that just contains the truth, per query.
 
     The density is the one knn-kde climbs (swclip.index.kde_density): f(x) = Σ_j p_j exp(−d(x, c_j)² / 2h²)
-    over a query's top-k candidates c_j with probabilities p_j, h = bandwidth_m, d great-circle. The region
+    over a query's top-k candidates c_j with probabilities p_j, h = kde_bandwidth_m, d great-circle. The region
     at level λ is {x : f(x) ≥ λ}; the area needed is that of the region at λ = f(truth): the search area a
     user must cover, densest ground first, before the true spot is inside. Recall-vs-Area is then the
     share of queries whose needed area is at most A (:func:`rva_curve`).
@@ -289,14 +289,14 @@ def hdr_area_km2(topk_latlon: Any, topk_prob: Any, true_latlon: Any, bandwidth_m
     true = np.asarray(true_latlon, dtype=np.float64)
     if cand.ndim != 3 or cand.shape[2] != 2 or prob.shape != cand.shape[:2] or true.shape != (cand.shape[0], 2):
         raise ValueError(f"need topk_latlon (N, K, 2), topk_prob (N, K), true_latlon (N, 2); got {cand.shape}, {prob.shape}, {true.shape}")
-    if not (bandwidth_m > 0 and math.isfinite(bandwidth_m)):
-        raise ValueError(f"bandwidth_m must be a positive number of metres, got {bandwidth_m!r}")
+    if not (kde_bandwidth_m > 0 and math.isfinite(kde_bandwidth_m)):
+        raise ValueError(f"kde_bandwidth_m must be a positive number of metres, got {kde_bandwidth_m!r}")
     if not np.isfinite(prob).all() or (prob < 0).any():
         raise ValueError("topk_prob must be finite and >= 0")
     check_latlon(cand.reshape(-1, 2), "topk_latlon")
     check_latlon(true, "true_latlon")
     n, k = prob.shape
-    h = bandwidth_m / EARTH_RADIUS_M  # bandwidth as an angle
+    h = kde_bandwidth_m / EARTH_RADIUS_M  # bandwidth as an angle
     i = np.arange(samples) + 0.5
     u = i / samples  # (S,) uniform in area over the cap
     phi = i * math.pi * (3.0 - math.sqrt(5.0))  # golden angle
@@ -369,29 +369,29 @@ def extent_m(latlon: Any, sample: int = 2000, quantile: float = 0.99, seed: int 
     return float(np.quantile(chord_to_m(chord), quantile))
 
 
-def rva_summary(topk_latlon: Any, topk_prob: Any, true_latlon: Any, bandwidth_m: float,
+def rva_summary(topk_latlon: Any, topk_prob: Any, true_latlon: Any, kde_bandwidth_m: float,
                 max_queries: int = RVA_MAX_QUERIES, seed: int = 0) -> dict:
     """Recall-vs-Area of the knn-kde density (:func:`hdr_area_km2`) on at most ``max_queries`` queries
     (a seeded sample beyond that), on the fixed grid RVA_AREAS_KM2 so runs overlay.
 
-    Returns {"areas_km2", "recall", "median_area_km2", "n_queries", "of", "bandwidth_m", "seed"}.
+    Returns {"areas_km2", "recall", "median_area_km2", "n_queries", "of", "kde_bandwidth_m", "seed"}.
     """
     true = np.asarray(true_latlon, dtype=np.float64)
     n = len(true)
     rows = np.arange(n) if n <= max_queries else np.sort(np.random.default_rng(seed).choice(n, max_queries, replace=False))
-    needed = hdr_area_km2(np.asarray(topk_latlon)[rows], np.asarray(topk_prob)[rows], true[rows], bandwidth_m)
+    needed = hdr_area_km2(np.asarray(topk_latlon)[rows], np.asarray(topk_prob)[rows], true[rows], kde_bandwidth_m)
     areas, recall = rva_curve(needed)
     return {"areas_km2": areas.tolist(), "recall": recall.tolist(), "median_area_km2": float(np.median(needed)),
-            "n_queries": int(len(rows)), "of": int(n), "bandwidth_m": float(bandwidth_m), "seed": int(seed)}
+            "n_queries": int(len(rows)), "of": int(n), "kde_bandwidth_m": float(kde_bandwidth_m), "seed": int(seed)}
 
 
-def scale_metrics(pred_latlon: Any, true_latlon: Any, topk_latlon: Any, topk_prob: Any, bandwidth_m: float,
+def scale_metrics(pred_latlon: Any, true_latlon: Any, topk_latlon: Any, topk_prob: Any, kde_bandwidth_m: float,
                   mode: Optional[int] = None) -> dict:
     """What evaluation adds beyond :func:`summarize`: {"rva": rva_summary(...)} always, and
     {"osv5m": osv5m_metrics(...)} (admin-level accuracy, median / mean km with OSV-5M's haversine)
     when the true locations spread wider than ADMIN_MIN_EXTENT_M. Also {"extent_m"}."""
     spread = extent_m(true_latlon)
-    out = {"extent_m": spread, "rva": rva_summary(topk_latlon, topk_prob, true_latlon, bandwidth_m)}
+    out = {"extent_m": spread, "rva": rva_summary(topk_latlon, topk_prob, true_latlon, kde_bandwidth_m)}
     if spread > ADMIN_MIN_EXTENT_M:
         out["osv5m"] = osv5m_metrics(pred_latlon, true_latlon, parity="osv5m", mode=mode)
     return out

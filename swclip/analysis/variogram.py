@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from swclip.analysis.empirical_variogram import MIN_SAMPLES, EmpiricalVariogram, empirical_variogram
-from swclip.method.soft_labels import check_kernel
+from swclip.kernels import check_kernel
 
 MODELS = ("spherical", "exponential", "gaussian", "stable", "matern")
 SHAPED_MODELS = ("stable", "matern")  # models with a 4th (shape / smoothness) parameter
@@ -126,7 +126,7 @@ class VariogramFit:
         there), but its gaussian model reaches 98.2 % at ``range_m`` and the
         spherical 100 %. With the default level
         this is where the correlation has fallen to 5 %, the distance
-        :func:`suggest_bandwidth` expects. Found on a fine grid of the model, to 0.1 %.
+        :func:`suggest_sigma_m` expects. Found on a fine grid of the model, to 0.1 %.
         """
         self._require_ok()
         if not 0.0 < level < 1.0:
@@ -282,11 +282,11 @@ def fit_best(empirical: EmpiricalVariogram, models: Sequence[str] = MODELS, nugg
     return _no_fit("; ".join(f"{f.model}: {f.reason}" for f in fits), "", empirical.dissimilarity)
 
 
-def suggest_bandwidth(range_m: float, kernel: str = "gaussian", level: float = 0.05) -> float:
+def suggest_sigma_m(range_m: float, kernel: str = "gaussian", level: float = 0.05) -> float:
     """The soft-label bandwidth σ (metres) whose kernel falls to ``level`` at ``range_m``.
 
     The rule: k_σ(range_m) = level, with k the soft-label kernel
-    (``swclip.method.soft_labels.kernel_weights``). The default level 0.05 matches
+    (``swclip.kernels.kernel_weights``). The default level 0.05 matches
     the distance where the variogram reaches 95 % of its partial sill, i.e.
     where the correlation has fallen to 5 % (pass ``fit.practical_range_m()``,
     which is exactly that for every model; scikit-gstat's ``range_m`` is it for

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from swclip.geo import pairwise_haversine_m
-from swclip.method.soft_labels import check_kernel, soft_targets
+from swclip.kernels import check_kernel
+from swclip.method.soft_labels import soft_targets
 
 
 def _all_gather_with_grad(x):

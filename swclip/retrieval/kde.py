@@ -16,17 +16,17 @@ from swclip.geo import check_latlon, chord_to_m, haversine_m, latlon_from_vector
 # ------------------------------------------------------------------------------------------- knn-kde
 
 
-def kde_density(at_latlon, latlon_candidates, weights, bandwidth_m: float) -> np.ndarray:
+def kde_density(at_latlon, latlon_candidates, weights, kde_bandwidth_m: float) -> np.ndarray:
     """Σ_j w_j exp(−d(at, c_j)² / 2h²) at each row of ``at_latlon`` (M, 2) -> (M,). d geodesic metres."""
     at, c = np.asarray(at_latlon, np.float64), np.asarray(latlon_candidates, np.float64)
     d = haversine_m(at[:, None, :], c[None, :, :], check=False)  # (M, K)
-    return (np.exp(-0.5 * (d / bandwidth_m) ** 2) * np.asarray(weights, np.float64)[None, :]).sum(1)
+    return (np.exp(-0.5 * (d / kde_bandwidth_m) ** 2) * np.asarray(weights, np.float64)[None, :]).sum(1)
 
 
-def knn_kde(latlon_candidates, weights, bandwidth_m: float, iters: int = 30, tol_m: float = 0.01) -> tuple[float, float]:
+def knn_kde(latlon_candidates, weights, kde_bandwidth_m: float, iters: int = 30, tol_m: float = 0.01) -> tuple[float, float]:
     """Mode of the weighted Gaussian kernel density over the candidates (Vo et al. 2017), geodesically.
 
-    latlon_candidates: (K, 2) degrees; weights: (K,) >= 0 (e.g. probabilities); bandwidth_m: the
+    latlon_candidates: (K, 2) degrees; weights: (K,) >= 0 (e.g. probabilities); kde_bandwidth_m: the
     kernel's σ in metres. Starts at the densest candidate and runs mean-shift on the unit sphere
     (weighted mean of unit vectors, renormalised), so it never averages raw lat/lon and works across
     the antimeridian and near the poles. Returns (lat, lon) degrees, lon in [-180, 180].
@@ -38,14 +38,14 @@ def knn_kde(latlon_candidates, weights, bandwidth_m: float, iters: int = 30, tol
         raise ValueError(f"weights must be (K,) = ({len(c)},), got {w.shape}")
     if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise ValueError("weights must be finite, >= 0 and not all zero")
-    if not bandwidth_m > 0:
-        raise ValueError(f"bandwidth_m must be > 0, got {bandwidth_m}")
+    if not kde_bandwidth_m > 0:
+        raise ValueError(f"kde_bandwidth_m must be > 0, got {kde_bandwidth_m}")
     xyz = unit_vectors(c)  # (K, 3)
-    density = kde_density(c, c, w, bandwidth_m)
+    density = kde_density(c, c, w, kde_bandwidth_m)
     x = xyz[int(np.argmax(density))]
     for _ in range(iters):
         d = chord_to_m(np.linalg.norm(xyz - x, axis=1))  # (K,)
-        k = w * np.exp(-0.5 * (d / bandwidth_m) ** 2)
+        k = w * np.exp(-0.5 * (d / kde_bandwidth_m) ** 2)
         if k.sum() <= 0:  # every candidate far beyond the bandwidth of x: stay on the densest candidate
             break
         new = (k[:, None] * xyz).sum(0)

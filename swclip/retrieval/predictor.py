@@ -1,6 +1,6 @@
 """From an image to places: gallery, faiss search, top-k probabilities, knn-kde.
 
-    predictor = Predictor.from_run("runs/demo/swclip_sigma50")     # model + gallery + faiss index, built once
+    predictor = load_predictor("runs/demo/swclip_sigma50")   # swclip.runs: model + gallery + faiss index, built once
     [p] = predictor.predict([pil_image], top_k=5)
     p.latlon_topk (5, 2), p.prob (5,), p.estimate (lat, lon) (knn-kde), p.radius_m
 
@@ -33,10 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from swclip.retrieval.gallery import Gallery
-from swclip.retrieval.gallery_source import gallery_places, stored_gallery_source
 from swclip.retrieval.kde import knn_kde, median_spacing_m, softmax_np, weighted_radius_m
-from swclip.retrieval.search import SMALL_BATCH, SearchIndex, limit_threads
-from swclip.runs import load_run
+from swclip.retrieval.search import SMALL_BATCH, SearchIndex
+from swclip.threads import limit_threads
 
 # ---------------------------------------------------------------------------------------- prediction
 
@@ -72,13 +71,13 @@ class Prediction:
 class Predictor:
     """Model + gallery + faiss index, built once; queries never re-encode the gallery.
 
-    bandwidth_m: knn-kde kernel σ in metres; None takes 4 × the gallery's median nearest-neighbour
+    kde_bandwidth_m: knn-kde kernel σ in metres; None takes 4 × the gallery's median nearest-neighbour
     spacing (street level: tens of metres; a global gallery: kilometres). index_kind: see SearchIndex.
     small_batch_threads: CPU threads for batches of up to SMALL_BATCH images (see limit_threads).
     Puts ``model`` in eval mode; a training loop that evaluates mid-run must call ``train()`` again.
     """
 
-    def __init__(self, model, gallery: Gallery, bandwidth_m: Optional[float] = None, index_kind: str = "auto",
+    def __init__(self, model, gallery: Gallery, kde_bandwidth_m: Optional[float] = None, index_kind: str = "auto",
                  batch_size: int = 64, small_batch_threads: Optional[int] = 1):
         if gallery.dim != model.embed_dim:
             raise ValueError(f"gallery embeddings are {gallery.dim}-d but the model embeds to {model.embed_dim}-d: "
@@ -88,34 +87,10 @@ class Predictor:
         self.index = SearchIndex(gallery.embeddings, kind=index_kind, small_batch_threads=small_batch_threads)
         self.small_batch_threads = small_batch_threads
         # the gallery's spacing only when no bandwidth is given: a 1M-entry KD-tree takes seconds
-        self.bandwidth_m = float(bandwidth_m) if bandwidth_m else max(4.0 * median_spacing_m(gallery.latlon), 1.0)
+        self.kde_bandwidth_m = float(kde_bandwidth_m) if kde_bandwidth_m else max(4.0 * median_spacing_m(gallery.latlon), 1.0)
         self.batch_size = int(batch_size)
         with torch.no_grad():
             self.logit_scale = float(model.scale())
-
-    @classmethod
-    def from_run(cls, run_dir, runs_root=None, gallery: str = "gallery", device: str = "cpu",
-                 progress: bool = False, **kwargs) -> "Predictor":
-        """Load a run (swclip.runs.load_run) and its gallery.npz (or gallery="image_gallery").
-
-        gallery="geoclip100k": GeoCLIP's 100K coordinates (swclip.retrieval.gallery_source): the run's
-        gallery.npz when its manifest says that is what it holds, else encoded now by the run's location
-        tower (a progress bar with ``progress``; ``swclip evaluate --gallery geoclip100k`` stores it once).
-        The knn-kde bandwidth comes from ``kwargs``, else the manifest's ``kde_bandwidth_m`` (unless the
-        gallery is one encoded here: that bandwidth belongs to the stored gallery), else the gallery.
-        """
-
-        run = load_run(run_dir, runs_root=runs_root, device=device)
-        if gallery == "geoclip100k" and stored_gallery_source(run.manifest) != "geoclip100k":
-            latlon, city = gallery_places("geoclip100k", run.model)
-            places = Gallery.from_locations(run.model.eval(), latlon, city=city, progress=progress)
-        else:
-            places = run.gallery("gallery" if gallery == "geoclip100k" else gallery)
-            if kwargs.get("bandwidth_m") is None:  # the CLI passes None for "not given"
-                kwargs["bandwidth_m"] = run.manifest.get("kde_bandwidth_m")
-        predictor = cls(run.model, places, **kwargs)
-        predictor.run = run
-        return predictor
 
     def _encode_batch(self, images: Sequence) -> np.ndarray:
         batch = torch.stack([self.model.preprocess_val(im) for im in images])  # (B, 3, H, W)
@@ -144,7 +119,7 @@ class Predictor:
                 s, i = s[keep], i[keep]
                 p = softmax_np(self.logit_scale * s.astype(np.float64))
             ll = self.gallery.latlon[i]
-            est = knn_kde(ll, p, self.bandwidth_m)
+            est = knn_kde(ll, p, self.kde_bandwidth_m)
             out.append(Prediction(ll, p, s, i, est, weighted_radius_m(est, ll, p),
                                   None if self.gallery.ids is None else self.gallery.ids[i]))
         return out

@@ -20,11 +20,14 @@ import yaml
 
 from swclip.io import atomic_write_bytes
 from swclip.method.model import DEMO_CONFIG, MAX_LOGIT_SCALE
-from swclip.method.soft_labels import check_kernel
+from swclip.kernels import check_kernel
+from swclip.loss_names import LOSSES, SOFT_LABEL_LOSSES, SWCLIP_NC
+from swclip.method.semivariogram_loss import RANGE_KINDS, VARIANTS
 from swclip.retrieval.gallery_source import check_gallery_source
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # the demo configs, shipped as package data
+
 MODEL_PRESET = "demo"  # `model: demo` in a YAML config means swclip.method.model.DEMO_CONFIG
-LOSSES = ("clip", "swclip", "swclip+nc", "semivariogram")
 
 
 # --------------------------------------------------------------------------- config
@@ -202,16 +205,18 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: tuple = ())
 
 
 def validate_config(cfg: TrainConfig) -> None:
-    """Raise ValueError naming the first inconsistent setting."""
+    """Raise ValueError naming the first inconsistent setting: every rule a config must meet, in one place."""
 
     if cfg.loss.name not in LOSSES:
         raise ValueError(f"loss.name {cfg.loss.name!r} unknown; choose one of {LOSSES}")
-    if cfg.loss.name in ("swclip", "swclip+nc"):
+    if cfg.loss.name in SOFT_LABEL_LOSSES:
         check_kernel(cfg.loss.kernel, float(cfg.loss.sigma_m))
-    if cfg.loss.variant not in ("swclip", "chen2025"):
-        raise ValueError(f"loss.variant {cfg.loss.variant!r} unknown; choose swclip or chen2025")
-    if cfg.loss.range_kind not in ("practical", "effective"):
-        raise ValueError(f"loss.range_kind {cfg.loss.range_kind!r} unknown; choose practical or effective")
+    if cfg.loss.name == SWCLIP_NC and cfg.loss.nc_weight <= 0:
+        raise ValueError("loss swclip+nc needs loss.nc_weight > 0")
+    if cfg.loss.variant not in VARIANTS:
+        raise ValueError(f"loss.variant {cfg.loss.variant!r} unknown; choose one of {VARIANTS}")
+    if cfg.loss.range_kind not in RANGE_KINDS:
+        raise ValueError(f"loss.range_kind {cfg.loss.range_kind!r} unknown; choose one of {RANGE_KINDS}")
     if cfg.loss.margin < 0 or cfg.loss.gps_queue < 0 or cfg.loss.gps_noise_m < 0 or cfg.loss.queue_noise_m < 0:
         raise ValueError("loss.margin, loss.gps_queue, loss.gps_noise_m and loss.queue_noise_m must be >= 0")
     for name in ("steps", "batch_size"):

@@ -123,7 +123,7 @@ def retrieval_recall(model, image_embeddings: np.ndarray, latlon: np.ndarray, ci
 
 
 def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
-             bandwidth_m: Optional[float] = None, progress: bool = False, image_gallery: bool = True,
+             kde_bandwidth_m: Optional[float] = None, progress: bool = False, image_gallery: bool = True,
              gallery_source: str = "split", scale: bool = True) -> dict:
     """-> {"predictions": DataFrame, "embeddings": (N, D), "gallery": Gallery, "image_gallery": Gallery | None,
     "metrics": dict}. ``image_gallery=False`` skips encoding the training images. gallery_source: the location
@@ -144,7 +144,7 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
         return None
     text = getattr(getattr(model, "config", None), "location_tower", "gps") == "text"
     gallery = Gallery.from_locations(model, places, city=place_city, progress=progress)
-    predictor = Predictor(model, gallery, bandwidth_m=bandwidth_m)
+    predictor = Predictor(model, gallery, kde_bandwidth_m=kde_bandwidth_m)
     preds = predictor.predict_embeddings(emb, top_k)
     true = eval_table[["lat", "lon"]].to_numpy(np.float64)
     pred = np.array([p.latlon for p in preds])
@@ -170,20 +170,20 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
     # Recall-vs-Area of the knn-kde density; OSV-5M's admin-level table when the samples span > 50 km
     if scale:
         metrics.update(scale_metrics(pred, true, np.stack([p.latlon_topk for p in preds]), np.stack([p.prob for p in preds]),
-                                     predictor.bandwidth_m))
+                                     predictor.kde_bandwidth_m))
     images = None
     if image_gallery:
         images = Gallery(train_table[["lat", "lon"]].to_numpy(np.float64), train_emb, kind="image",
                          ids=train_table["image"].astype(str).to_numpy(),
                          city=train_table["city"].astype(str).to_numpy() if "city" in train_table else None)
         # the training images lie where the training locations do: a world gallery's bandwidth is not theirs
-        image_bandwidth_m = bandwidth_m if gallery_source == "split" else None
-        image_preds = Predictor(model, images, bandwidth_m=image_bandwidth_m).predict_embeddings(emb, top_k)
+        image_kde_bandwidth_m = kde_bandwidth_m if gallery_source == "split" else None
+        image_preds = Predictor(model, images, kde_bandwidth_m=image_kde_bandwidth_m).predict_embeddings(emb, top_k)
         metrics["image_knn"] = summarize(errors_m(np.array([p.estimate for p in image_preds]), true))
     metrics["n_gallery"] = len(gallery)
     metrics["gallery_source"] = gallery_source
     metrics["top_k"] = int(top_k)
-    metrics["kde_bandwidth_m"] = predictor.bandwidth_m
+    metrics["kde_bandwidth_m"] = predictor.kde_bandwidth_m
     return {"predictions": df, "embeddings": emb, "gallery": gallery, "image_gallery": images, "metrics": metrics}
 
 
@@ -237,7 +237,7 @@ def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = Non
     gallery_source = gallery_source or data.get("gallery") or "split"
     same_gallery = stored_gallery_source(run.manifest) == gallery_source
     res = evaluate(run.model, train_rows, eval_rows, root, top_k, batch_size, num_workers,
-                   bandwidth_m=run.manifest.get("kde_bandwidth_m") if same_gallery else None, progress=progress,
+                   kde_bandwidth_m=run.manifest.get("kde_bandwidth_m") if same_gallery else None, progress=progress,
                    gallery_source=gallery_source)
     if res is None:  # not rank 0: its shares are with rank 0, which writes
         return None

@@ -43,6 +43,7 @@ from typing import Optional
 import torch
 
 from swclip.data import read_osv5m, read_table, table_hash
+from swclip.loss_names import SOFT_LABEL_LOSSES, SWCLIP_NC
 from swclip.method.model import build_model
 from swclip.runs import save_run, update_manifest
 from swclip.training.batches import CLIP_MEAN, CLIP_STD, make_train_data
@@ -114,7 +115,7 @@ def read_train_table(cfg: TrainConfig, split: Optional[str] = None):
 
 def default_run_id(cfg: TrainConfig) -> str:
     name = cfg.loss.name.replace("+", "-")
-    if cfg.loss.name in ("swclip", "swclip+nc"):
+    if cfg.loss.name in SOFT_LABEL_LOSSES:
         name += f"-s{cfg.loss.sigma_m:g}"
     return f"{name}-seed{cfg.seed}"
 
@@ -282,13 +283,10 @@ class Trainer:
     logit-scale clamp; it returns the loss terms (averaged over micro-batches,
     this rank's, as device tensors: nothing in a step waits for the GPU) and
     keeps the gradient norm in ``last_grad_norm``. train() and the step
-    benchmark (swclip.training.bench) both drive this class.
+    benchmark (swclip.workflows.bench) both drive this class.
     """
 
     def __init__(self, cfg: TrainConfig, dist_info: Optional[Dist] = None, device: Optional[torch.device] = None):
-        validate_config(cfg)
-        if cfg.loss.name == "swclip+nc" and cfg.loss.nc_weight <= 0:
-            raise ValueError("loss swclip+nc needs loss.nc_weight > 0")
         self.cfg, self.dist = cfg, dist_info or Dist()
         self.device = device or pick_device(cfg.device, self.dist.local_rank)
         setup_device(self.device, cfg.tf32)
@@ -354,7 +352,7 @@ class Trainer:
         cfg, model = self.cfg, self.train_model
         model.train()
         self.loss_fn.train()
-        if cfg.loss.name in ("swclip", "swclip+nc"):
+        if cfg.loss.name in SOFT_LABEL_LOSSES:
             self.loss_fn.sigma_m = sigma_at(cfg.loss, self.step_count, cfg.steps)
         images = batch["images"]
         if self.channels_last:
@@ -600,8 +598,8 @@ def save_final(run_dir: Path, model, cfg: TrainConfig, table, run_id: str) -> No
         "loss": config_to_dict(cfg)["loss"],
         "optim": config_to_dict(cfg)["optim"],
         "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "sigma_m": cfg.loss.sigma_m if cfg.loss.name in ("swclip", "swclip+nc") else 0.0,
-        "nc_weight": cfg.loss.nc_weight if cfg.loss.name == "swclip+nc" else 0.0,
+        "sigma_m": cfg.loss.sigma_m if cfg.loss.name in SOFT_LABEL_LOSSES else 0.0,
+        "nc_weight": cfg.loss.nc_weight if cfg.loss.name == SWCLIP_NC else 0.0,
         "data": {"table": str(cfg.data.table), "root": str(cfg.data.root), "format": cfg.data.format,
                  "check_images": cfg.data.check_images, "train_split": cfg.data.train_split,
                  "eval_split": cfg.data.eval_split, "gallery": cfg.data.gallery, "synthetic": cfg.data.synthetic,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from swclip.loss_names import CLIP, LOSSES, SOFT_LABEL_LOSSES, SWCLIP_NC
 from swclip.method import losses
 from swclip.method.gps_queue import GPSQueue, GPSQueueLoss
 from swclip.method.semivariogram_loss import LossVariogramFitter, SemivariogramWeightedLoss
-from swclip.training.config import LOSSES, LossConfig
+from swclip.training.config import LossConfig
 
 # --------------------------------------------------------------------------- losses
 
@@ -28,11 +29,11 @@ def build_loss(cfg: LossConfig, world_size: int = 1, rank: int = 0, fit_fn=None,
 
 def _base_loss(cfg: LossConfig, world_size: int, rank: int, fit_fn):
 
-    if cfg.name == "clip":
+    if cfg.name == CLIP:
         return losses.ClipLoss(world_size=world_size, rank=rank)
-    if cfg.name in ("swclip", "swclip+nc"):
+    if cfg.name in SOFT_LABEL_LOSSES:
         sigma = cfg.sigma_start_m if cfg.sigma_start_m is not None else cfg.sigma_m
-        return losses.SoftClipLoss(float(sigma), cfg.kernel, nc_weight=cfg.nc_weight if cfg.name == "swclip+nc" else 0.0,
+        return losses.SoftClipLoss(float(sigma), cfg.kernel, nc_weight=cfg.nc_weight if cfg.name == SWCLIP_NC else 0.0,
                                    nc_temperature=cfg.nc_temperature, world_size=world_size, rank=rank)
     if cfg.name == "semivariogram":
         if fit_fn is None:

@@ -1,4 +1,4 @@
-"""Figures of an experiment (``swclip.training.experiments``): a metric against σ with its spread across seeds.
+"""Figures of an experiment (``swclip.workflows.experiments``): a metric against σ with its spread across seeds.
 
 Takes the DataFrame of ``swclip.analysis.experiment_stats.summary_table``; returns plotly figures,
 testable without Streamlit.
@@ -32,7 +32,7 @@ def sigma_figure(table: pd.DataFrame, metric: str = "median_m", split: str = "te
     """``metric`` on ``split`` against σ (log axis): SW-CLIP's mean across seeds with a ±1 sd band,
     one-hot CLIP as a horizontal band (mean ± sd), and vertical marks at the validation-chosen σ,
     the variogram-suggested σ (the means of the per-seed values, which are listed in the hover) and
-    the σ that ``suggest_bandwidth`` gives for the world's shortest true field range.
+    the σ that ``suggest_sigma_m`` gives for the world's shortest true field range.
     """
     col, sd = f"{split}_{metric}", f"{split}_{metric}_sd"
     sweep = sweep_rows(table)

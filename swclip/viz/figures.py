@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from swclip.method.soft_labels import kernel_weights
+from swclip.kernels import kernel_weights
 from swclip.viz.scale import fmt_m
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")

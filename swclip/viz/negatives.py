@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from swclip.viz.figures import _fig, _rules
-from swclip.analysis.negatives import BatchNegatives
+from swclip.method.negatives import BatchNegatives
 
 FALSE_COLOUR, HARD_COLOUR = "#1f77b4", "#d62728"  # blue: false negatives, red: hard negatives
 

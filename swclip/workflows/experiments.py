@@ -13,7 +13,7 @@ The protocol (fixed before any test number is looked at):
 - **Seeds.** Each seed changes the model initialisation, the batch order and the
   augmentation (``TrainConfig.seed``); world and split stay fixed.
 - **Configs, per seed** (``CONFIGS``): one-hot CLIP; SW-CLIP at each σ of the sweep;
-  SW-CLIP at the σ that ``swclip.analysis.variogram.suggest_bandwidth`` gives from the variogram
+  SW-CLIP at the σ that ``swclip.analysis.variogram.suggest_sigma_m`` gives from the variogram
   of the same seed's CLIP image embeddings on the training split; SW-CLIP + NC at that
   seed's validation-chosen σ, for each λ; semivariogram-weighted CLIP.
 - **Selection on validation.** Per seed, σ is the sweep's value with the lowest
@@ -48,22 +48,22 @@ import numpy as np
 from swclip.analysis.empirical_variogram import empirical_variogram
 from swclip.analysis.experiment_stats import summary_table
 from swclip.analysis.metrics import summarize
-from swclip.analysis.variogram import fit_best, suggest_bandwidth
-from swclip.benchmark import cpu_model
+from swclip.analysis.variogram import fit_best, suggest_sigma_m
+from swclip.workflows.benchmark import cpu_model
+from swclip.workflows.results import FORMAT, VERSION
 from swclip.data import read_table, spatial_split
 from swclip.geo import EARTH_RADIUS_M, unit_vectors
+from swclip.loss_names import SWCLIP_NC
 from swclip.io import atomic_write, atomic_write_json
 from swclip.runs import git_commit, load_run, read_predictions
 from swclip.synth import make_world
 from swclip.synth.world import load_world
 from swclip.training.config import load_config
-from swclip.training.demo import CONFIG_DIR
+from swclip.training.config import CONFIG_DIR
 from swclip.training.evaluation import encode_images, evaluate, evaluate_run
 from swclip.training.loop import train
 
-FORMAT = "swclip-experiment"
-VERSION = 1
-SUMMARY_KEYS = ("n", "median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "acc@1km", "acc@25km", "recall@1")
+RECORD_KEYS = ("n", "median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "acc@1km", "acc@25km", "recall@1")
 
 
 @dataclass
@@ -140,7 +140,7 @@ def plan_jobs(cfg: ExperimentConfig) -> list[dict]:
                              sigma_m=None, nc_weight=None, after=[clip]))
         for lam in cfg.nc_weights:
             cname = f"swclip-nc-l{lam:g}"
-            jobs.append(dict(name=job_name(cname, seed), config=cname, seed=seed, kind="swclip+nc", sigma_m=None,
+            jobs.append(dict(name=job_name(cname, seed), config=cname, seed=seed, kind=SWCLIP_NC, sigma_m=None,
                              nc_weight=float(lam), after=list(sweep)))
     return jobs
 
@@ -193,7 +193,7 @@ def oracle_errors_m(table, split: str = "test") -> np.ndarray:
 def variogram_sigma(clip_dir: Path, split_csv: Path, max_lag_m: float) -> dict:
     """σ from the CLIP run's image-embedding variogram on the training split.
 
-    -> {range_m (practical range of the best-fitting model), sigma_m (suggest_bandwidth, gaussian
+    -> {range_m (practical range of the best-fitting model), sigma_m (suggest_sigma_m, gaussian
     kernel), model, nugget_ratio, n}; sigma_m is None with a ``reason`` when no variogram fits.
     """
     import torch
@@ -211,7 +211,7 @@ def variogram_sigma(clip_dir: Path, split_csv: Path, max_lag_m: float) -> dict:
     if not fit.ok:
         return dict(sigma_m=None, range_m=None, reason=f"no variogram fit: {fit.reason}", n=len(train))
     range_m = fit.practical_range_m()
-    return dict(sigma_m=suggest_bandwidth(range_m, "gaussian"), range_m=range_m, model=fit.model,
+    return dict(sigma_m=suggest_sigma_m(range_m, "gaussian"), range_m=range_m, model=fit.model,
                 nugget_ratio=float(fit.nugget_ratio), n=len(train))
 
 
@@ -224,7 +224,7 @@ def _overrides(job: dict, cfg: ExperimentConfig, split_csv: Path, runs_dir: Path
         return "demo_clip.yaml", over
     if kind in ("swclip", "swclip-var"):
         return "demo_swclip.yaml", over + [f"loss.sigma_m={job['sigma_m']}"]
-    if kind == "swclip+nc":
+    if kind == SWCLIP_NC:
         return "demo_swclip_nc.yaml", over + [f"loss.sigma_m={job['sigma_m']}", f"loss.nc_weight={job['nc_weight']}"]
     if kind == "semivariogram":
         return "demo_semivariogram.yaml", over + [f"loss.variogram_max_lag_m={cfg.variogram_max_lag_m}"]
@@ -289,7 +289,7 @@ def run_job(job: dict) -> dict:
             m, pred = res["metrics"], res["predictions"]
         else:  # the app's path: the run's own table and test split (its manifest), artefacts written
             m, pred = evaluate_run(run_dir), read_predictions(run_dir, scalar_only=True)
-        record[split] = {k: m[k] for k in SUMMARY_KEYS if k in m}
+        record[split] = {k: m[k] for k in RECORD_KEYS if k in m}
         if split == "test":
             if list(pred["id"].astype(str)) != list(rows["id"].astype(str)):
                 raise RuntimeError("evaluation reordered the test rows")
@@ -313,7 +313,7 @@ def _ready(job: dict, records: dict, cfg: ExperimentConfig) -> Optional[dict]:
     dependency failed (the caller skips the job)."""
     if any(a not in records for a in job["after"]):
         return None
-    if job["kind"] == "swclip+nc":
+    if job["kind"] == SWCLIP_NC:
         sweep = [records[a] for a in job["after"] if "val" in records[a]]
         if not sweep:
             raise KeyError("no finished sweep run to choose σ from")
@@ -483,7 +483,7 @@ def write_experiment(out: Path, cfg: ExperimentConfig, jobs: list, records: dict
         git_commits=sorted({str(records[j["name"]].get("git_commit")) for j in jobs if j["name"] in records}),
         world=world_summary(split_csv.parent),
         split=split_meta,
-        oracle_test={k: v for k, v in summarize(oracle).items() if k in SUMMARY_KEYS},
+        oracle_test={k: v for k, v in summarize(oracle).items() if k in RECORD_KEYS},
         test_rows=dict(id=test["id"].astype(str).tolist(), city=test["city"].astype(str).tolist(),
                        block=test["block"].astype(str).tolist()),
         runs=[records[j["name"]] for j in jobs if j["name"] in records],
@@ -507,52 +507,6 @@ def summary_markdown(exp: dict) -> str:
     lines.append(f"\n{st['finished']} of {st['planned']} runs finished" + ("" if st["complete"] else " (PARTIAL)")
                  + (f"; failed: {st['failed']}" if st["failed"] else ""))
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- reading experiment.json back
-
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # the committed experiments
-REQUIRED = ("format", "version", "name", "status", "protocol", "world", "split", "test_rows", "runs")
-
-
-def load_experiment(path) -> dict:
-    """experiment.json as a dict, checked: a clear ValueError names what is wrong with a file that is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    try:
-        exp = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not JSON: {err}") from None
-    if not isinstance(exp, dict) or exp.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an experiment.json (format {exp.get('format') if isinstance(exp, dict) else None!r})")
-    if exp.get("version") != VERSION:
-        raise ValueError(f"{path} has experiment format version {exp.get('version')!r}; this code reads {VERSION}")
-    missing = [k for k in REQUIRED if k not in exp]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}")
-    n = len(exp["test_rows"].get("id", []))
-    for r in exp["runs"]:
-        if "test_error_m" in r and len(r["test_error_m"]) != n:
-            raise ValueError(f"{path}: run {r.get('name')} has {len(r['test_error_m'])} test errors for {n} test rows")
-    return exp
-
-
-MAIN_EXPERIMENT = "experiment-gaussian-b100.json"  # the README's headline protocol: Gaussian world, 100 m buffer
-
-
-def find_experiments(runs_root=None, results_dir=None, max_depth: int = 3) -> list[Path]:
-    """The committed experiments (``results_dir``, default RESULTS_DIR: ``benchmarks/results/experiment-*.json``;
-    the main protocol, MAIN_EXPERIMENT, first, then by name), then every ``experiment.json`` under ``runs_root``
-    at most ``max_depth`` folders down, sorted by path."""
-    results_dir = RESULTS_DIR if results_dir is None else results_dir
-    committed = Path(results_dir).glob("experiment-*.json") if results_dir and Path(results_dir).is_dir() else []
-    found = sorted(committed, key=lambda p: (p.name != MAIN_EXPERIMENT, p.name))
-    if runs_root is not None and Path(runs_root).is_dir():
-        root = Path(runs_root)
-        for depth in range(max_depth + 1):
-            found += sorted(root.glob("/".join(["*"] * depth + ["experiment.json"])))
-    return found
 
 
 # --------------------------------------------------------------------------- command line (``swclip experiment``)

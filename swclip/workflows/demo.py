@@ -23,11 +23,10 @@ from swclip.data import read_table, spatial_split
 from swclip.io import atomic_write, atomic_write_bytes, atomic_write_json
 from swclip.runs import update_manifest
 from swclip.synth import make_world
-from swclip.training.config import load_config
+from swclip.training.config import CONFIG_DIR, load_config
 from swclip.training.evaluation import evaluate_run
 from swclip.training.loop import train
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped with the package (package data)
 
 # run id -> (config file, overrides). σ values bracket the world's shortest field ranges (150 m).
 DEMO_MODELS: dict[str, tuple[str, list]] = {

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from swclip.analysis.variogram import VariogramFit
+from swclip.loss_names import LOSSES
 from swclip.training.batches import make_train_data
 from swclip.training.config import load_config
-from swclip.training.demo import CONFIG_DIR
+from swclip.training.config import CONFIG_DIR
 from swclip.training.loop import Trainer, image_spec, location_tokenizer, read_train_table
 
-LOSS_NAMES = ("clip", "swclip", "swclip+nc", "semivariogram")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -43,7 +43,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the config's)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per loss")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per loss first")
-    p.add_argument("--losses", nargs="+", default=list(LOSS_NAMES), choices=LOSS_NAMES, help="losses to time (default: all)")
+    p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES, help="losses to time (default: all)")
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA if present), cpu, cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--sigma-m", type=float, default=150.0, help="SW-CLIP bandwidth in metres (default 150)")

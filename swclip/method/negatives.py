@@ -23,7 +23,7 @@ import torch
 
 from swclip.geo import pairwise_haversine_m
 from swclip.method.semivariogram_loss import LossVariogram, fit_loss_variogram, negative_weights
-from swclip.retrieval.search import limit_threads
+from swclip.threads import limit_threads
 
 
 @dataclass

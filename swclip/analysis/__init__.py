@@ -1,0 +1,1 @@
+"""Analysis: metrics, empirical and fitted variograms, spatial statistics, paired comparisons of runs."""

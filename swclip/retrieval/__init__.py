@@ -1,0 +1,1 @@
+"""Retrieval: from image embeddings to places (galleries, faiss search, knn-kde estimate)."""

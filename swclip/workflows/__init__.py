@@ -1,0 +1,1 @@
+"""Workflows: what the command line runs end to end (the demo bundle, the experiment grid, the benchmarks)."""
