@@ -10,15 +10,24 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import streamlit as st
 
-from appkit.loaders import ALL_CITIES, APP_DIR, country_outlines, discover, nearby_places, predictions, run_problems, run_scale, streets
+from appkit.loaders import (
+    ALL_CITIES,
+    APP_DIR,
+    country_outlines,
+    discover,
+    nearby_places,
+    predictions,
+    run_problems,
+    run_scale,
+    streets,
+)
 from appkit.urlstate import begin_run, prune_url, url_widget
-from swclip.io import RunError
 from swclip.geo import haversine_m
+from swclip.io import RunError
 from swclip.runs import RunInfo
 from swclip.viz import maps, scale
 
@@ -29,6 +38,7 @@ _ROUTED = "_frame_drawn_by_app"
 
 SIGMA_CHOICES_M = scale.SIGMA_CHOICES_M  # 10 m to 2,000 km, log scale
 
+
 def default_runs_dir() -> str:
     """--runs-dir (after ``--`` on the streamlit command line), else $SWCLIP_RUNS_DIR, else runs/."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -38,7 +48,7 @@ def default_runs_dir() -> str:
 
 
 @st.cache_resource(show_spinner=False)
-def install_static() -> Optional[str]:
+def install_static() -> str | None:
     """Copy Leaflet into ./static once per server process (served at /app/static/leaflet); None if it cannot."""
     try:
         return str(maps.install_leaflet(STATIC_DIR))
@@ -54,18 +64,18 @@ class View:
     runs_root: str
     available: list = field(default_factory=list)
     selected: list = field(default_factory=list)
-    city: Optional[str] = None
+    city: str | None = None
     sigma_m: float = 100.0
 
     @property
-    def run(self) -> Optional[RunInfo]:
+    def run(self) -> RunInfo | None:
         return self.selected[0] if self.selected else None
 
     @property
     def is_demo(self) -> bool:
         return bool(self.selected) and all(r.is_demo for r in self.selected)
 
-    def city_or_none(self) -> Optional[str]:
+    def city_or_none(self) -> str | None:
         return None if self.city in (None, ALL_CITIES) else self.city
 
 
@@ -75,7 +85,10 @@ def sidebar() -> View:
     # Fixed by whoever starts the app (--runs-dir / $SWCLIP_RUNS_DIR), not by visitors: the app
     # reads nothing outside it, so it must not be a text box a visitor can point at /.
     runs_root = default_runs_dir()
-    sb.caption(f"Runs directory: `{runs_root}`", help="Set with `streamlit run app.py -- --runs-dir DIR` or $SWCLIP_RUNS_DIR; the app reads nothing outside it.")
+    sb.caption(
+        f"Runs directory: `{runs_root}`",
+        help="Set with `streamlit run app.py -- --runs-dir DIR` or $SWCLIP_RUNS_DIR; the app reads nothing outside it.",
+    )
     found, broken = discover(runs_root)
     view = View(runs_root=runs_root, available=found)
     if broken:
@@ -90,10 +103,15 @@ def sidebar() -> View:
     ids = list(by_id)
     with sb:
         chosen = url_widget(
-            st.multiselect, "Runs (the first is the main one)", "run", [ids[0]],
-            parse=lambda s: [x for x in s.split(",") if x], fmt=",".join,
+            st.multiselect,
+            "Runs (the first is the main one)",
+            "run",
+            [ids[0]],
+            parse=lambda s: [x for x in s.split(",") if x],
+            fmt=",".join,
             valid=lambda v: isinstance(v, list) and len(v) > 0 and all(x in by_id for x in v),
-            options=ids, format_func=lambda i: by_id[i].label,
+            options=ids,
+            format_func=lambda i: by_id[i].label,
         )
         if not chosen:
             st.caption("Pick at least one run; showing the newest.")
@@ -105,15 +123,27 @@ def sidebar() -> View:
             st.error(f"Cannot read the predictions of {view.run.run_id}: {e}")
             st.stop()
         cities = [ALL_CITIES] + (sorted(df["city"].astype(str).unique()) if "city" in df else [])
-        view.city = url_widget(st.selectbox, "City", "city", cities[1] if len(cities) > 1 else ALL_CITIES, valid=lambda v: v in cities, options=cities)
+        view.city = url_widget(
+            st.selectbox,
+            "City",
+            "city",
+            cities[1] if len(cities) > 1 else ALL_CITIES,
+            valid=lambda v: v in cities,
+            options=cities,
+        )
         # The run's own σ; a one-hot run gets a σ on the scale of its samples' spread (a twentieth of it).
         spread = run_scale(runs_root, view.run.run_id, view.run.stamp, view.city).extent_m
         default_sigma = scale.nearest(SIGMA_CHOICES_M, view.run.sigma_m or max(spread / 20, 10.0))
         view.sigma_m = float(
             url_widget(
-                st.select_slider, "σ, kernel bandwidth (log scale)", "sigma", default_sigma,
-                parse=lambda s: int(float(s)), valid=lambda v: v in SIGMA_CHOICES_M,
-                options=SIGMA_CHOICES_M, format_func=scale.fmt_m,
+                st.select_slider,
+                "σ, kernel bandwidth (log scale)",
+                "sigma",
+                default_sigma,
+                parse=lambda s: int(float(s)),
+                valid=lambda v: v in SIGMA_CHOICES_M,
+                options=SIGMA_CHOICES_M,
+                format_func=scale.fmt_m,
             )
         )
         for r in view.selected:
@@ -175,7 +205,7 @@ def require_run(view: View, what: str = "this page") -> RunInfo:
     return view.run
 
 
-def context_for(view: View, run: RunInfo, city: Optional[str], latlon: np.ndarray) -> dict:
+def context_for(view: View, run: RunInfo, city: str | None, latlon: np.ndarray) -> dict:
     """Local map context for one city: demo streets, else nearby place names and country outlines (outlines
     only when the points spread over more than a city)."""
     lines = streets(view.runs_root, run.run_id, run.stamp).get(city, []) if city else []
@@ -184,17 +214,39 @@ def context_for(view: View, run: RunInfo, city: Optional[str], latlon: np.ndarra
     if len(latlon) == 0:
         return {"streets": [], "places": None, "outlines": None}
     corners = np.array([latlon.min(0), latlon.max(0)])
-    if haversine_m(corners[:1], corners[1:])[0] > scale.WORLD_EXTENT_M:  # a dozen town names say nothing at country scale
+    if (
+        haversine_m(corners[:1], corners[1:])[0] > scale.WORLD_EXTENT_M
+    ):  # a dozen town names say nothing at country scale
         return {"streets": [], "places": None, "outlines": country_outlines()}
     probe = latlon[np.linspace(0, len(latlon) - 1, min(len(latlon), 64)).astype(int)]
-    return {"streets": [], "places": nearby_places(tuple(map(tuple, np.round(probe, 4)))), "outlines": country_outlines()}
+    return {
+        "streets": [],
+        "places": nearby_places(tuple(map(tuple, np.round(probe, 4)))),
+        "outlines": country_outlines(),
+    }
 
 
-def city_deck(view: View, run: RunInfo, city: Optional[str], layers: list, frame_latlon: np.ndarray, tooltip: Optional[dict] = None, height_px: int = 430, width_px: int = 460):
+def city_deck(
+    view: View,
+    run: RunInfo,
+    city: str | None,
+    layers: list,
+    frame_latlon: np.ndarray,
+    tooltip: dict | None = None,
+    height_px: int = 430,
+    width_px: int = 460,
+):
     """A pydeck map of one city: local context (demo streets or place names) under ``layers``."""
     ctx = context_for(view, run, city, np.asarray(frame_latlon, dtype=np.float64).reshape(-1, 2))
     ctx_layers = maps.context_layers(ctx["streets"], ctx["places"], outlines=ctx["outlines"])
-    return maps.deck(ctx_layers + list(layers), frame_latlon, tooltip=tooltip, height_px=height_px, width_px=width_px, paper=bool(ctx["streets"]))
+    return maps.deck(
+        ctx_layers + list(layers),
+        frame_latlon,
+        tooltip=tooltip,
+        height_px=height_px,
+        width_px=width_px,
+        paper=bool(ctx["streets"]),
+    )
 
 
 def draw_frame() -> View:

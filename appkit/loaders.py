@@ -7,23 +7,23 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from swclip import catalog, runs
-from swclip.runs import load_predictor
+from swclip.analysis.metrics import THRESHOLDS_KM, THRESHOLDS_M, extent_m, rva_summary, summarize, threshold_label
 from swclip.data import ImageError, exif_gps, open_image, read_table
 from swclip.io import RunError
 from swclip.retrieval.search import SearchIndex
-from swclip.analysis.metrics import THRESHOLDS_KM, THRESHOLDS_M, extent_m, rva_summary, summarize, threshold_label
+from swclip.runs import load_predictor
 from swclip.viz import maps, scale
 from swclip.viz.spatial_bins import h3_bins
 
 APP_DIR = Path(__file__).resolve().parents[1]
 ALL_CITIES = "All cities"
+
 
 def open_run(runs_root: str, run_id: str) -> runs.Run:
     """The run ``run_id`` under ``runs_root`` (swclip.runs.Run.open: manifest only, path kept inside the root)."""
@@ -36,12 +36,12 @@ def discover(runs_root: str) -> tuple[list, list]:
     return catalog.discover_runs(runs_root)
 
 
-def _run(runs_root: str, run_id: str) -> Optional[runs.RunInfo]:
+def _run(runs_root: str, run_id: str) -> runs.RunInfo | None:
     return next((r for r in discover(runs_root)[0] if r.run_id == run_id), None)
 
 
 @st.cache_data(show_spinner=False)
-def world(runs_root: str, run_id: str, stamp: float) -> Optional[dict]:
+def world(runs_root: str, run_id: str, stamp: float) -> dict | None:
     """The demo world.json of a run (None for real data)."""
     run = _run(runs_root, run_id)
     return catalog.read_world(catalog.find_world(run, runs_root)) if run else None
@@ -88,13 +88,13 @@ def run_problems(runs_root: str, run_id: str, stamp: float) -> list:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def topk(runs_root: str, run_id: str, stamp: float) -> Optional[tuple]:
+def topk(runs_root: str, run_id: str, stamp: float) -> tuple | None:
     """(latlon (N, K, 2), prob (N, K)) of a run's top-k candidates, row-aligned with predictions.parquet; None without them."""
     return open_run(runs_root, run_id).topk()
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def city_predictions(runs_root: str, run_id: str, stamp: float, city: Optional[str]) -> pd.DataFrame:
+def city_predictions(runs_root: str, run_id: str, stamp: float, city: str | None) -> pd.DataFrame:
     """The rows of one city (all rows for None / 'All cities'), index reset; shared, treat as read-only."""
     df = predictions(runs_root, run_id, stamp)
     if city in (None, ALL_CITIES) or "city" not in df:
@@ -103,7 +103,7 @@ def city_predictions(runs_root: str, run_id: str, stamp: float, city: Optional[s
 
 
 @st.cache_data(show_spinner=False)
-def run_scale(runs_root: str, run_id: str, stamp: float, city: Optional[str]) -> scale.Scale:
+def run_scale(runs_root: str, run_id: str, stamp: float, city: str | None) -> scale.Scale:
     """View defaults from the spread of one city's samples (or of all of them)."""
     df = predictions(runs_root, run_id, stamp)
     if city not in (None, ALL_CITIES) and "city" in df:
@@ -117,7 +117,7 @@ def nearby_places(latlon_key: tuple) -> pd.DataFrame:
 
 
 @st.cache_resource(show_spinner=False)
-def country_outlines() -> Optional[dict]:
+def country_outlines() -> dict | None:
     """Natural Earth 110m country outlines shipped in assets/ (None if the file is missing); one shared
     object, read-only (swclip.viz.maps encodes it to JSON once, by identity)."""
 
@@ -128,7 +128,7 @@ def country_outlines() -> Optional[dict]:
 
 
 @st.cache_data(show_spinner=False)
-def train_log(runs_root: str, run_id: str, stamp: float) -> Optional[pd.DataFrame]:
+def train_log(runs_root: str, run_id: str, stamp: float) -> pd.DataFrame | None:
     """train_log.csv of a run, or None."""
     try:
         return open_run(runs_root, run_id).train_log()
@@ -137,7 +137,7 @@ def train_log(runs_root: str, run_id: str, stamp: float) -> Optional[pd.DataFram
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def embeddings(runs_root: str, run_id: str, stamp: float) -> Optional[np.ndarray]:
+def embeddings(runs_root: str, run_id: str, stamp: float) -> np.ndarray | None:
     """embeddings.npy of a run, memory-mapped as stored (float16 or float32, (N, D)), row-aligned with
     predictions.parquet; None when absent or when its row count disagrees (the sidebar says so).
 
@@ -166,7 +166,7 @@ def image_neighbours(runs_root: str, run_id: str, stamp: float):
     return gallery, SearchIndex(gallery.embeddings, kind="flat")
 
 
-def city_rows(runs_root: str, run: runs.RunInfo, city: Optional[str]) -> np.ndarray:
+def city_rows(runs_root: str, run: runs.RunInfo, city: str | None) -> np.ndarray:
     """Row numbers of one city's usable samples in predictions.parquet, and so in embeddings.npy (``predictions(...).loc[rows]``)."""
     df = predictions(runs_root, run.run_id, run.stamp)
     if city in (None, ALL_CITIES):
@@ -175,14 +175,14 @@ def city_rows(runs_root: str, run: runs.RunInfo, city: Optional[str]) -> np.ndar
 
 
 @st.cache_data(show_spinner=False)
-def image_root(runs_root: str, run_id: str, stamp: float) -> Optional[str]:
+def image_root(runs_root: str, run_id: str, stamp: float) -> str | None:
     run = _run(runs_root, run_id)
     p = catalog.image_root(run, runs_root) if run else None
     return str(p) if p else None
 
 
 @st.cache_data(show_spinner=False, max_entries=4000)
-def thumbnail(runs_root: str, img_root: Optional[str], rel: str, size_px: int = 128) -> Optional[np.ndarray]:
+def thumbnail(runs_root: str, img_root: str | None, rel: str, size_px: int = 128) -> np.ndarray | None:
     """A sample image as an (H, W, 3) uint8 thumbnail, or None when missing or unreadable."""
     path = catalog.image_path(Path(img_root) if img_root else None, rel, runs_root)
     if path is None:
@@ -191,12 +191,14 @@ def thumbnail(runs_root: str, img_root: Optional[str], rel: str, size_px: int = 
         img = open_image(path)
     except ImageError:
         return None
-    img = img.resize((size_px, size_px * img.height // max(img.width, 1)), resample=0)  # nearest: tiny renders stay crisp
+    img = img.resize(
+        (size_px, size_px * img.height // max(img.width, 1)), resample=0
+    )  # nearest: tiny renders stay crisp
     return np.asarray(img)
 
 
 @st.cache_data(show_spinner="Reading the sample table…")
-def sample_table(runs_root: str, run_id: str, stamp: float) -> Optional[pd.DataFrame]:
+def sample_table(runs_root: str, run_id: str, stamp: float) -> pd.DataFrame | None:
     """The run's training/evaluation sample table (id, image, lat, lon, city[, split]); None if not here."""
 
     run = _run(runs_root, run_id)
@@ -219,9 +221,8 @@ def predictor(runs_root: str, run_id: str, stamp: float):
         return None, str(e)
 
 
-def exif_latlon(data: bytes) -> Optional[tuple]:
+def exif_latlon(data: bytes) -> tuple | None:
     """(lat, lon) from a photo's EXIF GPS block, or None; never raises on odd files."""
-
 
     try:
         gps = exif_gps(io.BytesIO(data))
@@ -233,7 +234,7 @@ def exif_latlon(data: bytes) -> Optional[tuple]:
     return float(lat), float(lon)
 
 
-def sample_image_path(runs_root: str, img_root: Optional[str], rel: str) -> Optional[Path]:
+def sample_image_path(runs_root: str, img_root: str | None, rel: str) -> Path | None:
     """An evaluation sample's image file, only if it lies inside the runs directory."""
     return catalog.image_path(Path(img_root) if img_root else None, rel, runs_root)
 
@@ -242,7 +243,9 @@ def sample_image_path(runs_root: str, img_root: Optional[str], rel: str) -> Opti
 
 
 @st.cache_data(show_spinner="Binning errors into hexagons…", max_entries=32)
-def error_hexes(runs_root: str, run_id: str, stamp: float, city: Optional[str], lo_m: float, hi_m: float, edge_m: float) -> dict:
+def error_hexes(
+    runs_root: str, run_id: str, stamp: float, city: str | None, lo_m: float, hi_m: float, edge_m: float
+) -> dict:
     """H3 cells (edge nearest ``edge_m``) of median error and count over one city's (or every) sample with lo ≤ error ≤ hi."""
     df = city_predictions(runs_root, run_id, stamp, city)
     err = df["error_m"].to_numpy(np.float64)
@@ -262,7 +265,7 @@ def accuracy_table(runs_root: str, run_id: str, stamp: float, by: str, world: bo
 
 
 @st.cache_data(show_spinner="Recall vs Area…", max_entries=32)
-def rva(runs_root: str, run_id: str, stamp: float, city: Optional[str], max_queries: int = 1000) -> Optional[dict]:
+def rva(runs_root: str, run_id: str, stamp: float, city: str | None, max_queries: int = 1000) -> dict | None:
     """A run's Recall-vs-Area curve: metrics.json's (all cities) when evaluation wrote one, else computed here
     from the top-k on at most ``max_queries`` of the city's queries. None without top-k or a knn-kde bandwidth."""
     run = _run(runs_root, run_id)
@@ -277,8 +280,18 @@ def rva(runs_root: str, run_id: str, stamp: float, city: Optional[str], max_quer
     if tk is None or not kde_bandwidth_m:
         return None
     df = predictions(runs_root, run_id, stamp)
-    rows = df.index.to_numpy() if city in (None, ALL_CITIES) else df.index.to_numpy()[df["city"].astype(str).to_numpy() == city]
+    rows = (
+        df.index.to_numpy()
+        if city in (None, ALL_CITIES)
+        else df.index.to_numpy()[df["city"].astype(str).to_numpy() == city]
+    )
     if len(rows) == 0:
         return None
-    out = rva_summary(tk[0][rows], tk[1][rows], df.loc[rows, ["lat", "lon"]].to_numpy(np.float64), float(kde_bandwidth_m), max_queries=max_queries)
+    out = rva_summary(
+        tk[0][rows],
+        tk[1][rows],
+        df.loc[rows, ["lat", "lon"]].to_numpy(np.float64),
+        float(kde_bandwidth_m),
+        max_queries=max_queries,
+    )
     return {**out, "source": "computed here"}

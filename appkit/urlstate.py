@@ -7,12 +7,14 @@ widget wrote in a run (another page's controls) are pruned at its end."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import streamlit as st
 
 _STORE = "_url_state"
 _WRITTEN = "_url_written"
+
 
 def url_get(key: str, default: Any, parse: Callable[[str], Any] = str) -> Any:
     """The session's value for ``key``: from the URL the first time, then from session state."""
@@ -42,7 +44,7 @@ def url_widget(
     default: Any,
     parse: Callable[[str], Any] = str,
     fmt: Callable[[Any], str] = str,
-    valid: Optional[Callable[[Any], bool]] = None,
+    valid: Callable[[Any], bool] | None = None,
     **kwargs: Any,
 ) -> Any:
     """A widget whose value lives in the URL under ``key``.

@@ -27,7 +27,6 @@ import gc
 import json
 import os
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,14 +43,16 @@ KDE_BANDWIDTH_M = 1500.0
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _unit_rows(n: int, d: int, rng: np.random.Generator, centre: np.ndarray | None = None, mix: float = 0.0) -> np.ndarray:
+def _unit_rows(
+    n: int, d: int, rng: np.random.Generator, centre: np.ndarray | None = None, mix: float = 0.0
+) -> np.ndarray:
     """(n, d) float32 unit vectors, drawn in chunks (a float64 1M x 512 draw would be 4 GB)."""
     out = np.empty((n, d), dtype=np.float32)
     for s in range(0, n, 65_536):
         x = rng.standard_normal((min(65_536, n - s), d), dtype=np.float32)
         if centre is not None:
-            x += mix * centre[s:s + len(x)]
-        out[s:s + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+            x += mix * centre[s : s + len(x)]
+        out[s : s + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
 
@@ -83,8 +84,16 @@ def world_cities(n: int, seed: int) -> tuple[list[str], np.ndarray]:
     return names, np.array(ll)
 
 
-def build(out: Path, seed: int = 0, n_eval: int = N_EVAL, n_gallery: int = N_GALLERY, n_images: int = N_IMAGE_GALLERY,
-          n_cities: int = N_CITIES, dim: int = DIM, progress: bool = True) -> None:
+def build(
+    out: Path,
+    seed: int = 0,
+    n_eval: int = N_EVAL,
+    n_gallery: int = N_GALLERY,
+    n_images: int = N_IMAGE_GALLERY,
+    n_cities: int = N_CITIES,
+    dim: int = DIM,
+    progress: bool = True,
+) -> None:
     """Write the two synthetic runs under ``out`` (see the module docstring); sizes are parameters so tests build a small one."""
     import pandas as pd
 
@@ -100,36 +109,72 @@ def build(out: Path, seed: int = 0, n_eval: int = N_EVAL, n_gallery: int = N_GAL
     city_of = rng.integers(0, n_cities, n_eval)
     true = destination(centres[city_of], rng.uniform(0, 360, n_eval), 15_000 * np.sqrt(rng.uniform(0, 1, n_eval)))
     gal_city = rng.integers(0, n_cities, n_gallery)
-    gal_ll = destination(centres[gal_city], rng.uniform(0, 360, n_gallery), 30_000 * np.sqrt(rng.uniform(0, 1, n_gallery)))
+    gal_ll = destination(
+        centres[gal_city], rng.uniform(0, 360, n_gallery), 30_000 * np.sqrt(rng.uniform(0, 1, n_gallery))
+    )
     config = ModelConfig(arch="swclip-tiny", embed_dim=dim, gps_scales=(1.0, 16.0, 256.0), gps_hidden=256, gps_depth=2)
     if progress:
         print(f"{n_cities} cities, e.g. {names[:6]}", flush=True)
     gallery = Gallery(gal_ll, _unit_rows(n_gallery, dim, rng), "location")
-    images = Gallery(gal_ll[:n_images], _unit_rows(n_images, dim, rng), "image", ids=np.array([f"images/train/{i:07d}.jpg" for i in range(n_images)]))
+    images = Gallery(
+        gal_ll[:n_images],
+        _unit_rows(n_images, dim, rng),
+        "image",
+        ids=np.array([f"images/train/{i:07d}.jpg" for i in range(n_images)]),
+    )
     for r, (run_id, sigma_m, spread) in enumerate((("osv5m-swclip", 20_000.0, 1.0), ("osv5m-clip", 0.0, 1.6))):
         run_dir = out / run_id
         # Where each prediction lands: near the truth, elsewhere in the city, or in another city.
         kind = rng.choice(3, n_eval, p=[0.45, 0.35, 0.2])
         near = destination(true, rng.uniform(0, 360, n_eval), spread * 800 * rng.exponential(1.0, n_eval))
-        other = destination(centres[rng.integers(0, n_cities, n_eval)], rng.uniform(0, 360, n_eval), 20_000 * rng.uniform(0, 1, n_eval))
+        other = destination(
+            centres[rng.integers(0, n_cities, n_eval)], rng.uniform(0, 360, n_eval), 20_000 * rng.uniform(0, 1, n_eval)
+        )
         in_city = destination(centres[city_of], rng.uniform(0, 360, n_eval), 15_000 * rng.uniform(0, 1, n_eval))
         pred = np.where((kind == 0)[:, None], near, np.where((kind == 1)[:, None], in_city, other))
-        topk = np.stack([pred] + [destination(pred, rng.uniform(0, 360, n_eval), 3_000 * rng.exponential(1.0, n_eval)) for _ in range(TOP_K - 1)], 1)
+        topk = np.stack(
+            [pred]
+            + [
+                destination(pred, rng.uniform(0, 360, n_eval), 3_000 * rng.exponential(1.0, n_eval))
+                for _ in range(TOP_K - 1)
+            ],
+            1,
+        )
         prob = rng.dirichlet(np.full(TOP_K, 0.7), n_eval)
         prob = -np.sort(-prob, 1)
         err = haversine_m(pred, true)
-        df = pd.DataFrame({
-            "id": np.array([f"{i:08d}" for i in range(n_eval)]), "city": np.array(names, dtype=object)[city_of],
-            "lat": true[:, 0], "lon": true[:, 1], "pred_lat": pred[:, 0], "pred_lon": pred[:, 1], "error_m": err,
-            "kde_lat": pred[:, 0], "kde_lon": pred[:, 1], "kde_error_m": err, "radius_m": KDE_BANDWIDTH_M * np.ones(n_eval),
-            "topk_lat": list(topk[..., 0]), "topk_lon": list(topk[..., 1]), "topk_prob": list(prob), "topk_score": list(prob),
-            "image": np.array([f"images/test/{i:08d}.jpg" for i in range(n_eval)]),
-        })
+        df = pd.DataFrame(
+            {
+                "id": np.array([f"{i:08d}" for i in range(n_eval)]),
+                "city": np.array(names, dtype=object)[city_of],
+                "lat": true[:, 0],
+                "lon": true[:, 1],
+                "pred_lat": pred[:, 0],
+                "pred_lon": pred[:, 1],
+                "error_m": err,
+                "kde_lat": pred[:, 0],
+                "kde_lon": pred[:, 1],
+                "kde_error_m": err,
+                "radius_m": KDE_BANDWIDTH_M * np.ones(n_eval),
+                "topk_lat": list(topk[..., 0]),
+                "topk_lon": list(topk[..., 1]),
+                "topk_prob": list(prob),
+                "topk_score": list(prob),
+                "image": np.array([f"images/test/{i:08d}.jpg" for i in range(n_eval)]),
+            }
+        )
         city_dir = _unit_rows(n_cities, dim, rng)
-        emb = _unit_rows(n_eval, dim, rng, centre=np.repeat(city_dir, 1, 0)[city_of], mix=3.0)  # embeddings cluster by city
+        emb = _unit_rows(
+            n_eval, dim, rng, centre=np.repeat(city_dir, 1, 0)[city_of], mix=3.0
+        )  # embeddings cluster by city
         model = SWCLIP(config, load_pretrained=False)
-        manifest = {"run_id": run_id, "sigma_m": sigma_m, "loss": {"name": "swclip" if sigma_m else "clip", "sigma_m": sigma_m},
-                    "data": {"format": "osv5m", "note": "synthetic OSV-5M-sized run (benchmarks/app_scale.py)"}, "kde_bandwidth_m": KDE_BANDWIDTH_M}
+        manifest = {
+            "run_id": run_id,
+            "sigma_m": sigma_m,
+            "loss": {"name": "swclip" if sigma_m else "clip", "sigma_m": sigma_m},
+            "data": {"format": "osv5m", "note": "synthetic OSV-5M-sized run (benchmarks/app_scale.py)"},
+            "kde_bandwidth_m": KDE_BANDWIDTH_M,
+        }
         metrics = summarize(err, df["city"].to_numpy())
         metrics.update(scale_metrics(pred, true, topk, prob, KDE_BANDWIDTH_M, mode=1))  # as evaluation writes them
         metrics["kde_bandwidth_m"] = KDE_BANDWIDTH_M
@@ -221,13 +266,15 @@ def _timed_run(at, profile_to: Path | None) -> float:
     return dt
 
 
-def time_pages(runs_root: Path, pages: list[str], city: str | None, timeout_s: float = 600, profile_dir: Path | None = None) -> list[dict]:
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
+def time_pages(
+    runs_root: Path, pages: list[str], city: str | None, timeout_s: float = 600, profile_dir: Path | None = None
+) -> list[dict]:
     # Start-up first: one run of every page on an empty runs folder imports what the server imports once
     # (streamlit, plotly, pydeck, ...; open_clip for Predict's model), so "first load" is a page's own cold-cache cost.
     import tempfile
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
 
     with tempfile.TemporaryDirectory() as empty:
         os.environ["SWCLIP_RUNS_DIR"] = empty
@@ -246,7 +293,11 @@ def time_pages(runs_root: Path, pages: list[str], city: str | None, timeout_s: f
         at.query_params["run"] = "osv5m-swclip,osv5m-clip"
         at.query_params["city"] = city or "All cities"  # the sidebar opens on the first city when the URL names none
         at.switch_page(page_path(name))
-        prof = (lambda phase: profile_dir / f"{name}-{'city' if city else 'all'}-{phase}.pstats") if profile_dir else (lambda phase: None)
+        prof = (
+            (lambda phase: profile_dir / f"{name}-{'city' if city else 'all'}-{phase}.pstats")
+            if profile_dir
+            else (lambda phase: None)
+        )
         first = _timed_run(at, prof("first"))
         errs = [str(e.value)[:300] for e in at.exception]
         rerun = None
@@ -266,8 +317,15 @@ def time_pages(runs_root: Path, pages: list[str], city: str | None, timeout_s: f
             except Exception as e:
                 errs.append(f"photo: {type(e).__name__}: {e}"[:300])
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        row = {"page": name, "city": city or "All cities", "first_s": round(first, 2), "rerun_s": None if rerun is None else round(rerun, 2),
-               "first_photo_s": None if photo is None else round(photo, 2), "peak_rss_gb_so_far": round(peak_gb, 2), "errors": errs}
+        row = {
+            "page": name,
+            "city": city or "All cities",
+            "first_s": round(first, 2),
+            "rerun_s": None if rerun is None else round(rerun, 2),
+            "first_photo_s": None if photo is None else round(photo, 2),
+            "peak_rss_gb_so_far": round(peak_gb, 2),
+            "errors": errs,
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -285,16 +343,34 @@ def main(argv=None) -> int:
     t.add_argument("--city", default=None, help="one city's name (default: the first city of the run)")
     t.add_argument("--label", default="after", help="'before' or 'after' a change, stored in the JSON")
     t.add_argument("--no-write", action="store_true")
-    t.add_argument("--views", nargs="+", default=["all", "city"], choices=["all", "city"], help="'All cities', one city, or both")
-    t.add_argument("--profile", type=Path, default=None, help="a folder: cProfile each run of each page into it (slower; implies --no-write)")
+    t.add_argument(
+        "--views", nargs="+", default=["all", "city"], choices=["all", "city"], help="'All cities', one city, or both"
+    )
+    t.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="a folder: cProfile each run of each page into it (slower; implies --no-write)",
+    )
     args = p.parse_args(argv)
     if args.cmd == "build":
         s = args.scale
-        build(args.out, n_eval=int(N_EVAL * s), n_gallery=int(N_GALLERY * s), n_images=int(N_IMAGE_GALLERY * s), n_cities=N_CITIES)
+        build(
+            args.out,
+            n_eval=int(N_EVAL * s),
+            n_gallery=int(N_GALLERY * s),
+            n_images=int(N_IMAGE_GALLERY * s),
+            n_cities=N_CITIES,
+        )
         return 0
     import pandas as pd
 
-    city = args.city or sorted(pd.read_parquet(args.runs / "osv5m-swclip" / "predictions.parquet", columns=["city"])["city"].unique())[0]
+    city = (
+        args.city
+        or sorted(
+            pd.read_parquet(args.runs / "osv5m-swclip" / "predictions.parquet", columns=["city"])["city"].unique()
+        )[0]
+    )
     t0 = time.perf_counter()
     import open_clip  # noqa: F401  what Predict's model needs: a server imports it once, with its first photo
 
@@ -312,8 +388,17 @@ def main(argv=None) -> int:
     if not args.no_write:
         from swclip.workflows.benchmark import machine, write_result
 
-        path = write_result(f"app_scale-{args.label}", {"label": args.label, "load_avg_1min": load, "peak_rss_gb": peak, "open_clip_import_s": round(import_s, 2),
-                                                          "machine": machine(), "rows": rows})
+        path = write_result(
+            f"app_scale-{args.label}",
+            {
+                "label": args.label,
+                "load_avg_1min": load,
+                "peak_rss_gb": peak,
+                "open_clip_import_s": round(import_s, 2),
+                "machine": machine(),
+                "rows": rows,
+            },
+        )
         print(f"wrote {path}")
     return 0
 

@@ -36,8 +36,12 @@ def _photos(root: Path, n: int, size=(640, 480), seed: int = 0) -> list[str]:
     (root / "photos").mkdir(parents=True, exist_ok=True)
     rel = []
     for i in range(n):
-        base = Image.fromarray(rng.integers(0, 255, (size[1] // 16, size[0] // 16, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
-        arr = np.asarray(base.filter(ImageFilter.GaussianBlur(2)), dtype=np.float64) + rng.normal(0, 8, (size[1], size[0], 3))
+        base = Image.fromarray(rng.integers(0, 255, (size[1] // 16, size[0] // 16, 3), dtype=np.uint8)).resize(
+            size, Image.BICUBIC
+        )
+        arr = np.asarray(base.filter(ImageFilter.GaussianBlur(2)), dtype=np.float64) + rng.normal(
+            0, 8, (size[1], size[0], 3)
+        )
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(root / "photos" / f"{i}.jpg", quality=90)
         rel.append(f"photos/{i}.jpg")
     return rel
@@ -54,7 +58,9 @@ def structure(world) -> dict:
 
     out = {}
     for city, sub in world.table.groupby("city", sort=False):
-        x = np.stack([np.asarray(Image.open(world.root / p).reduce(8), dtype=np.float64).ravel() / 255 for p in sub["image"]])
+        x = np.stack(
+            [np.asarray(Image.open(world.root / p).reduce(8), dtype=np.float64).ravel() / 255 for p in sub["image"]]
+        )
         gram = x @ x.T
         sq = np.diag(gram)
         iu = np.triu_indices(len(sub), 1)
@@ -62,7 +68,9 @@ def structure(world) -> dict:
         d = pairwise_haversine_m(sub[["lat", "lon"]].to_numpy())[iu]
         far = f[d > BINS_M[-1]].mean()
         edges = list(BINS_M) + [np.inf]
-        out[city] = {f"{lo}-{hi} m": float(f[(d >= lo) & (d < hi)].mean() / far) for lo, hi in zip(edges[:-1], edges[1:])}
+        out[city] = {
+            f"{lo}-{hi} m": float(f[(d >= lo) & (d < hi)].mean() / far) for lo, hi in zip(edges[:-1], edges[1:])
+        }
     return out
 
 
@@ -77,9 +85,9 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
-    from swclip.workflows.benchmark import interleaved_times, write_result
     from swclip.data import ImageDataset
     from swclip.synth import make_world
+    from swclip.workflows.benchmark import interleaved_times, write_result
 
     result: dict = {"render": {}, "loader": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,8 +97,15 @@ def main(argv=None) -> int:
             world = make_world(tmp / f"w{workers}", seed=0, samples_per_city=args.samples_per_city, workers=workers)
             dt = time.perf_counter() - t0
             n = len(world.table)
-            result["render"][f"workers={workers}"] = {"images": n, "image_size": 64, "seconds": dt, "images_per_s": n / dt}
-            print(f"render 8 cities × {args.samples_per_city} at 64 px, {workers} worker(s): {dt:.1f} s, {n / dt:.0f} images/s")
+            result["render"][f"workers={workers}"] = {
+                "images": n,
+                "image_size": 64,
+                "seconds": dt,
+                "images_per_s": n / dt,
+            }
+            print(
+                f"render 8 cities × {args.samples_per_city} at 64 px, {workers} worker(s): {dt:.1f} s, {n / dt:.0f} images/s"
+            )
 
         result["structure"] = structure(world)
         for city, row in result["structure"].items():
@@ -104,7 +119,10 @@ def main(argv=None) -> int:
             "demo 64px jpg -> open_clip 224": (demo, world.root, 224),
             "640x480 jpg -> open_clip 224": (photos, tmp, 224),
         }
-        sets = {name: ImageDataset(t, root, open_clip.image_transform(size, is_train=False)) for name, (t, root, size) in cases.items()}
+        sets = {
+            name: ImageDataset(t, root, open_clip.image_transform(size, is_train=False))
+            for name, (t, root, size) in cases.items()
+        }
 
         def loop(ds):
             return lambda: [ds[i] for i in range(len(ds))]

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from swclip.workflows.benchmark import batch_size_args, interleaved_times, report_batch_times
 from swclip.geo import local_metres_to_degrees
 from swclip.method.soft_labels import effective_positives, soft_targets
 from swclip.viz import figures
 from swclip.viz.spatial_bins import hilbert_order
+from swclip.workflows.benchmark import batch_size_args, interleaved_times, report_batch_times
 
 ORIGIN = (51.5072, -0.1276)
 
@@ -26,8 +26,12 @@ def redraw(latlon: np.ndarray, sigma_m: float) -> None:
     ll = latlon[hilbert_order(latlon)]
     q = soft_targets(ll, sigma_m)
     onehot = soft_targets(ll, 0.0, "onehot")
-    for fig in (figures.target_heatmap(q, "Q"), figures.target_heatmap(onehot, "1", zmax=1.0),
-                figures.kernel_curve(sigma_m, "gaussian"), figures.effective_positives_figure(effective_positives(q), len(ll))):
+    for fig in (
+        figures.target_heatmap(q, "Q"),
+        figures.target_heatmap(onehot, "1", zmax=1.0),
+        figures.kernel_curve(sigma_m, "gaussian"),
+        figures.effective_positives_figure(effective_positives(q), len(ll)),
+    ):
         fig.to_json()
 
 

@@ -14,10 +14,10 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from swclip.workflows.benchmark import interleaved_times, machine, write_result
-from swclip.method.losses import ClipLoss, SoftClipLoss
 from swclip.analysis.variogram import VariogramFit
+from swclip.method.losses import ClipLoss, SoftClipLoss
 from swclip.method.semivariogram_loss import LossVariogram, SemivariogramWeightedLoss
+from swclip.workflows.benchmark import interleaved_times, machine, write_result
 
 
 def fixed_variogram(variant: str) -> LossVariogram:
@@ -35,8 +35,13 @@ def make_batch(b: int, d: int, device: str, seed: int = 0):
     image = F.normalize(torch.randn(b, d, generator=g), dim=1)
     location = F.normalize(image + torch.randn(b, d, generator=g), dim=1)
     # a city-sized batch: 4 km x 4 km
-    latlon = torch.stack([51.48 + 0.036 * torch.rand(b, generator=g, dtype=torch.float64),
-                          -0.15 + 0.058 * torch.rand(b, generator=g, dtype=torch.float64)], 1)
+    latlon = torch.stack(
+        [
+            51.48 + 0.036 * torch.rand(b, generator=g, dtype=torch.float64),
+            -0.15 + 0.058 * torch.rand(b, generator=g, dtype=torch.float64),
+        ],
+        1,
+    )
     return image.to(device), location.to(device), latlon.to(device)
 
 
@@ -70,6 +75,7 @@ def main(argv=None) -> int:
                 with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
                     total = sum(loss(v, l_, scale, latlon).values())
                 total.backward()
+
             return run
 
         times = interleaved_times({name: step(loss) for name, loss in losses.items()}, args.repeats, sync=sync)

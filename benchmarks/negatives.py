@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from swclip.workflows.benchmark import batch_size_args, interleaved_times, report_batch_times
-from swclip.method.negatives import batch_negatives, share_by_distance, strongest_pairs
 from swclip.analysis.variogram import VariogramFit
 from swclip.geo import local_metres_to_degrees
+from swclip.method.negatives import batch_negatives, share_by_distance, strongest_pairs
 from swclip.method.semivariogram_loss import LossVariogram
 from swclip.viz import negatives as figs
+from swclip.workflows.benchmark import batch_size_args, interleaved_times, report_batch_times
 
 ORIGIN = (51.5072, -0.1276)
 # an exponential γ with a 900 m range, nugget 0.3 of a sill 0.6: about the demo world's
-VARIOGRAM = LossVariogram(VariogramFit(ok=True, model="exponential", nugget=0.18, partial_sill=0.42, sill=0.6,
-                                       range_m=900.0), 900.0, "practical", 0, 4096)
+VARIOGRAM = LossVariogram(
+    VariogramFit(ok=True, model="exponential", nugget=0.18, partial_sill=0.42, sill=0.6, range_m=900.0),
+    900.0,
+    "practical",
+    0,
+    4096,
+)
 
 
 def update(emb: np.ndarray, latlon: np.ndarray, variant: str, beta: float) -> None:

@@ -54,7 +54,9 @@ def bench_photo(args) -> dict:
     else:
         model = SWCLIP(DEMO_CONFIG).eval()
         rng = np.random.default_rng(0)
-        latlon = np.column_stack([48.85 + rng.uniform(0, 0.04, args.gallery_n), 2.33 + rng.uniform(0, 0.05, args.gallery_n)])
+        latlon = np.column_stack(
+            [48.85 + rng.uniform(0, 0.04, args.gallery_n), 2.33 + rng.uniform(0, 0.05, args.gallery_n)]
+        )
         predictor = Predictor(model, Gallery.from_locations(model, latlon), kde_bandwidth_m=100.0)
         source = "DEMO_CONFIG, random init"
     rng = np.random.default_rng(1)
@@ -88,15 +90,33 @@ def bench_photo(args) -> dict:
 
     with torch.no_grad():
         decode(), preprocess(), encode()
-        t = interleaved_times({"decode": decode, "preprocess": preprocess, "encode": encode,
-                               "encode_all_threads": encode_all_threads, "search_top5": search_top5,
-                               "end_to_end": end_to_end}, repeats=args.repeats, warmup=3)
+        t = interleaved_times(
+            {
+                "decode": decode,
+                "preprocess": preprocess,
+                "encode": encode,
+                "encode_all_threads": encode_all_threads,
+                "search_top5": search_top5,
+                "end_to_end": end_to_end,
+            },
+            repeats=args.repeats,
+            warmup=3,
+        )
     ms = {k: round(v["median_s"] * 1000, 3) for k, v in t.items()}
-    print(f"one photo ({source}, gallery {len(predictor.gallery):,}, D={model.embed_dim}): "
-          + ", ".join(f"{k} {v} ms" for k, v in ms.items()))
-    return {"model": source, "gallery_n": len(predictor.gallery), "embed_dim": model.embed_dim, "photo_px": [640, 480],
-            "median_ms": ms, "min_ms": {k: round(v["min_s"] * 1000, 3) for k, v in t.items()},
-            "goal_ms": 300, "meets_goal": ms["end_to_end"] < 300}
+    print(
+        f"one photo ({source}, gallery {len(predictor.gallery):,}, D={model.embed_dim}): "
+        + ", ".join(f"{k} {v} ms" for k, v in ms.items())
+    )
+    return {
+        "model": source,
+        "gallery_n": len(predictor.gallery),
+        "embed_dim": model.embed_dim,
+        "photo_px": [640, 480],
+        "median_ms": ms,
+        "min_ms": {k: round(v["min_s"] * 1000, 3) for k, v in t.items()},
+        "goal_ms": 300,
+        "meets_goal": ms["end_to_end"] < 300,
+    }
 
 
 def gallery_embeddings(n: int, dim: int, kind: str, seed: int = 0) -> np.ndarray:
@@ -115,8 +135,9 @@ def gallery_embeddings(n: int, dim: int, kind: str, seed: int = 0) -> np.ndarray
     centres = np.column_stack([rng.uniform(50, 56, 8), rng.uniform(-4, 1, 8)])
     latlon = centres[rng.integers(0, 8, n)] + rng.uniform(-0.018, 0.018, (n, 2))
     with torch.no_grad():
-        return np.concatenate([model.encode_location(latlon[s:s + 65536], check=False).numpy()
-                               for s in range(0, n, 65536)])
+        return np.concatenate(
+            [model.encode_location(latlon[s : s + 65536], check=False).numpy() for s in range(0, n, 65536)]
+        )
 
 
 def bench_search(args) -> dict:
@@ -134,16 +155,21 @@ def bench_search(args) -> dict:
             build_flat = time.perf_counter() - t0
 
             def one(i=[0]):
-                flat.search(q[i[0] % args.queries: i[0] % args.queries + 1], 10)
+                flat.search(q[i[0] % args.queries : i[0] % args.queries + 1], 10)
                 i[0] += 1
 
             timing = interleaved_times({"single": one}, repeats=args.queries, warmup=2)["single"]
             t0 = time.perf_counter()
             flat.search(q[:256], 10)
             batch_ms = (time.perf_counter() - t0) * 1000 / 256
-            row = {"n": n, "dim": d, "memory_mb": round(x.nbytes / 2**20, 1), "flat_build_s": round(build_flat, 3),
-                   "flat_single_query_ms": round(timing["median_s"] * 1000, 3),
-                   "flat_batch256_per_query_ms": round(batch_ms, 3)}
+            row = {
+                "n": n,
+                "dim": d,
+                "memory_mb": round(x.nbytes / 2**20, 1),
+                "flat_build_s": round(build_flat, 3),
+                "flat_single_query_ms": round(timing["median_s"] * 1000, 3),
+                "flat_batch256_per_query_ms": round(batch_ms, 3),
+            }
             if n >= 1_000_000 and args.ivf:
                 t0 = time.perf_counter()
                 ivf = SearchIndex(x, kind="ivf")
@@ -151,19 +177,23 @@ def bench_search(args) -> dict:
                 row["ivf_nlist_nprobe"] = [ivf.index.nlist, ivf.index.nprobe]
 
                 def one_ivf(i=[0]):
-                    ivf.search(q[i[0] % args.queries: i[0] % args.queries + 1], 10)
+                    ivf.search(q[i[0] % args.queries : i[0] % args.queries + 1], 10)
                     i[0] += 1
 
                 row["ivf_single_query_ms"] = round(
-                    interleaved_times({"ivf": one_ivf}, repeats=args.queries, warmup=2)["ivf"]["median_s"] * 1000, 3)
+                    interleaved_times({"ivf": one_ivf}, repeats=args.queries, warmup=2)["ivf"]["median_s"] * 1000, 3
+                )
                 _, exact = flat.search(q[:100], 10)
                 _, approx = ivf.search(q[:100], 10)
-                row["ivf_recall@10"] = round(float(np.mean(
-                    [len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])), 3)
+                row["ivf_recall@10"] = round(
+                    float(np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])), 3
+                )
                 del ivf
             print(row, flush=True)
             out.append(row)
-            del flat, x, q, both
+            flat = x = q = both = (
+                None  # free the index and the arrays before the next size (the closures above are done)
+            )
     return {"data": args.data, "rows": out, "goal_ms_per_query_1m": 50}
 
 
@@ -200,10 +230,18 @@ def bench_steps(args) -> dict:
         params[name] = sum(p.numel() for p in model.parameters())
     t = interleaved_times(steps, repeats=args.step_repeats, warmup=2)
     base = t["swclip-tiny + gps (DEMO_CONFIG)"]["median_s"]
-    rows = [{"config": k, "params_m": round(params[k] / 1e6, 2), "median_s": round(v["median_s"], 4),
-             "min_s": round(v["min_s"], 4), "images_per_s": round(b / v["median_s"]),
-             "ratio_to_demo": round(v["median_s"] / base, 2), "s_per_600_steps": round(600 * v["median_s"], 1)}
-            for k, v in t.items()]
+    rows = [
+        {
+            "config": k,
+            "params_m": round(params[k] / 1e6, 2),
+            "median_s": round(v["median_s"], 4),
+            "min_s": round(v["min_s"], 4),
+            "images_per_s": round(b / v["median_s"]),
+            "ratio_to_demo": round(v["median_s"] / base, 2),
+            "s_per_600_steps": round(600 * v["median_s"], 1),
+        }
+        for k, v in t.items()
+    ]
     for r in rows:
         print(r, flush=True)
     return {"batch": b, "loss": "SoftClipLoss(50 m)", "rows": rows}
@@ -230,8 +268,15 @@ def bench_encode(args) -> dict:
             model.encode_image(x)
 
     t = interleaved_times({"encode": encode}, repeats=args.step_repeats, warmup=2, sync=sync)["encode"]
-    row = {"arch": args.arch, "image_size": size, "dtype": args.dtype, "device": device, "batch": args.encode_batch,
-           "median_s": round(t["median_s"], 4), "images_per_s": round(args.encode_batch / t["median_s"], 1)}
+    row = {
+        "arch": args.arch,
+        "image_size": size,
+        "dtype": args.dtype,
+        "device": device,
+        "batch": args.encode_batch,
+        "median_s": round(t["median_s"], 4),
+        "images_per_s": round(args.encode_batch / t["median_s"], 1),
+    }
     print(row, flush=True)
     return row
 
@@ -245,8 +290,12 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="gallery sizes for 'search'")
     p.add_argument("--dims", type=int, nargs="+", default=[64, 512], help="embedding dimensions for 'search'")
     p.add_argument("--queries", type=int, default=50, help="single queries timed per gallery for 'search'")
-    p.add_argument("--data", choices=["gps", "random"], default="gps",
-                   help="search embeddings: a GPS tower's (a real gallery's shape, default) or random unit vectors")
+    p.add_argument(
+        "--data",
+        choices=["gps", "random"],
+        default="gps",
+        help="search embeddings: a GPS tower's (a real gallery's shape, default) or random unit vectors",
+    )
     p.add_argument("--no-ivf", dest="ivf", action="store_false", help="skip the IVF comparison at 1M")
     p.add_argument("--batch", type=int, default=256, help="batch size for 'steps'")
     p.add_argument("--step-repeats", type=int, default=8, help="timed steps per config for 'steps'")

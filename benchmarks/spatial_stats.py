@@ -65,8 +65,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     scale = 0.2 if args.quick else 1.0
     n_var, n_all, n_moran, n_overlap = (int(scale * x) for x in (20_000, 5_000, 10_000, 20_000))
-    results: dict = {"goals": {"variogram_plus_fit_s": 2.0, "morans_i_s": 3.0, "overlap_s": 2.0,
-                               "range_vs_all_pairs_rel": 0.10}}
+    results: dict = {
+        "goals": {"variogram_plus_fit_s": 2.0, "morans_i_s": 3.0, "overlap_s": 2.0, "range_vs_all_pairs_rel": 0.10}
+    }
 
     load_start = os.getloadavg()[0]  # other work on the machine: absolute times scale with it
     t0 = time.perf_counter()
@@ -81,41 +82,65 @@ def main(argv=None) -> int:
     _, _, emb512 = city(n_var, 512, seed=0)
 
     def vario(values=None, embeddings=None):
-        emp = empirical_variogram(latlon, values=values, embeddings=embeddings, bins=20, max_lag_m=3000.0,
-                                  max_pairs=2_000_000, seed=0)
+        emp = empirical_variogram(
+            latlon, values=values, embeddings=embeddings, bins=20, max_lag_m=3000.0, max_pairs=2_000_000, seed=0
+        )
         return emp, fit_variogram(emp, "gaussian")
 
-    t = interleaved_times({
-        "scalar": lambda: vario(values=field),
-        "embeddings_d64": lambda: vario(embeddings=emb64),
-        "embeddings_d512": lambda: vario(embeddings=emb512),
-    }, repeats=args.repeats)
+    t = interleaved_times(
+        {
+            "scalar": lambda: vario(values=field),
+            "embeddings_d64": lambda: vario(embeddings=emb64),
+            "embeddings_d512": lambda: vario(embeddings=emb512),
+        },
+        repeats=args.repeats,
+    )
     emp, fit = vario(embeddings=emb64)
     _, fit_scalar = vario(values=field)
-    results["variogram_20k"] = {"n": n_var, "pairs_used": emp.n_pairs_used, "pairs_sampled": emp.n_pairs_sampled,
-                                "times": t, "true_range_m": RANGE_M, "range_m_scalar": fit_scalar.range_m,
-                                "range_m_embeddings_d64": fit.range_m}
+    results["variogram_20k"] = {
+        "n": n_var,
+        "pairs_used": emp.n_pairs_used,
+        "pairs_sampled": emp.n_pairs_sampled,
+        "times": t,
+        "true_range_m": RANGE_M,
+        "range_m_scalar": fit_scalar.range_m,
+        "range_m_embeddings_d64": fit.range_m,
+    }
 
     # ------------------------------------------------------------------ sampled vs all pairs, 5k samples
     sub = slice(0, n_all)
     cmp = {}
     for name, kw in (("scalar", {"values": field[sub]}), ("embeddings_d64", {"embeddings": emb64[sub]})):
         t_all = time.perf_counter()
-        full = fit_variogram(empirical_variogram(latlon[sub], bins=20, max_lag_m=3000.0, max_pairs=None, **kw),
-                             "gaussian")
+        full = fit_variogram(
+            empirical_variogram(latlon[sub], bins=20, max_lag_m=3000.0, max_pairs=None, **kw), "gaussian"
+        )
         t_all = time.perf_counter() - t_all
-        sampled = [fit_variogram(empirical_variogram(latlon[sub], bins=20, max_lag_m=3000.0, max_pairs=2_000_000,
-                                                     seed=s, **kw), "gaussian").range_m for s in range(5)]
+        sampled = [
+            fit_variogram(
+                empirical_variogram(latlon[sub], bins=20, max_lag_m=3000.0, max_pairs=2_000_000, seed=s, **kw),
+                "gaussian",
+            ).range_m
+            for s in range(5)
+        ]
         rel = [abs(r - full.range_m) / full.range_m for r in sampled]
-        cmp[name] = {"all_pairs": n_all * (n_all - 1) // 2, "all_pairs_s": t_all, "range_m_all_pairs": full.range_m,
-                     "range_m_sampled_seeds_0_4": sampled, "max_rel_diff": max(rel)}
+        cmp[name] = {
+            "all_pairs": n_all * (n_all - 1) // 2,
+            "all_pairs_s": t_all,
+            "range_m_all_pairs": full.range_m,
+            "range_m_sampled_seeds_0_4": sampled,
+            "max_rel_diff": max(rel),
+        }
     results["sampled_vs_all_pairs_5k"] = cmp
 
     # ------------------------------------------------------------------ training refit from a 4096-row bank
     bank = slice(0, 4096)
-    results["refit_4096_bank"] = interleaved_times({
-        "fit_embedding_variogram_d512": lambda: fit_embedding_variogram(emb512[bank], latlon[bank]),
-    }, repeats=args.repeats)
+    results["refit_4096_bank"] = interleaved_times(
+        {
+            "fit_embedding_variogram_d512": lambda: fit_embedding_variogram(emb512[bank], latlon[bank]),
+        },
+        repeats=args.repeats,
+    )
 
     # ------------------------------------------------------------------ Moran's I / LISA, 10k points
     import esda
@@ -133,17 +158,28 @@ def main(argv=None) -> int:
     ours = morans_i(y, m_latlon)
     ref = esda.Moran(y, w, permutations=999)
     results["morans_i_10k"] = {
-        "n": n_moran, "permutations": 999, "k": 8,
-        "times": interleaved_times({
-            "ours_morans_i": lambda: morans_i(y, m_latlon, k=8, permutations=999),
-            "esda_Moran_plus_libpysal_knn": lambda: esda.Moran(
-                y, libpysal.weights.KNN.from_array(m_latlon[:, ::-1], k=8, distance_metric="arc", radius=6371.0088),
-                permutations=999),
-            "ours_local_morans_i": lambda: local_morans_i(y, m_latlon, k=8, permutations=999),
-            "esda_Moran_Local_warm": lambda: esda.Moran_Local(y, w, permutations=999),
-        }, repeats=args.repeats),
-        "libpysal_knn_weights_s": t_w, "esda_Moran_Local_first_call_compile_s": t_compile,
-        "I_ours": ours.I, "I_esda": ref.I, "p_ours": ours.p_value, "p_esda": ref.p_sim,
+        "n": n_moran,
+        "permutations": 999,
+        "k": 8,
+        "times": interleaved_times(
+            {
+                "ours_morans_i": lambda: morans_i(y, m_latlon, k=8, permutations=999),
+                "esda_Moran_plus_libpysal_knn": lambda: esda.Moran(
+                    y,
+                    libpysal.weights.KNN.from_array(m_latlon[:, ::-1], k=8, distance_metric="arc", radius=6371.0088),
+                    permutations=999,
+                ),
+                "ours_local_morans_i": lambda: local_morans_i(y, m_latlon, k=8, permutations=999),
+                "esda_Moran_Local_warm": lambda: esda.Moran_Local(y, w, permutations=999),
+            },
+            repeats=args.repeats,
+        ),
+        "libpysal_knn_weights_s": t_w,
+        "esda_Moran_Local_first_call_compile_s": t_compile,
+        "I_ours": ours.I,
+        "I_esda": ref.I,
+        "p_ours": ours.p_value,
+        "p_esda": ref.p_sim,
     }
 
     # ------------------------------------------------------------------ overlap@10, 20k embeddings
@@ -158,15 +194,24 @@ def main(argv=None) -> int:
                 fn()
             finally:
                 faiss.omp_set_num_threads(before)
+
         return run
 
-    results["overlap_20k"] = {"n": n_var, "k": 10, "times": interleaved_times({
-        "d64": lambda: neighbourhood_overlap(emb64, latlon, k=10),
-        "d64_faiss_1_thread": one_thread(lambda: neighbourhood_overlap(emb64, latlon, k=10)),
-        "d512": lambda: neighbourhood_overlap(emb512, latlon, k=10),
-        "d512_faiss_1_thread": one_thread(lambda: neighbourhood_overlap(emb512, latlon, k=10)),
-    }, repeats=args.repeats), "mean_overlap_d64": neighbourhood_overlap(emb64, latlon, k=10).mean_overlap,
-        "chance_overlap": 10 / (n_var - 1)}
+    results["overlap_20k"] = {
+        "n": n_var,
+        "k": 10,
+        "times": interleaved_times(
+            {
+                "d64": lambda: neighbourhood_overlap(emb64, latlon, k=10),
+                "d64_faiss_1_thread": one_thread(lambda: neighbourhood_overlap(emb64, latlon, k=10)),
+                "d512": lambda: neighbourhood_overlap(emb512, latlon, k=10),
+                "d512_faiss_1_thread": one_thread(lambda: neighbourhood_overlap(emb512, latlon, k=10)),
+            },
+            repeats=args.repeats,
+        ),
+        "mean_overlap_d64": neighbourhood_overlap(emb64, latlon, k=10).mean_overlap,
+        "chance_overlap": 10 / (n_var - 1),
+    }
     # CPU seconds of the one-thread runs: with no second thread to wait on, this is about the
     # wall time the same call takes on an idle core, whatever the machine's load
     cpu = {}
@@ -189,11 +234,15 @@ def _print(r: dict) -> None:
     print(f"variogram + gaussian fit, n={v['n']}, {v['pairs_used']:,} pairs used of {v['pairs_sampled']:,} sampled:")
     for name, t in v["times"].items():
         print(f"  {name:18s} {t['median_s']:.3f} s")
-    print(f"  fitted range: scalar {v['range_m_scalar']:.0f} m, embeddings {v['range_m_embeddings_d64']:.0f} m "
-          f"(true {v['true_range_m']:.0f} m)")
+    print(
+        f"  fitted range: scalar {v['range_m_scalar']:.0f} m, embeddings {v['range_m_embeddings_d64']:.0f} m "
+        f"(true {v['true_range_m']:.0f} m)"
+    )
     for name, c in r["sampled_vs_all_pairs_5k"].items():
-        print(f"5k {name}: all {c['all_pairs']:,} pairs -> range {c['range_m_all_pairs']:.0f} m in {c['all_pairs_s']:.2f} s; "
-              f"2M sampled (5 seeds) max rel diff {100 * c['max_rel_diff']:.1f} %")
+        print(
+            f"5k {name}: all {c['all_pairs']:,} pairs -> range {c['range_m_all_pairs']:.0f} m in {c['all_pairs_s']:.2f} s; "
+            f"2M sampled (5 seeds) max rel diff {100 * c['max_rel_diff']:.1f} %"
+        )
     print(f"refit from a 4096 bank (d512): {r['refit_4096_bank']['fit_embedding_variogram_d512']['median_s']:.3f} s")
     m = r["morans_i_10k"]
     for name, t in m["times"].items():
@@ -201,8 +250,10 @@ def _print(r: dict) -> None:
     print(f"  esda Moran_Local first call (numba compile): {m['esda_Moran_Local_first_call_compile_s']:.1f} s")
     for name, t in r["overlap_20k"]["times"].items():
         print(f"overlap@10 {name}: {t['median_s']:.3f} s")
-    print("overlap@10 CPU seconds, faiss on 1 thread: "
-          + ", ".join(f"{k} {v:.2f} s" for k, v in r["overlap_20k"]["cpu_s_faiss_1_thread"].items()))
+    print(
+        "overlap@10 CPU seconds, faiss on 1 thread: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in r["overlap_20k"]["cpu_s_faiss_1_thread"].items())
+    )
     print("load average (1 min) at start / end: " + " / ".join(f"{x:.1f}" for x in r["load_average_1min_start_end"]))
 
 

@@ -37,16 +37,44 @@ def paired(runs_root, a, a_stamp, b, b_stamp, city):
 
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
-    a_id = urlstate.url_widget(st.selectbox, "Run A (reference)", "a", default_a, valid=lambda v: v in by_id, options=ids, format_func=lambda i: by_id[i].label)
+    a_id = urlstate.url_widget(
+        st.selectbox,
+        "Run A (reference)",
+        "a",
+        default_a,
+        valid=lambda v: v in by_id,
+        options=ids,
+        format_func=lambda i: by_id[i].label,
+    )
 with c2:
-    b_id = urlstate.url_widget(st.selectbox, "Run B", "b", default_b, valid=lambda v: v in by_id, options=ids, format_func=lambda i: by_id[i].label)
+    b_id = urlstate.url_widget(
+        st.selectbox,
+        "Run B",
+        "b",
+        default_b,
+        valid=lambda v: v in by_id,
+        options=ids,
+        format_func=lambda i: by_id[i].label,
+    )
 ra, rb = by_id[a_id], by_id[b_id]
 city = view.city_or_none()
-joined = paired(view.runs_root, ra.run_id, ra.stamp, rb.run_id, rb.stamp, city) if a_id != b_id else "pick two different runs"
+joined = (
+    paired(view.runs_root, ra.run_id, ra.stamp, rb.run_id, rb.stamp, city)
+    if a_id != b_id
+    else "pick two different runs"
+)
 with c3:
     # 1,000 resamples of 210,000 pairs take about 1.3 s on 2 shared cores (5,000: 5 s); past 50,000 pairs the intervals are narrow anyway
     n_default = 1000 if isinstance(joined, str) or len(joined) <= 50_000 else 200
-    n_boot = urlstate.url_widget(st.select_slider, "Bootstrap resamples", "boot", n_default, parse=int, valid=lambda v: v in (200, 500, 1000, 2000, 5000), options=(200, 500, 1000, 2000, 5000))
+    n_boot = urlstate.url_widget(
+        st.select_slider,
+        "Bootstrap resamples",
+        "boot",
+        n_default,
+        parse=int,
+        valid=lambda v: v in (200, 500, 1000, 2000, 5000),
+        options=(200, 500, 1000, 2000, 5000),
+    )
 if a_id == b_id:
     st.warning("Pick two different runs.")
     st.stop()
@@ -54,7 +82,9 @@ if isinstance(joined, str):
     st.error(f"Cannot compare: {joined}")
     st.stop()
 scope = city or "all cities"
-st.markdown(f"**{len(joined):,}** shared evaluation samples ({scope}). A = `{a_id}`, B = `{b_id}`; differences are B − A, 95 % paired-bootstrap intervals ({n_boot} resamples, seed 0).")
+st.markdown(
+    f"**{len(joined):,}** shared evaluation samples ({scope}). A = `{a_id}`, B = `{b_id}`; differences are B − A, 95 % paired-bootstrap intervals ({n_boot} resamples, seed 0)."
+)
 if len(joined) < 2:
     st.warning("Fewer than two shared samples here.")
     st.stop()
@@ -90,40 +120,65 @@ def fmt(v, stat):
 
 rows = []
 for r, v in zip(table.itertuples(), verdicts(table)):
-    rows.append({
-        "statistic": r.statistic,
-        "A": f"{fmt(r.a, r.statistic)} [{fmt(r.a_lo, r.statistic)}, {fmt(r.a_hi, r.statistic)}]",
-        "B": f"{fmt(r.b, r.statistic)} [{fmt(r.b_lo, r.statistic)}, {fmt(r.b_hi, r.statistic)}]",
-        "B − A": f"{fmt(r.diff, r.statistic)} [{fmt(r.diff_lo, r.statistic)}, {fmt(r.diff_hi, r.statistic)}]",
-        "verdict": v,
-    })
+    rows.append(
+        {
+            "statistic": r.statistic,
+            "A": f"{fmt(r.a, r.statistic)} [{fmt(r.a_lo, r.statistic)}, {fmt(r.a_hi, r.statistic)}]",
+            "B": f"{fmt(r.b, r.statistic)} [{fmt(r.b_lo, r.statistic)}, {fmt(r.b_hi, r.statistic)}]",
+            "B − A": f"{fmt(r.diff, r.statistic)} [{fmt(r.diff_lo, r.statistic)}, {fmt(r.diff_hi, r.statistic)}]",
+            "verdict": v,
+        }
+    )
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(figures.error_cdf({f"A: {a_id}": joined["error_a_m"], f"B: {b_id}": joined["error_b_m"]}), width="stretch", key="cdf")
-    curves = {f"A: {a_id}": loaders.rva(view.runs_root, ra.run_id, ra.stamp, city), f"B: {b_id}": loaders.rva(view.runs_root, rb.run_id, rb.stamp, city)}
+    st.plotly_chart(
+        figures.error_cdf({f"A: {a_id}": joined["error_a_m"], f"B: {b_id}": joined["error_b_m"]}),
+        width="stretch",
+        key="cdf",
+    )
+    curves = {
+        f"A: {a_id}": loaders.rva(view.runs_root, ra.run_id, ra.stamp, city),
+        f"B: {b_id}": loaders.rva(view.runs_root, rb.run_id, rb.stamp, city),
+    }
     curves = {k: v for k, v in curves.items() if v is not None}
     if curves:
         st.plotly_chart(figures.rva_figure(curves, title=f"Recall vs Area, {scope}"), width="stretch", key="rva")
-        st.caption("Share of samples whose true spot lies inside the knn-kde density's highest-density region of at most that area "
-                   "(" + ", ".join(f"{k}: {v['n_queries']:,} queries, {v['source']}" for k, v in curves.items()) + ").")
+        st.caption(
+            "Share of samples whose true spot lies inside the knn-kde density's highest-density region of at most that area "
+            "(" + ", ".join(f"{k}: {v['n_queries']:,} queries, {v['source']}" for k, v in curves.items()) + ")."
+        )
 with right:
     delta = change_delta(joined)
     latlon = joined[["lat", "lon"]].to_numpy(np.float64)
     sc = loaders.run_scale(view.runs_root, ra.run_id, ra.stamp, city)
     if len(joined) <= POINTS_MAX:
-        pts = maps.points_frame(latlon, maps.diverging(delta, 3.0), id=joined["id"], a_m=joined["error_a_m"].round(0), b_m=joined["error_b_m"].round(0))
+        pts = maps.points_frame(
+            latlon,
+            maps.diverging(delta, 3.0),
+            id=joined["id"],
+            a_m=joined["error_a_m"].round(0),
+            b_m=joined["error_b_m"].round(0),
+        )
         layer = maps.scatter_layer(pts, radius_m=16, alpha=240)
         tooltip = {"text": "{id}: A {a_m} m → B {b_m} m"}
     else:
         bins = change_cells(view.runs_root, ra.run_id, ra.stamp, rb.run_id, rb.stamp, city, sc.hex_default_m)
         layer = maps.hex_layer(bins, -3.0, 3.0, log=False, alpha=220, colours=maps.diverging(bins["value"], 3.0))
         tooltip = {"text": "{id} log2(B/A) {value}"}
-    st.markdown(f"**Where the error changed** in {scope}: blue, B is better; red, B is worse (colour saturates at 8×)"
-                + ("." if len(joined) <= POINTS_MAX else f"; more than {POINTS_MAX:,} samples, so H3 cells of the median change."))
+    st.markdown(
+        f"**Where the error changed** in {scope}: blue, B is better; red, B is worse (colour saturates at 8×)"
+        + (
+            "."
+            if len(joined) <= POINTS_MAX
+            else f"; more than {POINTS_MAX:,} samples, so H3 cells of the median change."
+        )
+    )
     st.pydeck_chart(frame.city_deck(view, ra, city, [layer], latlon, tooltip=tooltip), height=430, key="change_map")
-    st.caption(f"B better on {int((delta < 0).sum()):,} samples, worse on {int((delta > 0).sum()):,}, equal on {int((delta == 0).sum()):,}.")
+    st.caption(
+        f"B better on {int((delta < 0).sum()):,} samples, worse on {int((delta > 0).sum()):,}, equal on {int((delta == 0).sum()):,}."
+    )
 
 st.subheader("Manifest diff")
 diff = manifest_diff(ra.manifest, rb.manifest)

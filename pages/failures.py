@@ -18,11 +18,37 @@ city = view.city_or_none()
 
 c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
 with c1:
-    per_page = urlstate.url_widget(st.slider, "Failures per page", "worst", 6, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= 30, min_value=1, max_value=30)
+    per_page = urlstate.url_widget(
+        st.slider,
+        "Failures per page",
+        "worst",
+        6,
+        parse=int,
+        valid=lambda v: isinstance(v, int) and 1 <= v <= 30,
+        min_value=1,
+        max_value=30,
+    )
 with c2:
-    min_err = urlstate.url_widget(st.number_input, "Only errors of at least (m)", "minerr", 0, parse=int, valid=lambda v: isinstance(v, int) and v >= 0, min_value=0, step=100)
+    min_err = urlstate.url_widget(
+        st.number_input,
+        "Only errors of at least (m)",
+        "minerr",
+        0,
+        parse=int,
+        valid=lambda v: isinstance(v, int) and v >= 0,
+        min_value=0,
+        step=100,
+    )
 with c3:
-    order = urlstate.url_widget(st.radio, "Rank by", "rank", "retrieval error", valid=lambda v: v in ("retrieval error", "knn-kde error"), options=["retrieval error", "knn-kde error"], horizontal=True)
+    order = urlstate.url_widget(
+        st.radio,
+        "Rank by",
+        "rank",
+        "retrieval error",
+        valid=lambda v: v in ("retrieval error", "knn-kde error"),
+        options=["retrieval error", "knn-kde error"],
+        horizontal=True,
+    )
 col = "kde_error_m" if order == "knn-kde error" and "kde_error_m" in df_all else "error_m"
 
 
@@ -38,16 +64,49 @@ def ranked(runs_root, run_id, stamp, city, col, min_err):
 order_rows = ranked(view.runs_root, run.run_id, run.stamp, city, col, min_err)
 n_pages = max(1, -(-len(order_rows) // int(per_page)))
 with c4:
-    page_no = urlstate.url_widget(st.number_input, f"Page (of {n_pages:,})", "fpage", 1, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= n_pages, min_value=1, max_value=n_pages, step=1)
-rows = order_rows[(page_no - 1) * int(per_page): page_no * int(per_page)]
+    page_no = urlstate.url_widget(
+        st.number_input,
+        f"Page (of {n_pages:,})",
+        "fpage",
+        1,
+        parse=int,
+        valid=lambda v: isinstance(v, int) and 1 <= v <= n_pages,
+        min_value=1,
+        max_value=n_pages,
+        step=1,
+    )
+rows = order_rows[(page_no - 1) * int(per_page) : page_no * int(per_page)]
 worst = df_all.loc[rows].rename_axis("row").reset_index()  # row: into embeddings.npy and the top-k arrays
 
-export_cols = [c for c in ("id", "city", "lat", "lon", "pred_lat", "pred_lon", "error_m", "kde_lat", "kde_lon", "kde_error_m", "radius_m", "image") if c in df_all]
+export_cols = [
+    c
+    for c in (
+        "id",
+        "city",
+        "lat",
+        "lon",
+        "pred_lat",
+        "pred_lon",
+        "error_m",
+        "kde_lat",
+        "kde_lon",
+        "kde_error_m",
+        "radius_m",
+        "image",
+    )
+    if c in df_all
+]
 n_export = min(len(order_rows), 10_000)
-st.download_button(f"Export the worst {n_export:,} (CSV)", df_all.loc[order_rows[:n_export], export_cols].to_csv(index=False).encode(),
-                   file_name=f"failures_{run.run_id.replace('/', '_')}.csv", mime="text/csv")
-st.caption(f"{len(order_rows):,} samples{f' in {city}' if city else ' over all cities'} with a {order} of at least {min_err} m, worst first: "
-           f"page {page_no} of {n_pages:,} ({len(worst)} shown).")
+st.download_button(
+    f"Export the worst {n_export:,} (CSV)",
+    df_all.loc[order_rows[:n_export], export_cols].to_csv(index=False).encode(),
+    file_name=f"failures_{run.run_id.replace('/', '_')}.csv",
+    mime="text/csv",
+)
+st.caption(
+    f"{len(order_rows):,} samples{f' in {city}' if city else ' over all cities'} with a {order} of at least {min_err} m, worst first: "
+    f"page {page_no} of {n_pages:,} ({len(worst)} shown)."
+)
 
 img_root = loaders.image_root(view.runs_root, run.run_id, run.stamp)
 samples = loaders.sample_table(view.runs_root, run.run_id, run.stamp)
@@ -72,11 +131,15 @@ def nearest_training(runs_root, run_id, stamp, rows, k=5):
     q = np.asarray(eval_emb[list(rows)], dtype=np.float32)  # (Q, D); float16 memory map -> float32
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     scores, idx = index.search(q, k)
-    return {int(r): [(gallery.ids[i], gallery.latlon[i], float(sc)) for sc, i in zip(s_r, i_r) if i >= 0]
-            for r, s_r, i_r in zip(rows, scores, idx)}
+    return {
+        int(r): [(gallery.ids[i], gallery.latlon[i], float(sc)) for sc, i in zip(s_r, i_r) if i >= 0]
+        for r, s_r, i_r in zip(rows, scores, idx)
+    }
 
 
-near_by_row = nearest_training(view.runs_root, run.run_id, run.stamp, tuple(int(r) for r in np.sort(worst["row"].to_numpy())))
+near_by_row = nearest_training(
+    view.runs_root, run.run_id, run.stamp, tuple(int(r) for r in np.sort(worst["row"].to_numpy()))
+)
 
 
 topk = loaders.topk(view.runs_root, run.run_id, run.stamp)
@@ -98,7 +161,10 @@ for rank, (_, row) in enumerate(worst.iterrows(), start=(page_no - 1) * int(per_
             thumb = loaders.thumbnail(view.runs_root, img_root, str(row.get("image", ""))) if img_root else None
             if thumb is not None:
                 st.image(thumb, caption="query", width="stretch")
-            st.markdown(f"**#{rank} · {row['id']}**  \n{row.get('city', '')}  \nerror **{fmt_m(row['error_m'])}**" + (f"  \nknn-kde {fmt_m(row['kde_error_m'])}" if "kde_error_m" in row else ""))
+            st.markdown(
+                f"**#{rank} · {row['id']}**  \n{row.get('city', '')}  \nerror **{fmt_m(row['error_m'])}**"
+                + (f"  \nknn-kde {fmt_m(row['kde_error_m'])}" if "kde_error_m" in row else "")
+            )
         m = matches(row)
         near_imgs = near_by_row.get(int(row["row"]), [])
         truth = (row["lat"], row["lon"])
@@ -111,10 +177,17 @@ for rank, (_, row) in enumerate(worst.iterrows(), start=(page_no - 1) * int(per_
             else:
                 others = np.array([[s["lat"], s["lon"]] for _, s in m], dtype=np.float64).reshape(-1, 2)
                 what = "training images at the model's top-k locations"
-            st.plotly_chart(figures.mini_map(truth, pred, others, near), width="stretch", key=f"mm_{run.run_id}_{row['row']}", config={"displayModeBar": False})
+            st.plotly_chart(
+                figures.mini_map(truth, pred, others, near),
+                width="stretch",
+                key=f"mm_{run.run_id}_{row['row']}",
+                config={"displayModeBar": False},
+            )
             st.caption(f"green: truth · red ×: prediction · blue: {what}")
             if m and "city" in m[0][1] and str(m[0][1]["city"]) != str(row["city"]):
-                st.markdown(f"Matched to **{m[0][1]['city']}**: the model placed this {str(row['city'])} photo in another city.")
+                st.markdown(
+                    f"Matched to **{m[0][1]['city']}**: the model placed this {str(row['city'])} photo in another city."
+                )
         with right:
             if near_imgs:
                 st.caption("Nearest training images (image embeddings), with how far each was taken from the truth")

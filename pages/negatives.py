@@ -34,21 +34,63 @@ used = manifest.get("loss_variogram") or {}
 
 c1, c2, c3, c4, c5 = st.columns([2, 2, 2, 2, 1])
 with c1:
-    variant = urlstate.url_widget(st.radio, "Variant", "variant", used.get("variant", "swclip"), valid=lambda v: v in VARIANTS,
-                                  options=list(VARIANTS), horizontal=True)
+    variant = urlstate.url_widget(
+        st.radio,
+        "Variant",
+        "variant",
+        used.get("variant", "swclip"),
+        valid=lambda v: v in VARIANTS,
+        options=list(VARIANTS),
+        horizontal=True,
+    )
 with c2:
-    beta = urlstate.url_widget(st.slider, "β", "beta", float(used.get("beta", 1.0)), parse=float,
-                               valid=lambda v: isinstance(v, float) and 0.0 <= v <= 5.0, min_value=0.0, max_value=5.0, step=0.1)
+    beta = urlstate.url_widget(
+        st.slider,
+        "β",
+        "beta",
+        float(used.get("beta", 1.0)),
+        parse=float,
+        valid=lambda v: isinstance(v, float) and 0.0 <= v <= 5.0,
+        min_value=0.0,
+        max_value=5.0,
+        step=0.1,
+    )
 with c3:
-    margin = urlstate.url_widget(st.slider, "Margin m", "margin", float(used.get("margin", 0.0)), parse=float,
-                                 valid=lambda v: isinstance(v, float) and 0.0 <= v <= 0.5, min_value=0.0, max_value=0.5, step=0.01)
+    margin = urlstate.url_widget(
+        st.slider,
+        "Margin m",
+        "margin",
+        float(used.get("margin", 0.0)),
+        parse=float,
+        valid=lambda v: isinstance(v, float) and 0.0 <= v <= 0.5,
+        min_value=0.0,
+        max_value=0.5,
+        step=0.01,
+    )
 with c4:
     max_b = int(min(512, len(latlon_city)))
-    batch = urlstate.url_widget(st.slider, "Batch size B", "batch", min(256, max_b), parse=int,
-                                valid=lambda v: isinstance(v, int) and 2 <= v <= max_b, min_value=2, max_value=max(max_b, 3), step=1)
+    batch = urlstate.url_widget(
+        st.slider,
+        "Batch size B",
+        "batch",
+        min(256, max_b),
+        parse=int,
+        valid=lambda v: isinstance(v, int) and 2 <= v <= max_b,
+        min_value=2,
+        max_value=max(max_b, 3),
+        step=1,
+    )
 with c5:
-    seed = urlstate.url_widget(st.number_input, "Seed", "seed", 0, parse=int, valid=lambda v: isinstance(v, int) and v >= 0,
-                               min_value=0, step=1)
+    seed = urlstate.url_widget(
+        st.number_input,
+        "Seed",
+        "seed",
+        0,
+        parse=int,
+        valid=lambda v: isinstance(v, int) and v >= 0,
+        min_value=0,
+        step=1,
+    )
 
 if len(latlon_city) < 2:
     st.warning("This city has fewer than two samples; there is no batch to show.")
@@ -62,15 +104,22 @@ def variogram_for(runs_root: str, run_id: str, stamp: float, city: str, variant:
     sel = loaders.city_rows(runs_root, view.run, city)
     pred = loaders.predictions(runs_root, run_id, stamp)
     loss_cfg = (r.manifest.get("loss") or {}) if isinstance(r.manifest.get("loss"), dict) else {}
-    return run_variogram(r.manifest, np.asarray(r.embeddings(mmap=False), np.float32)[sel],
-                         pred.iloc[sel][["lat", "lon"]].to_numpy(np.float64), variant,
-                         range_kind=loss_cfg.get("range_kind", "practical"), max_lag_m=loss_cfg.get("variogram_max_lag_m"))
+    return run_variogram(
+        r.manifest,
+        np.asarray(r.embeddings(mmap=False), np.float32)[sel],
+        pred.iloc[sel][["lat", "lon"]].to_numpy(np.float64),
+        variant,
+        range_kind=loss_cfg.get("range_kind", "practical"),
+        max_lag_m=loss_cfg.get("variogram_max_lag_m"),
+    )
 
 
 variogram, source = variogram_for(view.runs_root, run.run_id, run.stamp, city, variant)
 if variogram is None:
-    st.warning(f"No weights to show: {source}. The loss would train as its base loss here "
-               "(swclip: one-hot InfoNCE; chen2025: GeoCLIP's cross-entropy).")
+    st.warning(
+        f"No weights to show: {source}. The loss would train as its base loss here "
+        "(swclip: one-hot InfoNCE; chen2025: GeoCLIP's cross-entropy)."
+    )
     st.stop()
 
 t0 = time.perf_counter()
@@ -90,11 +139,15 @@ st.markdown(
     f"{neg.n_negatives:,} negatives. Computed in {compute_s * 1000:.0f} ms."
 )
 if variant == "chen2025":
-    st.caption("chen2025 re-weights only the hard (red) pairs: near, and less alike than γ(h) expects; their logits are "
-               "multiplied by exp(β p). The false (blue) pairs, near and more alike, keep weight 1 in this variant.")
+    st.caption(
+        "chen2025 re-weights only the hard (red) pairs: near, and less alike than γ(h) expects; their logits are "
+        "multiplied by exp(β p). The false (blue) pairs, near and more alike, keep weight 1 in this variant."
+    )
 else:
-    st.caption("swclip: false (blue) negatives, near and more alike than γ(h) expects, get weight exp(−β(r − m)) < 1; "
-               "hard (red) negatives, far and alike, exp(β(r − m)) > 1.")
+    st.caption(
+        "swclip: false (blue) negatives, near and more alike than γ(h) expects, get weight exp(−β(r − m)) < 1; "
+        "hard (red) negatives, far and alike, exp(β(r − m)) > 1."
+    )
 
 left, right = st.columns(2)
 with left:
@@ -115,7 +168,11 @@ for kind, title in (("false", "Strongest false negatives (near and alike)"), ("h
     for col, (_, p) in zip(cols, top.iterrows()):
         with col:
             for idx in (int(p["i"]), int(p["j"])):
-                thumb = loaders.thumbnail(view.runs_root, img_root, paths[idx]) if (img_root and paths is not None) else None
+                thumb = (
+                    loaders.thumbnail(view.runs_root, img_root, paths[idx])
+                    if (img_root and paths is not None)
+                    else None
+                )
                 if thumb is not None:
                     st.image(thumb, width=96)
             st.caption(f"{p['h_m']:,.0f} m apart · c = {p['cos_dist']:.3f} · γ(h) = {p['gamma']:.3f}")

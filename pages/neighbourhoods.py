@@ -23,17 +23,23 @@ NB_MAX = 2_000  # kNN, overlap@k and PCA on at most this many samples (all pairs
 K_MAX = 24  # the k slider's top: one search at K_MAX serves every k (neighbourhood_overlap's knn=)
 
 
-
 @st.cache_data(show_spinner=False, max_entries=256)
 def shares_samples(runs_root, run_id0, stamp0, city, run_id, stamp):
     """Whether run_id has any of run_id0's samples (one city's, or all), keyed by run identity."""
     d0 = loaders.predictions(runs_root, run_id0, stamp0)
-    return shares_any_id((d0 if city is None else d0.loc[d0["city"].astype(str) == city])["id"], loaders.predictions(runs_root, run_id, stamp)["id"])
+    return shares_any_id(
+        (d0 if city is None else d0.loc[d0["city"].astype(str) == city])["id"],
+        loaders.predictions(runs_root, run_id, stamp)["id"],
+    )
 
 
 # Runs on the same evaluation samples, ordered by σ (one-hot CLIP first): the bandwidth sweep.
-sweep = [r for r in view.available if loaders.embeddings(view.runs_root, r.run_id, r.stamp) is not None
-         and shares_samples(view.runs_root, run0.run_id, run0.stamp, city, r.run_id, r.stamp)]
+sweep = [
+    r
+    for r in view.available
+    if loaders.embeddings(view.runs_root, r.run_id, r.stamp) is not None
+    and shares_samples(view.runs_root, run0.run_id, run0.stamp, city, r.run_id, r.stamp)
+]
 sweep.sort(key=lambda r: (r.sigma_m or 0.0, r.run_id))
 if not sweep:
     st.warning("No run here has embeddings.npy for this city's samples.")
@@ -49,9 +55,27 @@ def sweep_label(i):
 
 c1, c2 = st.columns([3, 1])
 with c1:
-    run_id = urlstate.url_widget(st.radio, "Run (★: nearest to the sidebar σ)", "nrun", nearest.run_id, valid=lambda v: v in by_id, options=list(by_id), format_func=sweep_label, horizontal=True)
+    run_id = urlstate.url_widget(
+        st.radio,
+        "Run (★: nearest to the sidebar σ)",
+        "nrun",
+        nearest.run_id,
+        valid=lambda v: v in by_id,
+        options=list(by_id),
+        format_func=sweep_label,
+        horizontal=True,
+    )
 with c2:
-    k = urlstate.url_widget(st.slider, "k neighbours", "k", 8, parse=int, valid=lambda v: isinstance(v, int) and 1 <= v <= K_MAX, min_value=1, max_value=K_MAX)
+    k = urlstate.url_widget(
+        st.slider,
+        "k neighbours",
+        "k",
+        8,
+        parse=int,
+        valid=lambda v: isinstance(v, int) and 1 <= v <= K_MAX,
+        min_value=1,
+        max_value=K_MAX,
+    )
 run = by_id[run_id]
 
 
@@ -97,10 +121,22 @@ if not ov.ok:
     st.warning(f"No neighbourhoods for this run: {ov.reason}")
     st.stop()
 if city is None:
-    st.caption(f"All cities: a seeded sample of {n:,} of the run's samples (the same ids in every run evaluated on the same samples); "
-               "pick a city in the sidebar for all of its samples.")
+    st.caption(
+        f"All cities: a seeded sample of {n:,} of the run's samples (the same ids in every run evaluated on the same samples); "
+        "pick a city in the sidebar for all of its samples."
+    )
 k = e_knn.shape[1]
-anchor = urlstate.url_widget(st.number_input, f"Anchor sample (0 – {n - 1}, or click a dot in the projection)", "anchor", 0, parse=int, valid=lambda v: isinstance(v, int) and 0 <= v < n, min_value=0, max_value=n - 1, step=1)
+anchor = urlstate.url_widget(
+    st.number_input,
+    f"Anchor sample (0 – {n - 1}, or click a dot in the projection)",
+    "anchor",
+    0,
+    parse=int,
+    valid=lambda v: isinstance(v, int) and 0 <= v < n,
+    min_value=0,
+    max_value=n - 1,
+    step=1,
+)
 
 a_ll = table.loc[anchor, ["lat", "lon"]].to_numpy(np.float64)
 e_idx, g_idx = e_knn[anchor], g_knn[anchor]
@@ -122,7 +158,11 @@ def strip(title, idx, dist):
     items = [(anchor, None)] + list(zip(idx, dist))
     for j, (i, d) in enumerate(items[: len(cols)]):
         with cols[j]:
-            thumb = loaders.thumbnail(view.runs_root, img_root, str(table.loc[i, "image"])) if "image" in table and img_root else None
+            thumb = (
+                loaders.thumbnail(view.runs_root, img_root, str(table.loc[i, "image"]))
+                if "image" in table and img_root
+                else None
+            )
             cap = "anchor" if d is None else fmt_m(d) + (" ✓" if i in set(g_idx) and i in set(e_idx) else "")
             if thumb is not None:
                 st.image(thumb, caption=cap, width="stretch")
@@ -138,7 +178,11 @@ if not img_root:
 
 def on_pick():
     sel = st.session_state.get("proj")
-    pts = (sel or {}).get("selection", {}).get("points", []) if isinstance(sel, dict) else getattr(getattr(sel, "selection", None), "points", [])
+    pts = (
+        (sel or {}).get("selection", {}).get("points", [])
+        if isinstance(sel, dict)
+        else getattr(getattr(sel, "selection", None), "points", [])
+    )
     if pts and pts[0].get("curve_number", 0) == 0 and "point_index" in pts[0]:
         st.session_state["url:anchor"] = int(pts[0]["point_index"])
 
@@ -146,17 +190,41 @@ def on_pick():
 colours = maps.position_colours(table[["lat", "lon"]].to_numpy(np.float64))
 left, right = st.columns(2)
 with left:
-    fig = figures.embedding_scatter(xy, colours, anchor=anchor, highlight=e_idx, title=f"Embeddings of {where} (PCA), coloured by position",
-                                    hover=[f"{i}: {s}" for i, s in enumerate(table["id"].astype(str))])
+    fig = figures.embedding_scatter(
+        xy,
+        colours,
+        anchor=anchor,
+        highlight=e_idx,
+        title=f"Embeddings of {where} (PCA), coloured by position",
+        hover=[f"{i}: {s}" for i, s in enumerate(table["id"].astype(str))],
+    )
     st.plotly_chart(fig, width="stretch", key="proj", on_select=on_pick, selection_mode="points")
 with right:
     pts = maps.points_frame(table[["lat", "lon"]], colours, idx=np.arange(n), id=table["id"].astype(str))
     ring = maps.points_frame(table.loc[e_idx, ["lat", "lon"]], np.tile([0, 0, 0], (k, 1)))
     star = maps.points_frame(a_ll[None], np.array([[255, 200, 0]]))
-    layers = [maps.scatter_layer(pts, radius_m=12), maps.scatter_layer(ring, radius_m=30, alpha=255, pickable=False, stroked=True, filled=False, line_width_min_pixels=2, get_line_color=[0, 0, 0]),
-              maps.scatter_layer(star, radius_m=45, alpha=255, pickable=False)]
+    layers = [
+        maps.scatter_layer(pts, radius_m=12),
+        maps.scatter_layer(
+            ring,
+            radius_m=30,
+            alpha=255,
+            pickable=False,
+            stroked=True,
+            filled=False,
+            line_width_min_pixels=2,
+            get_line_color=[0, 0, 0],
+        ),
+        maps.scatter_layer(star, radius_m=45, alpha=255, pickable=False),
+    ]
     st.markdown("**The same colours on the map.** Gold: anchor; black rings: its embedding neighbours.")
-    st.pydeck_chart(frame.city_deck(view, run, city, layers, table[["lat", "lon"]].to_numpy(np.float64), tooltip={"text": "{idx}: {id}"}), height=430, key="nb_map")
+    st.pydeck_chart(
+        frame.city_deck(
+            view, run, city, layers, table[["lat", "lon"]].to_numpy(np.float64), tooltip={"text": "{idx}: {id}"}
+        ),
+        height=430,
+        key="nb_map",
+    )
 
 st.subheader("Across the bandwidth sweep")
 rows = []
@@ -164,10 +232,24 @@ for r in sweep:
     _, _, _, ov_r, _ = neighbourhoods(view.runs_root, r.run_id, r.stamp, city, int(k))
     if ov_r is None or not ov_r.ok:
         continue
-    rows.append({"run": ("★ " if r is nearest else "") + r.run_id, "σ (m)": r.sigma_m or 0.0, f"mean overlap@{k}": ov_r.mean_overlap,
-                 "median distance to embedding neighbours (m)": ov_r.median_embedding_neighbour_dist_m, "shown": r is run})
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
-    f"mean overlap@{k}": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.3f"),
-    "median distance to embedding neighbours (m)": st.column_config.NumberColumn(format="%.0f"),
-})
-st.caption("Switch the run above to watch the anchor's neighbourhood change with σ; the anchor is the same sample in every run.")
+    rows.append(
+        {
+            "run": ("★ " if r is nearest else "") + r.run_id,
+            "σ (m)": r.sigma_m or 0.0,
+            f"mean overlap@{k}": ov_r.mean_overlap,
+            "median distance to embedding neighbours (m)": ov_r.median_embedding_neighbour_dist_m,
+            "shown": r is run,
+        }
+    )
+st.dataframe(
+    pd.DataFrame(rows),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        f"mean overlap@{k}": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.3f"),
+        "median distance to embedding neighbours (m)": st.column_config.NumberColumn(format="%.0f"),
+    },
+)
+st.caption(
+    "Switch the run above to watch the anchor's neighbourhood change with σ; the anchor is the same sample in every run."
+)

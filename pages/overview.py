@@ -11,9 +11,13 @@ view = frame.ensure_frame()
 frame.require_run(view, "the explorer")
 
 st.title("Runs")
-st.caption(f"Runs directory: `{view.runs_root}` · {len(view.available)} run(s). Pick runs, city and σ in the sidebar; the URL keeps the view.")
-st.caption("Single runs are one seed each: for whether SW-CLIP's gains survive other seeds and other held-out places "
-           "(σ chosen on a validation split, block bootstrap against CLIP), see the **Experiments** page.")
+st.caption(
+    f"Runs directory: `{view.runs_root}` · {len(view.available)} run(s). Pick runs, city and σ in the sidebar; the URL keeps the view."
+)
+st.caption(
+    "Single runs are one seed each: for whether SW-CLIP's gains survive other seeds and other held-out places "
+    "(σ chosen on a validation split, block bootstrap against CLIP), see the **Experiments** page."
+)
 
 rows = []
 for run in view.available:
@@ -30,12 +34,17 @@ for run in view.available:
             "samples": overall.get("n"),
         }
     )
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
-    "median error (m)": st.column_config.NumberColumn(format="%.0f"),
-    "mean error (m)": st.column_config.NumberColumn(format="%.0f"),
-    "acc@100m": st.column_config.NumberColumn(format="%.2f"),
-    "acc@1km": st.column_config.NumberColumn(format="%.2f"),
-})
+st.dataframe(
+    pd.DataFrame(rows),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "median error (m)": st.column_config.NumberColumn(format="%.0f"),
+        "mean error (m)": st.column_config.NumberColumn(format="%.0f"),
+        "acc@100m": st.column_config.NumberColumn(format="%.2f"),
+        "acc@1km": st.column_config.NumberColumn(format="%.2f"),
+    },
+)
 
 run = view.run
 log = loaders.train_log(view.runs_root, run.run_id, run.stamp)

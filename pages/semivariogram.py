@@ -6,14 +6,20 @@ import streamlit as st
 
 from appkit import frame, loaders, urlstate
 from swclip import catalog
+from swclip.analysis.empirical_variogram import bin_pairs, variogram_pairs
 from swclip.analysis.metrics import log10_error
 from swclip.analysis.spatial_stats import local_morans_i, morans_i
-from swclip.analysis.empirical_variogram import bin_pairs, variogram_pairs
 from swclip.analysis.variogram import MODELS, fit_best, fit_variogram, suggest_sigma_m
 from swclip.viz import figures, maps
 from swclip.viz.scale import fmt_m
 
-LISA_RGB = {"HH": (215, 25, 28), "LL": (44, 123, 182), "HL": (253, 174, 97), "LH": (171, 217, 233), "ns": (150, 150, 150)}
+LISA_RGB = {
+    "HH": (215, 25, 28),
+    "LL": (44, 123, 182),
+    "HL": (253, 174, 97),
+    "LH": (171, 217, 233),
+    "ns": (150, 150, 150),
+}
 
 view = frame.ensure_frame()
 run = frame.require_run(view, "the semivariogram page")
@@ -25,14 +31,47 @@ sc = loaders.run_scale(view.runs_root, run.run_id, run.stamp, city)
 c1, c2, c3, c4 = st.columns(4)
 with c4:
     lags = (0, *sc.lag_choices_m)
-    max_lag = urlstate.url_widget(st.select_slider, "Largest lag", "maxlag", 0, parse=int, valid=lambda v: v in lags, options=lags,
-                                  format_func=lambda v: "auto (half the widest pair)" if v == 0 else fmt_m(v))
+    max_lag = urlstate.url_widget(
+        st.select_slider,
+        "Largest lag",
+        "maxlag",
+        0,
+        parse=int,
+        valid=lambda v: v in lags,
+        options=lags,
+        format_func=lambda v: "auto (half the widest pair)" if v == 0 else fmt_m(v),
+    )
 with c1:
-    model = urlstate.url_widget(st.selectbox, "Model", "model", "best", valid=lambda v: v in ("best", *MODELS), options=["best", *MODELS], help="'best': the lowest RMSE of all scikit-gstat models")
+    model = urlstate.url_widget(
+        st.selectbox,
+        "Model",
+        "model",
+        "best",
+        valid=lambda v: v in ("best", *MODELS),
+        options=["best", *MODELS],
+        help="'best': the lowest RMSE of all scikit-gstat models",
+    )
 with c2:
-    n_bins = urlstate.url_widget(st.slider, "Lag bins", "bins", sc.bins_default, parse=int, valid=lambda v: isinstance(v, int) and 5 <= v <= 60, min_value=5, max_value=60)
+    n_bins = urlstate.url_widget(
+        st.slider,
+        "Lag bins",
+        "bins",
+        sc.bins_default,
+        parse=int,
+        valid=lambda v: isinstance(v, int) and 5 <= v <= 60,
+        min_value=5,
+        max_value=60,
+    )
 with c3:
-    kernel = urlstate.url_widget(st.radio, "Kernel for the suggested σ", "vkernel", "gaussian", valid=lambda v: v in ("gaussian", "exponential"), options=["gaussian", "exponential"], horizontal=True)
+    kernel = urlstate.url_widget(
+        st.radio,
+        "Kernel for the suggested σ",
+        "vkernel",
+        "gaussian",
+        valid=lambda v: v in ("gaussian", "exponential"),
+        options=["gaussian", "exponential"],
+        horizontal=True,
+    )
 
 GLOBAL_SAMPLES = 20_000  # the global variogram's samples (seeded), whose pairs are then sampled too
 
@@ -76,10 +115,17 @@ def curve(name, emp, fit):
 
 
 def fit_row(name, emp, fit):
-    row = {"variogram": name, "model": fit.model if fit.ok else "—", "nugget": fit.nugget, "sill": fit.sill, "range (m)": fit.range_m,
-           # the bandwidth rule expects the 95 % range; scikit-gstat's gaussian/spherical ranges sit at 98-100 %
-           f"suggested σ, {kernel} (m)": suggest_sigma_m(fit.practical_range_m(), kernel) if fit.ok else np.nan,
-           "pairs used": emp.n_pairs_used if emp is not None else 0, "note": "" if fit.ok else fit.reason}
+    row = {
+        "variogram": name,
+        "model": fit.model if fit.ok else "—",
+        "nugget": fit.nugget,
+        "sill": fit.sill,
+        "range (m)": fit.range_m,
+        # the bandwidth rule expects the 95 % range; scikit-gstat's gaussian/spherical ranges sit at 98-100 %
+        f"suggested σ, {kernel} (m)": suggest_sigma_m(fit.practical_range_m(), kernel) if fit.ok else np.nan,
+        "pairs used": emp.n_pairs_used if emp is not None else 0,
+        "note": "" if fit.ok else fit.reason,
+    }
     if fit.ok and fit.range_at_bound:
         row["note"] = "range at the largest lag: the true range may be longer"
     elif fit.ok and fit.warning:
@@ -102,28 +148,52 @@ for r in view.selected:
         suggested = suggest_sigma_m(fit.practical_range_m(), kernel)
 
 st.plotly_chart(
-    figures.variogram_figure(curves, sigma_m=view.sigma_m, suggested_sigma_m=suggested, true_ranges_m=list(true_ranges.values()),
-                             title=f"Embedding dissimilarity γ(h) in {city}", y_title="γ(h): mean 1 − cos between embeddings"),
-    width="stretch", key="vg_emb",
+    figures.variogram_figure(
+        curves,
+        sigma_m=view.sigma_m,
+        suggested_sigma_m=suggested,
+        true_ranges_m=list(true_ranges.values()),
+        title=f"Embedding dissimilarity γ(h) in {city}",
+        y_title="γ(h): mean 1 − cos between embeddings",
+    ),
+    width="stretch",
+    key="vg_emb",
 )
-legend = "Black line: the sidebar σ. Orange dash-dot: the σ the main run's fitted range suggests. Dashed: fitted ranges."
+legend = (
+    "Black line: the sidebar σ. Orange dash-dot: the σ the main run's fitted range suggests. Dashed: fitted ranges."
+)
 if true_ranges:
     legend += f" Dotted grey: the demo world's true field ranges in {city} ({', '.join(f'{v:.0f}' for v in sorted(true_ranges.values()))} m)."
 st.caption(legend)
 
 emp_e, fit_e = variogram_of(view.runs_root, run.run_id, run.stamp, city, "error", model, n_bins, max_lag)
 rows.append(fit_row(f"{run.run_id}: log10 error", emp_e, fit_e))
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
-    "nugget": st.column_config.NumberColumn(format="%.4f"), "sill": st.column_config.NumberColumn(format="%.4f"),
-    "range (m)": st.column_config.NumberColumn(format="%.0f"), f"suggested σ, {kernel} (m)": st.column_config.NumberColumn(format="%.0f"),
-})
+st.dataframe(
+    pd.DataFrame(rows),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "nugget": st.column_config.NumberColumn(format="%.4f"),
+        "sill": st.column_config.NumberColumn(format="%.4f"),
+        "range (m)": st.column_config.NumberColumn(format="%.0f"),
+        f"suggested σ, {kernel} (m)": st.column_config.NumberColumn(format="%.0f"),
+    },
+)
 
 sc_all = loaders.run_scale(view.runs_root, run.run_id, run.stamp, None)
 if sc_all.world:
     st.subheader("Over every city: the global variogram")
     g_lags = (0, *sc_all.lag_choices_m)
-    g_lag = urlstate.url_widget(st.select_slider, "Largest lag (global)", "gmaxlag", sc_all.lag_default_m, parse=int, valid=lambda v: v in g_lags, options=g_lags,
-                           format_func=lambda v: "auto (half the widest pair)" if v == 0 else fmt_m(v))
+    g_lag = urlstate.url_widget(
+        st.select_slider,
+        "Largest lag (global)",
+        "gmaxlag",
+        sc_all.lag_default_m,
+        parse=int,
+        valid=lambda v: v in g_lags,
+        options=g_lags,
+        format_func=lambda v: "auto (half the widest pair)" if v == 0 else fmt_m(v),
+    )
     g_curves, g_rows = [], []
     for r in view.selected:
         emp, fit = variogram_of(view.runs_root, r.run_id, r.stamp, None, "embedding", model, n_bins, g_lag)
@@ -132,12 +202,22 @@ if sc_all.world:
         g_curves.append(curve(r.run_id, emp, fit))
         g_rows.append(fit_row(f"{r.run_id}: embeddings, all cities", emp, fit))
     if g_curves:
-        st.plotly_chart(figures.variogram_figure(g_curves, sigma_m=view.sigma_m, title="Embedding dissimilarity γ(h) over every city",
-                                                 y_title="γ(h): mean 1 − cos between embeddings"), width="stretch", key="vg_global")
+        st.plotly_chart(
+            figures.variogram_figure(
+                g_curves,
+                sigma_m=view.sigma_m,
+                title="Embedding dissimilarity γ(h) over every city",
+                y_title="γ(h): mean 1 − cos between embeddings",
+            ),
+            width="stretch",
+            key="vg_global",
+        )
         st.dataframe(pd.DataFrame(g_rows), hide_index=True, width="stretch")
-        st.caption(f"Great-circle lags up to {fmt_m(g_lag) if g_lag else 'half the widest pair'}, on a seeded sample of at most "
-                   f"{GLOBAL_SAMPLES:,} samples and 300,000 of their pairs, as the semivariogram paper samples pairs over OSV-5M. "
-                   f"The run spans about {fmt_m(sc_all.extent_m)}; the per-city variogram above is {city}'s.")
+        st.caption(
+            f"Great-circle lags up to {fmt_m(g_lag) if g_lag else 'half the widest pair'}, on a seeded sample of at most "
+            f"{GLOBAL_SAMPLES:,} samples and 300,000 of their pairs, as the semivariogram paper samples pairs over OSV-5M. "
+            f"The run spans about {fmt_m(sc_all.extent_m)}; the per-city variogram above is {city}'s."
+        )
 
 st.subheader(f"Spatial structure of the errors of {run.run_id}")
 
@@ -147,32 +227,64 @@ def autocorrelation(runs_root, run_id, stamp, city):
     df = loaders.city_predictions(runs_root, run_id, stamp, city)
     latlon = df[["lat", "lon"]].to_numpy(np.float64)
     values = log10_error(df["error_m"])
-    return morans_i(values, latlon, k=8, permutations=999, seed=0), local_morans_i(values, latlon, k=8, permutations=999, seed=0)
+    return morans_i(values, latlon, k=8, permutations=999, seed=0), local_morans_i(
+        values, latlon, k=8, permutations=999, seed=0
+    )
 
 
 left, right = st.columns([1, 2])
 with left:
     st.plotly_chart(
-        figures.variogram_figure([curve("log10 error", emp_e, fit_e)], sigma_m=view.sigma_m, title="Error variogram", y_title="γ(h) of log10 error"),
-        width="stretch", key="vg_err",
+        figures.variogram_figure(
+            [curve("log10 error", emp_e, fit_e)],
+            sigma_m=view.sigma_m,
+            title="Error variogram",
+            y_title="γ(h) of log10 error",
+        ),
+        width="stretch",
+        key="vg_err",
     )
 gi, lisa = autocorrelation(view.runs_root, run.run_id, run.stamp, city)
 with right:
     if gi.ok:
-        verdict = "errors cluster in space" if gi.I > gi.expected_I and gi.p_value < 0.05 else "no significant clustering" if gi.p_value >= 0.05 else "errors are dispersed"
-        st.markdown(f"**Global Moran's I** of log10 error (8 nearest neighbours): I = **{gi.I:.3f}** (expected {gi.expected_I:.3f} without structure), permutation p = **{gi.p_value:.3f}** ({gi.permutations} permutations): {verdict}.")
+        verdict = (
+            "errors cluster in space"
+            if gi.I > gi.expected_I and gi.p_value < 0.05
+            else "no significant clustering"
+            if gi.p_value >= 0.05
+            else "errors are dispersed"
+        )
+        st.markdown(
+            f"**Global Moran's I** of log10 error (8 nearest neighbours): I = **{gi.I:.3f}** (expected {gi.expected_I:.3f} without structure), permutation p = **{gi.p_value:.3f}** ({gi.permutations} permutations): {verdict}."
+        )
     else:
         st.info(f"No Moran's I: {gi.reason}")
     if lisa.ok:
         df = loaders.city_predictions(view.runs_root, run.run_id, run.stamp, city)
         labels = np.asarray(lisa.labels)
         rgb = np.array([LISA_RGB.get(lab, LISA_RGB["ns"]) for lab in labels], dtype=np.uint8)
-        pts = maps.points_frame(df[["lat", "lon"]], rgb, id=df["id"].astype(str), error_m=df["error_m"].round(0), cluster=labels)
-        st.pydeck_chart(frame.city_deck(view, run, city, [maps.scatter_layer(pts, radius_m=18, alpha=240)], df[["lat", "lon"]].to_numpy(), tooltip={"text": "{id}: {cluster}, error {error_m} m"}, width_px=600), height=430, key="lisa")
+        pts = maps.points_frame(
+            df[["lat", "lon"]], rgb, id=df["id"].astype(str), error_m=df["error_m"].round(0), cluster=labels
+        )
+        st.pydeck_chart(
+            frame.city_deck(
+                view,
+                run,
+                city,
+                [maps.scatter_layer(pts, radius_m=18, alpha=240)],
+                df[["lat", "lon"]].to_numpy(),
+                tooltip={"text": "{id}: {cluster}, error {error_m} m"},
+                width_px=600,
+            ),
+            height=430,
+            key="lisa",
+        )
         counts = lisa.counts()
         st.caption(
             "LISA clusters (p ≤ 0.05): **HH** red, large errors among large errors ({HH}); **LL** blue, small among small ({LL}); "
-            "**HL** orange ({HL}) and **LH** light blue ({LH}) are outliers; grey not significant ({ns}).".format(**counts)
+            "**HL** orange ({HL}) and **LH** light blue ({LH}) are outliers; grey not significant ({ns}).".format(
+                **counts
+            )
         )
     else:
         st.info(f"No LISA map: {lisa.reason}")

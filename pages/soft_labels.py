@@ -31,16 +31,39 @@ if samples is not None and "city" in samples:
     latlon_all = samples.loc[samples["city"].astype(str) == city, ["lat", "lon"]].to_numpy(np.float64)
 else:
     source = "the evaluation samples (the sample table is not under the runs directory)"
-    latlon_all = loaders.city_predictions(view.runs_root, run.run_id, run.stamp, city)[["lat", "lon"]].to_numpy(np.float64)
+    latlon_all = loaders.city_predictions(view.runs_root, run.run_id, run.stamp, city)[["lat", "lon"]].to_numpy(
+        np.float64
+    )
 
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
-    kernel = urlstate.url_widget(st.radio, "Kernel", "kernel", "gaussian", valid=lambda v: v in KERNELS, options=list(KERNELS), horizontal=True)
+    kernel = urlstate.url_widget(
+        st.radio, "Kernel", "kernel", "gaussian", valid=lambda v: v in KERNELS, options=list(KERNELS), horizontal=True
+    )
 with c2:
     max_b = int(min(512, len(latlon_all)))
-    batch = urlstate.url_widget(st.slider, "Batch size B", "batch", min(256, max_b), parse=int, valid=lambda v: isinstance(v, int) and 2 <= v <= max_b, min_value=2, max_value=max(max_b, 3), step=1)
+    batch = urlstate.url_widget(
+        st.slider,
+        "Batch size B",
+        "batch",
+        min(256, max_b),
+        parse=int,
+        valid=lambda v: isinstance(v, int) and 2 <= v <= max_b,
+        min_value=2,
+        max_value=max(max_b, 3),
+        step=1,
+    )
 with c3:
-    seed = urlstate.url_widget(st.number_input, "Seed", "seed", 0, parse=int, valid=lambda v: isinstance(v, int) and v >= 0, min_value=0, step=1)
+    seed = urlstate.url_widget(
+        st.number_input,
+        "Seed",
+        "seed",
+        0,
+        parse=int,
+        valid=lambda v: isinstance(v, int) and v >= 0,
+        min_value=0,
+        step=1,
+    )
 
 if len(latlon_all) < 2:
     st.warning("This city has fewer than two samples; there is no batch to show.")
@@ -66,16 +89,29 @@ st.markdown(
 
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(figures.target_heatmap(q, f"SW-CLIP targets Q (σ = {sigma_m:g} m, {kernel})"), width="stretch", key="q")
+    st.plotly_chart(
+        figures.target_heatmap(q, f"SW-CLIP targets Q (σ = {sigma_m:g} m, {kernel})"), width="stretch", key="q"
+    )
 with right:
-    st.plotly_chart(figures.target_heatmap(onehot, "One-hot CLIP targets (σ → 0)", zmax=1.0), width="stretch", key="onehot")
+    st.plotly_chart(
+        figures.target_heatmap(onehot, "One-hot CLIP targets (σ → 0)", zmax=1.0), width="stretch", key="onehot"
+    )
 
 left, right = st.columns(2)
 with left:
     rgb = maps.ramp(np.arange(len(latlon)), 0, len(latlon) - 1)
     pts = maps.points_frame(latlon, rgb, row=np.arange(len(latlon)), neff=np.round(neff, 2))
-    st.markdown("**The batch on the map**, coloured by its position along the space-filling order (the matrix's row order).")
-    deck = frame.city_deck(view, run, city, [maps.scatter_layer(pts, radius_m=14)], latlon_all, tooltip={"text": "row {row}\neffective positives {neff}"})
+    st.markdown(
+        "**The batch on the map**, coloured by its position along the space-filling order (the matrix's row order)."
+    )
+    deck = frame.city_deck(
+        view,
+        run,
+        city,
+        [maps.scatter_layer(pts, radius_m=14)],
+        latlon_all,
+        tooltip={"text": "row {row}\neffective positives {neff}"},
+    )
     st.pydeck_chart(deck, height=430, key="batch_map")
 with right:
     st.plotly_chart(figures.kernel_curve(sigma_m, kernel), width="stretch", key="kernel")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -32,7 +31,7 @@ WORLD = "world.json"
 MAX_DEPTH = 3
 
 
-def _read_json(path: Path) -> Optional[dict]:
+def _read_json(path: Path) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -62,8 +61,12 @@ def discover_runs(runs_root: Path | str) -> tuple[list[RunInfo], list[tuple[str,
             broken.append((info.run_id, info.error or "manifest.json is not a JSON object"))
             continue
         if not (Path(info.path) / runs.ARTEFACTS["predictions"]).is_file():
-            broken.append((Path(info.run_id).as_posix(), "not evaluated yet: no predictions.parquet "
-                           f"(run: python train/evaluate.py {info.path})"))
+            broken.append(
+                (
+                    Path(info.run_id).as_posix(),
+                    f"not evaluated yet: no predictions.parquet (run: python train/evaluate.py {info.path})",
+                )
+            )
             continue
         run = RunInfo(Path(info.run_id).as_posix(), Path(info.path), info.manifest)
         run.is_demo = looks_demo(run, root_r)
@@ -82,13 +85,17 @@ def looks_demo(run: RunInfo, root: Path) -> bool:
     return find_world(run, root) is not None
 
 
-def find_world(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
+def find_world(run: RunInfo, runs_root: Path | str) -> Path | None:
     """world.json of the procedural world this run used, searched from the run up to the root."""
     root = Path(runs_root).resolve()
     data = run.manifest.get("data")
     if isinstance(data, dict) and data.get("root"):
         try:
-            cand = resolve_inside(root, run.path / str(data["root"]) / WORLD) if not Path(str(data["root"])).is_absolute() else resolve_inside(root, Path(str(data["root"])) / WORLD)
+            cand = (
+                resolve_inside(root, run.path / str(data["root"]) / WORLD)
+                if not Path(str(data["root"])).is_absolute()
+                else resolve_inside(root, Path(str(data["root"])) / WORLD)
+            )
             if cand.is_file():
                 return cand
         except RunError:
@@ -103,12 +110,12 @@ def find_world(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
         here = here.parent
 
 
-def read_world(path: Optional[Path]) -> Optional[dict]:
+def read_world(path: Path | None) -> dict | None:
     """world.json as a dict, or None when absent or unreadable."""
     return _read_json(path) if path is not None else None
 
 
-def world_city(world: Optional[dict], city: Optional[str]) -> Optional[dict]:
+def world_city(world: dict | None, city: str | None) -> dict | None:
     """The world.json entry of one city (a dict), whether cities are a list or a mapping."""
     if not world or not city:
         return None
@@ -123,7 +130,7 @@ def world_city(world: Optional[dict], city: Optional[str]) -> Optional[dict]:
     return None
 
 
-def read_streets(world_path: Optional[Path]) -> dict[str, list[np.ndarray]]:
+def read_streets(world_path: Path | None) -> dict[str, list[np.ndarray]]:
     """{city: street polylines as (M, 2) latlon} from the streets.geojson beside world.json."""
     if world_path is None:
         return {}
@@ -140,7 +147,7 @@ def read_streets(world_path: Optional[Path]) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def city_true_ranges(world: Optional[dict], city: Optional[str]) -> dict[str, float]:
+def city_true_ranges(world: dict | None, city: str | None) -> dict[str, float]:
     """{field name: true practical range in metres} for a demo city (empty when unknown)."""
     entry = world_city(world, city)
     if not entry:
@@ -174,7 +181,7 @@ def overall_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def image_root(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
+def image_root(run: RunInfo, runs_root: Path | str) -> Path | None:
     """The folder a run's image paths are relative to, if it is inside the runs directory.
 
     Tried in order: the manifest's ``data.root`` as written (absolute, or
@@ -195,7 +202,7 @@ def image_root(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
     return _first_inside(root, cands, Path.is_dir)
 
 
-def _first_inside(root, candidates, exists) -> Optional[Path]:
+def _first_inside(root, candidates, exists) -> Path | None:
     """The first candidate path that lies inside ``root`` and passes ``exists`` (Path.is_dir / is_file)."""
     for cand in candidates:
         try:
@@ -207,7 +214,7 @@ def _first_inside(root, candidates, exists) -> Optional[Path]:
     return None
 
 
-def image_path(img_root: Optional[Path], rel: str, runs_root: Path | str) -> Optional[Path]:
+def image_path(img_root: Path | None, rel: str, runs_root: Path | str) -> Path | None:
     """A sample's image file under ``img_root``, refused (None) if it leaves the runs directory or is absent."""
     if img_root is None or not isinstance(rel, str) or not rel:
         return None
@@ -218,7 +225,7 @@ def image_path(img_root: Optional[Path], rel: str, runs_root: Path | str) -> Opt
     return p if p.is_file() else None
 
 
-def table_path(run: RunInfo, runs_root: Path | str) -> Optional[Path]:
+def table_path(run: RunInfo, runs_root: Path | str) -> Path | None:
     """The run's sample table (manifest ``data.table``), if it is a file inside the runs directory."""
     root = Path(runs_root).resolve()
     data = run.manifest.get("data")
@@ -238,7 +245,7 @@ COORD_COLUMNS = ("lat", "lon", "pred_lat", "pred_lon")
 REQUIRED_COLUMNS = ("id", *COORD_COLUMNS, "error_m")
 
 
-def check_predictions(df, n_embeddings: Optional[int] = None, run_id: str = "run"):
+def check_predictions(df, n_embeddings: int | None = None, run_id: str = "run"):
     """What is wrong with a run's predictions table, and the rows the pages can still use.
 
     df: predictions.parquet as read (one row per evaluation sample, its index the row number, which
@@ -256,23 +263,37 @@ def check_predictions(df, n_embeddings: Optional[int] = None, run_id: str = "run
     n = len(df)
     lat = df[["lat", "pred_lat"]].to_numpy(np.float64)
     lon = df[["lon", "pred_lon"]].to_numpy(np.float64)
-    bad_coord = ~(np.isfinite(lat).all(1) & np.isfinite(lon).all(1) & (np.abs(lat) <= 90).all(1) & (lon >= -180).all(1) & (lon <= 360).all(1))
+    bad_coord = ~(
+        np.isfinite(lat).all(1)
+        & np.isfinite(lon).all(1)
+        & (np.abs(lat) <= 90).all(1)
+        & (lon >= -180).all(1)
+        & (lon <= 360).all(1)
+    )
     err = df["error_m"].to_numpy(np.float64)
     bad_err = ~bad_coord & ~(np.isfinite(err) & (err >= 0))
     ids = df["id"].astype(str)
-    for mask, what in ((bad_coord, "missing or out-of-range coordinates (lat, lon, pred_lat, pred_lon)"),
-                       (bad_err, "a missing or negative error_m")):
+    for mask, what in (
+        (bad_coord, "missing or out-of-range coordinates (lat, lon, pred_lat, pred_lon)"),
+        (bad_err, "a missing or negative error_m"),
+    ):
         if mask.any():
             i = int(np.flatnonzero(mask)[0])
-            problems.append(f"{run_id}: {int(mask.sum()):,} of {n:,} prediction row(s) have {what} (first: row {i}, id {ids.iloc[i]!r}); "
-                            "they are left out of every page")
+            problems.append(
+                f"{run_id}: {int(mask.sum()):,} of {n:,} prediction row(s) have {what} (first: row {i}, id {ids.iloc[i]!r}); "
+                "they are left out of every page"
+            )
     dup = ids.duplicated(keep=False)
     if dup.any():
         first = ids[dup].iloc[0]
-        problems.append(f"{run_id}: {int(ids[dup].nunique()):,} id(s) occur more than once ({int(dup.sum()):,} rows; e.g. {first!r} "
-                        f"× {int((ids == first).sum())}); every row is kept, but Compare, which pairs runs by id, cannot use this run")
+        problems.append(
+            f"{run_id}: {int(ids[dup].nunique()):,} id(s) occur more than once ({int(dup.sum()):,} rows; e.g. {first!r} "
+            f"× {int((ids == first).sum())}); every row is kept, but Compare, which pairs runs by id, cannot use this run"
+        )
     if n_embeddings is not None and n_embeddings != n:
-        problems.append(f"{run_id}: embeddings.npy has {n_embeddings:,} rows for {n:,} predictions, so they cannot be matched row by row; "
-                        "pages that need embeddings skip this run")
+        problems.append(
+            f"{run_id}: embeddings.npy has {n_embeddings:,} rows for {n:,} predictions, so they cannot be matched row by row; "
+            "pages that need embeddings skip this run"
+        )
     keep = ~(bad_coord | bad_err)
     return (df if keep.all() else df[keep]), problems

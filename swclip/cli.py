@@ -23,7 +23,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 RAW = argparse.RawDescriptionHelpFormatter
 
@@ -32,18 +32,27 @@ RAW = argparse.RawDescriptionHelpFormatter
 
 
 def configure_train(p: argparse.ArgumentParser) -> None:
-    p.description = ("Train SW-CLIP (or one-hot CLIP, SW-CLIP+NC, semivariogram-weighted CLIP) from a YAML config. "
-                     "Overrides are section.key=value (values read as YAML). The resolved config is saved as "
-                     "<out_dir>/<run_id>/config.yaml; --resume auto continues from the run's newest checkpoint "
-                     "(or starts fresh when there is none). See swclip/training/loop.py for what is written.")
-    p.epilog = ("examples:\n"
-                "  swclip train --config swclip/training/configs/demo_swclip.yaml loss.sigma_m=50 steps=300\n"
-                "  torchrun --nproc_per_node 8 train/train.py --config train/configs/vitb32_swclip.yaml data.table=my.csv")
+    p.description = (
+        "Train SW-CLIP (or one-hot CLIP, SW-CLIP+NC, semivariogram-weighted CLIP) from a YAML config. "
+        "Overrides are section.key=value (values read as YAML). The resolved config is saved as "
+        "<out_dir>/<run_id>/config.yaml; --resume auto continues from the run's newest checkpoint "
+        "(or starts fresh when there is none). See swclip/training/loop.py for what is written."
+    )
+    p.epilog = (
+        "examples:\n"
+        "  swclip train --config swclip/training/configs/demo_swclip.yaml loss.sigma_m=50 steps=300\n"
+        "  torchrun --nproc_per_node 8 train/train.py --config train/configs/vitb32_swclip.yaml data.table=my.csv"
+    )
     p.add_argument("--config", help="YAML config (train/configs/*.yaml, swclip/training/configs/demo_*.yaml)")
     p.add_argument("--resume", help="checkpoint folder, run folder, or 'auto' (the run's newest checkpoint, if any)")
-    p.add_argument("--evaluate", action="store_true",
-                   help="evaluate the final model on data.eval_split afterwards, on the training device, over the same ranks")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. loss.name=swclip loss.sigma_m=50")
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="evaluate the final model on data.eval_split afterwards, on the training device, over the same ranks",
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. loss.name=swclip loss.sigma_m=50"
+    )
 
 
 def run_train(args) -> int:
@@ -54,8 +63,10 @@ def run_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     then = None
     if args.evaluate or cfg.evaluate:  # on the training device, sharded over the same ranks
+
         def then(run_dir, device):
             evaluate_run(run_dir, device=str(device), progress=cfg.progress)
+
     run_dir = train(cfg, resume=args.resume, then=then)
     if int(os.environ.get("RANK", "0")) == 0:
         print(run_dir)
@@ -68,30 +79,43 @@ def run_train(args) -> int:
 def configure_evaluate(p: argparse.ArgumentParser) -> None:
     from swclip.retrieval.gallery_source import GALLERY_SOURCES
 
-    p.description = ("Evaluate a trained run and write the artefacts the app reads into its directory: "
-                     "predictions.parquet (top-1 error_m, knn-kde kde_error_m, top-k), embeddings.npy, gallery.npz, "
-                     "metrics.json (overall and per city), and a metrics summary in manifest.json.")
-    p.epilog = ("examples:\n"
-                "  swclip evaluate runs/demo/swclip-s50\n"
-                "  swclip evaluate copied/run --table /data/cities/samples.csv --root /data/cities   # trained elsewhere\n"
-                "  swclip evaluate runs/x --checkpoint runs/x/checkpoints/step_00004000             # an earlier checkpoint\n"
-                "  swclip evaluate runs/osv5m --gallery geoclip100k                                 # world scale: GeoCLIP's gallery")
+    p.description = (
+        "Evaluate a trained run and write the artefacts the app reads into its directory: "
+        "predictions.parquet (top-1 error_m, knn-kde kde_error_m, top-k), embeddings.npy, gallery.npz, "
+        "metrics.json (overall and per city), and a metrics summary in manifest.json."
+    )
+    p.epilog = (
+        "examples:\n"
+        "  swclip evaluate runs/demo/swclip-s50\n"
+        "  swclip evaluate copied/run --table /data/cities/samples.csv --root /data/cities   # trained elsewhere\n"
+        "  swclip evaluate runs/x --checkpoint runs/x/checkpoints/step_00004000             # an earlier checkpoint\n"
+        "  swclip evaluate runs/osv5m --gallery geoclip100k                                 # world scale: GeoCLIP's gallery"
+    )
     p.add_argument("run_dir", help="run directory (holds manifest.json and model.safetensors)")
     p.add_argument("--table", help="sample table (default: the one named in the manifest)")
     p.add_argument("--root", help="image root (default: the manifest's, else the table's folder)")
     p.add_argument("--split", help="rows to evaluate (default: the manifest's eval split, else 'test')")
     p.add_argument("--gallery-split", help="rows whose locations form the gallery (default: 'train')")
-    p.add_argument("--gallery", choices=GALLERY_SOURCES, default=None,  # swclip.retrieval.gallery_source
-                   help="candidate places: split (the gallery split's locations) or geoclip100k (GeoCLIP's 100K "
-                        "coordinates, world scale; needs the geoclip wheel); either is encoded by the run's location "
-                        "tower into gallery.npz (default: the manifest's data.gallery, else split)")
-    p.add_argument("--checkpoint", help="evaluate this checkpoints/step_* folder's weights (they become the run's weights)")
+    p.add_argument(
+        "--gallery",
+        choices=GALLERY_SOURCES,
+        default=None,  # swclip.retrieval.gallery_source
+        help="candidate places: split (the gallery split's locations) or geoclip100k (GeoCLIP's 100K "
+        "coordinates, world scale; needs the geoclip wheel); either is encoded by the run's location "
+        "tower into gallery.npz (default: the manifest's data.gallery, else split)",
+    )
+    p.add_argument(
+        "--checkpoint", help="evaluate this checkpoints/step_* folder's weights (they become the run's weights)"
+    )
     p.add_argument("--top-k", type=int, default=5, help="candidates kept per sample (default 5)")
     p.add_argument("--batch-size", type=int, default=256, help="images per encoder batch (default 256)")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default 0)")
-    p.add_argument("--device", default="auto",
-                   help="auto (this rank's GPU when there is one, else the CPU; default), cpu, cuda[:N]. Under torchrun "
-                        "each rank encodes its share of the images and rank 0 writes the artefacts")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (this rank's GPU when there is one, else the CPU; default), cpu, cuda[:N]. Under torchrun "
+        "each rank encodes its share of the images and rank 0 writes the artefacts",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -101,10 +125,20 @@ def run_evaluate(args) -> int:
     from swclip.training.evaluation import evaluate_run
 
     dist_info = init_distributed(args.device)  # under torchrun: the images are encoded sharded over the ranks
-    metrics = evaluate_run(args.run_dir, table=args.table, root=args.root, split=args.split, train_split=args.gallery_split,
-                           top_k=args.top_k, batch_size=args.batch_size, num_workers=args.num_workers,
-                           device=args.device, progress=not args.quiet, checkpoint=args.checkpoint,
-                           gallery_source=args.gallery)
+    metrics = evaluate_run(
+        args.run_dir,
+        table=args.table,
+        root=args.root,
+        split=args.split,
+        train_split=args.gallery_split,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        progress=not args.quiet,
+        checkpoint=args.checkpoint,
+        gallery_source=args.gallery,
+    )
     if dist_info.world_size > 1:
         import torch.distributed as dist
 
@@ -119,29 +153,48 @@ def run_evaluate(args) -> int:
 
 
 def configure_demo(p: argparse.ArgumentParser) -> None:
-    p.description = ("Build the demo bundle the app opens by default: render the procedural world, split it into "
-                     "held-out spatial blocks, train one-hot CLIP, SW-CLIP at several sigma and SW-CLIP+NC on the CPU "
-                     "(swclip/training/configs/demo_*.yaml), evaluate each run, and write results.json/.md. Every "
-                     "step is skipped when its output is complete, so an interrupted build resumes.")
+    p.description = (
+        "Build the demo bundle the app opens by default: render the procedural world, split it into "
+        "held-out spatial blocks, train one-hot CLIP, SW-CLIP at several sigma and SW-CLIP+NC on the CPU "
+        "(swclip/training/configs/demo_*.yaml), evaluate each run, and write results.json/.md. Every "
+        "step is skipped when its output is complete, so an interrupted build resumes."
+    )
     p.epilog = "example:\n  swclip demo --out runs/demo      # what `make run` does when runs/demo/.complete is absent"
     p.add_argument("--out", default="runs/demo", help="bundle folder (default runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="world, split and training seed")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps per model (default: the demo configs')")
     p.add_argument("--models", nargs="+", default=None, help="run ids to build (default: all of DEMO_MODELS)")
-    p.add_argument("--samples-per-city", type=int, default=None, help="world size per city (default: swclip.workflows.demo's)")
+    p.add_argument(
+        "--samples-per-city", type=int, default=None, help="world size per city (default: swclip.workflows.demo's)"
+    )
     p.add_argument("--cities", nargs="+", default=None, help="world cities (default: swclip.workflows.demo's)")
-    p.add_argument("--rebuild", action="store_true", help="rebuild the runs even where they are complete (the world is kept)")
-    p.add_argument("--workers", type=int, default=None, help="runs trained at once, one torch thread each (default: min(2, CPUs))")
+    p.add_argument(
+        "--rebuild", action="store_true", help="rebuild the runs even where they are complete (the world is kept)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="runs trained at once, one torch thread each (default: min(2, CPUs))"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides for every run, e.g. batch_size=128")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="config overrides for every run, e.g. batch_size=128"
+    )
 
 
 def run_demo(args) -> int:
     from swclip.workflows.demo import build_demo
 
-    build_demo(args.out, seed=args.seed, steps=args.steps, models=args.models, samples_per_city=args.samples_per_city,
-               cities=args.cities, rebuild=args.rebuild, progress=not args.quiet, workers=args.workers,
-               extra_overrides=tuple(args.overrides))
+    build_demo(
+        args.out,
+        seed=args.seed,
+        steps=args.steps,
+        models=args.models,
+        samples_per_city=args.samples_per_city,
+        cities=args.cities,
+        rebuild=args.rebuild,
+        progress=not args.quiet,
+        workers=args.workers,
+        extra_overrides=tuple(args.overrides),
+    )
     return 0
 
 
@@ -153,13 +206,14 @@ def configure_bench(p: argparse.ArgumentParser) -> None:
 
     p.description = bench.__doc__.split("\n\n", 1)[0] + (
         " Each loss gets its own model and optimiser (same seed); their steps run round-robin, so load drifts on a "
-        "shared machine hit all alike. Writes benchmarks/results/<name>-<machine>.json and prints a table.")
+        "shared machine hit all alike. Writes benchmarks/results/<name>-<machine>.json and prints a table."
+    )
     bench.configure(p)
 
 
 def run_bench(args) -> int:
-    from swclip.workflows.benchmark import write_result
     from swclip.workflows.bench import format_table, measure
+    from swclip.workflows.benchmark import write_result
 
     result = measure(args)
     print(format_table(result))
@@ -178,30 +232,50 @@ def configure_synth(p: argparse.ArgumentParser) -> None:
         "Render the procedural demo world: eight UK city centres with grid, radial or organic streets, "
         "street-view-like images driven by latent Gaussian random fields with known correlation ranges. "
         "Writes samples.csv + images/ (read it with swclip.data.read_table), world.json (the ground truth), "
-        "streets.geojson and latent.csv.")
+        "streets.geojson and latent.csv."
+    )
     p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
     p.add_argument("--seed", type=int, default=0, help="world seed; the same seed gives the same images (default 0)")
     p.add_argument("--samples-per-city", type=int, default=1500, help="capture points per city (default 1500)")
     p.add_argument("--image-size", type=int, default=64, help="square image side in pixels (default 64)")
-    p.add_argument("--cities", nargs="+", default=None, metavar="CITY", help=f"subset of {', '.join(CITIES)} (default: all)")
+    p.add_argument(
+        "--cities", nargs="+", default=None, metavar="CITY", help=f"subset of {', '.join(CITIES)} (default: all)"
+    )
     p.add_argument("--format", choices=("jpg", "png"), default="jpg", help="image format (default jpg)")
-    p.add_argument("--workers", type=int, default=2, help="render processes (default 2); the images do not depend on it")
+    p.add_argument(
+        "--workers", type=int, default=2, help="render processes (default 2); the images do not depend on it"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing world in --out")
-    p.add_argument("--covariance", choices=("gaussian", "exponential"), default="gaussian",
-                   help="latent fields' covariance (default gaussian; exponential: rough fields, a world whose shape "
-                        "differs from SW-CLIP's Gaussian kernel)")
+    p.add_argument(
+        "--covariance",
+        choices=("gaussian", "exponential"),
+        default="gaussian",
+        help="latent fields' covariance (default gaussian; exponential: rough fields, a world whose shape "
+        "differs from SW-CLIP's Gaussian kernel)",
+    )
 
 
 def run_synth(args) -> int:
     from swclip.synth.world import make_world
 
     t0 = time.perf_counter()
-    world = make_world(args.out, seed=args.seed, cities=args.cities, samples_per_city=args.samples_per_city,
-                       image_size=args.image_size, image_format=args.format, overwrite=args.overwrite,
-                       workers=args.workers, progress=True, covariance=args.covariance)
+    world = make_world(
+        args.out,
+        seed=args.seed,
+        cities=args.cities,
+        samples_per_city=args.samples_per_city,
+        image_size=args.image_size,
+        image_format=args.format,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        progress=True,
+        covariance=args.covariance,
+    )
     dt = time.perf_counter() - t0
     n = len(world.table)
-    print(f"wrote {n} images in {len(world.meta['cities'])} cities to {world.root} in {dt:.1f} s ({n / dt:.0f} images/s)")
+    print(
+        f"wrote {n} images in {len(world.meta['cities'])} cities to {world.root} in {dt:.1f} s ({n / dt:.0f} images/s)"
+    )
     return 0
 
 
@@ -211,24 +285,37 @@ def run_synth(args) -> int:
 def configure_predict(p: argparse.ArgumentParser) -> None:
     from swclip.retrieval.gallery_source import GALLERY_SOURCES
 
-    p.description = ("Predict where street-view photos were taken with a trained run: the top-k gallery "
-                     "places with probabilities, the knn-kde estimate and a confidence radius.")
-    p.epilog = ("examples:\n  swclip predict photo.jpg --run runs/demo/swclip-s50 --top-k 5\n"
-                "  swclip predict photo.jpg --run runs/osv5m --gallery geoclip100k   # world scale: GeoCLIP's 100K places\n"
-                "  swclip predict photo.jpg --run runs/demo/swclip-s50 --search image   # nearest training images (kNN)")
+    p.description = (
+        "Predict where street-view photos were taken with a trained run: the top-k gallery "
+        "places with probabilities, the knn-kde estimate and a confidence radius."
+    )
+    p.epilog = (
+        "examples:\n  swclip predict photo.jpg --run runs/demo/swclip-s50 --top-k 5\n"
+        "  swclip predict photo.jpg --run runs/osv5m --gallery geoclip100k   # world scale: GeoCLIP's 100K places\n"
+        "  swclip predict photo.jpg --run runs/demo/swclip-s50 --search image   # nearest training images (kNN)"
+    )
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     p.add_argument("--run", required=True, help="run directory (holds manifest.json, model.safetensors, gallery.npz)")
     p.add_argument("--runs-root", default=None, help="refuse a --run outside this folder")
     p.add_argument("--top-k", type=int, default=5, help="places to list per image (default 5)")
-    p.add_argument("--gallery", choices=GALLERY_SOURCES, default=None,  # swclip.retrieval.gallery_source
-                   help="candidate places: split (the gallery split's locations) or geoclip100k (GeoCLIP's 100K "
-                        "coordinates, world scale; encoded by the run's location tower unless `swclip evaluate "
-                        "--gallery geoclip100k` stored them as the run's gallery) (default: the run's gallery.npz)")
-    p.add_argument("--search", choices=("location", "image"), default="location",
-                   help="compare each photo with the location tower's places (default) or with the training "
-                        "images' embeddings (image_gallery.npz: the kNN baseline)")
-    p.add_argument("--kde-bandwidth-m", type=float, default=None,
-                   help="knn-kde kernel width in metres (default: the run's)")
+    p.add_argument(
+        "--gallery",
+        choices=GALLERY_SOURCES,
+        default=None,  # swclip.retrieval.gallery_source
+        help="candidate places: split (the gallery split's locations) or geoclip100k (GeoCLIP's 100K "
+        "coordinates, world scale; encoded by the run's location tower unless `swclip evaluate "
+        "--gallery geoclip100k` stored them as the run's gallery) (default: the run's gallery.npz)",
+    )
+    p.add_argument(
+        "--search",
+        choices=("location", "image"),
+        default="location",
+        help="compare each photo with the location tower's places (default) or with the training "
+        "images' embeddings (image_gallery.npz: the kNN baseline)",
+    )
+    p.add_argument(
+        "--kde-bandwidth-m", type=float, default=None, help="knn-kde kernel width in metres (default: the run's)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
 
 
@@ -236,17 +323,28 @@ def run_predict(args) -> int:
     from swclip.data import open_image
     from swclip.runs import load_predictor
 
-    predictor = load_predictor(args.run, runs_root=args.runs_root, gallery=args.gallery, search=args.search,
-                               kde_bandwidth_m=args.kde_bandwidth_m, progress=True)
+    predictor = load_predictor(
+        args.run,
+        runs_root=args.runs_root,
+        gallery=args.gallery,
+        search=args.search,
+        kde_bandwidth_m=args.kde_bandwidth_m,
+        progress=True,
+    )
     images = [open_image(path) for path in args.images]
     for path, pred in zip(args.images, predictor.predict(images, top_k=args.top_k, progress=len(images) > 1)):
         if args.json:
-            print(json.dumps({"image": path, "estimate": list(pred.estimate), "radius_m": pred.radius_m,
-                              "top_k": pred.as_rows()}))
+            print(
+                json.dumps(
+                    {"image": path, "estimate": list(pred.estimate), "radius_m": pred.radius_m, "top_k": pred.as_rows()}
+                )
+            )
             continue
         print(f"{path}: knn-kde estimate {pred.estimate[0]:.6f}, {pred.estimate[1]:.6f} (± {pred.radius_m:,.0f} m)")
         for row in pred.as_rows():
-            print(f"  {row['rank']:>2}. {row['lat']:.6f}, {row['lon']:.6f}   p={row['prob']:.3f}   cos={row['score']:.3f}")
+            print(
+                f"  {row['rank']:>2}. {row['lat']:.6f}, {row['lon']:.6f}   p={row['prob']:.3f}   cos={row['score']:.3f}"
+            )
     return 0
 
 
@@ -254,7 +352,9 @@ def run_predict(args) -> int:
 
 
 def configure_info(p: argparse.ArgumentParser) -> None:
-    p.description = "Print versions, the torch device and where runs are looked for: the first thing to paste into a bug report."
+    p.description = (
+        "Print versions, the torch device and where runs are looked for: the first thing to paste into a bug report."
+    )
 
 
 def run_info(args) -> int:
@@ -263,7 +363,10 @@ def run_info(args) -> int:
     import swclip
 
     print(f"swclip {swclip.__version__}, python {platform.python_version()}, torch {torch.__version__}")
-    print(f"cuda available: {torch.cuda.is_available()}" + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
+    print(
+        f"cuda available: {torch.cuda.is_available()}"
+        + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "")
+    )
     for name in ("open_clip", "faiss", "streamlit", "skgstat", "esda"):
         try:
             mod = importlib.import_module(name)
@@ -293,14 +396,29 @@ def run_experiment(args) -> int:
 
 # name -> (one-line help, configure, run)
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
-    "train": ("train a model from a YAML config (+ key=value overrides); torchrun for several GPUs", configure_train, run_train),
-    "evaluate": ("evaluate a run: predictions, embeddings, gallery, metrics (what the app reads)", configure_evaluate, run_evaluate),
+    "train": (
+        "train a model from a YAML config (+ key=value overrides); torchrun for several GPUs",
+        configure_train,
+        run_train,
+    ),
+    "evaluate": (
+        "evaluate a run: predictions, embeddings, gallery, metrics (what the app reads)",
+        configure_evaluate,
+        run_evaluate,
+    ),
     "demo": ("build the CPU demo bundle: procedural world + small CLIP / SW-CLIP runs", configure_demo, run_demo),
-    "experiment": ("configs x seeds on the demo world with a validation split -> experiment.json + summary (resumable)",
-                   configure_experiment, run_experiment),
+    "experiment": (
+        "configs x seeds on the demo world with a validation split -> experiment.json + summary (resumable)",
+        configure_experiment,
+        run_experiment,
+    ),
     "bench": ("training-step throughput of every loss on one model, side by side", configure_bench, run_bench),
     "synth": ("render the procedural demo world (eight UK cities) into a folder", configure_synth, run_synth),
-    "predict": ("predict where photos were taken with a trained run (top-k places, knn-kde estimate)", configure_predict, run_predict),
+    "predict": (
+        "predict where photos were taken with a trained run (top-k places, knn-kde estimate)",
+        configure_predict,
+        run_predict,
+    ),
     "info": ("print versions, the torch device and where runs are looked for", configure_info, run_info),
 }
 
@@ -315,8 +433,13 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 def overview() -> str:
     width = max(map(len, COMMANDS))
-    lines = [__doc__.split("\n\n")[0].replace("``", ""), "", "usage: swclip COMMAND [options]   (swclip COMMAND --help for its options)", "",
-             "commands:"]
+    lines = [
+        __doc__.split("\n\n")[0].replace("``", ""),
+        "",
+        "usage: swclip COMMAND [options]   (swclip COMMAND --help for its options)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<{width}}  {help_text}" for name, (help_text, _, _) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -329,7 +452,9 @@ def main(argv=None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"swclip: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n\n{overview()}", file=sys.stderr)
+        print(
+            f"swclip: unknown command {command!r}; choose one of {', '.join(COMMANDS)}\n\n{overview()}", file=sys.stderr
+        )
         return 2
     args = build_parser(command).parse_intermixed_args(rest)
     return int(COMMANDS[command][2](args) or 0)

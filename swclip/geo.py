@@ -59,7 +59,9 @@ def check_latlon(latlon: Any, name: str = "latlon") -> None:
     lon_bad = (arr[:, 1] < -180.0) | (arr[:, 1] > 360.0)
     if lon_bad.any():
         i = int(np.flatnonzero(lon_bad)[0])
-        raise ValueError(f"{name} has {int(lon_bad.sum())} longitude(s) outside [-180, 360]; first is row {i}: {arr[i].tolist()}")
+        raise ValueError(
+            f"{name} has {int(lon_bad.sum())} longitude(s) outside [-180, 360]; first is row {i}: {arr[i].tolist()}"
+        )
 
 
 def _torch():
@@ -203,9 +205,7 @@ def destination(latlon: Any, bearing_deg: Any, distance_m: Any):
         theta = xp.deg2rad(xp.as_tensor(bearing_deg, dtype=xp.float64, device=ll.device))
         delta = xp.as_tensor(distance_m, dtype=xp.float64, device=ll.device) / EARTH_RADIUS_M
     lat2 = xp.arcsin(xp.sin(lat1) * xp.cos(delta) + xp.cos(lat1) * xp.sin(delta) * xp.cos(theta))
-    lon2 = lon1 + xp.arctan2(
-        xp.sin(theta) * xp.sin(delta) * xp.cos(lat1), xp.cos(delta) - xp.sin(lat1) * xp.sin(lat2)
-    )
+    lon2 = lon1 + xp.arctan2(xp.sin(theta) * xp.sin(delta) * xp.cos(lat1), xp.cos(delta) - xp.sin(lat1) * xp.sin(lat2))
     lon2 = (xp.rad2deg(lon2) + 180.0) % 360.0 - 180.0
     return xp.stack([xp.rad2deg(lat2), lon2], -1)
 

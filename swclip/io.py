@@ -14,8 +14,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,9 @@ class RunError(ValueError):
 # --------------------------------------------------------------------------------------------- paths
 
 
-def resolve_inside(root: str | os.PathLike, path: str | os.PathLike, what: str = "path",
-                   root_name: str = "runs root") -> Path:
+def resolve_inside(
+    root: str | os.PathLike, path: str | os.PathLike, what: str = "path", root_name: str = "runs root"
+) -> Path:
     """``path`` (absolute, or relative to ``root``) resolved, symlinks included; RunError if it leaves ``root``.
 
     The one path-confinement check of the project: runs, galleries, the app's image and table paths and the
@@ -99,5 +101,3 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-

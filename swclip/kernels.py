@@ -47,7 +47,11 @@ def kernel_weights(distance_m: Any, sigma_m: float, kernel: str = "gaussian", in
         import torch
 
         d = distance_m if inplace else distance_m.clone()
-        exponent = d.mul_(1.0 / (math.sqrt(2.0) * sigma_m)).square_().neg_() if kernel == "gaussian" else d.mul_(-1.0 / sigma_m)
+        exponent = (
+            d.mul_(1.0 / (math.sqrt(2.0) * sigma_m)).square_().neg_()
+            if kernel == "gaussian"
+            else d.mul_(-1.0 / sigma_m)
+        )
         # exp() of exponents below the float's normal range takes a slow path on CPU (~10x for a
         # city batch at σ = 150 m) and gives denormals at best: clamp first, then set what fell
         # below the normal range to exactly 0 (far pairs stay exact zeros, as before)

@@ -30,7 +30,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,15 +70,20 @@ def library_versions() -> dict:
     return out
 
 
-def git_commit(repo_dir: str | os.PathLike | None = None) -> Optional[str]:
+def git_commit(repo_dir: str | os.PathLike | None = None) -> str | None:
     """HEAD commit of the repository holding this package (suffix "-dirty" with local changes), or None."""
     repo_dir = Path(repo_dir or Path(__file__).resolve().parent.parent)
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_dir,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo_dir,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -121,7 +126,7 @@ def predictions_rows(run_dir) -> int:
         raise RunError(f"{path} is not a readable parquet file: {e}") from e
 
 
-def read_topk(run_dir) -> Optional[tuple]:
+def read_topk(run_dir) -> tuple | None:
     """The top-k candidates of predictions.parquet as arrays: (latlon (N, K, 2) float64, prob (N, K) float64).
 
     None when the table has no topk_lat / topk_lon / topk_prob columns; RunError when the lists are
@@ -144,7 +149,9 @@ def read_topk(run_dir) -> Optional[tuple]:
         col = table.column(name).combine_chunks()
         lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
         if n and (lengths.min() != lengths.max() or col.null_count):
-            raise RunError(f"{path}: {name} must hold one list of the same length per row (k from {lengths.min()} to {lengths.max()}, {col.null_count} null)")
+            raise RunError(
+                f"{path}: {name} must hold one list of the same length per row (k from {lengths.min()} to {lengths.max()}, {col.null_count} null)"
+            )
         k = int(lengths[0]) if n else 0
         out.append(col.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, k))
     return np.stack(out[:2], -1), out[2]
@@ -155,6 +162,7 @@ def write_embeddings(run_dir, embeddings: np.ndarray, dtype=np.float16) -> Path:
     arr = np.ascontiguousarray(np.asarray(embeddings), dtype=dtype)
     if arr.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got {arr.shape}")
+
     def write(tmp: Path):
         with open(tmp, "wb") as f:  # a file object: numpy would append ".npy" to the temp name
             np.save(f, arr, allow_pickle=False)
@@ -202,6 +210,7 @@ def read_metrics(run_dir) -> dict:
 
 def write_train_log(run_dir, rows) -> Path:
     """train_log.csv from a DataFrame or a list of dicts (step, loss terms, lr, throughput)."""
+
     def write(tmp: Path):
         if hasattr(rows, "to_csv"):
             rows.to_csv(tmp, index=False)
@@ -225,9 +234,14 @@ def read_train_log(run_dir):
         raise RunError(f"{path} is not a readable CSV file: {e}") from e
 
 
-_WRITERS = {"predictions": write_predictions, "embeddings": write_embeddings, "gallery": write_gallery,
-            "image_gallery": write_image_gallery,
-            "metrics": write_metrics, "train_log": write_train_log}
+_WRITERS = {
+    "predictions": write_predictions,
+    "embeddings": write_embeddings,
+    "gallery": write_gallery,
+    "image_gallery": write_image_gallery,
+    "metrics": write_metrics,
+    "train_log": write_train_log,
+}
 
 
 def _artefact_path(run_dir, name: str) -> Path:
@@ -250,7 +264,7 @@ def _read_json(path) -> Any:
 # ----------------------------------------------------------------------------------- save / load
 
 
-def save_run(run_dir, model, manifest: dict, artefacts: Optional[dict] = None) -> Path:
+def save_run(run_dir, model, manifest: dict, artefacts: dict | None = None) -> Path:
     """Write ``model`` (an SWCLIP), the artefacts, then manifest.json, each atomically.
 
     manifest: the caller's keys (loss config, sigma_m, nc_weight, data hash, split, seeds, metrics
@@ -298,22 +312,26 @@ def read_manifest(run_dir) -> dict:
     if version is None:
         raise RunError(f"{path} has no schema_version")
     if version != SCHEMA_VERSION:
-        raise RunError(f"{path} has schema_version {version!r}; this swclip reads schema_version {SCHEMA_VERSION} "
-                       "(written by a different swclip version?)")
+        raise RunError(
+            f"{path} has schema_version {version!r}; this swclip reads schema_version {SCHEMA_VERSION} "
+            "(written by a different swclip version?)"
+        )
     if not isinstance(manifest.get("model"), dict):
         raise RunError(f"{path} has no 'model' config to rebuild the model from")
     return manifest
 
 
-def load_weights(model, weights_path, expected_sha256: Optional[str] = None) -> None:
+def load_weights(model, weights_path, expected_sha256: str | None = None) -> None:
     """Load a safetensors file into ``model`` strictly; RunError naming missing/unexpected keys or shapes."""
 
     weights_path = Path(weights_path)
     if not weights_path.is_file():
         raise RunError(f"weights file {weights_path} is missing")
     if expected_sha256 and sha256_file(weights_path) != expected_sha256:
-        raise RunError(f"{weights_path} does not match the manifest's weights_sha256: the file is corrupt or "
-                       "was replaced by another run's weights")
+        raise RunError(
+            f"{weights_path} does not match the manifest's weights_sha256: the file is corrupt or "
+            "was replaced by another run's weights"
+        )
     try:
         state = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
@@ -322,9 +340,11 @@ def load_weights(model, weights_path, expected_sha256: Optional[str] = None) -> 
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise RunError(f"{weights_path} does not fit the model its manifest describes: "
-                       f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
-                       f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
+        raise RunError(
+            f"{weights_path} does not fit the model its manifest describes: "
+            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
+            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+        )
     bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
     if bad:
         k, got, want = bad[0]
@@ -346,7 +366,7 @@ class Run:
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, run_dir, runs_root=None) -> "Run":
+    def open(cls, run_dir, runs_root=None) -> Run:
         """The run at ``run_dir`` (inside ``runs_root`` when given), manifest checked, no model loaded."""
         run_dir = resolve_inside(runs_root, run_dir) if runs_root is not None else Path(run_dir).resolve()
         return cls(run_dir=run_dir, model=None, manifest=read_manifest(run_dir))
@@ -366,7 +386,7 @@ class Run:
     def predictions(self, scalar_only: bool = False):
         return read_predictions(self.run_dir, scalar_only)
 
-    def topk(self) -> Optional[tuple]:
+    def topk(self) -> tuple | None:
         """(latlon (N, K, 2), prob (N, K)) of predictions.parquet's top-k lists (:func:`read_topk`)."""
         return read_topk(self.run_dir)
 
@@ -408,8 +428,15 @@ def load_run(run_dir, runs_root=None, device: str | torch.device = "cpu") -> Run
 SEARCHES = ("location", "image")
 
 
-def load_predictor(run_dir, runs_root=None, gallery: Optional[str] = None, search: str = "location",
-                   device: str = "cpu", progress: bool = False, **kwargs) -> Predictor:
+def load_predictor(
+    run_dir,
+    runs_root=None,
+    gallery: str | None = None,
+    search: str = "location",
+    device: str = "cpu",
+    progress: bool = False,
+    **kwargs,
+) -> Predictor:
     """A run's model, gallery and faiss index, built once (swclip.retrieval.predictor.Predictor).
 
     gallery: which places the candidates are, as in ``swclip evaluate --gallery``: None (the run's
@@ -422,23 +449,29 @@ def load_predictor(run_dir, runs_root=None, gallery: Optional[str] = None, searc
     gallery only: it belongs to that gallery), else the gallery's own spacing.
     """
     if search not in SEARCHES:
-        raise ValueError(f"search {search!r} unknown; choose location (the location tower's places) or image "
-                         "(the training images' embeddings)")
+        raise ValueError(
+            f"search {search!r} unknown; choose location (the location tower's places) or image "
+            "(the training images' embeddings)"
+        )
     if gallery is not None:
         check_gallery_source(gallery)
     run = load_run(run_dir, runs_root=runs_root, device=device)
     stored = stored_gallery_source(run.manifest)
     if search == "image":
         if gallery == "geoclip100k":
-            raise ValueError("search image reads the training images' embeddings; gallery geoclip100k holds "
-                             "places without images: use search location")
+            raise ValueError(
+                "search image reads the training images' embeddings; gallery geoclip100k holds "
+                "places without images: use search location"
+            )
         places = run.gallery("image_gallery")
     elif gallery == "geoclip100k" and stored != "geoclip100k":
         latlon, city = gallery_places("geoclip100k", run.model)
         places = Gallery.from_locations(run.model.eval(), latlon, city=city, progress=progress)
     elif gallery == "split" and stored != "split":
-        raise RunError(f"{run.run_dir}: its gallery.npz holds {stored} places, not the split's; run "
-                       "`swclip evaluate RUN --gallery split` to store the split's gallery")
+        raise RunError(
+            f"{run.run_dir}: its gallery.npz holds {stored} places, not the split's; run "
+            "`swclip evaluate RUN --gallery split` to store the split's gallery"
+        )
     else:
         places = run.gallery("gallery")
         if kwargs.get("kde_bandwidth_m") is None:  # the CLI passes None for "not given"
@@ -471,8 +504,8 @@ class RunInfo:
 
     run_id: str
     path: Path
-    manifest: Optional[dict] = field(default=None, repr=False)
-    error: Optional[str] = None
+    manifest: dict | None = field(default=None, repr=False)
+    error: str | None = None
     is_demo: bool = False
 
     @property
@@ -489,7 +522,7 @@ class RunInfo:
         return str(loss.get("name", "")) if isinstance(loss, dict) else str(loss or "")
 
     @property
-    def sigma_m(self) -> Optional[float]:
+    def sigma_m(self) -> float | None:
         """The run's soft-label bandwidth in metres; None for one-hot CLIP.
 
         The manifest's top-level ``sigma_m`` (0 for losses without soft

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Optional
 
 import torch
 
@@ -18,7 +17,7 @@ _threads_saved: tuple[int, int] = (0, 0)
 
 
 @contextlib.contextmanager
-def limit_threads(n: Optional[int]):
+def limit_threads(n: int | None):
     """Run the block with at most ``n`` torch intra-op and faiss OpenMP threads (None: unchanged).
 
     One photo's encode and search are tiny; waking a thread team costs more than the work, and

@@ -25,7 +25,11 @@ STEPS = 8
 
 def _code_hash() -> str:
     h = hashlib.sha256()
-    files = sorted((REPO / "swclip").rglob("*.py")) + sorted((REPO / "swclip").rglob("*.json")) + sorted((REPO / "swclip").rglob("*.yaml"))
+    files = (
+        sorted((REPO / "swclip").rglob("*.py"))
+        + sorted((REPO / "swclip").rglob("*.json"))
+        + sorted((REPO / "swclip").rglob("*.yaml"))
+    )
     for f in files:
         h.update(f.relative_to(REPO).as_posix().encode())
         h.update(f.read_bytes())
@@ -48,8 +52,16 @@ def fixture_runs(cache_dir: Path) -> Path:
                 for old in cache_dir.iterdir():  # older code versions
                     if old.is_dir() and old != root:
                         shutil.rmtree(old, ignore_errors=True)
-                build_demo(root / "demo", seed=0, steps=STEPS, models=list(MODELS), samples_per_city=SAMPLES_PER_CITY,
-                           cities=list(CITIES), progress=False, extra_overrides=("batch_size=64",))
+                build_demo(
+                    root / "demo",
+                    seed=0,
+                    steps=STEPS,
+                    models=list(MODELS),
+                    samples_per_city=SAMPLES_PER_CITY,
+                    cities=list(CITIES),
+                    progress=False,
+                    extra_overrides=("batch_size=64",),
+                )
                 (root / "demo" / ".complete").write_text("test fixture\n")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

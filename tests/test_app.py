@@ -23,9 +23,18 @@ pytestmark = [pytest.mark.xdist_group(name="app"), pytest.mark.slow]
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 _SESSION_RUNS_DIR = os.environ.get("SWCLIP_RUNS_DIR")  # what the machine set, if anything
-PAGES = ["pages/overview.py", "pages/experiments.py", "pages/predict.py", "pages/error_map.py", "pages/semivariogram.py",
-         "pages/soft_labels.py", "pages/negatives.py", "pages/neighbourhoods.py", "pages/compare.py",
-         "pages/failures.py"]
+PAGES = [
+    "pages/overview.py",
+    "pages/experiments.py",
+    "pages/predict.py",
+    "pages/error_map.py",
+    "pages/semivariogram.py",
+    "pages/soft_labels.py",
+    "pages/negatives.py",
+    "pages/neighbourhoods.py",
+    "pages/compare.py",
+    "pages/failures.py",
+]
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +227,9 @@ def test_predict_survives_hostile_uploads_and_reads_exif_gps(runs_root):
     gps = table.set_index("photo").loc["gps.jpg"]
     assert gps["truth_from"] == "EXIF GPS"
     assert gps["true_lat"] == pytest.approx(51.5) and gps["true_lon"] == pytest.approx(-(7.5 / 60))
-    assert np.isfinite(gps["error_m"]) and np.isfinite(gps["kde_error_m"])  # top-1 and knn-kde, named as in predictions.parquet
+    assert np.isfinite(gps["error_m"]) and np.isfinite(
+        gps["kde_error_m"]
+    )  # top-1 and knn-kde, named as in predictions.parquet
     assert len(at.get("download_button")) == 2  # CSV and GeoJSON
 
     # The app keeps working in this session after the bad files.
@@ -283,7 +294,11 @@ def test_broken_runs_are_listed_with_their_problem(runs_root, tmp_path):
     (root / "bad").mkdir(parents=True)
     (root / "bad" / "manifest.json").write_text("{not json")
     shutil.copytree(runs_root / "demo" / "clip", root / "good", ignore=shutil.ignore_patterns("checkpoints"))
-    shutil.copytree(runs_root / "demo" / "clip", root / "unevaluated", ignore=shutil.ignore_patterns("checkpoints", "predictions.parquet"))
+    shutil.copytree(
+        runs_root / "demo" / "clip",
+        root / "unevaluated",
+        ignore=shutil.ignore_patterns("checkpoints", "predictions.parquet"),
+    )
     shutil.copytree(runs_root / "demo" / "clip", root / "corrupt", ignore=shutil.ignore_patterns("checkpoints"))
     (root / "corrupt" / "predictions.parquet").write_bytes(b"PAR1 truncated")
     found, broken = catalog.discover_runs(root)

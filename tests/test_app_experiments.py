@@ -1,8 +1,6 @@
 """The Experiments page under AppTest, on the committed experiment-*.json (real grid output)."""
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -32,7 +30,9 @@ def test_page_shows_the_committed_experiment(monkeypatch, tmp_path):
     assert not at.exception, [e.value for e in at.exception]
     exp = rx.load_experiment(COMMITTED[0])
     assert at.selectbox[0].value == f"committed: {COMMITTED[0].name}"
-    assert at.selectbox[0].value == "committed: experiment-gaussian-b100.json", "opens on the README's headline protocol"
+    assert at.selectbox[0].value == "committed: experiment-gaussian-b100.json", (
+        "opens on the README's headline protocol"
+    )
     assert exp["name"] in _text(at)
     assert ("Partial experiment" in "\n".join(str(w.value) for w in at.warning)) == (not exp["status"]["complete"])
     # the bootstrap table: one row per non-CLIP config, its Δ median is the library's, computed here independently
@@ -64,7 +64,7 @@ def test_page_reads_an_experiment_by_path_inside_the_runs_folder_only(monkeypatc
 
 
 def test_page_says_what_to_do_without_any_experiment(monkeypatch, tmp_path):
-    monkeypatch.setattr(ex, "RESULTS_DIR", tmp_path / "none")  # AppTest runs in this process
+    monkeypatch.setattr(rx, "RESULTS_DIR", tmp_path / "none")  # AppTest runs in this process
     at = _app(monkeypatch, tmp_path).run()
     assert not at.exception
     assert any("swclip experiment" in str(w.value) for w in at.warning)

@@ -14,16 +14,28 @@ def _run(root, name, evaluated=True, **manifest):
     d = root / name
     d.mkdir(parents=True)
     if evaluated:
-        runs.write_predictions(d, pd.DataFrame({"id": ["a"], "city": ["London"], "lat": [51.5], "lon": [-0.1], "error_m": [10.0]}))
-    runs.atomic_write_json(d / "manifest.json", {"schema_version": runs.SCHEMA_VERSION, "model": {"arch": "x"}, **manifest})
+        runs.write_predictions(
+            d, pd.DataFrame({"id": ["a"], "city": ["London"], "lat": [51.5], "lon": [-0.1], "error_m": [10.0]})
+        )
+    runs.atomic_write_json(
+        d / "manifest.json", {"schema_version": runs.SCHEMA_VERSION, "model": {"arch": "x"}, **manifest}
+    )
     return d
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    world = make_world(root / "demo" / "world", seed=1, cities=["London", "Leeds"], samples_per_city=20, image_size=16, workers=1)
-    _run(root, "demo/clip", loss={"name": "clip", "sigma_m": 150.0}, sigma_m=0.0, data={"root": "/elsewhere/world", "table": "/elsewhere/world/samples.csv"})
+    world = make_world(
+        root / "demo" / "world", seed=1, cities=["London", "Leeds"], samples_per_city=20, image_size=16, workers=1
+    )
+    _run(
+        root,
+        "demo/clip",
+        loss={"name": "clip", "sigma_m": 150.0},
+        sigma_m=0.0,
+        data={"root": "/elsewhere/world", "table": "/elsewhere/world/samples.csv"},
+    )
     _run(root, "demo/swclip-s50", loss={"name": "swclip", "sigma_m": 50.0}, sigma_m=50.0)
     _run(root, "real/run1", loss={"name": "swclip", "sigma_m": 80.0})
     _run(root, "real/training", evaluated=False, loss={"name": "clip"})

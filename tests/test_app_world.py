@@ -98,11 +98,14 @@ def test_failures_all_cities_pages_through_the_worst_overall(world):
     assert shown == worst[4:8]  # page 2 of 4 per page: the 5th to 8th worst over every city
 
 
-@pytest.mark.parametrize("problem, says", [
-    ("nan", "3 of 3,000 prediction row(s) have missing or out-of-range coordinates"),
-    ("dup", "occur more than once"),
-    ("rows", "embeddings.npy has 2,993 rows for 3,000 predictions"),
-])
+@pytest.mark.parametrize(
+    "problem, says",
+    [
+        ("nan", "3 of 3,000 prediction row(s) have missing or out-of-range coordinates"),
+        ("dup", "occur more than once"),
+        ("rows", "embeddings.npy has 2,993 rows for 3,000 predictions"),
+    ],
+)
 def test_bad_input_is_named_in_the_sidebar_and_no_page_crashes(world, tmp_path, problem, says):
     root = tmp_path / "runs"
     root.mkdir()
@@ -112,7 +115,7 @@ def test_bad_input_is_named_in_the_sidebar_and_no_page_crashes(world, tmp_path, 
     warnings = [w.value for w in at.sidebar.warning]
     assert any(f"bad-{problem}" in w and says in w for w in warnings), warnings
     # duplicate ids matter where runs are paired by id; the other two touch every page
-    for page in (["compare", "failures"] if problem == "dup" else PAGES[1:]):
+    for page in ["compare", "failures"] if problem == "dup" else PAGES[1:]:
         at.switch_page(f"{PAGE_DIR}/{page}.py")
         at.run()
         assert not errors_of(at), f"{page} with {problem}: {errors_of(at)}"
@@ -123,12 +126,25 @@ def test_bad_input_is_named_in_the_sidebar_and_no_page_crashes(world, tmp_path, 
 
 
 def test_check_predictions_by_hand():
-    df = pd.DataFrame({"id": ["a", "b", "b", "c"], "lat": [1.0, np.nan, 2.0, 95.0], "lon": [0.0, 0.0, 0.0, 0.0],
-                       "pred_lat": [1.0, 1.0, 2.0, 2.0], "pred_lon": [0.0, 0.0, 0.0, 0.0], "error_m": [0.0, 1.0, -1.0, 3.0]})
+    df = pd.DataFrame(
+        {
+            "id": ["a", "b", "b", "c"],
+            "lat": [1.0, np.nan, 2.0, 95.0],
+            "lon": [0.0, 0.0, 0.0, 0.0],
+            "pred_lat": [1.0, 1.0, 2.0, 2.0],
+            "pred_lon": [0.0, 0.0, 0.0, 0.0],
+            "error_m": [0.0, 1.0, -1.0, 3.0],
+        }
+    )
     kept, problems = catalog.check_predictions(df, n_embeddings=3, run_id="r")
-    assert list(kept.index) == [0]  # NaN latitude, latitude 95 and a negative error are out; the index keeps row numbers
+    assert list(kept.index) == [
+        0
+    ]  # NaN latitude, latitude 95 and a negative error are out; the index keeps row numbers
     assert len(problems) == 4
-    assert "r: 2 of 4 prediction row(s) have missing or out-of-range coordinates (lat, lon, pred_lat, pred_lon) (first: row 1, id 'b')" in problems[0]
+    assert (
+        "r: 2 of 4 prediction row(s) have missing or out-of-range coordinates (lat, lon, pred_lat, pred_lon) (first: row 1, id 'b')"
+        in problems[0]
+    )
     assert "1 of 4 prediction row(s) have a missing or negative error_m (first: row 2" in problems[1]
     assert "1 id(s) occur more than once (2 rows; e.g. 'b' × 2)" in problems[2]
     assert "embeddings.npy has 3 rows for 4 predictions" in problems[3]

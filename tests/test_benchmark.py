@@ -18,7 +18,7 @@ def test_result_files_record_the_machine_and_its_load(tmp_path, monkeypatch):
     assert path.parent == tmp_path and path.name == f"probe-{benchmark.machine_tag()}.json"
     assert data["rows"] == [1, 2] and data["machine"]["cpu_cores"] == os.cpu_count()
     if os.path.exists("/proc/cpuinfo"):  # the model name as the kernel reports it
-        models = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
+        models = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
         assert data["machine"]["cpu_model"] == (models[0] if models else None)
     load = data["machine"]["load_average"]
     assert len(load) == 3

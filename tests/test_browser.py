@@ -27,19 +27,38 @@ from tests.app_fixture import fixture_runs
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # url path -> the page's h1
-PAGES = {"": "Runs", "experiments": "Experiments", "predict": "Predict a location", "error_map": "Error map",
-         "semivariogram": "Semivariogram", "soft_labels": "Soft labels", "negatives": "Negatives",
-         "neighbourhoods": "Neighbourhoods", "compare": "Compare two runs", "failures": "Failures"}
+PAGES = {
+    "": "Runs",
+    "experiments": "Experiments",
+    "predict": "Predict a location",
+    "error_map": "Error map",
+    "semivariogram": "Semivariogram",
+    "soft_labels": "Soft labels",
+    "negatives": "Negatives",
+    "neighbourhoods": "Neighbourhoods",
+    "compare": "Compare two runs",
+    "failures": "Failures",
+}
 DECK_PAGES = {"error_map", "semivariogram", "soft_labels", "neighbourhoods", "compare"}
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.xdist_group(name="app"),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)",
+    ),
 ]
 
 
@@ -55,8 +74,23 @@ def serve(runs_root: Path, log_path: Path, health_s: float = 30.0):
     env = dict(os.environ, SWCLIP_RUNS_DIR=str(runs_root), HF_HUB_OFFLINE="1")
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -111,7 +145,9 @@ def test_every_page_in_chromium(server, tmp_path):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": int(os.environ.get("SWCLIP_SCREENSHOT_HEIGHT", "1500"))})
+        page = browser.new_page(
+            viewport={"width": 1400, "height": int(os.environ.get("SWCLIP_SCREENSHOT_HEIGHT", "1500"))}
+        )
         failed = []
         page.on("response", lambda r: failed.append(r.url) if r.status >= 400 and "/app/static/" in r.url else None)
         try:
@@ -138,7 +174,10 @@ def test_every_page_in_chromium(server, tmp_path):
                     thumb.focus()
                     for _ in range(3):
                         thumb.press("ArrowRight")
-                    page.wait_for_function(f"() => !location.search.includes('sigma={before}&') && !location.search.endsWith('sigma={before}')", timeout=20_000)
+                    page.wait_for_function(
+                        f"() => !location.search.includes('sigma={before}&') && !location.search.endsWith('sigma={before}')",
+                        timeout=20_000,
+                    )
                     _settle(page)
                     _no_exception(page, "soft_labels after moving σ")
                     after = parse_qs(urlparse(page.url).query)["sigma"][0]
@@ -150,7 +189,9 @@ def test_every_page_in_chromium(server, tmp_path):
                     _settle(page)
                     _no_exception(page, "predict after upload")
                     # The folium map lives in a component iframe; Leaflet (served locally) must have drawn its panes.
-                    leaflet = page.frame_locator("iframe[title*=folium]").locator(".leaflet-pane.leaflet-overlay-pane path")
+                    leaflet = page.frame_locator("iframe[title*=folium]").locator(
+                        ".leaflet-pane.leaflet-overlay-pane path"
+                    )
                     leaflet.first.wait_for(timeout=30_000)
                     assert leaflet.count() >= 3  # confidence circle, estimate, top-k candidates
                 page.screenshot(path=str(shots / f"{name or 'runs'}.png"))
@@ -186,7 +227,9 @@ def test_a_link_to_a_page_as_the_first_request_opens_inside_the_frame(request, t
                     nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
                     # st.navigation's titles, not the legacy mode's file names ("app", "error map", ...)
                     assert "Experiments" in nav and "Soft labels" in nav and "error map" not in nav, f"{path}: {nav!r}"
-                    assert page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"]').count(), "no run picker"
+                    assert page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"]').count(), (
+                        "no run picker"
+                    )
             finally:
                 browser.close()
     finally:

@@ -20,7 +20,10 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.xdist_group(name="app"),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)",
+    ),
 ]
 
 
@@ -44,7 +47,9 @@ def test_error_map_draws_the_world(world_server, tmp_path):
             _settle(page, timeout_ms=180_000)
             _no_exception(page, "error map, all cities")
             page.wait_for_selector(f"text=/{N_EVAL:,} of {N_EVAL:,} evaluation samples/", timeout=30_000)
-            canvas = page.wait_for_selector('[data-testid="stDeckGlJsonChart"] canvas', timeout=180_000)  # slow on a shared 2-core machine
+            canvas = page.wait_for_selector(
+                '[data-testid="stDeckGlJsonChart"] canvas', timeout=180_000
+            )  # slow on a shared 2-core machine
             canvas.scroll_into_view_if_needed()
             page.wait_for_timeout(1500)  # deck.gl paints a frame after the canvas exists
             png = canvas.screenshot()

@@ -26,8 +26,23 @@ def test_build_demo_tiny_then_skip(tmp_path, monkeypatch):
     monkeypatch.setitem(demo_bundle.WORLD, "cities", ["Glasgow", "Leeds"])
     out = tmp_path / "demo"
     # 3 runs on 2 workers, in a process pool, one thread each
-    argv = ["--out", str(out), "--samples-per-city", "72", "--steps", "4", "--models", "clip", "swclip-s50", "swclip-nc-s50",
-            "--workers", "2", "--quiet", "batch_size=16", "model.gps_hidden=32"]
+    argv = [
+        "--out",
+        str(out),
+        "--samples-per-city",
+        "72",
+        "--steps",
+        "4",
+        "--models",
+        "clip",
+        "swclip-s50",
+        "swclip-nc-s50",
+        "--workers",
+        "2",
+        "--quiet",
+        "batch_size=16",
+        "model.gps_hidden=32",
+    ]
     build = load_build_demo()
     assert build.main(argv + ["--seed", "0"]) == 0
 
@@ -36,8 +51,16 @@ def test_build_demo_tiny_then_skip(tmp_path, monkeypatch):
     assert set(split["split"]) <= {"train", "test", "buffer"} and (split["split"] == "test").any()
     assert set(split["city"]) == {"Glasgow", "Leeds"}
     for run_id in ("clip", "swclip-s50", "swclip-nc-s50"):
-        for name in ("manifest.json", "model.safetensors", "predictions.parquet", "embeddings.npy", "gallery.npz",
-                     "metrics.json", "train_log.csv", ".complete"):
+        for name in (
+            "manifest.json",
+            "model.safetensors",
+            "predictions.parquet",
+            "embeddings.npy",
+            "gallery.npz",
+            "metrics.json",
+            "train_log.csv",
+            ".complete",
+        ):
             assert (out / run_id / name).is_file(), (run_id, name)
         assert len(pd.read_csv(out / run_id / "train_log.csv")) == 4
     manifest = json.loads((out / "swclip-s50" / "manifest.json").read_text())

@@ -97,7 +97,9 @@ def test_broken_files_raise_clear_image_errors(tmp_path):
     good = tmp_path / "good.jpg"
     good.write_bytes(full)
     assert check_image_file(good) is None and check_image_file(good, decode=True) is None
-    assert list(tmp_path.iterdir()) and not any(p.name.startswith("tmp") for p in tmp_path.iterdir())  # no temp files left
+    assert list(tmp_path.iterdir()) and not any(
+        p.name.startswith("tmp") for p in tmp_path.iterdir()
+    )  # no temp files left
 
 
 def test_decompression_bomb_refused_before_decoding():
@@ -111,7 +113,15 @@ def test_image_dataset_uses_the_given_open_clip_transform(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-    table = pd.DataFrame(dict(id=["a", "b", "c"], image=[f"{i}.png" for i in range(3)], lat=[51.5, 52.0, 53.0], lon=[-0.1, -1.0, -2.0], city="X"))
+    table = pd.DataFrame(
+        dict(
+            id=["a", "b", "c"],
+            image=[f"{i}.png" for i in range(3)],
+            lat=[51.5, 52.0, 53.0],
+            lon=[-0.1, -1.0, -2.0],
+            city="X",
+        )
+    )
     tf = open_clip.image_transform(32, is_train=False)
     ds = ImageDataset(table, tmp_path, tf)
     assert len(ds) == 3
@@ -151,7 +161,11 @@ def test_street_augment_each_part():
     out = StreetAugment(brightness=0, noise_std=0, max_shift_px=s)(x)
     padded = torch.nn.functional.pad(px, (s, s, s, s), mode="replicate")
     for b in range(len(x)):  # each image equals one of the (2s+1)² replicate-padded crops
-        crops = [(padded[b, :, dy : dy + 16, dx : dx + 16] - mean[0]) / std[0] for dy in range(2 * s + 1) for dx in range(2 * s + 1)]
+        crops = [
+            (padded[b, :, dy : dy + 16, dx : dx + 16] - mean[0]) / std[0]
+            for dy in range(2 * s + 1)
+            for dx in range(2 * s + 1)
+        ]
         assert min(float((out[b] - c).abs().max()) for c in crops) < 1e-5
 
     a = StreetAugment(generator=torch.Generator().manual_seed(3))(x)

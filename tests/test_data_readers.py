@@ -83,17 +83,28 @@ def test_broken_images_and_escaping_paths_become_report_entries(tmp_path):
     raw.loc[6, "path"] = "img/missing.jpg"
     raw.to_csv(tmp_path / "t.csv", index=False)
     report = validate(read_table(tmp_path / "t.csv", columns=MAP, check_images=False), tmp_path)
-    assert {k: p.count for k, p in report.problems.items()} == {"bad_path": 2, "missing_image": 1, "unreadable_image": 3}
+    assert {k: p.count for k, p in report.problems.items()} == {
+        "bad_path": 2,
+        "missing_image": 1,
+        "unreadable_image": 3,
+    }
     assert report.problems["unreadable_image"].rows.tolist() == [1, 2, 3]
     text = report.text()
-    assert "empty file" in text and "not an image" in text and "truncated" in text and "escapes the dataset root" in text
+    assert (
+        "empty file" in text and "not an image" in text and "truncated" in text and "escapes the dataset root" in text
+    )
     with pytest.raises(DataValidationError):
         read_table(tmp_path / "t.csv", columns=MAP)
     with pytest.warns(UserWarning):
         t = read_table(tmp_path / "t.csv", columns=MAP, drop_invalid=True)
     assert t["id"].tolist() == ["s0", "s7"]
     # full decode catches the same files
-    assert validate(read_table(tmp_path / "t.csv", columns=MAP, check_images=False), tmp_path, check_images="decode").problems["unreadable_image"].count == 3
+    assert (
+        validate(read_table(tmp_path / "t.csv", columns=MAP, check_images=False), tmp_path, check_images="decode")
+        .problems["unreadable_image"]
+        .count
+        == 3
+    )
 
 
 def test_resolve_image_path_rejects_escapes(tmp_path):
@@ -128,7 +139,9 @@ _coord = st.one_of(
     st.just(math.inf),
     st.just(-math.inf),
 )
-_row = st.fixed_dictionaries(dict(id=st.sampled_from("abcdefghij"), lat=_coord, lon=_coord, city=st.sampled_from(["A", "B", ""])))
+_row = st.fixed_dictionaries(
+    dict(id=st.sampled_from("abcdefghij"), lat=_coord, lon=_coord, city=st.sampled_from(["A", "B", ""]))
+)
 
 
 @given(st.lists(_row, min_size=1, max_size=25))
@@ -164,7 +177,17 @@ def _osv(tmp_path, nested=False):
     for i in range(4):
         sub = tmp_path / "images" / "train" / ("07" if nested else "")
         _jpeg(sub / f"{1000 + i}.jpg")
-        rows.append({"id": 1000 + i, "latitude": 48.85 + i * 0.01, "longitude": 2.35, "country": "FR", "region": "IDF", "sub-region": "Paris", "city": "Paris"})
+        rows.append(
+            {
+                "id": 1000 + i,
+                "latitude": 48.85 + i * 0.01,
+                "longitude": 2.35,
+                "country": "FR",
+                "region": "IDF",
+                "sub-region": "Paris",
+                "city": "Paris",
+            }
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
 
 

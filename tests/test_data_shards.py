@@ -20,7 +20,16 @@ def dataset(tmp_path):
     for i in range(7):
         ext = "png" if i % 3 == 0 else "jpg"
         Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.{ext}")
-        rows.append(dict(id=f"id.{i}", image=f"im{i}.{ext}", lat=51.5 + i * 1e-4, lon=-0.12 - i * 1e-4, city="London" if i < 4 else "Leeds", heading=float(10 * i)))
+        rows.append(
+            dict(
+                id=f"id.{i}",
+                image=f"im{i}.{ext}",
+                lat=51.5 + i * 1e-4,
+                lon=-0.12 - i * 1e-4,
+                city="London" if i < 4 else "Leeds",
+                heading=float(10 * i),
+            )
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "samples.csv", index=False)
     return tmp_path, read_table(tmp_path / "samples.csv")
 
@@ -50,7 +59,9 @@ def test_round_trip(dataset, tmp_path_factory):
     torch.testing.assert_close(items[2]["latlon"], torch.tensor(table[["lat", "lon"]].to_numpy()[2]))
 
     shuffled = [it["id"] for it in stream_webdataset(str(out / "*.tar"), shuffle=5, seed=1)]
-    assert sorted(shuffled) == sorted(table["id"]) and shuffled == [it["id"] for it in stream_webdataset(str(out / "*.tar"), shuffle=5, seed=1)]
+    assert sorted(shuffled) == sorted(table["id"]) and shuffled == [
+        it["id"] for it in stream_webdataset(str(out / "*.tar"), shuffle=5, seed=1)
+    ]
 
 
 def test_writer_refuses_escapes_and_missing_files(dataset, tmp_path_factory):
@@ -70,7 +81,10 @@ def test_writer_refuses_escapes_and_missing_files(dataset, tmp_path_factory):
 def test_corrupt_image_in_a_shard_names_the_sample(tmp_path):
     path = tmp_path / "bad-000000.tar"
     with tarfile.open(path, "w") as tf:
-        for name, data in (("000.json", b'{"id": "x", "lat": 1.0, "lon": 2.0, "city": "C"}'), ("000.jpg", b"not a jpeg")):
+        for name, data in (
+            ("000.json", b'{"id": "x", "lat": 1.0, "lon": 2.0, "city": "C"}'),
+            ("000.jpg", b"not a jpeg"),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))

@@ -17,7 +17,11 @@ def _table(n_per_city=300, seed=0, extent_m=2000.0):
     for city, origin in {"A": (53.80, -1.55), "B": (53.80, -1.55 + 2060 / 65700), "C": (51.45, -2.59)}.items():
         xy = rng.uniform(-extent_m / 2, extent_m / 2, (n_per_city, 2))
         ll = local_metres_to_degrees(xy, origin)
-        parts.append(pd.DataFrame(dict(id=[f"{city}{i}" for i in range(n_per_city)], image="x.jpg", lat=ll[:, 0], lon=ll[:, 1], city=city)))
+        parts.append(
+            pd.DataFrame(
+                dict(id=[f"{city}{i}" for i in range(n_per_city)], image="x.jpg", lat=ll[:, 0], lon=ll[:, 1], city=city)
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -77,7 +81,9 @@ def test_test_rows_come_in_whole_blocks():
 def test_buffer_property(n, seed, buffer_m, block_m, test_frac):
     rng = np.random.default_rng(seed)
     ll = local_metres_to_degrees(rng.uniform(-800, 800, (n, 2)), (55.95, -3.19))
-    t = pd.DataFrame(dict(id=[str(i) for i in range(n)], image="x", lat=ll[:, 0], lon=ll[:, 1], city=rng.choice(["E", "F"], n)))
+    t = pd.DataFrame(
+        dict(id=[str(i) for i in range(n)], image="x", lat=ll[:, 0], lon=ll[:, 1], city=rng.choice(["E", "F"], n))
+    )
     s = spatial_split(t, test_frac=test_frac, block_m=block_m, buffer_m=buffer_m, seed=seed)
     assert len(s) == n
     if ((s["split"] == "train").any() and (s["split"] == "test").any()) and buffer_m > 0:

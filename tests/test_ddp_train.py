@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from swclip.training.config import CONFIG_DIR
@@ -33,21 +32,55 @@ def test_two_process_gloo_matches_single_process(loss, tmp_path):
 
     world = tmp_path / "world"
     make_world(world, seed=1, cities=["Leeds"], samples_per_city=80, image_size=32, workers=1)
-    spatial_split(read_table(world / "samples.csv"), test_frac=0.2, block_m=200, buffer_m=0, seed=0).to_csv(world / "split.csv", index=False)
-    common = ["--config", str(CONFIG_DIR / "demo_swclip_nc.yaml"), "steps=3", "progress=false", "device=cpu",
-              "model.gps_hidden=32", "optim.warmup_steps=1", f"data.table={world / 'split.csv'}", f"data.root={world}",
-              f"out_dir={tmp_path}", f"loss.name={loss}",
-              # augmentation draws are seeded per (rank, batch), so they differ between layouts; compare the maths without them
-              "data.augment=false",
-              # AdamW in its linear regime (see the weight check below): eps = 1 ≫ √v, so a step is ≈ lr · m
-              "optim.eps=1.0", "optim.lr=1.0", "optim.weight_decay=0"]
+    spatial_split(read_table(world / "samples.csv"), test_frac=0.2, block_m=200, buffer_m=0, seed=0).to_csv(
+        world / "split.csv", index=False
+    )
+    common = [
+        "--config",
+        str(CONFIG_DIR / "demo_swclip_nc.yaml"),
+        "steps=3",
+        "progress=false",
+        "device=cpu",
+        "model.gps_hidden=32",
+        "optim.warmup_steps=1",
+        f"data.table={world / 'split.csv'}",
+        f"data.root={world}",
+        f"out_dir={tmp_path}",
+        f"loss.name={loss}",
+        # augmentation draws are seeded per (rank, batch), so they differ between layouts; compare the maths without them
+        "data.augment=false",
+        # AdamW in its linear regime (see the weight check below): eps = 1 ≫ √v, so a step is ≈ lr · m
+        "optim.eps=1.0",
+        "optim.lr=1.0",
+        "optim.weight_decay=0",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(ROOT / "train" / "train.py"), *common, "batch_size=32", "run_id=single"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    single = subprocess.run(
+        [sys.executable, str(ROOT / "train" / "train.py"), *common, "batch_size=32", "run_id=single"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(ROOT / "train" / "train.py"), *common, "batch_size=16", "run_id=ddp"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "train" / "train.py"),
+            *common,
+            "batch_size=16",
+            "run_id=ddp",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
 
     a, b = pd.read_csv(tmp_path / "single" / "train_log.csv"), pd.read_csv(tmp_path / "ddp" / "train_log.csv")
@@ -55,12 +88,17 @@ def test_two_process_gloo_matches_single_process(loss, tmp_path):
     for col in ("loss", "contrastive_loss", "nc_loss"):
         np.testing.assert_allclose(b[col], a[col], rtol=1e-5, err_msg=col)
     assert b["images_per_s"].gt(0).all()
-    wa, wb = load_file(str(tmp_path / "single" / "model.safetensors")), load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    wa, wb = (
+        load_file(str(tmp_path / "single" / "model.safetensors")),
+        load_file(str(tmp_path / "ddp" / "model.safetensors")),
+    )
     import json
 
     from swclip.method.model import SWCLIP, ModelConfig
 
-    init = SWCLIP(ModelConfig.from_dict(json.loads((tmp_path / "single" / "manifest.json").read_text())["model"])).state_dict()
+    init = SWCLIP(
+        ModelConfig.from_dict(json.loads((tmp_path / "single" / "manifest.json").read_text())["model"])
+    ).state_dict()
     # the weights moved, and DDP moved them as the single process did. Not bitwise: one process computes
     # the B×B logits once and uses their transpose, each rank computes its two (B, W·B) products. With
     # AdamW's usual eps (1e-6) a step is ≈ lr · g / |g| elementwise, which turns float32 round-off in a

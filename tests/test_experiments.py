@@ -16,7 +16,6 @@ from swclip.analysis import experiment_stats as es
 from swclip.workflows import experiments as ex
 from swclip.workflows import results
 
-
 # --------------------------------------------------------------------------- statistics
 
 
@@ -88,10 +87,25 @@ def test_bootstrap_rejects_unpaired_input():
 
 def _record(config, kind, seed, sigma, val_median, test_errors, nc=None):
     e = np.asarray(test_errors, dtype=float)
-    summary = {"median_m": float(np.median(e)), "mean_m": float(e.mean()), "acc@100m": float((e <= 100).mean()),
-               "acc@250m": float((e <= 250).mean()), "acc@500m": float((e <= 500).mean()), "recall@1": 0.0}
-    return dict(name=f"{config}-seed{seed}", config=config, kind=kind, seed=seed, sigma_m=sigma, nc_weight=nc,
-                val={**summary, "median_m": val_median}, test=summary, test_error_m=e.tolist())
+    summary = {
+        "median_m": float(np.median(e)),
+        "mean_m": float(e.mean()),
+        "acc@100m": float((e <= 100).mean()),
+        "acc@250m": float((e <= 250).mean()),
+        "acc@500m": float((e <= 500).mean()),
+        "recall@1": 0.0,
+    }
+    return dict(
+        name=f"{config}-seed{seed}",
+        config=config,
+        kind=kind,
+        seed=seed,
+        sigma_m=sigma,
+        nc_weight=nc,
+        val={**summary, "median_m": val_median},
+        test=summary,
+        test_error_m=e.tolist(),
+    )
 
 
 def _fake_experiment():
@@ -101,10 +115,21 @@ def _fake_experiment():
     for seed, best in ((0, 50.0), (1, 150.0)):
         runs.append(_record("clip", "clip", seed, None, 900.0, base))
         for sigma in (50.0, 150.0):
-            runs.append(_record(f"swclip-s{sigma:g}", "swclip", seed, sigma, 500.0 if sigma == best else 700.0,
-                                base * (0.5 if sigma == best else 0.9)))
-    return dict(protocol=dict(select_metric="median_m"), runs=runs,
-                test_rows=dict(id=[str(i) for i in range(40)], city=["A", "B"] * 20, block=[f"b{i % 8}" for i in range(40)]))
+            runs.append(
+                _record(
+                    f"swclip-s{sigma:g}",
+                    "swclip",
+                    seed,
+                    sigma,
+                    500.0 if sigma == best else 700.0,
+                    base * (0.5 if sigma == best else 0.9),
+                )
+            )
+    return dict(
+        protocol=dict(select_metric="median_m"),
+        runs=runs,
+        test_rows=dict(id=[str(i) for i in range(40)], city=["A", "B"] * 20, block=[f"b{i % 8}" for i in range(40)]),
+    )
 
 
 def test_selection_on_validation_is_per_seed_and_never_reads_test():
@@ -134,8 +159,10 @@ def test_plan_is_seed_major_and_waits_for_its_inputs():
     assert by["swclip-var-seed3"]["after"] == ["clip-seed3"]
     assert by["swclip-nc-l0.5-seed4"]["after"] == ["swclip-s50-seed4", "swclip-s100-seed4"]
     # NC takes the validation-best σ of its own seed
-    recs = {"swclip-s50-seed4": {"sigma_m": 50.0, "val": {"median_m": 300.0}},
-            "swclip-s100-seed4": {"sigma_m": 100.0, "val": {"median_m": 200.0}}}
+    recs = {
+        "swclip-s50-seed4": {"sigma_m": 50.0, "val": {"median_m": 300.0}},
+        "swclip-s100-seed4": {"sigma_m": 100.0, "val": {"median_m": 200.0}},
+    }
     assert ex._ready(by["swclip-nc-l0.5-seed4"], {}, cfg) is None
     assert ex._ready(by["swclip-nc-l0.5-seed4"], recs, cfg)["sigma_m"] == 100.0
 
@@ -148,8 +175,26 @@ def test_quick_grid_runs_resumes_and_refuses_a_changed_world(tmp_path, capsys):
     from swclip.cli import main
 
     out = tmp_path / "exp"
-    argv = ["experiment", "--out", str(out), "--quick", "--steps", "2", "--batch-size", "16",
-            "--samples-per-city", "40", "--nc-weights", "0.5", "--block", "300", "--buffer", "30", "--workers", "2"]
+    argv = [
+        "experiment",
+        "--out",
+        str(out),
+        "--quick",
+        "--steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--samples-per-city",
+        "40",
+        "--nc-weights",
+        "0.5",
+        "--block",
+        "300",
+        "--buffer",
+        "30",
+        "--workers",
+        "2",
+    ]
     assert main(argv) == 0
     exp = json.loads((out / "experiment.json").read_text())
     assert exp["format"] == ex.FORMAT and exp["name"] == "gaussian-b30-quick"
@@ -183,8 +228,18 @@ def test_quick_grid_runs_resumes_and_refuses_a_changed_world(tmp_path, capsys):
         main([a if a != "30" else "60" for a in argv])
 
 
-TINY = dict(seeds=(0,), sigmas_m=(150.0,), nc_weights=(), variogram=False, semivariogram=False, steps=2, batch_size=16,
-            samples_per_city=40, block_m=300.0, buffer_m=30.0)
+TINY = dict(
+    seeds=(0,),
+    sigmas_m=(150.0,),
+    nc_weights=(),
+    variogram=False,
+    semivariogram=False,
+    steps=2,
+    batch_size=16,
+    samples_per_city=40,
+    block_m=300.0,
+    buffer_m=30.0,
+)
 
 
 @pytest.mark.slow
@@ -229,11 +284,29 @@ def test_grid_command_runs_every_experiment_resumes_and_refuses_protocol_options
 
     size = {k: v for k, v in TINY.items() if k in ("steps", "batch_size", "samples_per_city", "block_m")}
     proto = {k: v for k, v in TINY.items() if k not in size}
-    monkeypatch.setitem(ex.GRIDS, "full", (ex.ExperimentConfig(name="g", **proto),
-                                          ex.ExperimentConfig(name="e", covariance="exponential", **proto)))
+    monkeypatch.setitem(
+        ex.GRIDS,
+        "full",
+        (ex.ExperimentConfig(name="g", **proto), ex.ExperimentConfig(name="e", covariance="exponential", **proto)),
+    )
     out, results = tmp_path / "grid", tmp_path / "results"
-    argv = ["experiment", "--grid", "full", "--out", str(out), "--results", str(results), "--steps", "2",
-            "--batch-size", "16", "--samples-per-city", "40", "--block", "300"]
+    argv = [
+        "experiment",
+        "--grid",
+        "full",
+        "--out",
+        str(out),
+        "--results",
+        str(results),
+        "--steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--samples-per-city",
+        "40",
+        "--block",
+        "300",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr()
     assert "grid full: 4 runs in 2 experiments" in printed.out and "4/4" in printed.err  # one bar over both
@@ -249,7 +322,9 @@ def test_grid_command_runs_every_experiment_resumes_and_refuses_protocol_options
     (results / "experiment-e.json").unlink()
     assert main(argv + ["--quiet"]) == 0
     again = {p: p.stat().st_mtime_ns for p in out.glob("*/runs/*/record.json")}
-    assert sorted(str(p.relative_to(out)) for p in again if again[p] != records.get(p)) == ["e/runs/clip-seed0/record.json"]
+    assert sorted(str(p.relative_to(out)) for p in again if again[p] != records.get(p)) == [
+        "e/runs/clip-seed0/record.json"
+    ]
     assert json.loads((results / "experiment-e.json").read_text())["status"]["finished"] == 2
 
     with pytest.raises(SystemExit, match="--seeds"):

@@ -59,10 +59,12 @@ def test_hilbert_order_makes_soft_targets_banded():
     # Why the page sorts: mass within 3 rows of the diagonal grows a lot.
     rng = np.random.default_rng(1)
     ll = local_metres_to_degrees(rng.uniform(-2000, 2000, (256, 2)), ORIGIN)
+
     def band_mass(latlon):
         q = soft_targets(latlon, 150.0)
         i, j = np.indices(q.shape)
         return q[(np.abs(i - j) <= 3) & (i != j)].sum() / (q.sum() - np.trace(q))
+
     assert band_mass(ll[hilbert_order(ll)]) > 2 * band_mass(ll)
 
 
@@ -145,13 +147,21 @@ def test_view_state_frames_the_points(span_m):
 def test_decks_serialise_without_a_basemap_token():
     ll = local_metres_to_degrees(np.random.default_rng(0).uniform(-500, 500, (20, 2)), ORIGIN)
     bins = hex_bins(ll, np.arange(20.0), 150.0)
-    layers = maps.context_layers([ll[:5], ll[5:10]], pd.DataFrame({"name": ["A"], "lat": [ORIGIN[0]], "lon": [ORIGIN[1]]}))
-    layers += [maps.scatter_layer(maps.points_frame(ll, error_m=np.arange(20.0))), maps.line_layer(ll[:3], ll[3:6]), maps.hex_layer(bins, 1, 20)]
+    layers = maps.context_layers(
+        [ll[:5], ll[5:10]], pd.DataFrame({"name": ["A"], "lat": [ORIGIN[0]], "lon": [ORIGIN[1]]})
+    )
+    layers += [
+        maps.scatter_layer(maps.points_frame(ll, error_m=np.arange(20.0))),
+        maps.line_layer(ll[:3], ll[3:6]),
+        maps.hex_layer(bins, 1, 20),
+    ]
     spec = json.loads(maps.deck(layers, ll, paper=True).to_json())
     types = [layer["@@type"] for layer in spec["layers"]]
     assert types == ["PolygonLayer", "PathLayer", "TextLayer", "ScatterplotLayer", "LineLayer", "PolygonLayer"]
     assert "mapboxKey" not in spec and "mapStyle" not in spec
-    assert all("widthUnits" not in layer for layer in spec["layers"])  # it blanks Streamlit's deck (seen in the browser)
+    assert all(
+        "widthUnits" not in layer for layer in spec["layers"]
+    )  # it blanks Streamlit's deck (seen in the browser)
     assert len(spec["layers"][1]["data"]) == 2
 
 
@@ -161,11 +171,24 @@ def test_compact_deck_json_is_pydecks_own_with_outlines_encoded_once():
     import pydeck as pdk
 
     ll = local_metres_to_degrees(np.random.default_rng(1).uniform(-500, 500, (30, 2)), ORIGIN)
-    outlines = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"name": f"c{i}"}, "geometry": {"type": "Polygon", "coordinates": [[[i, 0.5], [i + 0.25, 1.0], [i, 1.5], [i, 0.5]]]}}
-        for i in range(5)]}
-    layers = maps.context_layers([], pd.DataFrame({"name": ["A"], "lat": [ORIGIN[0]], "lon": [ORIGIN[1]]}), outlines=outlines)
-    layers += [maps.scatter_layer(maps.points_frame(ll, id=[f"s{i}" for i in range(30)])), maps.hex_layer(hex_bins(ll, np.arange(30.0), 150.0), 1, 30)]
+    outlines = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"name": f"c{i}"},
+                "geometry": {"type": "Polygon", "coordinates": [[[i, 0.5], [i + 0.25, 1.0], [i, 1.5], [i, 0.5]]]},
+            }
+            for i in range(5)
+        ],
+    }
+    layers = maps.context_layers(
+        [], pd.DataFrame({"name": ["A"], "lat": [ORIGIN[0]], "lon": [ORIGIN[1]]}), outlines=outlines
+    )
+    layers += [
+        maps.scatter_layer(maps.points_frame(ll, id=[f"s{i}" for i in range(30)])),
+        maps.hex_layer(hex_bins(ll, np.arange(30.0), 150.0), 1, 30),
+    ]
     d = maps.deck(layers, ll, tooltip={"text": "{id}"})
     assert json.loads(d.to_json()) == json.loads(pdk.Deck.to_json(d))
     assert json.loads(d.to_json())["layers"][0]["data"] == outlines
@@ -241,8 +264,19 @@ def test_error_cdf_is_the_empirical_cdf():
 
 def test_variogram_figure_marks_sigma_and_ranges():
     fig = figures.variogram_figure(
-        [{"name": "run", "lags_m": [50, 100], "gamma": [0.1, 0.2], "fit_h_m": [0, 100], "fit_gamma": [0, 0.2], "range_m": 300}],
-        sigma_m=80, suggested_sigma_m=120, true_ranges_m=[150, 600],
+        [
+            {
+                "name": "run",
+                "lags_m": [50, 100],
+                "gamma": [0.1, 0.2],
+                "fit_h_m": [0, 100],
+                "fit_gamma": [0, 0.2],
+                "range_m": 300,
+            }
+        ],
+        sigma_m=80,
+        suggested_sigma_m=120,
+        true_ranges_m=[150, 600],
     )
     xs = sorted(s.x0 for s in fig.layout.shapes)
     assert xs == [80, 120, 150, 300, 600]
@@ -250,7 +284,12 @@ def test_variogram_figure_marks_sigma_and_ranges():
 
 
 def test_mini_map_and_embedding_scatter_build():
-    fig = figures.mini_map(ORIGIN, (ORIGIN[0] + 0.003, ORIGIN[1]), others_latlon=np.array([ORIGIN]), streets=[np.array([ORIGIN, (ORIGIN[0], ORIGIN[1] + 0.01)])])
+    fig = figures.mini_map(
+        ORIGIN,
+        (ORIGIN[0] + 0.003, ORIGIN[1]),
+        others_latlon=np.array([ORIGIN]),
+        streets=[np.array([ORIGIN, (ORIGIN[0], ORIGIN[1] + 0.01)])],
+    )
     assert fig.layout.yaxis.scaleratio == pytest.approx(1 / math.cos(math.radians(ORIGIN[0])))
     xy = np.random.default_rng(0).normal(size=(10, 2))
     fig = figures.embedding_scatter(xy, np.zeros((10, 3), np.uint8), anchor=2, highlight=[3, 4])

@@ -12,12 +12,16 @@ def test_paired_bootstrap_matches_scipy_percentile_intervals():
     rng = np.random.default_rng(0)
     a = rng.lognormal(5.0, 1.0, 400)
     b = a * rng.lognormal(-0.2, 0.3, 400)  # B is better on the same samples
-    ours = paired_bootstrap(a, b, {"median_m": STATISTICS["median_m"], "acc@100m": STATISTICS["acc@100m"]}, n_boot=4000, seed=1).set_index("statistic")
+    ours = paired_bootstrap(
+        a, b, {"median_m": STATISTICS["median_m"], "acc@100m": STATISTICS["acc@100m"]}, n_boot=4000, seed=1
+    ).set_index("statistic")
 
     def diff_median(x, y, axis=-1):
         return np.median(y, axis=axis) - np.median(x, axis=axis)
 
-    ref = stats.bootstrap((a, b), diff_median, paired=True, n_resamples=4000, method="percentile", confidence_level=0.95, random_state=2)
+    ref = stats.bootstrap(
+        (a, b), diff_median, paired=True, n_resamples=4000, method="percentile", confidence_level=0.95, random_state=2
+    )
     lo, hi = ref.confidence_interval
     scale = hi - lo
     assert abs(ours.loc["median_m", "diff_lo"] - lo) < 0.1 * scale
@@ -25,7 +29,9 @@ def test_paired_bootstrap_matches_scipy_percentile_intervals():
     assert ours.loc["median_m", "diff"] == pytest.approx(np.median(b) - np.median(a))
     assert ours.loc["median_m", "diff_hi"] < 0  # the improvement is clear
 
-    ref_a = stats.bootstrap((a,), lambda x, axis=-1: np.mean(x <= 100, axis=axis), n_resamples=4000, method="percentile", random_state=3)
+    ref_a = stats.bootstrap(
+        (a,), lambda x, axis=-1: np.mean(x <= 100, axis=axis), n_resamples=4000, method="percentile", random_state=3
+    )
     lo, hi = ref_a.confidence_interval
     assert abs(ours.loc["acc@100m", "a_lo"] - lo) < 0.02 and abs(ours.loc["acc@100m", "a_hi"] - hi) < 0.02
 
@@ -47,7 +53,9 @@ def test_paired_bootstrap_rejects_unpaired_input():
 
 
 def test_paired_errors_joins_on_id():
-    a = pd.DataFrame({"id": ["x", "y", "z"], "lat": [1.0, 2, 3], "lon": [1.0, 2, 3], "error_m": [10.0, 20, 30], "city": ["c"] * 3})
+    a = pd.DataFrame(
+        {"id": ["x", "y", "z"], "lat": [1.0, 2, 3], "lon": [1.0, 2, 3], "error_m": [10.0, 20, 30], "city": ["c"] * 3}
+    )
     b = pd.DataFrame({"id": ["z", "x", "w"], "lat": [3.0, 1, 9], "lon": [3.0, 1, 9], "error_m": [3.0, 1, 9]})
     j = paired_errors(a, b).set_index("id")
     assert sorted(j.index) == ["x", "z"]
@@ -60,20 +68,32 @@ def test_paired_errors_joins_on_id():
 
 def test_manifest_diff_lists_only_changed_keys():
     a = {"loss": {"name": "clip", "sigma_m": 150}, "seed": 0, "created_utc": "t1", "model": {"arch": "tiny"}}
-    b = {"loss": {"name": "swclip", "sigma_m": 150}, "seed": 0, "created_utc": "t2", "model": {"arch": "tiny"}, "nc_weight": 0.5}
+    b = {
+        "loss": {"name": "swclip", "sigma_m": 150},
+        "seed": 0,
+        "created_utc": "t2",
+        "model": {"arch": "tiny"},
+        "nc_weight": 0.5,
+    }
     d = manifest_diff(a, b)
-    assert d.to_dict("records") == [{"key": "loss.name", "a": "clip", "b": "swclip"}, {"key": "nc_weight", "a": "(absent)", "b": "0.5"}]
+    assert d.to_dict("records") == [
+        {"key": "loss.name", "a": "clip", "b": "swclip"},
+        {"key": "nc_weight", "a": "(absent)", "b": "0.5"},
+    ]
 
 
-@pytest.mark.parametrize("statistic, lo, hi, expected", [
-    ("median_m", -30.0, -5.0, "B better"),  # errors: the whole interval below 0
-    ("median_m", 5.0, 30.0, "B worse"),
-    ("median_m", -5.0, 30.0, "no clear difference"),
-    ("acc@100m", 0.01, 0.2, "B better"),  # accuracies: the whole interval above 0
-    ("acc@100m", -0.2, -0.01, "B worse"),
-    ("acc@100m", -0.01, 0.2, "no clear difference"),
-    ("mean_m", 0.0, 0.0, "no clear difference"),  # touching 0 is not clear
-])
+@pytest.mark.parametrize(
+    "statistic, lo, hi, expected",
+    [
+        ("median_m", -30.0, -5.0, "B better"),  # errors: the whole interval below 0
+        ("median_m", 5.0, 30.0, "B worse"),
+        ("median_m", -5.0, 30.0, "no clear difference"),
+        ("acc@100m", 0.01, 0.2, "B better"),  # accuracies: the whole interval above 0
+        ("acc@100m", -0.2, -0.01, "B worse"),
+        ("acc@100m", -0.01, 0.2, "no clear difference"),
+        ("mean_m", 0.0, 0.0, "no clear difference"),  # touching 0 is not clear
+    ],
+)
 def test_verdict_reads_the_interval_by_the_statistic_direction(statistic, lo, hi, expected):
     from swclip.analysis.compare import verdict
 
@@ -186,7 +206,9 @@ def test_group_counts_read_like_a_naive_loop_on_the_same_resamples(n, window_sd)
     ref = _naive_resample_statistics(ea, eb, idx)
     assert sorted(got) == [(s, col) for s in (0, 2, 3, 4) for col in (0, 1)]  # the mean is drawn by index
     for (s, col), values in got.items():
-        np.testing.assert_allclose(values, ref[:, s, col], rtol=1e-12, atol=0, err_msg=f"{list(STATISTICS)[s]} run {col}")
+        np.testing.assert_allclose(
+            values, ref[:, s, col], rtol=1e-12, atol=0, err_msg=f"{list(STATISTICS)[s]} run {col}"
+        )
 
 
 @pytest.mark.parametrize("n", [5, 256, 1000])
@@ -220,7 +242,9 @@ def test_resample_means_match_a_naive_mean_of_the_same_positions():
 def test_shares_any_id_compares_ids_as_text():
     from swclip.analysis.compare import shares_any_id
 
-    assert shares_any_id(pd.Series(["a", "b", "7"]), pd.Series([9, 8, 7]))  # "7" and 7: one id, as paired_errors joins them
+    assert shares_any_id(
+        pd.Series(["a", "b", "7"]), pd.Series([9, 8, 7])
+    )  # "7" and 7: one id, as paired_errors joins them
     assert not shares_any_id(pd.Series(["a", "b"]), pd.Series(["c", "d"]))
     assert shares_any_id(np.array(["x", "y"]), ["q", "y"])
     assert not shares_any_id(pd.Series([], dtype=str), pd.Series(["a"]))

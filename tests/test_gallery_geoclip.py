@@ -19,9 +19,20 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV = Path(importlib.metadata.distribution("geoclip").locate_file("geoclip/model/gps_gallery/coordinates_100K.csv"))
-TINY = ["model.gps_hidden=32", "device=cpu", "progress=false", "optim.warmup_steps=0", "batch_size=8",
-        "run_id=run", "log_every=1", "tensorboard=false", "steps=2", "data.synthetic=false", "data.preload=true",
-        "data.augment=false"]
+TINY = [
+    "model.gps_hidden=32",
+    "device=cpu",
+    "progress=false",
+    "optim.warmup_steps=0",
+    "batch_size=8",
+    "run_id=run",
+    "log_every=1",
+    "tensorboard=false",
+    "steps=2",
+    "data.synthetic=false",
+    "data.preload=true",
+    "data.augment=false",
+]
 
 
 def csv_places() -> list[tuple[float, float]]:
@@ -49,10 +60,18 @@ def world_run(tmp_path_factory):
     world = base / "world"
     make_world(world, seed=1, cities=["Leeds"], samples_per_city=61, image_size=32, workers=1)
     spatial_split(read_table(world / "samples.csv"), test_frac=0.3, block_m=200, buffer_m=0, seed=0).to_csv(
-        world / "split.csv", index=False)
-    cfg = load_config(ROOT / "swclip" / "training" / "configs" / "demo_clip.yaml",
-                      [*TINY, f"out_dir={base / 'runs'}", f"data.table={world / 'split.csv'}", f"data.root={world}",
-                       "data.gallery=geoclip100k"])
+        world / "split.csv", index=False
+    )
+    cfg = load_config(
+        ROOT / "swclip" / "training" / "configs" / "demo_clip.yaml",
+        [
+            *TINY,
+            f"out_dir={base / 'runs'}",
+            f"data.table={world / 'split.csv'}",
+            f"data.root={world}",
+            "data.gallery=geoclip100k",
+        ],
+    )
     return world, train(cfg)
 
 
@@ -102,9 +121,12 @@ def test_evaluation_predictions_are_csv_places_and_the_run_says_which_gallery(ev
     metrics = json.loads((evaluated / "metrics.json").read_text())
     assert metrics["gallery_source"] == "geoclip100k" and metrics["n_gallery"] == len(places)
     record = json.loads((evaluated / "manifest.json").read_text())["gallery"]
-    assert record == {"source": "geoclip100k", "n_gallery": len(places),
-                      "file": "geoclip/model/gps_gallery/coordinates_100K.csv",
-                      "geoclip_version": importlib.metadata.version("geoclip")}
+    assert record == {
+        "source": "geoclip100k",
+        "n_gallery": len(places),
+        "file": "geoclip/model/gps_gallery/coordinates_100K.csv",
+        "geoclip_version": importlib.metadata.version("geoclip"),
+    }
     # a world gallery's knn-kde bandwidth (4 x its median nearest-neighbour spacing, about 2 km): not street level
     assert metrics["kde_bandwidth_m"] > 1_000
 
@@ -121,8 +143,9 @@ def test_evaluating_again_with_geoclip100k_gives_the_same_numbers(evaluated, tmp
     assert second["kde_bandwidth_m"] == first["kde_bandwidth_m"]
     # the training-image kNN keeps its own street-level bandwidth, not the world gallery's
     assert second["image_knn"] == first["image_knn"]
-    pd.testing.assert_frame_equal(pd.read_parquet(again / "predictions.parquet"),
-                                  pd.read_parquet(evaluated / "predictions.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(again / "predictions.parquet"), pd.read_parquet(evaluated / "predictions.parquet")
+    )
 
 
 def test_predict_searches_geoclip100k_stored_or_encoded_on_the_fly(world_run, evaluated, places, tmp_path, capsys):
@@ -138,7 +161,10 @@ def test_predict_searches_geoclip100k_stored_or_encoded_on_the_fly(world_run, ev
     m = json.loads((split_run / "metrics.json").read_text())
     assert m["gallery_source"] == "split" and m["kde_bandwidth_m"] < 1_000
     assert json.loads((split_run / "manifest.json").read_text())["gallery"] == {
-        "source": "split", "n_gallery": m["n_gallery"], "split": "train"}
+        "source": "split",
+        "n_gallery": m["n_gallery"],
+        "split": "train",
+    }
     assert len(Gallery.load(split_run / "gallery.npz")) < 61
 
     images = [str(world / p) for p in sorted(world.glob("images/**/*.jpg"))[:3]]
@@ -169,7 +195,9 @@ def test_a_missing_geoclip_wheel_is_named_and_nothing_is_written(world_run, tmp_
 
     real = importlib.metadata.distribution
     monkeypatch.setattr(importlib.metadata, "distribution", not_installed)  # as if the wheel were absent
-    with pytest.raises(FileNotFoundError, match=r"geoclip wheel, which is not installed: pip install --no-deps geoclip"):
+    with pytest.raises(
+        FileNotFoundError, match=r"geoclip wheel, which is not installed: pip install --no-deps geoclip"
+    ):
         evaluate_run(run, gallery_source="geoclip100k", device="cpu")
     assert not (run / "predictions.parquet").exists() and not (run / "gallery.npz").exists()
 

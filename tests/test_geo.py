@@ -56,7 +56,9 @@ def test_pairwise_matches_double_loop():
     a, b = random_latlon(7, 7), random_latlon(5, 8)
     ref = np.array([[haversine_loop_m(*p, *q) for q in b] for p in a])
     np.testing.assert_allclose(geo.pairwise_haversine_m(a, b), ref, rtol=1e-9, atol=1e-6)
-    np.testing.assert_allclose(geo.pairwise_haversine_m(torch.tensor(a), torch.tensor(b)).numpy(), ref, rtol=1e-9, atol=1e-5)
+    np.testing.assert_allclose(
+        geo.pairwise_haversine_m(torch.tensor(a), torch.tensor(b)).numpy(), ref, rtol=1e-9, atol=1e-5
+    )
     self_d = geo.pairwise_haversine_m(a)
     assert self_d.shape == (7, 7) and np.allclose(np.diag(self_d), 0)
 

@@ -1,4 +1,5 @@
 """Our GPS tower with gps_init=geoclip against GeoCLIP's own LocationEncoder (the geoclip wheel)."""
+
 import importlib.util
 import sys
 import types
@@ -26,8 +27,14 @@ def geoclip_location_encoder_class():
         pkg = types.ModuleType(name)
         pkg.__path__ = [path]
         sys.modules[name] = pkg
-    from geoclip.model.location_encoder import LocationEncoder
-
+    try:
+        from geoclip.model.location_encoder import LocationEncoder
+    finally:  # the bare namespaces must not shadow the real package for later imports in this process
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
     return LocationEncoder
 
 
@@ -41,8 +48,13 @@ def towers():
 
 def random_latlon(n=1000, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.rand(n, generator=g, dtype=torch.float64) * 180 - 90,
-                        torch.rand(n, generator=g, dtype=torch.float64) * 360 - 180], 1)
+    return torch.stack(
+        [
+            torch.rand(n, generator=g, dtype=torch.float64) * 180 - 90,
+            torch.rand(n, generator=g, dtype=torch.float64) * 360 - 180,
+        ],
+        1,
+    )
 
 
 def test_gps_init_geoclip_equals_geoclip_location_encoder(towers):

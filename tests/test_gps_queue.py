@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from swclip.method.gps_queue import M_PER_DEG, GPSQueue, GPSQueueLoss, jitter_latlon
 from swclip.method.semivariogram_loss import LossVariogram, SemivariogramWeightedLoss
@@ -49,8 +50,19 @@ def test_chen2025_with_queue_equals_loop():
     location = tower.encode_location(latlon)
     out = loss(image, location, torch.tensor(7.0), latlon)
     q_ll, q_img = prev_ll[2:], prev_img[2:]
-    ref = chen_loop(image.double().tolist(), location.double().tolist(), latlon.tolist(), 7.0, 1.0, 0.0, make_fit(), 1500.0,
-                    tower.encode_location(q_ll).double().tolist(), q_ll.tolist(), q_img.double().tolist())
+    ref = chen_loop(
+        image.double().tolist(),
+        location.double().tolist(),
+        latlon.tolist(),
+        7.0,
+        1.0,
+        0.0,
+        make_fit(),
+        1500.0,
+        tower.encode_location(q_ll).double().tolist(),
+        q_ll.tolist(),
+        q_img.double().tolist(),
+    )
     assert out["contrastive_loss"].item() == pytest.approx(ref, rel=1e-5)
 
 
@@ -66,7 +78,9 @@ def test_resume_from_state_dict_is_exact():
     tower = Tower()
 
     def make():
-        return GPSQueueLoss(SemivariogramWeightedLoss("chen2025"), GPSQueue(16, embed_dim=5, seed=3), tower.encode_location)
+        return GPSQueueLoss(
+            SemivariogramWeightedLoss("chen2025"), GPSQueue(16, embed_dim=5, seed=3), tower.encode_location
+        )
 
     a = make()
     batches = [batch(8, 5, seed=s) for s in range(6)]
@@ -108,7 +122,7 @@ def soft_ce_loop(rows_a, cols_b, targets, scale):
 def kernel_targets_loop(latlon, cols, sigma_m):
     out = []
     for a in latlon:
-        k = [math.exp(-haversine_loop(a, b) ** 2 / (2 * sigma_m ** 2)) for b in cols]
+        k = [math.exp(-(haversine_loop(a, b) ** 2) / (2 * sigma_m**2)) for b in cols]
         out.append([v / sum(k) for v in k])
     return out
 
@@ -121,7 +135,9 @@ def test_clip_and_soft_clip_with_queue_equal_loops(name):
     _, q_loc, q_ll = batch(6, 5, seed=8)
     sigma = 300.0
     base = ClipLoss() if name == "clip" else SoftClipLoss(sigma)
-    got = base(image, location, torch.tensor(6.0), latlon, queue_location_features=q_loc, queue_latlon=q_ll)["contrastive_loss"]
+    got = base(image, location, torch.tensor(6.0), latlon, queue_location_features=q_loc, queue_latlon=q_ll)[
+        "contrastive_loss"
+    ]
     img, loc, ll = image.double().tolist(), location.double().tolist(), latlon.tolist()
     cols, cols_ll = loc + q_loc.double().tolist(), ll + q_ll.tolist()
     if name == "clip":

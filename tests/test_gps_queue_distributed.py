@@ -50,8 +50,13 @@ def global_batch(step):
     """(images (B_GLOBAL, D_IN), latlon (B_GLOBAL, 2) degrees): a different batch at every step."""
     g = torch.Generator().manual_seed(100 + step)
     x = torch.randn(B_GLOBAL, D_IN, generator=g)
-    latlon = torch.stack([53.47 + 0.03 * torch.rand(B_GLOBAL, generator=g, dtype=torch.float64),
-                          -2.25 + 0.03 * torch.rand(B_GLOBAL, generator=g, dtype=torch.float64)], 1)
+    latlon = torch.stack(
+        [
+            53.47 + 0.03 * torch.rand(B_GLOBAL, generator=g, dtype=torch.float64),
+            -2.25 + 0.03 * torch.rand(B_GLOBAL, generator=g, dtype=torch.float64),
+        ],
+        1,
+    )
     return x, latlon
 
 
@@ -100,8 +105,22 @@ def worker(out_dir: str) -> None:
 @pytest.mark.slow
 def test_two_gloo_ranks_keep_one_queue_equal_to_a_single_process_on_the_gathered_batches(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
-                           __file__, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(WORLD),
+            __file__,
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for name in NAMES:

@@ -79,10 +79,16 @@ def imported_modules(path: Path):
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - child.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - child.level + 1] + ([base] if base else [])
+                    )
                 # `from swclip.x import y` may import the submodule swclip.x.y
-                out.extend([(f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base, child.lineno, in_function)
-                            for a in child.names])
+                out.extend(
+                    [
+                        (f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base, child.lineno, in_function)
+                        for a in child.names
+                    ]
+                )
             visit(child, nested)
 
     visit(tree, False)
@@ -149,16 +155,23 @@ def project_edges() -> list[tuple[str, str, int]]:
 
 
 def test_layer_check_catches_upward_and_sideways_imports():
-    planted = [("swclip.analysis.variogram", "swclip.method.soft_labels", 3),  # up
-               ("swclip.retrieval.predictor", "swclip.runs", 5),  # up
-               ("swclip.data.table", "swclip.synth.world", 7),  # across: peers
-               ("swclip", "swclip.cli", 1),  # the package root is the lowest layer
-               ("swclip.viz.maps", "appkit.frame", 9),  # the library never reaches the app
-               ("swclip.runs", "swclip.method.model", 11),  # down: fine
-               ("swclip.training.loop", "swclip.training.config", 13)]  # own package: fine
+    planted = [
+        ("swclip.analysis.variogram", "swclip.method.soft_labels", 3),  # up
+        ("swclip.retrieval.predictor", "swclip.runs", 5),  # up
+        ("swclip.data.table", "swclip.synth.world", 7),  # across: peers
+        ("swclip", "swclip.cli", 1),  # the package root is the lowest layer
+        ("swclip.viz.maps", "appkit.frame", 9),  # the library never reaches the app
+        ("swclip.runs", "swclip.method.model", 11),  # down: fine
+        ("swclip.training.loop", "swclip.training.config", 13),
+    ]  # own package: fine
     found = layer_violations(planted)
-    assert [f.split(":")[0] for f in found] == ["swclip.analysis.variogram", "swclip.retrieval.predictor",
-                                                "swclip.data.table", "swclip", "swclip.viz.maps"]
+    assert [f.split(":")[0] for f in found] == [
+        "swclip.analysis.variogram",
+        "swclip.retrieval.predictor",
+        "swclip.data.table",
+        "swclip",
+        "swclip.viz.maps",
+    ]
     assert "(up:" in found[0] and "(across:" in found[2]
 
 
@@ -194,6 +207,6 @@ def test_every_module_imports_in_a_fresh_interpreter():
     """One fresh interpreter imports every module (leaves first, so a module that only works after another was
     imported fails here); the static graph above already rules out cycles."""
     names = sorted(MODULES, key=lambda n: (-n.count("."), n))
-    code = "import importlib\nfor n in %r:\n    importlib.import_module(n)\n" % (names,)
+    code = f"import importlib\nfor n in {names!r}:\n    importlib.import_module(n)\n"
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -25,7 +25,11 @@ def batch(b=16, d=32, seed=0, extent_deg=0.03):
     image = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
     location = F.normalize(image + 0.7 * torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
     latlon = torch.stack(
-        [53.48 + extent_deg * torch.rand(b, generator=g, dtype=torch.float64), -2.24 + extent_deg * torch.rand(b, generator=g, dtype=torch.float64)], 1
+        [
+            53.48 + extent_deg * torch.rand(b, generator=g, dtype=torch.float64),
+            -2.24 + extent_deg * torch.rand(b, generator=g, dtype=torch.float64),
+        ],
+        1,
     )
     return image.float(), location.float(), latlon
 
@@ -56,7 +60,9 @@ def test_soft_clip_loss_equals_loop_reference_value_and_gradient(kernel, sigma_m
     q = soft_targets(latlon.numpy(), sigma_m, kernel).tolist()
     sim = (image @ location.T).tolist()
     ref_value = soft_clip_loss_loop(sim, q, scale)
-    value, g_img, _ = grads(SoftClipLoss(sigma_m, kernel), image, location, torch.tensor(scale, dtype=torch.float64), latlon)
+    value, g_img, _ = grads(
+        SoftClipLoss(sigma_m, kernel), image, location, torch.tensor(scale, dtype=torch.float64), latlon
+    )
     assert value.item() == pytest.approx(ref_value, rel=1e-5)
     # gradient of the loop reference, by central differences on one coordinate per row
     eps = 1e-6
@@ -160,8 +166,9 @@ def test_neighbourhood_consistency_gradient_matches_finite_differences_of_the_lo
     per_row = _MassWeightedNeighbourKL.apply(local, columns, q_off, 1 / tau, torch.arange(5), torch.arange(5, 10))
     per_row.sum().backward()
     loop_rows = nc_rows(image.tolist(), q.tolist(), tau)[5:]  # (m_i, KL_i) of rows 5..9, all with mass here
-    torch.testing.assert_close(per_row.detach(), torch.tensor([m * kl for m, kl in loop_rows], dtype=torch.float64),
-                               rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        per_row.detach(), torch.tensor([m * kl for m, kl in loop_rows], dtype=torch.float64), rtol=1e-9, atol=0
+    )
 
     def rank_term(x_rows, x_cols):  # Σ_i∈5..9 −Σ_j≠i q_ij log softmax_j≠i(x_i·x_j / τ), by loops
         total = 0.0
@@ -358,8 +365,9 @@ def test_no_batch_by_batch_float64_matrix_on_the_loss_path():
 def test_neighbourhood_consistency_rows_count_by_their_neighbour_mass():
     """A row whose only neighbour sits 10σ away (mass ~e⁻⁵⁰) must not weigh as much as a row with real neighbours."""
     # two close pairs (50 m) and one far sample 1.5 km from the nearest; σ = 150 m
-    latlon = torch.tensor([[51.5, -0.1], [51.50045, -0.1], [51.51, -0.1], [51.51045, -0.1], [51.52394, -0.1]],
-                          dtype=torch.float64)
+    latlon = torch.tensor(
+        [[51.5, -0.1], [51.50045, -0.1], [51.51, -0.1], [51.51045, -0.1], [51.52394, -0.1]], dtype=torch.float64
+    )
     q = soft_targets(latlon, 150.0)  # float32, as on the loss path
     mass = q.clone().fill_diagonal_(0).sum(1)
     assert 1e-23 < mass[4] < 1e-20 and mass[:4].min() > 0.4
@@ -387,8 +395,13 @@ def test_logits_stay_float32_under_bf16_autocast():
     location = F.normalize(base + 0.03 * torch.randn(b, d, generator=g), dim=1)
     sims = image @ location.T
     assert 1e-3 < sims.std() < 2e-2 and sims.min() > 0.9  # near-identical directions: the hard case
-    latlon = torch.stack([51.45 + 0.01 * torch.rand(b, generator=g, dtype=torch.float64),
-                          -2.6 + 0.01 * torch.rand(b, generator=g, dtype=torch.float64)], 1)
+    latlon = torch.stack(
+        [
+            51.45 + 0.01 * torch.rand(b, generator=g, dtype=torch.float64),
+            -2.6 + 0.01 * torch.rand(b, generator=g, dtype=torch.float64),
+        ],
+        1,
+    )
     scale = torch.tensor(100.0)
     for loss in (ClipLoss(), SoftClipLoss(300.0), SoftClipLoss(300.0, nc_weight=0.5)):
         ref = grads(loss, image, location, scale, latlon)

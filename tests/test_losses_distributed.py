@@ -49,8 +49,13 @@ def make_loss(name, world_size, rank):
 def data(name=""):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B_GLOBAL, D_IN, generator=g)
-    latlon = torch.stack([51.45 + 0.03 * torch.rand(B_GLOBAL, generator=g, dtype=torch.float64),
-                          -2.6 + 0.03 * torch.rand(B_GLOBAL, generator=g, dtype=torch.float64)], 1)
+    latlon = torch.stack(
+        [
+            51.45 + 0.03 * torch.rand(B_GLOBAL, generator=g, dtype=torch.float64),
+            -2.6 + 0.03 * torch.rand(B_GLOBAL, generator=g, dtype=torch.float64),
+        ],
+        1,
+    )
     if name.endswith("uneven"):
         # rank 0's rows: 4 pairs 40 m apart (8 rows with neighbours); rank 1's rows: 5 km apart, but for
         # one pair (2 rows with neighbours). A per-rank NC mean would weigh rank 1's pair 4x too much.
@@ -95,8 +100,13 @@ def worker(out_path: str) -> None:
 def test_two_process_gloo_equals_single_process_global_batch(tmp_path):
     out = tmp_path / "results.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           __file__, str(out)], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = torch.load(out, weights_only=True)
     for name in NAMES:

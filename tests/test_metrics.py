@@ -44,7 +44,17 @@ def test_summarize_overall_and_per_city_against_pandas():
         assert out["per_city"][name]["median_m"] == pytest.approx(g.e.median())
         assert out["per_city"][name]["n"] == len(g)
         assert out["per_city"][name]["acc@100m"] == pytest.approx((g.e <= 100).mean())
-    for key in ["acc@25m", "acc@50m", "acc@250m", "acc@500m", "acc@1km", "acc@200km", "acc@2500km", "p95_m", "geoscore"]:
+    for key in [
+        "acc@25m",
+        "acc@50m",
+        "acc@250m",
+        "acc@500m",
+        "acc@1km",
+        "acc@200km",
+        "acc@2500km",
+        "p95_m",
+        "geoscore",
+    ]:
         assert key in out
 
 

@@ -40,11 +40,18 @@ def _osv5m_keys_loop(lat, lon):
     import reverse_geocoder as rg
 
     loc = rg.search([(lat, lon)], mode=1, verbose=False)[0]
-    return {"country": loc.get("cc", ""),
-            "region": "_".join([loc.get("admin1", ""), loc.get("cc", "")]),
-            "sub-region": "_".join([loc.get("admin2", ""), loc.get("admin1", ""), loc.get("cc", "")]),
-            "city": "_".join([loc.get("name", ""), loc.get("admin2", ""), loc.get("admin1", ""), loc.get("cc", "")]),
-            "has": {"country": loc["cc"] != "", "region": loc["admin1"] != "", "sub-region": loc["admin2"] != "", "city": loc["name"] != ""}}
+    return {
+        "country": loc.get("cc", ""),
+        "region": "_".join([loc.get("admin1", ""), loc.get("cc", "")]),
+        "sub-region": "_".join([loc.get("admin2", ""), loc.get("admin1", ""), loc.get("cc", "")]),
+        "city": "_".join([loc.get("name", ""), loc.get("admin2", ""), loc.get("admin1", ""), loc.get("cc", "")]),
+        "has": {
+            "country": loc["cc"] != "",
+            "region": loc["admin1"] != "",
+            "sub-region": loc["admin2"] != "",
+            "city": loc["name"] != "",
+        },
+    }
 
 
 def test_admin_accuracy_against_a_per_point_loop():
@@ -80,7 +87,9 @@ def test_distance_km_osv5m_parity_is_their_haversine():
     ours = [haversine_loop_m(*p, *t) / 1000.0 for p, t in zip(a, b)]
     np.testing.assert_allclose(metrics.distance_km(a, b), ours, rtol=1e-9)
     # metrics/utils.py: the same great circle on a sphere of 6371 km instead of 6371.0088 km
-    np.testing.assert_allclose(metrics.distance_km(a, b, parity="osv5m"), np.array(ours) * 6371.0 / 6371.0088, rtol=1e-9)
+    np.testing.assert_allclose(
+        metrics.distance_km(a, b, parity="osv5m"), np.array(ours) * 6371.0 / 6371.0088, rtol=1e-9
+    )
     with pytest.raises(ValueError, match="parity"):
         metrics.distance_km(a, b, parity="im2gps")
 
@@ -145,7 +154,7 @@ def test_hdr_area_grows_with_the_truth_distance_and_batches():
     t = destination(np.repeat([[40.0, -3.7]], 6, 0), 200.0, [0.0, 1e3, 5e3, 2e4, 1e5, 2e6])
     got = metrics.hdr_area_km2(c, p, t, 3000.0)
     assert (np.diff(got) > 0).all()
-    singles = [metrics.hdr_area_km2(c[i:i + 1], p[i:i + 1], t[i:i + 1], 3000.0)[0] for i in range(6)]
+    singles = [metrics.hdr_area_km2(c[i : i + 1], p[i : i + 1], t[i : i + 1], 3000.0)[0] for i in range(6)]
     np.testing.assert_allclose(got, singles, rtol=1e-12)
     assert got[-1] <= metrics.EARTH_AREA_KM2 * 1.0001
 

@@ -109,7 +109,9 @@ def test_fine_scales_tell_street_level_neighbours_apart():
 
 
 def test_location_text_template():
-    assert format_locations(LONDON[:1], ["London"]) == ["a street view photo at latitude 51.50721, longitude -0.12758 in London"]
+    assert format_locations(LONDON[:1], ["London"]) == [
+        "a street view photo at latitude 51.50721, longitude -0.12758 in London"
+    ]
     assert format_locations(LONDON[:1]) == ["a street view photo at latitude 51.50721, longitude -0.12758"]
     with pytest.raises(ValueError, match="unknown field"):
         ModelConfig(location_tower="text", template="{lat} {lon} {country}")
@@ -145,8 +147,11 @@ def test_text_tower_with_context_tokens_trains(text_model):
 def test_lit_lock_freezes_all_but_the_projections():
     model = SWCLIP(dataclasses.replace(DEMO_CONFIG, lock_image=True, lock_location=True))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    heads = {f"location.mlps.{i}.{len(model.location.mlps[i]) - 1}.{w}"
-             for i in range(len(model.location.mlps)) for w in ("weight", "bias")}
+    heads = {
+        f"location.mlps.{i}.{len(model.location.mlps[i]) - 1}.{w}"
+        for i in range(len(model.location.mlps))
+        for w in ("weight", "bias")
+    }
     assert trainable == {"visual.proj", "logit_scale"} | heads
     out = model(_images(4), LONDON)
     sum(ClipLoss()(**out).values()).backward()

@@ -1,6 +1,5 @@
 """The Negatives page: its library against plain loops, its figures, and the page under AppTest."""
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +18,17 @@ def city_batch(b=20, seed=0):
     return emb / np.linalg.norm(emb, axis=1, keepdims=True), ll
 
 
-@pytest.mark.parametrize("variant,beta,margin", [("swclip", 1.5, 0.0), ("swclip", 1.0, 0.05), ("chen2025", 1.0, 0.0),
-                                                 ("chen2025", 2.0, 0.03)])
+@pytest.mark.parametrize(
+    "variant,beta,margin",
+    [("swclip", 1.5, 0.0), ("swclip", 1.0, 0.05), ("chen2025", 1.0, 0.0), ("chen2025", 2.0, 0.03)],
+)
 def test_batch_negatives_equal_a_plain_loop(variant, beta, margin):
     emb, ll = city_batch()
     fit = make_fit(range_m=900.0, nugget=0.2, psill=0.5)
     split = 1100.0
-    neg = batch_negatives(emb, ll, LossVariogram(fit, split, "rho" if variant == "chen2025" else "practical", 0, 0),
-                          variant, beta, margin)
+    neg = batch_negatives(
+        emb, ll, LossVariogram(fit, split, "rho" if variant == "chen2025" else "practical", 0, 0), variant, beta, margin
+    )
     n = len(ll)
     for i in range(n):
         for j in range(n):
@@ -50,12 +52,18 @@ def test_batch_negatives_equal_a_plain_loop(variant, beta, margin):
 
 def test_shares_and_strongest_pairs_by_loops():
     emb, ll = city_batch(30, seed=1)
-    neg = batch_negatives(emb, ll, LossVariogram(make_fit(range_m=900.0, nugget=0.2, psill=0.5), 1100.0, "practical", 0, 0))
+    neg = batch_negatives(
+        emb, ll, LossVariogram(make_fit(range_m=900.0, nugget=0.2, psill=0.5), 1100.0, "practical", 0, 0)
+    )
     shares = share_by_distance(neg, bins=6)
     edges = np.linspace(0, neg.h_m.max(), 7)
     for k in range(6):
-        pairs = [(i, j) for i in range(30) for j in range(i + 1, 30)
-                 if (edges[k] <= neg.h_m[i, j] < edges[k + 1]) or (k == 5 and neg.h_m[i, j] == edges[6])]
+        pairs = [
+            (i, j)
+            for i in range(30)
+            for j in range(i + 1, 30)
+            if (edges[k] <= neg.h_m[i, j] < edges[k + 1]) or (k == 5 and neg.h_m[i, j] == edges[6])
+        ]
         assert shares["pairs"][k] == len(pairs)
         if pairs:
             want = sum(bool(neg.false[i, j] or neg.false[j, i]) for i, j in pairs) / len(pairs)

@@ -189,7 +189,9 @@ def test_gallery_load_memory_maps_the_embeddings(tmp_path):
     """Gallery.load maps the embeddings out of the .npz (no read of the whole array), with the same values,
     ids and locations as reading it whole; a compressed .npz (not mappable) is read whole instead."""
     rng = np.random.default_rng(0)
-    g = Gallery(rng.uniform(-60, 60, (300, 2)), _clustered(300, 24), kind="image", ids=[f"im/{i}.jpg" for i in range(300)])
+    g = Gallery(
+        rng.uniform(-60, 60, (300, 2)), _clustered(300, 24), kind="image", ids=[f"im/{i}.jpg" for i in range(300)]
+    )
     path = g.save(tmp_path / "g.npz")
     mapped, whole = Gallery.load(path), Gallery.load(path, mmap=False)
     assert isinstance(mapped.embeddings.base, np.memmap) or isinstance(mapped.embeddings, np.memmap)
@@ -207,7 +209,7 @@ def test_gallery_load_memory_maps_the_embeddings(tmp_path):
     np.savez(cut, latlon=g.latlon[:10], embeddings=g.embeddings[:10])
     raw = bytearray(cut.read_bytes())
     shape_at = raw.index(b"(10, 24)", raw.index(b"embeddings.npy"))
-    raw[shape_at:shape_at + 8] = b"(99, 24)"  # the header now promises more rows than the member holds
+    raw[shape_at : shape_at + 8] = b"(99, 24)"  # the header now promises more rows than the member holds
     cut.write_bytes(bytes(raw))
     with pytest.raises(RunError, match="shorter than its header"):
         Gallery.load(cut)

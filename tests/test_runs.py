@@ -55,9 +55,18 @@ def trained_run(tmp_path_factory):
     emb = Predictor(model, gallery).encode(images[:8], progress=False)
     preds = pd.DataFrame({"id": [str(i) for i in range(8)], "lat": latlon[:8, 0], "lon": latlon[:8, 1]})
     run_dir = root / "tiny"
-    save_run(run_dir, model, {"loss": {"name": "swclip", "sigma_m": 100.0}, "seed": 0},
-             {"gallery": gallery, "embeddings": emb, "predictions": preds, "metrics": {"median_m": 12.5},
-              "train_log": [{"step": 1, "loss": 4.1}, {"step": 2, "loss": 3.9}]})
+    save_run(
+        run_dir,
+        model,
+        {"loss": {"name": "swclip", "sigma_m": 100.0}, "seed": 0},
+        {
+            "gallery": gallery,
+            "embeddings": emb,
+            "predictions": preds,
+            "metrics": {"median_m": 12.5},
+            "train_log": [{"step": 1, "loss": 4.1}, {"step": 2, "loss": 3.9}],
+        },
+    )
     return root, run_dir, model, images
 
 
@@ -70,8 +79,16 @@ def test_manifest_describes_the_run(trained_run):
     assert m["library_versions"]["torch"] == torch.__version__
     assert "git_commit" in m and len(m["weights_sha256"]) == 64
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(
-        ["manifest.json", "model.safetensors", "gallery.npz", "embeddings.npy", "predictions.parquet",
-         "metrics.json", "train_log.csv"])
+        [
+            "manifest.json",
+            "model.safetensors",
+            "gallery.npz",
+            "embeddings.npy",
+            "predictions.parquet",
+            "metrics.json",
+            "train_log.csv",
+        ]
+    )
 
 
 def test_artefacts_roundtrip(trained_run):
@@ -166,12 +183,15 @@ def test_mismatched_weights_are_refused(trained_run, tmp_path):
         load_run(bad)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(schema_version=99), "schema_version 99"),
-    (lambda m: m.pop("schema_version"), "no schema_version"),
-    (lambda m: m.pop("model"), "no 'model' config"),
-    (lambda m: m["model"].update(colour="red"), "unknown key"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(schema_version=99), "schema_version 99"),
+        (lambda m: m.pop("schema_version"), "no schema_version"),
+        (lambda m: m.pop("model"), "no 'model' config"),
+        (lambda m: m["model"].update(colour="red"), "unknown key"),
+    ],
+)
 def test_bad_manifests_are_refused(trained_run, tmp_path, edit, message):
     _, run_dir, _, _ = trained_run
     bad = _copy_run(run_dir, tmp_path / "bad")
@@ -286,8 +306,13 @@ def test_update_manifest_changes_keys_atomically_and_guards_the_weights(tmp_path
 
 def test_gallery_keeps_ids_and_city_apart(tmp_path):
     emb = np.eye(3, 8, dtype=np.float32)
-    g = Gallery(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), emb, kind="image", ids=["a.jpg", "b.jpg", "c.jpg"],
-                city=["Leeds", "Leeds", "York"])
+    g = Gallery(
+        np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]),
+        emb,
+        kind="image",
+        ids=["a.jpg", "b.jpg", "c.jpg"],
+        city=["Leeds", "Leeds", "York"],
+    )
     back = Gallery.load(g.save(tmp_path / "g.npz"))
     assert back.ids.tolist() == ["a.jpg", "b.jpg", "c.jpg"] and back.city.tolist() == ["Leeds", "Leeds", "York"]
     model = SWCLIP(dataclasses.replace(DEMO_CONFIG, location_tower="text"))

@@ -1,16 +1,14 @@
 """Scale-aware views: the run's extent, the defaults it sets, H3 hexagons at any scale, world-sized charts."""
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from swclip.viz import figures
-from swclip.geo import destination, haversine_m, local_metres_to_degrees
 from swclip.analysis.metrics import extent_m
-from swclip.viz import scale
+from swclip.geo import destination, haversine_m, local_metres_to_degrees
+from swclip.viz import figures, scale
 from swclip.viz.spatial_bins import H3_EDGE_M, h3_bins, h3_resolution
 
 
@@ -31,7 +29,7 @@ def test_extent_by_hand():
 def test_extent_is_a_quantile_of_all_pair_distances():
     rng = np.random.default_rng(1)
     ll = np.stack([rng.uniform(40, 50, 60), rng.uniform(0, 10, 60)], 1)
-    d = [haversine_m(ll[i:i + 1], ll[j:j + 1])[0] for i in range(60) for j in range(i + 1, 60)]
+    d = [haversine_m(ll[i : i + 1], ll[j : j + 1])[0] for i in range(60) for j in range(i + 1, 60)]
     assert extent_m(ll, quantile=0.9) == pytest.approx(np.quantile(d, 0.9), rel=1e-12)
 
 
@@ -51,11 +49,21 @@ def test_scale_defaults_follow_the_extent(extent, world):
     assert sc.hex_default_m in sc.hex_choices_m and all(extent / 1000 <= e <= extent / 4 for e in sc.hex_choices_m)
     assert 20 <= extent / sc.hex_default_m <= 200  # tens of hexagons across the run
     assert sc.lag_default_m in sc.lag_choices_m and extent / 4 <= sc.lag_default_m <= extent
-    assert sc.error_stops_m[0] == 0 and sc.error_stops_m[-1] == scale.MAX_ERROR_M and list(sc.error_stops_m) == sorted(sc.error_stops_m)
+    assert (
+        sc.error_stops_m[0] == 0
+        and sc.error_stops_m[-1] == scale.MAX_ERROR_M
+        and list(sc.error_stops_m) == sorted(sc.error_stops_m)
+    )
 
 
 def test_fmt_m():
-    assert [scale.fmt_m(v) for v in (0.5, 150, 1500, 12_000, 2_000_000)] == ["0.5 m", "150 m", "1.5 km", "12 km", "2,000 km"]
+    assert [scale.fmt_m(v) for v in (0.5, 150, 1500, 12_000, 2_000_000)] == [
+        "0.5 m",
+        "150 m",
+        "1.5 km",
+        "12 km",
+        "2,000 km",
+    ]
 
 
 def test_h3_bins_against_a_per_point_loop():
@@ -69,7 +77,9 @@ def test_h3_bins_against_a_per_point_loop():
     assert res == 1  # 483 km edges are nearest 500 km
     cells = [h3.latlng_to_cell(a, b, res) for a, b in ll]
     ref = pd.Series(v).groupby(cells).agg(["median", "count"])
-    got = pd.DataFrame({"median": out["value"], "count": out["count"]}, index=[h3.int_to_str(int(c)) for c in out["cells"]])
+    got = pd.DataFrame(
+        {"median": out["value"], "count": out["count"]}, index=[h3.int_to_str(int(c)) for c in out["cells"]]
+    )
     pd.testing.assert_frame_equal(got.sort_index(), ref.sort_index(), check_names=False, check_dtype=False)
     assert [h3.int_to_str(int(out["cells"][b])) for b in out["bin_of_point"]] == cells
 
@@ -102,6 +112,11 @@ def test_world_sized_charts_send_few_points_and_keep_the_curve():
 
 
 def test_rva_figure_overlays_runs():
-    fig = figures.rva_figure({"a": {"areas_km2": [1, 10, 100], "recall": [0.1, 0.5, 0.9]}, "b": {"areas_km2": [1, 10, 100], "recall": [0.2, 0.6, 1.0]}})
+    fig = figures.rva_figure(
+        {
+            "a": {"areas_km2": [1, 10, 100], "recall": [0.1, 0.5, 0.9]},
+            "b": {"areas_km2": [1, 10, 100], "recall": [0.2, 0.6, 1.0]},
+        }
+    )
     assert [t.name for t in fig.data] == ["a", "b"] and fig.layout.xaxis.type == "log"
     np.testing.assert_allclose(fig.data[1].y, [0.2, 0.6, 1.0])

@@ -1,4 +1,5 @@
 """Both variants against naive loops; bad input; state round trip (prototype)."""
+
 import logging
 import math
 
@@ -7,9 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from swclip.method.semivariogram_loss import (LossVariogram, LossVariogramFitter, SemivariogramWeightedLoss, chen_rho_m, fit_loss_variogram,
-                                negative_weights)
 from swclip.analysis.variogram import VariogramFit
+from swclip.method.semivariogram_loss import (
+    LossVariogram,
+    LossVariogramFitter,
+    SemivariogramWeightedLoss,
+    chen_rho_m,
+    negative_weights,
+)
 
 R = 6_371_008.8
 
@@ -29,16 +35,22 @@ def stable_gamma(h, fit):
 
 
 def make_fit(range_m=900.0, shape=1.3, nugget=0.1, psill=0.5):
-    return VariogramFit(ok=True, model="stable", nugget=nugget, partial_sill=psill, sill=nugget + psill,
-                        range_m=range_m, shape=shape)
+    return VariogramFit(
+        ok=True, model="stable", nugget=nugget, partial_sill=psill, sill=nugget + psill, range_m=range_m, shape=shape
+    )
 
 
 def batch(b=12, d=6, seed=0, extent_deg=0.02):
     g = torch.Generator().manual_seed(seed)
     image = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
     location = F.normalize(image + 0.7 * torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
-    latlon = torch.stack([53.48 + extent_deg * torch.rand(b, generator=g, dtype=torch.float64),
-                          -2.24 + extent_deg * torch.rand(b, generator=g, dtype=torch.float64)], 1)
+    latlon = torch.stack(
+        [
+            53.48 + extent_deg * torch.rand(b, generator=g, dtype=torch.float64),
+            -2.24 + extent_deg * torch.rand(b, generator=g, dtype=torch.float64),
+        ],
+        1,
+    )
     return image.float(), location.float(), latlon
 
 
@@ -90,7 +102,9 @@ def test_swclip_variant_equals_loop(beta, margin):
     loss = SemivariogramWeightedLoss("swclip", beta=beta, margin=margin)
     loss.set_variogram(lv)
     out = loss(image, location, torch.tensor(5.0), latlon)
-    ref = swclip_loop(image.double().tolist(), location.double().tolist(), latlon.tolist(), 5.0, beta, margin, fit, 1200.0)
+    ref = swclip_loop(
+        image.double().tolist(), location.double().tolist(), latlon.tolist(), 5.0, beta, margin, fit, 1200.0
+    )
     assert out["contrastive_loss"].item() == pytest.approx(ref, rel=1e-5)
     assert out["false_negative_frac"] > 0 and out["hard_negative_frac"] > 0
 
@@ -103,10 +117,28 @@ def test_chen2025_variant_equals_loop_with_queue(beta, margin):
     rho = 1500.0
     loss = SemivariogramWeightedLoss("chen2025", beta=beta, margin=margin)
     loss.set_variogram(LossVariogram(fit, rho, "rho", 0, 0))
-    out = loss(image, location, torch.tensor(8.0), latlon, queue_location_features=q_loc, queue_latlon=q_ll,
-               queue_image_features=q_img)
-    ref = chen_loop(image.double().tolist(), location.double().tolist(), latlon.tolist(), 8.0, beta, margin, fit, rho,
-                    q_loc.double().tolist(), q_ll.tolist(), q_img.double().tolist())
+    out = loss(
+        image,
+        location,
+        torch.tensor(8.0),
+        latlon,
+        queue_location_features=q_loc,
+        queue_latlon=q_ll,
+        queue_image_features=q_img,
+    )
+    ref = chen_loop(
+        image.double().tolist(),
+        location.double().tolist(),
+        latlon.tolist(),
+        8.0,
+        beta,
+        margin,
+        fit,
+        rho,
+        q_loc.double().tolist(),
+        q_ll.tolist(),
+        q_img.double().tolist(),
+    )
     assert out["contrastive_loss"].item() == pytest.approx(ref, rel=1e-5)
     assert out["hard_negative_frac"] > 0
 
@@ -153,6 +185,7 @@ def test_state_dict_round_trip_restores_bank_and_fit():
     a.steps = 7
     sd = a.state_dict()
     import io
+
     buf = io.BytesIO()
     torch.save(sd, buf)
     buf.seek(0)
@@ -202,7 +235,9 @@ def test_manifest_record_is_plain_json():
     rec = json.loads(json.dumps(loss.record()))
     assert rec["variant"] == "chen2025" and rec["split_m"] == 1500.0 and rec["step"] == 300 and rec["bank_size"] == 4096
     assert rec["model"] == "stable" and rec["params"]["shape"] == 1.3
-    assert LossVariogram.from_dict(rec).gamma_torch(torch.tensor([800.0])).item() == pytest.approx(stable_gamma(800.0, make_fit()))
+    assert LossVariogram.from_dict(rec).gamma_torch(torch.tensor([800.0])).item() == pytest.approx(
+        stable_gamma(800.0, make_fit())
+    )
 
 
 @pytest.mark.parametrize("variant", ["swclip", "chen2025"])
@@ -240,7 +275,10 @@ def test_gradients_equal_float64_reference_with_weights_from_the_loop(variant, b
     v64, l64 = image.double().requires_grad_(), location.double().requires_grad_()
     labels = torch.arange(n)
     if variant == "swclip":
-        ref = (F.cross_entropy(scale * v64 @ l64.T + log_w, labels) + F.cross_entropy(scale * l64 @ v64.T + log_w.T, labels)) / 2
+        ref = (
+            F.cross_entropy(scale * v64 @ l64.T + log_w, labels)
+            + F.cross_entropy(scale * l64 @ v64.T + log_w.T, labels)
+        ) / 2
     else:
         ref = F.cross_entropy(scale * (v64 @ l64.T) * log_w.exp(), labels)
     ref.backward()

@@ -24,7 +24,12 @@ def test_matches_double_loop_reference(kernel, sigma_m):
     np.testing.assert_allclose(soft_targets(torch.tensor(ll), sigma_m, kernel).numpy(), ref, atol=2e-6)
 
 
-@given(st.integers(2, 40), st.integers(0, 10_000), st.floats(0.0, 1e5), st.sampled_from(["gaussian", "exponential", "onehot"]))
+@given(
+    st.integers(2, 40),
+    st.integers(0, 10_000),
+    st.floats(0.0, 1e5),
+    st.sampled_from(["gaussian", "exponential", "onehot"]),
+)
 def test_rows_sum_to_one(n, seed, sigma_m, kernel):
     ll = city_batch(n, seed)
     for q in (soft_targets(ll, sigma_m, kernel), soft_targets(torch.tensor(ll), sigma_m, kernel).double().numpy()):
@@ -93,7 +98,10 @@ def test_effective_positives():
     assert (effective_positives(soft_targets(ll, 600.0)) > effective_positives(q)).all()
 
 
-@pytest.mark.parametrize("sigma_m, kernel, match", [(-1.0, "gaussian", "sigma_m"), (float("nan"), "gaussian", "sigma_m"), (10.0, "cauchy", "kernel")])
+@pytest.mark.parametrize(
+    "sigma_m, kernel, match",
+    [(-1.0, "gaussian", "sigma_m"), (float("nan"), "gaussian", "sigma_m"), (10.0, "cauchy", "kernel")],
+)
 def test_bad_bandwidth_or_kernel_is_refused(sigma_m, kernel, match):
     with pytest.raises(ValueError, match=match):
         soft_targets(city_batch(3), sigma_m, kernel)

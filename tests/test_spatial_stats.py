@@ -272,7 +272,10 @@ def test_neighbourhood_overlap_from_a_larger_ks_neighbours_equals_a_new_search()
     emb = rng.normal(size=(n, 12)).astype(np.float32)
     wide = neighbourhood_overlap(emb, latlon, 20)
     for k in (1, 4, 9, 20):
-        fresh, reused = neighbourhood_overlap(emb, latlon, k), neighbourhood_overlap(emb, latlon, k, knn=(wide.embedding_knn, wide.geo_knn))
+        fresh, reused = (
+            neighbourhood_overlap(emb, latlon, k),
+            neighbourhood_overlap(emb, latlon, k, knn=(wide.embedding_knn, wide.geo_knn)),
+        )
         np.testing.assert_array_equal(reused.embedding_knn, fresh.embedding_knn)
         np.testing.assert_array_equal(reused.geo_knn, fresh.geo_knn)
         np.testing.assert_array_equal(reused.overlap, fresh.overlap)

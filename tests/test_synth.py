@@ -28,7 +28,10 @@ def test_same_seed_same_image_other_seed_differs(tmp_path):
         assert (a.root / rel).read_bytes() == (b.root / rel).read_bytes()
     assert (a.root / "samples.csv").read_bytes() == (b.root / "samples.csv").read_bytes()
     assert (a.root / "world.json").read_bytes() == (b.root / "world.json").read_bytes()
-    differ = [not np.array_equal(np.asarray(Image.open(a.root / r)), np.asarray(Image.open(c.root / r))) for r in a.table["image"]]
+    differ = [
+        not np.array_equal(np.asarray(Image.open(a.root / r)), np.asarray(Image.open(c.root / r)))
+        for r in a.table["image"]
+    ]
     assert all(differ)
     assert not np.allclose(a.table["lat"], c.table["lat"])
 
@@ -69,7 +72,9 @@ def test_files_are_an_ordinary_dataset_with_ground_truth(world):
     rows = latent[latent["id"].str.startswith("glasgow-")]
     from scipy.special import ndtr
 
-    np.testing.assert_allclose(ndtr(field_values(specs[0], rows[["x_m", "y_m"]].to_numpy())), rows[specs[0].name], atol=2e-6)
+    np.testing.assert_allclose(
+        ndtr(field_values(specs[0], rows[["x_m", "y_m"]].to_numpy())), rows[specs[0].name], atol=2e-6
+    )
 
 
 def test_streets_differ_by_type_and_samples_are_street_view_spaced():
@@ -109,7 +114,9 @@ def test_pixel_similarity_decays_with_distance_in_every_city(world):
     """The promise: near pairs look alike, far pairs do not; a shuffled control shows no effect."""
     rng = np.random.default_rng(0)
     for city, sub in world.table.groupby("city"):
-        x = np.stack([np.asarray(Image.open(world.root / p).reduce(4), dtype=np.float64).ravel() / 255 for p in sub["image"]])  # (n, 8·8·3)
+        x = np.stack(
+            [np.asarray(Image.open(world.root / p).reduce(4), dtype=np.float64).ravel() / 255 for p in sub["image"]]
+        )  # (n, 8·8·3)
         d = pairwise_haversine_m(sub[["lat", "lon"]].to_numpy())
         gram = x @ x.T
         sq = np.diag(gram)
@@ -127,7 +134,24 @@ def test_pixel_similarity_decays_with_distance_in_every_city(world):
 
 def test_cli_writes_a_world(tmp_path, capsys):
     out = tmp_path / "w"
-    assert swclip_main(["synth", "--out", str(out), "--cities", "Leeds", "--samples-per-city", "8", "--image-size", "16", "--workers", "1"]) == 0
+    assert (
+        swclip_main(
+            [
+                "synth",
+                "--out",
+                str(out),
+                "--cities",
+                "Leeds",
+                "--samples-per-city",
+                "8",
+                "--image-size",
+                "16",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "wrote 8 images" in capsys.readouterr().out
     assert load_world(out)["cities"][0]["name"] == "Leeds"
     with pytest.raises(SystemExit):
@@ -142,8 +166,10 @@ def _empirical_correlation(covariance, r, lags_m, n_fields=40, n_points=400):
     for h in lags_m:
         ang = rng.uniform(0, 2 * np.pi, len(x))
         y = x + h * np.stack([np.cos(ang), np.sin(ang)], 1)
-        prods = [np.mean(field_values(spec, x) * field_values(spec, y))
-                 for spec in (FieldSpec("f", r, seed=s, covariance=covariance) for s in range(n_fields))]
+        prods = [
+            np.mean(field_values(spec, x) * field_values(spec, y))
+            for spec in (FieldSpec("f", r, seed=s, covariance=covariance) for s in range(n_fields))
+        ]
         out.append(float(np.mean(prods)))
     return np.array(out)
 
@@ -174,8 +200,16 @@ def test_exponential_world_variogram_is_best_fit_by_the_exponential_model():
     rmse = {}
     for covariance in ("gaussian", "exponential"):
         # the mean of 8 independent fields' empirical variograms on the same points and bins
-        emps = [empirical_variogram(latlon, values=field_values(FieldSpec("f", 800.0, seed=s, covariance=covariance), xy),
-                                    bins=25, max_lag_m=1500.0, seed=0) for s in range(8)]
+        emps = [
+            empirical_variogram(
+                latlon,
+                values=field_values(FieldSpec("f", 800.0, seed=s, covariance=covariance), xy),
+                bins=25,
+                max_lag_m=1500.0,
+                seed=0,
+            )
+            for s in range(8)
+        ]
         emp = dataclasses.replace(emps[0], gamma=np.mean([e.gamma for e in emps], 0))
         rmse[covariance] = {m: fit_variogram(emp, m, nugget=False).rmse for m in ("gaussian", "exponential")}
     # each world's own model fits ten times better than the other's
@@ -184,7 +218,9 @@ def test_exponential_world_variogram_is_best_fit_by_the_exponential_model():
 
 
 def test_world_records_and_reloads_its_covariance(tmp_path):
-    world = make_world(tmp_path / "w", seed=0, cities=["London"], samples_per_city=20, image_size=16, covariance="exponential")
+    world = make_world(
+        tmp_path / "w", seed=0, cities=["London"], samples_per_city=20, image_size=16, covariance="exponential"
+    )
     meta = load_world(world.root)
     assert meta["covariance"] == "exponential" and "exp(-3 h / range_m)" in meta["field_method"]
     specs = world_fields(meta, "London")

@@ -25,12 +25,27 @@ from swclip.geo import haversine_m
 from swclip.training.config import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-LOSS_CONFIG = {"clip": "demo_clip.yaml", "swclip": "demo_swclip.yaml", "swclip+nc": "demo_swclip_nc.yaml",
-               "semivariogram": "demo_semivariogram.yaml"}
+LOSS_CONFIG = {
+    "clip": "demo_clip.yaml",
+    "swclip": "demo_swclip.yaml",
+    "swclip+nc": "demo_swclip_nc.yaml",
+    "semivariogram": "demo_semivariogram.yaml",
+}
 # Batch 16 over the tiny world's training rows (the fixture checks 6-8 full batches per epoch):
 # 9 steps cross an epoch, and the kill comes at step 5, mid-epoch 0, after the step-4 checkpoint.
-TINY = ["batch_size=16", "steps=9", "ckpt_every=2", "keep_last=2", "progress=false", "model.gps_hidden=32",
-        "optim.warmup_steps=2", "loss.bank_size=64", "loss.refit_every=2", "loss.min_fit_samples=32", "device=cpu"]
+TINY = [
+    "batch_size=16",
+    "steps=9",
+    "ckpt_every=2",
+    "keep_last=2",
+    "progress=false",
+    "model.gps_hidden=32",
+    "optim.warmup_steps=2",
+    "loss.bank_size=64",
+    "loss.refit_every=2",
+    "loss.min_fit_samples=32",
+    "device=cpu",
+]
 
 
 def load_script(name):
@@ -57,8 +72,16 @@ def world(tmp_path_factory):
 
 
 def args_for(loss, world, out, run_id, *extra):
-    return ["--config", str(CONFIG_DIR / LOSS_CONFIG[loss]), *TINY, f"data.table={world / 'split.csv'}",
-            f"data.root={world}", f"out_dir={out}", f"run_id={run_id}", *extra]
+    return [
+        "--config",
+        str(CONFIG_DIR / LOSS_CONFIG[loss]),
+        *TINY,
+        f"data.table={world / 'split.csv'}",
+        f"data.root={world}",
+        f"out_dir={out}",
+        f"run_id={run_id}",
+        *extra,
+    ]
 
 
 # swclip runs through the file-backed DataLoader (2 workers, per-batch augmentation) instead of preloaded tensors
@@ -74,9 +97,17 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
     full = load_file(str(tmp_path / "full" / "model.safetensors"))
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "train" / "train.py"),
-                           *args_for(loss, world, tmp_path, "killed", "fault_at_step=5", *extra)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train" / "train.py"),
+            *args_for(loss, world, tmp_path, "killed", "fault_at_step=5", *extra),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     killed = tmp_path / "killed"
     assert not (killed / "manifest.json").exists()  # it never finished
@@ -86,9 +117,20 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
     if loss == "semivariogram":  # the variogram had been fitted, and it travels with the checkpoint
         state = torch.load(killed / "checkpoints" / "step_00000004" / "state.pt", weights_only=True)
         loss_state = state["loss"]["_extra_state"]
-        assert loss_state["variogram"] is not None and loss_state["variogram"]["step"] in (2, 4) and loss_state["steps"] == 4
-        used = json.loads((tmp_path / "full" / "manifest.json").read_text())["loss_variogram"]  # what the loss ended with
-        assert used["variant"] == "swclip" and used["bank_size"] == 64 and used["step"] in (2, 4, 6, 8) and used["split_m"] > 0
+        assert (
+            loss_state["variogram"] is not None
+            and loss_state["variogram"]["step"] in (2, 4)
+            and loss_state["steps"] == 4
+        )
+        used = json.loads((tmp_path / "full" / "manifest.json").read_text())[
+            "loss_variogram"
+        ]  # what the loss ended with
+        assert (
+            used["variant"] == "swclip"
+            and used["bank_size"] == 64
+            and used["step"] in (2, 4, 6, 8)
+            and used["split_m"] > 0
+        )
 
     assert train.main(args_for(loss, world, tmp_path, "killed", "--resume", "auto", *extra)) == 0
     resumed = load_file(str(killed / "model.safetensors"))
@@ -109,10 +151,24 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
     table = pd.read_csv(world / "split.csv")
     test = table[table["split"] == "test"].reset_index(drop=True)
     pred = pd.read_parquet(killed / "predictions.parquet")
-    for col in ("id", "city", "lat", "lon", "pred_lat", "pred_lon", "error_m", "topk_lat", "topk_lon", "topk_prob", "image"):
+    for col in (
+        "id",
+        "city",
+        "lat",
+        "lon",
+        "pred_lat",
+        "pred_lon",
+        "error_m",
+        "topk_lat",
+        "topk_lon",
+        "topk_prob",
+        "image",
+    ):
         assert col in pred.columns, col
     assert pred["id"].tolist() == test["id"].astype(str).tolist()
-    np.testing.assert_allclose(pred["error_m"], haversine_m(test[["lat", "lon"]].to_numpy(), pred[["pred_lat", "pred_lon"]].to_numpy()))
+    np.testing.assert_allclose(
+        pred["error_m"], haversine_m(test[["lat", "lon"]].to_numpy(), pred[["pred_lat", "pred_lon"]].to_numpy())
+    )
     # every prediction is a training location (the gallery); the top-k is ranked by probability
     train_ll = {tuple(np.round(r, 7)) for r in table.loc[table["split"] == "train", ["lat", "lon"]].to_numpy()}
     assert all((round(a, 7), round(b, 7)) in train_ll for a, b in zip(pred["pred_lat"], pred["pred_lon"]))
@@ -151,15 +207,39 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
         shutil.copytree(world, elsewhere / "data")
         with pytest.raises(FileNotFoundError):
             evaluate.main([str(elsewhere / "run"), "--quiet", "--table", str(tmp_path / "gone.csv")])
-        assert evaluate.main([str(elsewhere / "run"), "--quiet", "--table", str(elsewhere / "data" / "split.csv"),
-                              "--root", str(elsewhere / "data")]) == 0
+        assert (
+            evaluate.main(
+                [
+                    str(elsewhere / "run"),
+                    "--quiet",
+                    "--table",
+                    str(elsewhere / "data" / "split.csv"),
+                    "--root",
+                    str(elsewhere / "data"),
+                ]
+            )
+            == 0
+        )
         again = pd.read_parquet(elsewhere / "run" / "predictions.parquet")
         pd.testing.assert_frame_equal(again, pred)
 
         # an earlier checkpoint plus the dataset: its weights become the run's, and the manifest says which step
         ckpt = elsewhere / "run" / "checkpoints" / "step_00000008"
-        assert evaluate.main([str(elsewhere / "run"), "--quiet", "--checkpoint", str(ckpt), "--table",
-                              str(elsewhere / "data" / "split.csv"), "--root", str(elsewhere / "data")]) == 0
+        assert (
+            evaluate.main(
+                [
+                    str(elsewhere / "run"),
+                    "--quiet",
+                    "--checkpoint",
+                    str(ckpt),
+                    "--table",
+                    str(elsewhere / "data" / "split.csv"),
+                    "--root",
+                    str(elsewhere / "data"),
+                ]
+            )
+            == 0
+        )
         from swclip.runs import load_run
 
         run = load_run(elsewhere / "run")
@@ -175,9 +255,20 @@ def test_non_finite_loss_stops_with_step_and_term_and_keeps_checkpoint(world, tm
 
     train = load_script("train")
     # an absurd learning rate blows the weights up within a few steps
-    argv = args_for("swclip", world, tmp_path, "nan", "optim.lr=1e30", "optim.grad_clip=0", "optim.warmup_steps=0",
-                    "ckpt_every=1", "steps=8")
-    with pytest.raises(NonFiniteLossError, match=r"step (\d+): (loss term 'contrastive_loss'|the gradient norm) is (nan|inf)") as e:
+    argv = args_for(
+        "swclip",
+        world,
+        tmp_path,
+        "nan",
+        "optim.lr=1e30",
+        "optim.grad_clip=0",
+        "optim.warmup_steps=0",
+        "ckpt_every=1",
+        "steps=8",
+    )
+    with pytest.raises(
+        NonFiniteLossError, match=r"step (\d+): (loss term 'contrastive_loss'|the gradient norm) is (nan|inf)"
+    ) as e:
         train.main(argv)
     failed_step = int(str(e.value).split()[1].rstrip(":"))
     ckpts = list_checkpoints(tmp_path / "nan")
@@ -204,13 +295,17 @@ def test_gradient_accumulation_averages_micro_batches(world):
     from swclip.training.config import load_config
     from swclip.training.loop import Trainer
 
-    cfg = load_config(CONFIG_DIR / "demo_swclip.yaml",
-                         ["batch_size=16", "optim.accum_steps=2", "model.gps_hidden=32", "device=cpu", "optim.warmup_steps=0"])
+    cfg = load_config(
+        CONFIG_DIR / "demo_swclip.yaml",
+        ["batch_size=16", "optim.accum_steps=2", "model.gps_hidden=32", "device=cpu", "optim.warmup_steps=0"],
+    )
     tr = Trainer(cfg)
     ref_model = copy.deepcopy(tr.model)
     g = torch.Generator().manual_seed(0)
-    batch = {"images": torch.randn(16, 3, 32, 32, generator=g),
-             "latlon": torch.tensor([[51.5 + 0.001 * i, -0.12 + 0.0007 * i] for i in range(16)], dtype=torch.float64)}
+    batch = {
+        "images": torch.randn(16, 3, 32, 32, generator=g),
+        "latlon": torch.tensor([[51.5 + 0.001 * i, -0.12 + 0.0007 * i] for i in range(16)], dtype=torch.float64),
+    }
     terms, _ = tr.step(batch)
 
     # the reference, written out by hand with torch alone (none of the trainer's helpers): the
@@ -222,15 +317,21 @@ def test_gradient_accumulation_averages_micro_batches(world):
     loss_fn = SoftClipLoss(cfg.loss.sigma_m, cfg.loss.kernel)
     with torch.no_grad():
         whole = float(loss_fn(**ref_model(batch["images"], batch["latlon"]))["contrastive_loss"])
-    halves = [loss_fn(**ref_model(batch["images"][s], batch["latlon"][s]))["contrastive_loss"] for s in (slice(0, 8), slice(8, 16))]
+    halves = [
+        loss_fn(**ref_model(batch["images"][s], batch["latlon"][s]))["contrastive_loss"]
+        for s in (slice(0, 8), slice(8, 16))
+    ]
     ((halves[0] + halves[1]) / 2).backward()
     torch.nn.utils.clip_grad_norm_(ref_model.parameters(), cfg.optim.grad_clip)
     params = [(n, p) for n, p in ref_model.named_parameters() if p.requires_grad]
     decay = [p for n, p in params if p.ndim >= 2 and "logit_scale" not in n and "bias" not in n]
     no_decay = [p for n, p in params if not (p.ndim >= 2 and "logit_scale" not in n and "bias" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        eps=cfg.optim.eps,
+    )
     opt.step()
     with torch.no_grad():
         for n, p in ref_model.named_parameters():

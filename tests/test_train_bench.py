@@ -13,9 +13,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_bench_losses_synthetic_tiny():
-    args = build_parser("bench").parse_intermixed_args(["losses", "--batch", "32", "--steps", "2", "--warmup", "2", "--no-write",
-                                            "--device", "cpu", "model.gps_hidden=32", "loss.min_fit_samples=32",
-                                            "loss.variogram_max_lag_m=3000"])
+    args = build_parser("bench").parse_intermixed_args(
+        [
+            "losses",
+            "--batch",
+            "32",
+            "--steps",
+            "2",
+            "--warmup",
+            "2",
+            "--no-write",
+            "--device",
+            "cpu",
+            "model.gps_hidden=32",
+            "loss.min_fit_samples=32",
+            "loss.variogram_max_lag_m=3000",
+        ]
+    )
     t0 = time.perf_counter()
     result = bench.measure(args)
     whole_run_s = time.perf_counter() - t0

@@ -1,8 +1,6 @@
 """swclip.training (config, objective, optim, checkpoint) and swclip.training.batches: config, schedules, param groups, checkpoints, data order."""
 
-import json
 import math
-import os
 import random
 from pathlib import Path
 
@@ -14,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from swclip.method.losses import ClipLoss, SoftClipLoss
-from swclip.method.semivariogram_loss import SemivariogramWeightedLoss
 from swclip.method.model import DEMO_CONFIG, ModelConfig
+from swclip.method.semivariogram_loss import SemivariogramWeightedLoss
 from swclip.training.batches import PreloadedData, ResumableSampler, augment_batch, epoch_indices
 from swclip.training.checkpoint import (
     list_checkpoints,
@@ -26,10 +24,9 @@ from swclip.training.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from swclip.training.config import LossConfig, load_config, save_config
-from swclip.training.config import CONFIG_DIR
+from swclip.training.config import CONFIG_DIR, LossConfig, load_config, save_config
 from swclip.training.objective import build_loss, sigma_at
-from swclip.training.optim import NonFiniteLossError, clamp_logit_scale, lr_factor, param_groups
+from swclip.training.optim import clamp_logit_scale, lr_factor, param_groups
 
 # ---------------------------------------------------------------- config
 
@@ -45,24 +42,29 @@ def test_config_yaml_and_overrides(tmp_path):
     assert again == cfg
 
 
-@pytest.mark.parametrize("override, needle", [
-    (["loss.sigmaa_m=5"], "loss.sigmaa_m"),
-    (["stepz=5"], "stepz"),
-    (["loss.name=triplet"], "triplet"),
-    (["loss.name=swclip", "loss.kernel=box"], "box"),
-    (["loss.name=swclip", "loss.sigma_m=-1"], "sigma_m"),
-    (["batch_size=10", "optim.accum_steps=3"], "accum_steps"),
-    (["precision=fp8"], "fp8"),
-    (["run_id=../escape"], "run_id"),
-    (["novalue"], "key.sub=value"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        (["loss.sigmaa_m=5"], "loss.sigmaa_m"),
+        (["stepz=5"], "stepz"),
+        (["loss.name=triplet"], "triplet"),
+        (["loss.name=swclip", "loss.kernel=box"], "box"),
+        (["loss.name=swclip", "loss.sigma_m=-1"], "sigma_m"),
+        (["batch_size=10", "optim.accum_steps=3"], "accum_steps"),
+        (["precision=fp8"], "fp8"),
+        (["run_id=../escape"], "run_id"),
+        (["novalue"], "key.sub=value"),
+    ],
+)
 def test_config_rejects_bad_settings_by_name(override, needle):
     with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
         load_config(None, override)
 
 
 def test_shipped_configs_load():
-    configs = sorted(Path(__file__).resolve().parents[1].joinpath("train", "configs").glob("*.yaml")) + sorted(CONFIG_DIR.glob("*.yaml"))
+    configs = sorted(Path(__file__).resolve().parents[1].joinpath("train", "configs").glob("*.yaml")) + sorted(
+        CONFIG_DIR.glob("*.yaml")
+    )
     assert configs, "train/configs/*.yaml and swclip/training/configs/*.yaml missing"
     names = {c.stem for c in configs}
     assert any(n.startswith("demo_") for n in names) and any(n.startswith("vitb32_") for n in names)
@@ -88,13 +90,19 @@ def test_lr_factor_matches_torch_linear_then_cosine():
     total, warm, base, min_ratio = 50, 7, 0.1, 0.1
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=base)
-    ref = torch.optim.lr_scheduler.SequentialLR(opt, [
-        torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / warm, end_factor=1.0, total_iters=warm - 1),
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warm, eta_min=base * min_ratio),
-    ], milestones=[warm])
+    ref = torch.optim.lr_scheduler.SequentialLR(
+        opt,
+        [
+            torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / warm, end_factor=1.0, total_iters=warm - 1),
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warm, eta_min=base * min_ratio),
+        ],
+        milestones=[warm],
+    )
     for step in range(total):
         # LinearLR reaches 1 at iteration warm-1; ours at step warm-1 as well: (step+1)/warm
-        assert math.isclose(lr_factor(step, total, warm, min_ratio) * base, opt.param_groups[0]["lr"], rel_tol=1e-9), step
+        assert math.isclose(lr_factor(step, total, warm, min_ratio) * base, opt.param_groups[0]["lr"], rel_tol=1e-9), (
+            step
+        )
         opt.step()
         ref.step()
 
@@ -113,8 +121,11 @@ def test_sigma_schedule_geometric_then_flat():
 def test_param_groups_no_decay_on_norms_biases_logit_scale():
     import open_clip
 
-    model = open_clip.CLIP(embed_dim=16, vision_cfg={"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-                           text_cfg={"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1})
+    model = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg={"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+        text_cfg={"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
+    )
     groups = param_groups(model, 0.2)
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay = {names[id(p)] for p in groups[1]["params"]}
@@ -123,7 +134,10 @@ def test_param_groups_no_decay_on_norms_biases_logit_scale():
     assert "logit_scale" in no_decay
     assert all(("ln" in n or "bias" in n or "logit_scale" in n or model.get_parameter(n).ndim < 2) for n in no_decay)
     assert "visual.transformer.resblocks.0.attn.in_proj_weight" in decay
-    assert "visual.transformer.resblocks.0.ln_1.weight" in no_decay and "visual.transformer.resblocks.0.ln_1.bias" in no_decay
+    assert (
+        "visual.transformer.resblocks.0.ln_1.weight" in no_decay
+        and "visual.transformer.resblocks.0.ln_1.bias" in no_decay
+    )
     assert decay.isdisjoint(no_decay) and decay | no_decay == set(names.values())
 
 
@@ -140,7 +154,9 @@ def test_build_loss_selection():
     assert isinstance(sw, SoftClipLoss) and sw.sigma_m == 40 and sw.kernel == "exponential" and sw.nc_weight == 0
     nc = build_loss(LossConfig(name="swclip+nc", sigma_m=40, nc_weight=0.3, nc_temperature=0.2))
     assert nc.nc_weight == pytest.approx(0.3) and nc.nc.temperature == 0.2
-    sv = build_loss(LossConfig(name="semivariogram", beta=2, bank_size=64, refit_every=5), fit_fn=lambda e, l: None)
+    sv = build_loss(
+        LossConfig(name="semivariogram", beta=2, bank_size=64, refit_every=5), fit_fn=lambda embeddings, latlon: None
+    )
     assert isinstance(sv, SemivariogramWeightedLoss) and sv.beta == 2 and sv.bank.size == 64 and sv.refit_every == 5
 
 
@@ -163,7 +179,9 @@ def test_checkpoint_atomic_keep_last_and_round_trip(tmp_path):
     model(torch.ones(4, 3)).sum().backward()
     opt.step()
     for step in (2, 4, 6):
-        save_checkpoint(tmp_path, step, model, {"optimizer": opt.state_dict(), "rng": [rng_state()]}, {"epoch": 0}, keep_last=2)
+        save_checkpoint(
+            tmp_path, step, model, {"optimizer": opt.state_dict(), "rng": [rng_state()]}, {"epoch": 0}, keep_last=2
+        )
     # a half-written checkpoint left by a killed writer is never picked
     (tmp_path / "checkpoints" / "step_00000008.tmp123").mkdir()
     (tmp_path / "checkpoints" / "step_00000009").mkdir()  # no meta.json: incomplete
@@ -202,8 +220,8 @@ def test_two_ranks_see_the_single_process_global_batches(n, bs, seed, epoch):
     ranks = [epoch_indices(n, epoch, seed, r, 2) for r in range(2)]
     steps = (n // 2) // bs
     for k in range(steps):
-        both = np.concatenate([r[k * bs:(k + 1) * bs] for r in ranks])
-        assert sorted(both) == sorted(single[k * 2 * bs:(k + 1) * 2 * bs])
+        both = np.concatenate([r[k * bs : (k + 1) * bs] for r in ranks])
+        assert sorted(both) == sorted(single[k * 2 * bs : (k + 1) * 2 * bs])
 
 
 def test_resumable_sampler_starts_mid_epoch():

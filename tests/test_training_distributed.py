@@ -22,20 +22,46 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TINY = ["model.gps_hidden=32", "device=cpu", "progress=false", "optim.warmup_steps=0", "batch_size=8",
-        "data.synthetic=true", "data.synthetic_size=64", "run_id=run", "log_every=1", "tensorboard=false"]
+TINY = [
+    "model.gps_hidden=32",
+    "device=cpu",
+    "progress=false",
+    "optim.warmup_steps=0",
+    "batch_size=8",
+    "data.synthetic=true",
+    "data.synthetic_size=64",
+    "run_id=run",
+    "log_every=1",
+    "tensorboard=false",
+]
 
 
 def config(out_dir, *extra):
     from swclip.training.config import load_config
 
-    return load_config(ROOT / "swclip" / "training" / "configs" / "demo_clip.yaml", [*TINY, f"out_dir={out_dir}", *extra])
+    return load_config(
+        ROOT / "swclip" / "training" / "configs" / "demo_clip.yaml", [*TINY, f"out_dir={out_dir}", *extra]
+    )
 
 
 def torchrun(*args, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           __file__, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            __file__,
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +105,25 @@ def test_sharded_evaluation_equals_single_process(tmp_path):
     import pandas as pd
 
     from swclip.data import read_table, spatial_split
-    from swclip.training.evaluation import evaluate_run
     from swclip.synth import make_world
+    from swclip.training.evaluation import evaluate_run
     from swclip.training.loop import train
 
     world = tmp_path / "world"
     # 45 eval + 15 gallery rows or so: not a multiple of 2, so the sampler's padding is exercised
     make_world(world, seed=1, cities=["Leeds"], samples_per_city=61, image_size=32, workers=1)
     spatial_split(read_table(world / "samples.csv"), test_frac=0.3, block_m=200, buffer_m=0, seed=0).to_csv(
-        world / "split.csv", index=False)
-    cfg = config(tmp_path, "steps=2", f"data.table={world / 'split.csv'}", f"data.root={world}", "data.synthetic=false",
-                 "data.preload=true", "data.augment=false")
+        world / "split.csv", index=False
+    )
+    cfg = config(
+        tmp_path,
+        "steps=2",
+        f"data.table={world / 'split.csv'}",
+        f"data.root={world}",
+        "data.synthetic=false",
+        "data.preload=true",
+        "data.augment=false",
+    )
     run = train(cfg)
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     shutil.copytree(run, single)
@@ -102,7 +136,9 @@ def test_sharded_evaluation_equals_single_process(tmp_path):
     a, b = np.load(single / "embeddings.npy"), np.load(sharded / "embeddings.npy")
     assert a.shape == b.shape == (n_eval, a.shape[1])
     # embeddings.npy is float16: a float32 last-bit difference between batchings can flip one float16 ulp
-    np.testing.assert_allclose(b.astype(np.float32), a.astype(np.float32), rtol=0, atol=float(np.spacing(np.float16(0.5))))  # one ulp for |x| < 1
+    np.testing.assert_allclose(
+        b.astype(np.float32), a.astype(np.float32), rtol=0, atol=float(np.spacing(np.float16(0.5)))
+    )  # one ulp for |x| < 1
     ga, gb = np.load(single / "image_gallery.npz"), np.load(sharded / "image_gallery.npz")
     for k in ga.files:
         if ga[k].dtype.kind == "f":

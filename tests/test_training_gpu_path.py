@@ -5,9 +5,6 @@ columns. The multi-rank ones (resume agreement, sharded evaluation) run 2 gloo
 ranks under torchrun in a subprocess, as tests/test_losses_distributed.py does.
 """
 
-import os
-import subprocess
-import sys
 import traceback
 from pathlib import Path
 
@@ -21,13 +18,17 @@ TINY = ["model.gps_hidden=32", "device=cpu", "progress=false", "optim.warmup_ste
 def tiny_cfg(loss="swclip+nc", *extra):
     from swclip.training.config import load_config
 
-    return load_config(ROOT / "swclip" / "training" / "configs" / "demo_swclip_nc.yaml", [*TINY, f"loss.name={loss}", *extra])
+    return load_config(
+        ROOT / "swclip" / "training" / "configs" / "demo_swclip_nc.yaml", [*TINY, f"loss.name={loss}", *extra]
+    )
 
 
 def tiny_batch(b=16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"images": torch.randn(b, 3, 32, 32, generator=g),
-            "latlon": torch.tensor([[51.5 + 0.0004 * i, -0.12 + 0.0003 * (i % 5)] for i in range(b)], dtype=torch.float64)}
+    return {
+        "images": torch.randn(b, 3, 32, 32, generator=g),
+        "latlon": torch.tensor([[51.5 + 0.0004 * i, -0.12 + 0.0003 * (i % 5)] for i in range(b)], dtype=torch.float64),
+    }
 
 
 # ----------------------------------------------------------------------------- host syncs
@@ -51,11 +52,14 @@ def count_host_syncs(fn):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = str(func.overloadpacket) if hasattr(func, "overloadpacket") else str(func)
             bool_index = name == "aten.index" and any(
-                isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (args[1] if len(args) > 1 else []) or [])
+                isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (args[1] if len(args) > 1 else []) or []
+            )
             if name in SYNC_OPS or bool_index:
                 stack = traceback.extract_stack()
                 if not any("torch/optim/" in f.filename for f in stack):
-                    found.append((name, [f"{Path(f.filename).name}:{f.lineno}" for f in stack if "swclip" in f.filename]))
+                    found.append(
+                        (name, [f"{Path(f.filename).name}:{f.lineno}" for f in stack if "swclip" in f.filename])
+                    )
             return func(*args, **(kwargs or {}))
 
     with Watch():
@@ -141,8 +145,15 @@ def test_nan_guard_names_the_first_bad_step_and_term():
 
     def add(m, step, **terms):
         grad = terms.pop("grad_norm", 1.0)
-        m.add(step, 0, {k: torch.tensor(v) for k, v in terms.items()}, torch.tensor(14.0), torch.tensor(grad),
-              {"lr": 1e-3}, 0.01)
+        m.add(
+            step,
+            0,
+            {k: torch.tensor(v) for k, v in terms.items()},
+            torch.tensor(14.0),
+            torch.tensor(grad),
+            {"lr": 1e-3},
+            0.01,
+        )
 
     m = StepMetrics()
     add(m, 7, contrastive_loss=2.0, nc_loss=0.1)
@@ -163,7 +174,11 @@ def test_nan_guard_names_the_first_bad_step_and_term():
 def test_objective_sums_loss_terms_only():
     from swclip.training.loop import objective
 
-    terms = {"contrastive_loss": torch.tensor(2.0), "nc_loss": torch.tensor(0.5), "false_negative_frac": torch.tensor(0.3)}
+    terms = {
+        "contrastive_loss": torch.tensor(2.0),
+        "nc_loss": torch.tensor(0.5),
+        "false_negative_frac": torch.tensor(0.3),
+    }
     assert objective(terms).item() == 2.5
 
 
@@ -173,17 +188,36 @@ def test_train_log_and_tensorboard_have_every_term_and_the_run_columns(tmp_path)
 
     from swclip.training.loop import train
 
-    cfg = tiny_cfg("swclip+nc", "data.synthetic=true", "data.synthetic_size=64", "steps=5", "log_every=2",
-                   f"out_dir={tmp_path}", "run_id=logs")
+    cfg = tiny_cfg(
+        "swclip+nc",
+        "data.synthetic=true",
+        "data.synthetic_size=64",
+        "steps=5",
+        "log_every=2",
+        f"out_dir={tmp_path}",
+        "run_id=logs",
+    )
     run = train(cfg)
     log = pd.read_csv(run / "train_log.csv")
     assert log["step"].tolist() == [1, 2, 3, 4, 5]
-    columns = ["loss", "contrastive_loss", "nc_loss", "grad_norm", "lr", "logit_scale", "sigma_m", "images_per_s",
-               "step_s", "data_wait_frac"]
+    columns = [
+        "loss",
+        "contrastive_loss",
+        "nc_loss",
+        "grad_norm",
+        "lr",
+        "logit_scale",
+        "sigma_m",
+        "images_per_s",
+        "step_s",
+        "data_wait_frac",
+    ]
     assert set(columns) <= set(log.columns)
     assert log[columns].notna().all().all()
     assert (log["loss"] - log["contrastive_loss"] - log["nc_loss"]).abs().max() < 1e-5
-    assert log["sigma_m"].eq(150.0).all() and log["images_per_s"].gt(0).all() and log["data_wait_frac"].between(0, 1).all()
+    assert (
+        log["sigma_m"].eq(150.0).all() and log["images_per_s"].gt(0).all() and log["data_wait_frac"].between(0, 1).all()
+    )
     assert log["lr"].iloc[0] == pytest.approx(cfg.optim.lr)  # no warm-up: the first step ran at the base lr
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
@@ -201,8 +235,15 @@ def test_semivariogram_fractions_reach_train_log_and_tensorboard(tmp_path):
 
     from swclip.training.loop import train
 
-    cfg = tiny_cfg("semivariogram", "data.synthetic=true", "data.synthetic_size=64", "steps=3", "log_every=1",
-                   f"out_dir={tmp_path}", "run_id=sv")
+    cfg = tiny_cfg(
+        "semivariogram",
+        "data.synthetic=true",
+        "data.synthetic_size=64",
+        "steps=3",
+        "log_every=1",
+        f"out_dir={tmp_path}",
+        "run_id=sv",
+    )
     run = train(cfg)
     log = pd.read_csv(run / "train_log.csv")
     stats = ["false_negative_frac", "hard_negative_frac", "variogram_range_m"]
@@ -231,7 +272,9 @@ def test_compiled_model_trains_without_graph_breaks_or_recompiles(tower):
     from swclip.training.batches import SyntheticData
     from swclip.training.loop import Trainer, location_tokenizer
 
-    cfg = tiny_cfg("swclip", "compile=true", "compile_backend=aot_eager", f"model.location_tower={tower}", "batch_size=8")
+    cfg = tiny_cfg(
+        "swclip", "compile=true", "compile_backend=aot_eager", f"model.location_tower={tower}", "batch_size=8"
+    )
     tr = Trainer(cfg)
     data = SyntheticData(64, 32, 8, 0, torch.device("cpu"), tokenize=location_tokenizer(tr.model))
     assert ("tokens" in next(data.batches(0))) == (tower == "text")

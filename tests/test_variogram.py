@@ -194,7 +194,9 @@ def test_fitted_range_recovers_demo_world_field_range():
         xy = rng.random((3000, 2)) * 6000 - 3000
         spec = fields.FieldSpec(name="facade_hue", range_m=600.0, seed=11 + seed)
         z = fields.field_values(spec, xy)
-        fit = fit_variogram(empirical_variogram(local_metres_to_degrees(xy, ORIGIN), values=z, max_lag_m=2400), "gaussian")
+        fit = fit_variogram(
+            empirical_variogram(local_metres_to_degrees(xy, ORIGIN), values=z, max_lag_m=2400), "gaussian"
+        )
         assert fit.ok
         ratios.append(fit.range_m / (600.0 * 2 / math.sqrt(3)))
     assert 0.93 < np.mean(ratios) < 1.1, ratios
@@ -257,13 +259,25 @@ def test_gamma_torch_and_gamma_match_skgstat_models(model):
     # the array formulas against scikit-gstat's own function, also near the fit's shape bounds (small; 2 / 20)
     for r, c0, shape, b in [(50.0, 2.0, 0.05, 0.5), (3000.0, 0.9, 2.0 if model == "stable" else 20.0, 0.1)]:
         args = (r, c0, shape, b) if model in ("stable", "matern") else (r, c0, b)
-        np.testing.assert_allclose(_skgstat_model(model)(h, *args), getattr(models, model)(h, *args), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            _skgstat_model(model)(h, *args), getattr(models, model)(h, *args), rtol=1e-12, atol=1e-12
+        )
     # shapes at the fit's bounds too (0.05: nearly a jump at lag 0; 20 for the Matérn, 2 for the stable)
-    for r, c0, shape, b in [(700.0, 1.3, 0.7, 0.2), (1500.0, 0.4, 1.6, 0.0), (600.0, 0.9, 0.05, 0.3),
-                            (900.0, 0.9, 2.0 if model == "stable" else 20.0, 0.1)]:
-
-        fit = VariogramFit(ok=True, model=model, nugget=b, partial_sill=c0, sill=b + c0, range_m=r,
-                           shape=shape if model in ("stable", "matern") else None)
+    for r, c0, shape, b in [
+        (700.0, 1.3, 0.7, 0.2),
+        (1500.0, 0.4, 1.6, 0.0),
+        (600.0, 0.9, 0.05, 0.3),
+        (900.0, 0.9, 2.0 if model == "stable" else 20.0, 0.1),
+    ]:
+        fit = VariogramFit(
+            ok=True,
+            model=model,
+            nugget=b,
+            partial_sill=c0,
+            sill=b + c0,
+            range_m=r,
+            shape=shape if model in ("stable", "matern") else None,
+        )
         args = (r, c0, shape, b) if model in ("stable", "matern") else (r, c0, b)
         ref = getattr(models, model)(h, *args)  # the public (numba) function
         np.testing.assert_allclose(fit.gamma(h), ref, rtol=1e-12, atol=1e-12)
@@ -351,10 +365,13 @@ def test_fit_fn_drives_semivariogram_weighted_loss():
 
     latlon, f = _grf(4, 300, 800.0, "gaussian", dims=16)
     feats = torch.nn.functional.normalize(torch.from_numpy(f).float(), dim=1)
-    loc = torch.nn.functional.normalize(feats + 0.5 * torch.randn(300, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    loc = torch.nn.functional.normalize(
+        feats + 0.5 * torch.randn(300, 16, generator=torch.Generator().manual_seed(0)), dim=1
+    )
     ll = torch.from_numpy(latlon)
-    loss = SemivariogramWeightedLoss(beta=2.0, bank_size=512, refit_every=1, min_fit_samples=64,
-                                     fit_fn=fit_embedding_variogram)
+    loss = SemivariogramWeightedLoss(
+        beta=2.0, bank_size=512, refit_every=1, min_fit_samples=64, fit_fn=fit_embedding_variogram
+    )
     scale = torch.tensor(10.0)
     loss(image_features=feats, location_features=loc, logit_scale=scale, latlon=ll)  # fills the bank
     loss.optimizer_step()  # refit_every=1: one optimiser step refits
@@ -378,6 +395,7 @@ def test_fit_fn_drives_semivariogram_weighted_loss():
 
     def ce(logits):
         return float(np.mean([np.log(np.exp(row).sum()) - row[k] for k, row in enumerate(logits)]))
+
     s_iv = 10.0 * v @ w.T + log_w
     s_vi = 10.0 * w @ v.T + log_w
     expected = (ce(s_iv) + ce(s_vi)) / 2
@@ -390,15 +408,24 @@ def test_fit_fn_drives_semivariogram_weighted_loss():
 def test_practical_range_is_where_gamma_reaches_95_percent(model):
     from swclip.analysis.variogram import VariogramFit
 
-    fit = VariogramFit(ok=True, model=model, nugget=0.1, partial_sill=0.8, sill=0.9, range_m=1000.0,
-                       shape=1.2 if model in ("stable", "matern") else None)
+    fit = VariogramFit(
+        ok=True,
+        model=model,
+        nugget=0.1,
+        partial_sill=0.8,
+        sill=0.9,
+        range_m=1000.0,
+        shape=1.2 if model in ("stable", "matern") else None,
+    )
     pr = fit.practical_range_m()
     assert fit.gamma([pr])[0] == pytest.approx(0.1 + 0.95 * 0.8, rel=1e-4)
     assert fit.gamma([0.98 * pr])[0] < 0.1 + 0.95 * 0.8
     # closed forms of exp(...) = 0.05 in scikit-gstat's parametrisations (its "95 %" is exp(-3) = 4.98 %)
-    expected = {"exponential": 1000.0 * math.log(20) / 3,
-                "stable": 1000.0 * (math.log(20) / 3) ** (1 / 1.2),
-                "gaussian": 1000.0 * math.sqrt(math.log(20)) / 2}
+    expected = {
+        "exponential": 1000.0 * math.log(20) / 3,
+        "stable": 1000.0 * (math.log(20) / 3) ** (1 / 1.2),
+        "gaussian": 1000.0 * math.sqrt(math.log(20)) / 2,
+    }
     if model in expected:
         assert pr == pytest.approx(expected[model], rel=2e-4)
 
@@ -414,19 +441,29 @@ def test_binning_kept_pairs_again_equals_the_empirical_variogram(monkeypatch, wh
     monkeypatch.setattr(ev, "EDGE_SAMPLE", 700)
     rng = np.random.default_rng(11)
     latlon = local_metres_to_degrees(rng.uniform(-3000, 3000, (400, 2)), (51.5, -0.1))
-    data = {"values": rng.normal(size=400)} if what == "values" else {"embeddings": rng.normal(size=(400, 16)).astype(np.float32)}
+    data = (
+        {"values": rng.normal(size=400)}
+        if what == "values"
+        else {"embeddings": rng.normal(size=(400, 16)).astype(np.float32)}
+    )
     for max_pairs in (5_000, 200_000):  # sampled blocks, then all 79,800 pairs
         pairs = ev.variogram_pairs(latlon, max_pairs=max_pairs, seed=3, binning=binning, **data)
         assert pairs.all_pairs == (max_pairs == 200_000)
         for bins, max_lag_m in ((7, None), (15, 2500.0), (np.array([0.0, 100.0, 900.0, 4000.0]), None)):
-            ref = ev.empirical_variogram(latlon, bins=bins, binning=binning, max_lag_m=max_lag_m, max_pairs=max_pairs, seed=3, **data)
+            ref = ev.empirical_variogram(
+                latlon, bins=bins, binning=binning, max_lag_m=max_lag_m, max_pairs=max_pairs, seed=3, **data
+            )
             got = ev.bin_pairs(pairs, bins, binning, max_lag_m)
             assert got.ok and ref.ok
             np.testing.assert_array_equal(got.bin_edges_m, ref.bin_edges_m)
             np.testing.assert_array_equal(got.counts, ref.counts)
             np.testing.assert_allclose(got.gamma, ref.gamma, rtol=1e-12)
             np.testing.assert_allclose(got.lag_m, ref.lag_m, rtol=1e-12)
-            assert (got.n_pairs_sampled, got.n_pairs_total, got.all_pairs) == (ref.n_pairs_sampled, ref.n_pairs_total, ref.all_pairs)
+            assert (got.n_pairs_sampled, got.n_pairs_total, got.all_pairs) == (
+                ref.n_pairs_sampled,
+                ref.n_pairs_total,
+                ref.all_pairs,
+            )
             assert got.mean_dissimilarity == pytest.approx(ref.mean_dissimilarity, rel=1e-12)
 
 

@@ -16,7 +16,11 @@ def test_sigma_figure_draws_each_sigmas_mean_and_sd_across_seeds_with_metre_tick
     # the reference: per σ of the sweep, the test median of every seed, straight from the runs
     by_sigma = {}
     for run in exp["runs"]:
-        if run["kind"] == "swclip" and run["config"].startswith("swclip-s") and run["config"][8:].replace(".", "").isdigit():
+        if (
+            run["kind"] == "swclip"
+            and run["config"].startswith("swclip-s")
+            and run["config"][8:].replace(".", "").isdigit()
+        ):
             by_sigma.setdefault(float(run["sigma_m"]), []).append(run["test"]["median_m"])
     sigmas = sorted(by_sigma)
     mean = np.array([np.mean(by_sigma[s]) for s in sigmas])

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 BOOT_BLOCK = 100  # resamples per seed stream: block i depends on (seed, i) only, so 500 resamples extend 200
-CHUNK_ELEMENTS = 1 << 22  # resampled indices held at once for a callable statistic (int64: 32 MB, and twice that in values)
+CHUNK_ELEMENTS = (
+    1 << 22
+)  # resampled indices held at once for a callable statistic (int64: 32 MB, and twice that in values)
 MEAN_GROUP = 256  # positions per run in a mean's resample (one random byte picks within a run)
 WINDOW_SD = 8.0  # half-width, in standard deviations, of the rank window searched for a resample's quantile
 
@@ -72,7 +75,9 @@ def paired_errors(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
         missing = {"id", "error_m", "lat", "lon"} - set(df.columns)
         if missing:
             raise ValueError(f"the {name} run's predictions lack column(s) {sorted(missing)}")
-    a = pred_a[["id", "lat", "lon", "error_m"] + (["city"] if "city" in pred_a else [])].rename(columns={"error_m": "error_a_m"})
+    a = pred_a[["id", "lat", "lon", "error_m"] + (["city"] if "city" in pred_a else [])].rename(
+        columns={"error_m": "error_a_m"}
+    )
     b = pred_b[["id", "error_m"]].rename(columns={"error_m": "error_b_m"})
     a = a.assign(id=a["id"].astype(str))
     b = b.assign(id=b["id"].astype(str))
@@ -115,8 +120,15 @@ class _RankCells:
     (uniformly, as a resample would), once per resample, and is read whole: the result stays exact.
     """
 
-    def __init__(self, sorted_a: np.ndarray, sorted_b: np.ndarray, rank_b: np.ndarray, order_b: np.ndarray,
-                 stats: list, window_sd: float):
+    def __init__(
+        self,
+        sorted_a: np.ndarray,
+        sorted_b: np.ndarray,
+        rank_b: np.ndarray,
+        order_b: np.ndarray,
+        stats: list,
+        window_sd: float,
+    ):
         n = self.n = len(rank_b)
         self.order_b = order_b
         self.sorted = (sorted_a, sorted_b)
@@ -125,7 +137,9 @@ class _RankCells:
         for s, fn in stats:
             for col in (0, 1):
                 if fn.kind == "share_at_most":
-                    cut = int(np.searchsorted(self.sorted[col], fn.value, side="right"))  # ranks below have error <= value
+                    cut = int(
+                        np.searchsorted(self.sorted[col], fn.value, side="right")
+                    )  # ranks below have error <= value
                     breaks[col].add(cut)
                     plans[col].append((s, "share", cut))
                 else:
@@ -135,7 +149,7 @@ class _RankCells:
                     plans[col].append((s, "quantile", (k0, k1, gamma, lo, hi)))
         self.breaks = [np.array(sorted(b), dtype=np.intp) for b in breaks]
         windows = [np.arange(p[2][3], p[2][4]) for p in plans[0] if p[1] == "quantile"]
-        windows += [order_b[p[2][3]:p[2][4]] for p in plans[1] if p[1] == "quantile"]
+        windows += [order_b[p[2][3] : p[2][4]] for p in plans[1] if p[1] == "quantile"]
         fine = np.unique(np.concatenate(windows)) if windows else np.empty(0, dtype=np.intp)
         is_fine = np.zeros(n, dtype=bool)
         is_fine[fine] = True
@@ -148,8 +162,12 @@ class _RankCells:
         self.probs = np.concatenate([sizes, np.ones(len(fine))]) / n
         # below[col][c, j]: every rank of group c lies below break j of that run (an interval i lies below break j iff i <= j)
         fine_ranks = (fine, rank_b[fine])
-        self.below = [np.vstack([(cell_i[:, None] <= np.arange(len(br))[None, :]), fine_ranks[col][:, None] < br[None, :]]).astype(np.float64)
-                      for col, (cell_i, br) in enumerate(((keys // nb, self.breaks[0]), (keys % nb, self.breaks[1])))]
+        self.below = [
+            np.vstack(
+                [(cell_i[:, None] <= np.arange(len(br))[None, :]), fine_ranks[col][:, None] < br[None, :]]
+            ).astype(np.float64)
+            for col, (cell_i, br) in enumerate(((keys // nb, self.breaks[0]), (keys % nb, self.breaks[1])))
+        ]
         self.plans = plans
         # group of each rank inside a window, in rank order (window ranks are all single-sample groups)
         self._window_groups = {}
@@ -169,10 +187,14 @@ class _RankCells:
 
     def group_counts(self, per_sample: np.ndarray) -> np.ndarray:
         """(m, groups) draws per group from (m, N) draws per sample (positions in A's order)."""
-        cells = np.add.reduceat(per_sample[:, self._cell_positions], self._cell_start, axis=1) if self.n_cells else np.empty((len(per_sample), 0), np.int64)
+        cells = (
+            np.add.reduceat(per_sample[:, self._cell_positions], self._cell_start, axis=1)
+            if self.n_cells
+            else np.empty((len(per_sample), 0), np.int64)
+        )
         return np.concatenate([cells, per_sample[:, self.fine]], axis=1)
 
-    def read(self, counts: np.ndarray, rng: np.random.Generator, per_sample: Optional[np.ndarray] = None) -> dict:
+    def read(self, counts: np.ndarray, rng: np.random.Generator, per_sample: np.ndarray | None = None) -> dict:
         """{(statistic index, run 0/1): (m,) values} of resamples with ``counts`` (m, groups) draws per group.
 
         per_sample: (m, N) the resamples' draws per sample, when known (tests): read instead of placing the
@@ -192,8 +214,12 @@ class _RankCells:
                 r0 = lo + np.add.reduce(cum <= (k0 - under)[:, None], axis=1, dtype=np.int64)
                 r1 = lo + np.add.reduce(cum <= (k1 - under)[:, None], axis=1, dtype=np.int64)
                 outside |= (under > k0) | (under + cum[:, -1] <= k1)
-                out[s, col] = _lerp(self.sorted[col][np.minimum(r0, self.n - 1)], self.sorted[col][np.minimum(r1, self.n - 1)], gamma)
-        for r in np.flatnonzero(outside):  # rare: place this resample's draws on the samples, read every quantile from them
+                out[s, col] = _lerp(
+                    self.sorted[col][np.minimum(r0, self.n - 1)], self.sorted[col][np.minimum(r1, self.n - 1)], gamma
+                )
+        for r in np.flatnonzero(
+            outside
+        ):  # rare: place this resample's draws on the samples, read every quantile from them
             per = self._placed(counts[r], rng) if per_sample is None else per_sample[r]  # (N,) draws on each position
             for col in (0, 1):
                 cum = np.cumsum(per if col == 0 else per[self.order_b])
@@ -207,8 +233,8 @@ class _RankCells:
     def _placed(self, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """(N,) draws per sample: each group's draws spread uniformly (with replacement) over its samples."""
         per = np.zeros(self.n, dtype=np.int64)
-        per[self.fine] = counts[self.n_cells:]
-        cell = np.repeat(np.arange(self.n_cells), counts[:self.n_cells])
+        per[self.fine] = counts[self.n_cells :]
+        cell = np.repeat(np.arange(self.n_cells), counts[: self.n_cells])
         where = self._cell_start[cell] + rng.integers(0, self._cell_sizes[cell])
         np.add.at(per, self._cell_positions[where], 1)
         return per
@@ -234,8 +260,14 @@ class PairedBootstrap:
     window_sd: the half-width of a quantile's window of ranks, in standard deviations (tests shrink it).
     """
 
-    def __init__(self, error_a_m: Any, error_b_m: Any, statistics: Optional[Mapping[str, Callable]] = None, seed: int = 0,
-                 window_sd: float = WINDOW_SD):
+    def __init__(
+        self,
+        error_a_m: Any,
+        error_b_m: Any,
+        statistics: Mapping[str, Callable] | None = None,
+        seed: int = 0,
+        window_sd: float = WINDOW_SD,
+    ):
         ea = np.asarray(error_a_m, dtype=np.float64).ravel()
         eb = np.asarray(error_b_m, dtype=np.float64).ravel()
         if ea.shape != eb.shape:
@@ -258,14 +290,26 @@ class PairedBootstrap:
         self._rank_b[order_b] = np.arange(self.n, dtype=np.int32)
         # (A, B) of each position side by side as one complex128: one random gather fetches both errors of a pair
         self._pair_by_a = np.stack([self._sorted_a, self._b_by_a], axis=1).view(np.complex128).ravel()
-        rank_stats = [(s, fn) for s, fn in enumerate(self.statistics.values()) if isinstance(fn, ErrorStatistic) and fn.kind != "mean"]
-        self._cells = _RankCells(self._sorted_a, self._sorted_b, self._rank_b, order_b, rank_stats, window_sd) if rank_stats else None
-        self._means = [s for s, fn in enumerate(self.statistics.values()) if isinstance(fn, ErrorStatistic) and fn.kind == "mean"]
-        self._by_index = [s for s, fn in enumerate(self.statistics.values()) if not isinstance(fn, ErrorStatistic)]  # callables
+        rank_stats = [
+            (s, fn)
+            for s, fn in enumerate(self.statistics.values())
+            if isinstance(fn, ErrorStatistic) and fn.kind != "mean"
+        ]
+        self._cells = (
+            _RankCells(self._sorted_a, self._sorted_b, self._rank_b, order_b, rank_stats, window_sd)
+            if rank_stats
+            else None
+        )
+        self._means = [
+            s for s, fn in enumerate(self.statistics.values()) if isinstance(fn, ErrorStatistic) and fn.kind == "mean"
+        ]
+        self._by_index = [
+            s for s, fn in enumerate(self.statistics.values()) if not isinstance(fn, ErrorStatistic)
+        ]  # callables
         self._blocks: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
-    def draws(self, n_boot: int, workers: Optional[int] = None) -> np.ndarray:
+    def draws(self, n_boot: int, workers: int | None = None) -> np.ndarray:
         """(n_boot, S, 3) the statistics of each resample (S in the order of ``statistics``): A, B, B − A.
 
         workers: threads for the blocks not drawn yet (default: one per core, at most one per block).
@@ -283,22 +327,36 @@ class PairedBootstrap:
                     done = list(pool.map(self._block, need))
             with self._lock:
                 self._blocks.update(zip(need, done))
-        return np.concatenate([self._blocks[i] for i in range(n_blocks)])[:int(n_boot)]
+        return np.concatenate([self._blocks[i] for i in range(n_blocks)])[: int(n_boot)]
 
-    def table(self, n_boot: int = 2000, ci: float = 0.95, workers: Optional[int] = None) -> pd.DataFrame:
+    def table(self, n_boot: int = 2000, ci: float = 0.95, workers: int | None = None) -> pd.DataFrame:
         """One row per statistic: a, a_lo, a_hi, b, b_lo, b_hi, diff, diff_lo, diff_hi (point estimates on
         the full sample; ``ci`` two-sided percentile bounds over ``n_boot`` resamples)."""
         if not 0 < ci < 1:
             raise ValueError(f"ci must be in (0, 1), got {ci}")
-        lo, hi = np.percentile(self.draws(n_boot, workers), [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100], axis=0)  # (S, 3) each
+        lo, hi = np.percentile(
+            self.draws(n_boot, workers), [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100], axis=0
+        )  # (S, 3) each
         rows = []
         for s, (name, fn) in enumerate(self.statistics.items()):
             a, b = float(fn(self._ea)), float(fn(self._eb))
-            rows.append({"statistic": name, "a": a, "a_lo": lo[s, 0], "a_hi": hi[s, 0], "b": b, "b_lo": lo[s, 1], "b_hi": hi[s, 1],
-                         "diff": b - a, "diff_lo": lo[s, 2], "diff_hi": hi[s, 2]})
+            rows.append(
+                {
+                    "statistic": name,
+                    "a": a,
+                    "a_lo": lo[s, 0],
+                    "a_hi": hi[s, 0],
+                    "b": b,
+                    "b_lo": lo[s, 1],
+                    "b_hi": hi[s, 1],
+                    "diff": b - a,
+                    "diff_lo": lo[s, 2],
+                    "diff_hi": hi[s, 2],
+                }
+            )
         return pd.DataFrame(rows)
 
-    def resample_statistics(self, idx: np.ndarray, which: Optional[list] = None) -> np.ndarray:
+    def resample_statistics(self, idx: np.ndarray, which: list | None = None) -> np.ndarray:
         """(m, S, 3) the statistics of the resamples ``idx`` (m, N) int, indices into the samples sorted by A's
         error, each statistic called on the resampled errors (callables are drawn so; for any statistic it is
         the slow reference). which: the statistics to compute (indices; default all; the others stay NaN)."""
@@ -332,7 +390,9 @@ class PairedBootstrap:
             rows = max(1, CHUNK_ELEMENTS // self.n)
             for start in range(0, BOOT_BLOCK, rows):
                 idx = rng.integers(0, self.n, size=(min(rows, BOOT_BLOCK - start), self.n), dtype=np.intp)
-                out[start:start + len(idx), self._by_index] = self.resample_statistics(idx, self._by_index)[:, self._by_index]
+                out[start : start + len(idx), self._by_index] = self.resample_statistics(idx, self._by_index)[
+                    :, self._by_index
+                ]
         out[:, :, 2] = out[:, :, 1] - out[:, :, 0]
         return out
 
@@ -366,7 +426,7 @@ class PairedBootstrap:
 def paired_bootstrap(
     error_a_m: Any,
     error_b_m: Any,
-    statistics: Optional[Mapping[str, Callable]] = None,
+    statistics: Mapping[str, Callable] | None = None,
     n_boot: int = 2000,
     ci: float = 0.95,
     seed: int = 0,
@@ -388,7 +448,7 @@ def higher_is_better(statistic: str) -> bool:
 
 
 def verdict(statistic: str, diff_lo: float, diff_hi: float) -> str:
-    """"B better", "B worse" or "no clear difference" from the B − A interval [diff_lo, diff_hi] of a statistic.
+    """ "B better", "B worse" or "no clear difference" from the B − A interval [diff_lo, diff_hi] of a statistic.
 
     Clear only when the whole interval lies on one side of 0: below 0 is better for an error, above 0 for an
     accuracy.
@@ -405,8 +465,12 @@ def verdict(statistic: str, diff_lo: float, diff_hi: float) -> str:
 
 def verdicts(table: pd.DataFrame) -> pd.Series:
     """:func:`verdict` for every row of a :func:`paired_bootstrap` table."""
-    return pd.Series([verdict(r.statistic, r.diff_lo, r.diff_hi) for r in table.itertuples()], index=table.index,
-                     name="verdict", dtype=object)
+    return pd.Series(
+        [verdict(r.statistic, r.diff_lo, r.diff_hi) for r in table.itertuples()],
+        index=table.index,
+        name="verdict",
+        dtype=object,
+    )
 
 
 def flatten(d: Any, prefix: str = "") -> dict:
@@ -428,5 +492,11 @@ def manifest_diff(a: Mapping, b: Mapping, ignore: tuple = ("created_utc", "weigh
             continue
         va, vb = fa.get(key), fb.get(key)
         if va != vb:
-            rows.append({"key": key, "a": "(absent)" if key not in fa else str(va), "b": "(absent)" if key not in fb else str(vb)})
+            rows.append(
+                {
+                    "key": key,
+                    "a": "(absent)" if key not in fa else str(va),
+                    "b": "(absent)" if key not in fb else str(vb),
+                }
+            )
     return pd.DataFrame(rows, columns=["key", "a", "b"])

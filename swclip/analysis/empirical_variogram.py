@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -76,8 +76,9 @@ def _no_variogram(reason: str, dissimilarity: str, n: int, seed: int) -> Empiric
     return EmpiricalVariogram(ok=False, reason=reason, dissimilarity=dissimilarity, n_samples=n, seed=seed)
 
 
-def _input_problem(latlon: np.ndarray, values: Optional[np.ndarray], embeddings: Optional[np.ndarray],
-                   min_samples: int) -> str:
+def _input_problem(
+    latlon: np.ndarray, values: np.ndarray | None, embeddings: np.ndarray | None, min_samples: int
+) -> str:
     """Why no variogram can exist for these inputs, or "" if one can."""
     n = latlon.shape[0]
     if n < min_samples:
@@ -100,7 +101,7 @@ def _input_problem(latlon: np.ndarray, values: Optional[np.ndarray], embeddings:
     return ""
 
 
-def _blocks(n: int, max_pairs: Optional[int], rng: np.random.Generator):
+def _blocks(n: int, max_pairs: int | None, rng: np.random.Generator):
     """The pair blocks to use: list of (rows, cols, upper_only), and whether they are all pairs."""
     total = n * (n - 1) // 2
     if max_pairs is None or total <= max_pairs:
@@ -138,10 +139,18 @@ def _block_dissimilarity(rows, cols, values, embeddings, dissimilarity):
     return 0.5 * diff * diff
 
 
-def empirical_variogram(latlon: Any, values: Any = None, embeddings: Any = None, dissimilarity: Optional[str] = None,
-                        bins: Any = 20, binning: str = "fixed", max_lag_m: Optional[float] = None,
-                        max_pairs: Optional[int] = 2_000_000, seed: int = 0,
-                        min_samples: int = MIN_SAMPLES) -> EmpiricalVariogram:
+def empirical_variogram(
+    latlon: Any,
+    values: Any = None,
+    embeddings: Any = None,
+    dissimilarity: str | None = None,
+    bins: Any = 20,
+    binning: str = "fixed",
+    max_lag_m: float | None = None,
+    max_pairs: int | None = 2_000_000,
+    seed: int = 0,
+    min_samples: int = MIN_SAMPLES,
+) -> EmpiricalVariogram:
     """Empirical semivariogram of ``values`` (N,) or ``embeddings`` (N, D) against great-circle distance.
 
     latlon: (N, 2) degrees. Give exactly one of ``values`` (a scalar field or
@@ -248,10 +257,21 @@ def _binned(edges, pairs, dissimilarity, n, all_pairs, seed) -> EmpiricalVariogr
     with np.errstate(invalid="ignore", divide="ignore"):
         gamma, lag_m = sum_diss / counts, sum_d / counts  # NaN for empty bins
     return EmpiricalVariogram(
-        ok=True, dissimilarity=dissimilarity, bin_edges_m=edges, bin_centres_m=(edges[:-1] + edges[1:]) / 2,
-        lag_m=lag_m, gamma=gamma, counts=counts, n_samples=n, n_pairs_used=int(counts.sum()),
-        n_pairs_sampled=n_sampled, n_pairs_total=n * (n - 1) // 2, all_pairs=all_pairs,
-        max_lag_m=float(edges[-1]), mean_dissimilarity=total_diss / max(n_sampled, 1), seed=seed,
+        ok=True,
+        dissimilarity=dissimilarity,
+        bin_edges_m=edges,
+        bin_centres_m=(edges[:-1] + edges[1:]) / 2,
+        lag_m=lag_m,
+        gamma=gamma,
+        counts=counts,
+        n_samples=n,
+        n_pairs_used=int(counts.sum()),
+        n_pairs_sampled=n_sampled,
+        n_pairs_total=n * (n - 1) // 2,
+        all_pairs=all_pairs,
+        max_lag_m=float(edges[-1]),
+        mean_dissimilarity=total_diss / max(n_sampled, 1),
+        seed=seed,
     )
 
 
@@ -279,17 +299,28 @@ class VariogramPairs:
     rng_state: dict = field(default_factory=dict)  # the seeded generator after drawing the blocks
 
 
-def variogram_pairs(latlon: Any, values: Any = None, embeddings: Any = None, dissimilarity: Optional[str] = None,
-                    max_pairs: int = 2_000_000, seed: int = 0, min_samples: int = MIN_SAMPLES,
-                    binning: str = "fixed") -> VariogramPairs:
+def variogram_pairs(
+    latlon: Any,
+    values: Any = None,
+    embeddings: Any = None,
+    dissimilarity: str | None = None,
+    max_pairs: int = 2_000_000,
+    seed: int = 0,
+    min_samples: int = MIN_SAMPLES,
+    binning: str = "fixed",
+) -> VariogramPairs:
     """The pairs :func:`empirical_variogram` would examine with these arguments, kept: then
     ``bin_pairs(variogram_pairs(...), bins, binning, max_lag_m)`` equals ``empirical_variogram(...)``
     (the same pairs, edges and counts; sums to the last bits). max_pairs: at most PAIRS_MAX."""
     if max_pairs is None or not 1 <= max_pairs <= PAIRS_MAX:
-        raise ValueError(f"variogram_pairs keeps its pairs in memory: max_pairs must be 1 .. {PAIRS_MAX:,}, got {max_pairs}")
+        raise ValueError(
+            f"variogram_pairs keeps its pairs in memory: max_pairs must be 1 .. {PAIRS_MAX:,}, got {max_pairs}"
+        )
     inputs = _prepare(latlon, values, embeddings, dissimilarity, binning, min_samples)
     if isinstance(inputs, EmpiricalVariogram):
-        return VariogramPairs(ok=False, reason=inputs.reason, dissimilarity=inputs.dissimilarity, n_samples=inputs.n_samples, seed=seed)
+        return VariogramPairs(
+            ok=False, reason=inputs.reason, dissimilarity=inputs.dissimilarity, n_samples=inputs.n_samples, seed=seed
+        )
     latlon, values, embeddings, dissimilarity = inputs
     n = latlon.shape[0]
     rng = np.random.default_rng(seed)
@@ -298,13 +329,21 @@ def variogram_pairs(latlon: Any, values: Any = None, embeddings: Any = None, dis
     with threadpool_limits(1, user_api="blas"):  # as in _binned
         pairs = [_block_pairs(x, rows, cols, upper, values, embeddings, dissimilarity) for rows, cols, upper in blocks]
     return VariogramPairs(
-        ok=True, dissimilarity=dissimilarity, distance_m=np.concatenate([d for d, _ in pairs]),
-        dissimilarity_values=np.concatenate([v for _, v in pairs]), n_samples=n, all_pairs=all_pairs, seed=seed,
-        n_sampled_estimate=sum(r.size * c.size for r, c, _ in blocks), rng_state=rng.bit_generator.state,
+        ok=True,
+        dissimilarity=dissimilarity,
+        distance_m=np.concatenate([d for d, _ in pairs]),
+        dissimilarity_values=np.concatenate([v for _, v in pairs]),
+        n_samples=n,
+        all_pairs=all_pairs,
+        seed=seed,
+        n_sampled_estimate=sum(r.size * c.size for r, c, _ in blocks),
+        rng_state=rng.bit_generator.state,
     )
 
 
-def bin_pairs(pairs: VariogramPairs, bins: Any = 20, binning: str = "fixed", max_lag_m: Optional[float] = None) -> EmpiricalVariogram:
+def bin_pairs(
+    pairs: VariogramPairs, bins: Any = 20, binning: str = "fixed", max_lag_m: float | None = None
+) -> EmpiricalVariogram:
     """Bin :func:`variogram_pairs`' pairs into an empirical variogram (``bins``, ``binning`` and ``max_lag_m``
     as in :func:`empirical_variogram`)."""
     if binning not in BINNINGS:
@@ -316,7 +355,14 @@ def bin_pairs(pairs: VariogramPairs, bins: Any = 20, binning: str = "fixed", max
     edges = _edges(bins, binning, max_lag_m, lambda: [pairs.distance_m], pairs.n_sampled_estimate, rng)
     if isinstance(edges, str):
         return _no_variogram(edges, pairs.dissimilarity, pairs.n_samples, pairs.seed)
-    return _binned(edges, [(pairs.distance_m, pairs.dissimilarity_values)], pairs.dissimilarity, pairs.n_samples, pairs.all_pairs, pairs.seed)
+    return _binned(
+        edges,
+        [(pairs.distance_m, pairs.dissimilarity_values)],
+        pairs.dissimilarity,
+        pairs.n_samples,
+        pairs.all_pairs,
+        pairs.seed,
+    )
 
 
 def _edges(bins, binning, max_lag_m, distances, n_sampled, rng):

@@ -16,9 +16,11 @@ medians included) evaluating the statistic on the concatenated resampled rows.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from swclip.analysis.metrics import summarize
 from swclip.loss_names import SWCLIP, SWCLIP_NC
@@ -35,14 +37,14 @@ def weighted_median(values: np.ndarray, weights: np.ndarray, chunk: int = 256) -
     order = np.argsort(np.atleast_2d(values), axis=1)  # (S, N)
     out = np.empty((weights.shape[0], v.shape[0]))
     for start in range(0, weights.shape[0], chunk):
-        w = weights[start:start + chunk][:, order]  # (r, S, N) weights in each seed's sorted order
+        w = weights[start : start + chunk][:, order]  # (r, S, N) weights in each seed's sorted order
         cum = np.cumsum(w, axis=-1)  # (r, S, N)
         total = cum[..., -1:]  # (r, S, 1)
         # the k-th element (0-based) of the expanded sorted multiset is the first i with cum[i] > k
         lo = (cum <= (total - 1) // 2).sum(-1)  # (r, S)
         hi = (cum <= total // 2).sum(-1)
         seeds = np.arange(v.shape[0])[None, :]
-        out[start:start + chunk] = (v[seeds, lo] + v[seeds, hi]) / 2.0
+        out[start : start + chunk] = (v[seeds, lo] + v[seeds, hi]) / 2.0
     return out
 
 
@@ -69,9 +71,15 @@ def block_counts(n_blocks: int, n_boot: int, seed: int = 0) -> np.ndarray:
     return np.stack([np.bincount(d, minlength=n_blocks) for d in draws])
 
 
-def paired_block_bootstrap(errors_a_m: Any, errors_b_m: Any, block: Any,
-                           statistics: Optional[Mapping[str, Callable]] = None,
-                           n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> list[dict]:
+def paired_block_bootstrap(
+    errors_a_m: Any,
+    errors_b_m: Any,
+    block: Any,
+    statistics: Mapping[str, Callable] | None = None,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> list[dict]:
     """Intervals of each statistic for A, B and B − A, resampling held-out blocks, paired by seed.
 
     errors_a_m, errors_b_m: (S, N) metres, seed k of A in row k, paired with row k of B, over the
@@ -101,8 +109,23 @@ def paired_block_bootstrap(errors_a_m: Any, errors_b_m: Any, block: Any,
         sa, sb = fn(ea, weights).mean(1), fn(eb, weights).mean(1)  # (R,) mean over seeds
         a, b = float(fn(ea, full).mean()), float(fn(eb, full).mean())
         (a_lo, b_lo, d_lo), (a_hi, b_hi, d_hi) = np.percentile(np.stack([sa, sb, sb - sa], 1), q, axis=0)
-        out.append(dict(statistic=name, a=a, a_lo=a_lo, a_hi=a_hi, b=b, b_lo=b_lo, b_hi=b_hi, diff=b - a,
-                        diff_lo=d_lo, diff_hi=d_hi, n_seeds=int(ea.shape[0]), n_blocks=int(len(labels)), n_boot=int(n_boot)))
+        out.append(
+            dict(
+                statistic=name,
+                a=a,
+                a_lo=a_lo,
+                a_hi=a_hi,
+                b=b,
+                b_lo=b_lo,
+                b_hi=b_hi,
+                diff=b - a,
+                diff_lo=d_lo,
+                diff_hi=d_hi,
+                n_seeds=int(ea.shape[0]),
+                n_blocks=int(len(labels)),
+                n_boot=int(n_boot),
+            )
+        )
     return out
 
 
@@ -113,7 +136,7 @@ VAL_NC = "swclip+nc (val σ, λ)"
 METRICS = ("median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "recall@1")
 
 
-def seed_records(exp: dict, select_metric: Optional[str] = None) -> dict:
+def seed_records(exp: dict, select_metric: str | None = None) -> dict:
     """{config label: {seed: record}} of the finished runs, plus the validation-selected configs.
 
     VAL_SIGMA: per seed, the sweep run (kind "swclip") with the lowest validation ``select_metric``;
@@ -139,9 +162,9 @@ def seed_records(exp: dict, select_metric: Optional[str] = None) -> dict:
 def _order(label: str) -> tuple:
     rank = {"clip": 0, VAL_SIGMA: 2, "swclip-var": 3, VAL_NC: 4, "semivariogram": 6}
     if label.startswith("swclip-s"):
-        return (1, float(label[len("swclip-s"):]))
+        return (1, float(label[len("swclip-s") :]))
     if label.startswith("swclip-nc-l"):
-        return (5, float(label[len("swclip-nc-l"):]))
+        return (5, float(label[len("swclip-nc-l") :]))
     return (rank.get(label, 7), 0.0)
 
 
@@ -151,7 +174,6 @@ def summary_table(exp: dict, n_boot: int = 1000, seed: int = 0):
 
     Returns a pandas DataFrame ordered CLIP, the σ sweep, the selected configs, NC, semivariogram.
     """
-    import pandas as pd
 
     recs = seed_records(exp)
     block = np.asarray(exp["test_rows"]["block"])
@@ -185,10 +207,8 @@ def summary_table(exp: dict, n_boot: int = 1000, seed: int = 0):
     return pd.DataFrame(rows)
 
 
-def per_city(exp: dict, metric: str = "median_m") -> "pd.DataFrame":
+def per_city(exp: dict, metric: str = "median_m") -> pd.DataFrame:
     """Test ``metric`` per city: one row per (config, city) with mean and sd across seeds and n_seeds."""
-    import pandas as pd
-
 
     city = np.asarray(exp["test_rows"]["city"])
     rows = []
@@ -198,6 +218,13 @@ def per_city(exp: dict, metric: str = "median_m") -> "pd.DataFrame":
             for c, m in summarize(np.asarray(r["test_error_m"]), city)["per_city"].items():
                 per.setdefault(c, []).append(m[metric])
         for c, vals in per.items():
-            rows.append(dict(config=label, city=c, mean=float(np.mean(vals)),
-                             sd=float(np.std(vals, ddof=1)) if len(vals) > 1 else np.nan, n_seeds=len(vals)))
+            rows.append(
+                dict(
+                    config=label,
+                    city=c,
+                    mean=float(np.mean(vals)),
+                    sd=float(np.std(vals, ddof=1)) if len(vals) > 1 else np.nan,
+                    n_seeds=len(vals),
+                )
+            )
     return pd.DataFrame(rows)

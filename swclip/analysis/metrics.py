@@ -12,7 +12,8 @@ evaluation writes both through :func:`scale_metrics`.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,9 @@ def _check_errors(error_m: Any) -> np.ndarray:
     bad = ~np.isfinite(err) | (err < 0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"error_m has {int(bad.sum())} NaN, infinite or negative value(s); first at index {i}: {err[i]}")
+        raise ValueError(
+            f"error_m has {int(bad.sum())} NaN, infinite or negative value(s); first at index {i}: {err[i]}"
+        )
     return err
 
 
@@ -82,7 +85,7 @@ def _summary(err: np.ndarray) -> dict:
     return out
 
 
-def summarize(error_m: Any, city: Optional[Sequence] = None) -> dict:
+def summarize(error_m: Any, city: Sequence | None = None) -> dict:
     """Overall error summary, and per city when ``city`` (N,) is given.
 
     Returns {"n", "median_m", "mean_m", "p90_m", "p95_m", "geoscore",
@@ -97,7 +100,7 @@ def summarize(error_m: Any, city: Optional[Sequence] = None) -> dict:
         names, inverse = np.unique(city.astype(str), return_inverse=True)  # one pass, not one comparison per city
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
-        out["per_city"] = {str(c): _summary(err[order[bounds[k]:bounds[k + 1]]]) for k, c in enumerate(names)}
+        out["per_city"] = {str(c): _summary(err[order[bounds[k] : bounds[k + 1]]]) for k, c in enumerate(names)}
     return out
 
 
@@ -133,7 +136,9 @@ def recall_vs_area(ranked_regions: Any, true_region: Any, region_area_km2: Any, 
     ranked, true = np.asarray(ranked_regions), np.asarray(true_region)
     area = np.asarray(region_area_km2, dtype=np.float64)
     if ranked.ndim != 2 or ranked.shape[0] != true.shape[0]:
-        raise ValueError(f"ranked_regions must be (N, K) with N = len(true_region); got {ranked.shape} and {true.shape}")
+        raise ValueError(
+            f"ranked_regions must be (N, K) with N = len(true_region); got {ranked.shape} and {true.shape}"
+        )
     if (area < 0).any() or not np.isfinite(area).all():
         raise ValueError("region_area_km2 must be finite and >= 0")
     cum = np.cumsum(area[ranked], axis=1)  # (N, K)
@@ -165,7 +170,7 @@ EARTH_AREA_KM2 = 4.0 * math.pi * (EARTH_RADIUS_M / 1000.0) ** 2
 RVA_AREAS_KM2 = np.append(10.0 ** np.arange(-4.0, 8.75, 0.1), EARTH_AREA_KM2)
 
 
-def reverse_geocode(latlon: Any, mode: Optional[int] = None) -> dict:
+def reverse_geocode(latlon: Any, mode: int | None = None) -> dict:
     """GeoNames parts of the nearest populated place, offline (reverse_geocoder). (N, 2) -> {part: (N,) str}.
 
     One batched query for all rows (distinct rows only). ``mode`` is reverse_geocoder's: 2 (its default,
@@ -202,7 +207,7 @@ def admin_keys(parts: dict) -> dict:
     return out
 
 
-def admin_accuracy(pred_latlon: Any, true_latlon: Any, mode: Optional[int] = None) -> dict:
+def admin_accuracy(pred_latlon: Any, true_latlon: Any, mode: int | None = None) -> dict:
     """Share of predictions in the true country, region, sub-region and city, as OSV-5M scores them.
 
     pred_latlon, true_latlon: (N, 2) degrees. Both go through reverse_geocoder (one batched query);
@@ -230,7 +235,7 @@ def admin_accuracy(pred_latlon: Any, true_latlon: Any, mode: Optional[int] = Non
     return out
 
 
-def distance_km(pred_latlon: Any, true_latlon: Any, parity: Optional[str] = None) -> np.ndarray:
+def distance_km(pred_latlon: Any, true_latlon: Any, parity: str | None = None) -> np.ndarray:
     """Great-circle distance in km. (N, 2), (N, 2) -> (N,).
 
     parity=None: swclip.geo.haversine_m (R = 6,371.0088 km). parity="osv5m": OSV-5M's haversine
@@ -248,11 +253,15 @@ def distance_km(pred_latlon: Any, true_latlon: Any, parity: Optional[str] = None
     return OSV5M_EARTH_RADIUS_KM * 2 * np.arctan2(np.sqrt(a), np.sqrt(np.clip(1 - a, 0.0, None)))
 
 
-def osv5m_metrics(pred_latlon: Any, true_latlon: Any, parity: Optional[str] = "osv5m", mode: Optional[int] = None) -> dict:
+def osv5m_metrics(pred_latlon: Any, true_latlon: Any, parity: str | None = "osv5m", mode: int | None = None) -> dict:
     """OSV-5M's world-scale table for one run: admin_accuracy plus median_km and mean_km (its haversine by default)."""
     d = distance_km(pred_latlon, true_latlon, parity)
-    return {"median_km": float(np.median(d)), "mean_km": float(np.mean(d)), "distance_parity": parity or "swclip",
-            **admin_accuracy(pred_latlon, true_latlon, mode=mode)}
+    return {
+        "median_km": float(np.median(d)),
+        "mean_km": float(np.mean(d)),
+        "distance_parity": parity or "swclip",
+        **admin_accuracy(pred_latlon, true_latlon, mode=mode),
+    }
 
 
 # ----------------------------------------------------------------- Recall vs Area
@@ -267,8 +276,9 @@ def _angle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.arctan2(np.linalg.norm(np.cross(u, v), axis=-1), np.sum(u * v, axis=-1))
 
 
-def hdr_area_km2(topk_latlon: Any, topk_prob: Any, true_latlon: Any, kde_bandwidth_m: float, samples: int = 256,
-                 chunk: int = 256) -> np.ndarray:
+def hdr_area_km2(
+    topk_latlon: Any, topk_prob: Any, true_latlon: Any, kde_bandwidth_m: float, samples: int = 256, chunk: int = 256
+) -> np.ndarray:
     """Area of the knn-kde density's highest-density region that just contains the truth, per query.
 
     The density is the one knn-kde climbs (swclip.index.kde_density): f(x) = Σ_j p_j exp(−d(x, c_j)² / 2h²)
@@ -288,7 +298,9 @@ def hdr_area_km2(topk_latlon: Any, topk_prob: Any, true_latlon: Any, kde_bandwid
     prob = np.asarray(topk_prob, dtype=np.float64)
     true = np.asarray(true_latlon, dtype=np.float64)
     if cand.ndim != 3 or cand.shape[2] != 2 or prob.shape != cand.shape[:2] or true.shape != (cand.shape[0], 2):
-        raise ValueError(f"need topk_latlon (N, K, 2), topk_prob (N, K), true_latlon (N, 2); got {cand.shape}, {prob.shape}, {true.shape}")
+        raise ValueError(
+            f"need topk_latlon (N, K, 2), topk_prob (N, K), true_latlon (N, 2); got {cand.shape}, {prob.shape}, {true.shape}"
+        )
     if not (kde_bandwidth_m > 0 and math.isfinite(kde_bandwidth_m)):
         raise ValueError(f"kde_bandwidth_m must be a positive number of metres, got {kde_bandwidth_m!r}")
     if not np.isfinite(prob).all() or (prob < 0).any():
@@ -304,9 +316,9 @@ def hdr_area_km2(topk_latlon: Any, topk_prob: Any, true_latlon: Any, kde_bandwid
     with np.errstate(divide="ignore"):
         logp_all = np.log(prob)
     for s in range(0, n, chunk):
-        c = unit_vectors(cand[s:s + chunk].reshape(-1, 2)).reshape(-1, k, 3)  # (Q, K, 3)
-        t = unit_vectors(true[s:s + chunk])  # (Q, 3)
-        logp = logp_all[s:s + chunk]  # (Q, K)
+        c = unit_vectors(cand[s : s + chunk].reshape(-1, 2)).reshape(-1, k, 3)  # (Q, K, 3)
+        t = unit_vectors(true[s : s + chunk])  # (Q, 3)
+        logp = logp_all[s : s + chunk]  # (Q, K)
         q = len(t)
         d_t = _angle(t[:, None, :], c)  # (Q, K)
         log_lam = _logsumexp(logp - 0.5 * (d_t / h) ** 2, axis=1)  # (Q,) log f(truth)
@@ -318,16 +330,19 @@ def hdr_area_km2(topk_latlon: Any, topk_prob: Any, true_latlon: Any, kde_bandwid
         e1 /= np.linalg.norm(e1, axis=-1, keepdims=True)
         e2 = np.cross(c, e1)
         cos_t = 1.0 - u[None, None, :] * (1.0 - np.cos(radius))[..., None]  # (Q, K, S)
-        sin_t = np.sqrt(np.clip(1.0 - cos_t ** 2, 0.0, None))
-        x = (cos_t[..., None] * c[:, :, None, :]
-             + sin_t[..., None] * (np.cos(phi)[None, None, :, None] * e1[:, :, None, :] + np.sin(phi)[None, None, :, None] * e2[:, :, None, :]))  # (Q, K, S, 3)
+        sin_t = np.sqrt(np.clip(1.0 - cos_t**2, 0.0, None))
+        x = cos_t[..., None] * c[:, :, None, :] + sin_t[..., None] * (
+            np.cos(phi)[None, None, :, None] * e1[:, :, None, :] + np.sin(phi)[None, None, :, None] * e2[:, :, None, :]
+        )  # (Q, K, S, 3)
         dot = np.einsum("qksd,qjd->qksj", x, c)  # (Q, K, S, K): sample against every candidate
         # arccos loses ~1e-8 rad (0.1 m) near 0: far below any bandwidth the app offers (>= 10 m)
         d_x = np.arccos(np.clip(dot, -1.0, 1.0))
-        inside = _logsumexp(logp[:, None, None, :] - 0.5 * (d_x / h) ** 2, axis=3) >= log_lam[:, None, None]  # (Q, K, S)
+        inside = (
+            _logsumexp(logp[:, None, None, :] - 0.5 * (d_x / h) ** 2, axis=3) >= log_lam[:, None, None]
+        )  # (Q, K, S)
         covers = (dot >= np.cos(radius)[:, None, None, :]).sum(3)  # (Q, K, S) caps holding the sample (>= 1 in theory)
         share = (inside / np.maximum(covers, 1)).mean(2)  # (Q, K)
-        out[s:s + q] = (_cap_area_km2(radius) * share * (radius > 0)).sum(1)
+        out[s : s + q] = (_cap_area_km2(radius) * share * (radius > 0)).sum(1)
     return out
 
 
@@ -365,12 +380,20 @@ def extent_m(latlon: Any, sample: int = 2000, quantile: float = 0.99, seed: int 
         ll = ll[np.random.default_rng(seed).choice(len(ll), sample, replace=False)]
     x = unit_vectors(ll)  # (n, 3)
     i, j = np.triu_indices(len(ll), 1)
-    chord = np.sqrt(np.clip(2.0 - 2.0 * (x @ x.T)[i, j], 0.0, 4.0))  # one matrix product: 10x faster than haversine per pair
+    chord = np.sqrt(
+        np.clip(2.0 - 2.0 * (x @ x.T)[i, j], 0.0, 4.0)
+    )  # one matrix product: 10x faster than haversine per pair
     return float(np.quantile(chord_to_m(chord), quantile))
 
 
-def rva_summary(topk_latlon: Any, topk_prob: Any, true_latlon: Any, kde_bandwidth_m: float,
-                max_queries: int = RVA_MAX_QUERIES, seed: int = 0) -> dict:
+def rva_summary(
+    topk_latlon: Any,
+    topk_prob: Any,
+    true_latlon: Any,
+    kde_bandwidth_m: float,
+    max_queries: int = RVA_MAX_QUERIES,
+    seed: int = 0,
+) -> dict:
     """Recall-vs-Area of the knn-kde density (:func:`hdr_area_km2`) on at most ``max_queries`` queries
     (a seeded sample beyond that), on the fixed grid RVA_AREAS_KM2 so runs overlay.
 
@@ -378,15 +401,30 @@ def rva_summary(topk_latlon: Any, topk_prob: Any, true_latlon: Any, kde_bandwidt
     """
     true = np.asarray(true_latlon, dtype=np.float64)
     n = len(true)
-    rows = np.arange(n) if n <= max_queries else np.sort(np.random.default_rng(seed).choice(n, max_queries, replace=False))
+    rows = (
+        np.arange(n) if n <= max_queries else np.sort(np.random.default_rng(seed).choice(n, max_queries, replace=False))
+    )
     needed = hdr_area_km2(np.asarray(topk_latlon)[rows], np.asarray(topk_prob)[rows], true[rows], kde_bandwidth_m)
     areas, recall = rva_curve(needed)
-    return {"areas_km2": areas.tolist(), "recall": recall.tolist(), "median_area_km2": float(np.median(needed)),
-            "n_queries": int(len(rows)), "of": int(n), "kde_bandwidth_m": float(kde_bandwidth_m), "seed": int(seed)}
+    return {
+        "areas_km2": areas.tolist(),
+        "recall": recall.tolist(),
+        "median_area_km2": float(np.median(needed)),
+        "n_queries": int(len(rows)),
+        "of": int(n),
+        "kde_bandwidth_m": float(kde_bandwidth_m),
+        "seed": int(seed),
+    }
 
 
-def scale_metrics(pred_latlon: Any, true_latlon: Any, topk_latlon: Any, topk_prob: Any, kde_bandwidth_m: float,
-                  mode: Optional[int] = None) -> dict:
+def scale_metrics(
+    pred_latlon: Any,
+    true_latlon: Any,
+    topk_latlon: Any,
+    topk_prob: Any,
+    kde_bandwidth_m: float,
+    mode: int | None = None,
+) -> dict:
     """What evaluation adds beyond :func:`summarize`: {"rva": rva_summary(...)} always, and
     {"osv5m": osv5m_metrics(...)} (admin-level accuracy, median / mean km with OSV-5M's haversine)
     when the true locations spread wider than ADMIN_MIN_EXTENT_M. Also {"extent_m"}."""

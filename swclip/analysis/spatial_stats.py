@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +54,7 @@ def geographic_knn(latlon: np.ndarray, k: int) -> np.ndarray:
     return _knn_without_self(np.asarray(idx).reshape(len(x), k + 1), k)
 
 
-def spatial_weights(latlon: Any, k: Optional[int] = 8, band_m: Optional[float] = None):
+def spatial_weights(latlon: Any, k: int | None = 8, band_m: float | None = None):
     """Row-standardised spatial weights as a scipy CSR matrix (N, N), and the number of islands.
 
     k: k nearest neighbours (geodesic), each weighted 1/k. band_m: instead,
@@ -135,8 +135,8 @@ class MoransI:
     z_sim: float = float("nan")
     permutations: int = 0
     n: int = 0
-    k: Optional[int] = None
-    band_m: Optional[float] = None
+    k: int | None = None
+    band_m: float | None = None
     n_islands: int = 0
     seed: int = 0
 
@@ -144,8 +144,14 @@ class MoransI:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.__dict__.items()}
 
 
-def morans_i(values: Any, latlon: Any, k: Optional[int] = 8, permutations: int = 999, seed: int = 0,
-             band_m: Optional[float] = None) -> MoransI:
+def morans_i(
+    values: Any,
+    latlon: Any,
+    k: int | None = 8,
+    permutations: int = 999,
+    seed: int = 0,
+    band_m: float | None = None,
+) -> MoransI:
     """Global Moran's I of ``values`` (N,) at ``latlon`` (N, 2), geodesic row-standardised weights.
 
         I = (N / S0) · zᵀWz / zᵀz,   z = values − mean,  S0 = Σ w_ij
@@ -169,8 +175,15 @@ def morans_i(values: Any, latlon: Any, k: Optional[int] = 8, permutations: int =
     zz = float(z @ z)
     s0 = float(w.sum())
     if s0 == 0:
-        return MoransI(ok=False, reason=f"no sample has a neighbour within band_m={band_m} m", n=n, k=k,
-                       band_m=band_m, n_islands=islands, seed=seed)
+        return MoransI(
+            ok=False,
+            reason=f"no sample has a neighbour within band_m={band_m} m",
+            n=n,
+            k=k,
+            band_m=band_m,
+            n_islands=islands,
+            seed=seed,
+        )
     scale = n / s0
     i_obs = scale * float(z @ (w @ z)) / zz
     # analytic moments under normality (Cliff & Ord), as esda
@@ -195,8 +208,22 @@ def morans_i(values: Any, latlon: Any, k: Optional[int] = 8, permutations: int =
         sim = np.concatenate(sims)
         p_sim = float(_folded_p(sim, i_obs, permutations))
         z_sim = float((i_obs - sim.mean()) / sim.std()) if sim.std() > 0 else float("nan")
-    return MoransI(ok=True, I=i_obs, expected_I=ei, variance_norm=vi, z_norm=z_norm, p_norm=p_norm, p_value=p_sim,
-                   z_sim=z_sim, permutations=permutations, n=n, k=k, band_m=band_m, n_islands=islands, seed=seed)
+    return MoransI(
+        ok=True,
+        I=i_obs,
+        expected_I=ei,
+        variance_norm=vi,
+        z_norm=z_norm,
+        p_norm=p_norm,
+        p_value=p_sim,
+        z_sim=z_sim,
+        permutations=permutations,
+        n=n,
+        k=k,
+        band_m=band_m,
+        n_islands=islands,
+        seed=seed,
+    )
 
 
 @dataclass
@@ -220,8 +247,8 @@ class LocalMoran:
     lag: np.ndarray = field(default_factory=lambda: np.zeros(0))  # spatial lag of z
     alpha: float = 0.05
     permutations: int = 0
-    k: Optional[int] = None
-    band_m: Optional[float] = None
+    k: int | None = None
+    band_m: float | None = None
     seed: int = 0
 
     def counts(self) -> dict:
@@ -229,8 +256,15 @@ class LocalMoran:
         return {lab: int((self.labels == lab).sum()) for lab in ("HH", "LL", "HL", "LH", "ns")}
 
 
-def local_morans_i(values: Any, latlon: Any, k: Optional[int] = 8, permutations: int = 999, seed: int = 0,
-                   alpha: float = 0.05, band_m: Optional[float] = None) -> LocalMoran:
+def local_morans_i(
+    values: Any,
+    latlon: Any,
+    k: int | None = 8,
+    permutations: int = 999,
+    seed: int = 0,
+    alpha: float = 0.05,
+    band_m: float | None = None,
+) -> LocalMoran:
     """LISA of ``values`` (N,) at ``latlon`` (N, 2): I_i = (N−1) z_i (Wz)_i / zᵀz, z standardised.
 
     Conditional permutation as esda: ``permutations`` draws (seeded), each a
@@ -270,8 +304,20 @@ def local_morans_i(values: Any, latlon: Any, k: Optional[int] = 8, permutations:
             p[rows] = _folded_p(sim, is_[rows], permutations)
         p[card == 0] = np.nan  # an island has no neighbours to be like or unlike: no test, label "ns"
     labels = np.where(p <= alpha, quad, "ns")
-    return LocalMoran(ok=True, Is=is_, p_values=p, quadrant=quad, labels=labels, z=z, lag=np.asarray(lag),
-                      alpha=alpha, permutations=permutations, k=k, band_m=band_m, seed=seed)
+    return LocalMoran(
+        ok=True,
+        Is=is_,
+        p_values=p,
+        quadrant=quad,
+        labels=labels,
+        z=z,
+        lag=np.asarray(lag),
+        alpha=alpha,
+        permutations=permutations,
+        k=k,
+        band_m=band_m,
+        seed=seed,
+    )
 
 
 @dataclass
@@ -312,7 +358,7 @@ def embedding_knn(embeddings: np.ndarray, k: int) -> np.ndarray:
     return _knn_without_self(idx, k)
 
 
-def neighbourhood_overlap(embeddings: Any, latlon: Any, k: int = 10, knn: Optional[tuple] = None) -> NeighbourhoodOverlap:
+def neighbourhood_overlap(embeddings: Any, latlon: Any, k: int = 10, knn: tuple | None = None) -> NeighbourhoodOverlap:
     """overlap@k and the geographic distance to embedding neighbours; embeddings (N, D), latlon (N, 2).
 
     knn: (embedding_knn, geo_knn), (N, K) each with K >= k, nearest first, from an earlier call with a
@@ -348,7 +394,9 @@ def neighbourhood_overlap(embeddings: Any, latlon: Any, k: int = 10, knn: Option
     if knn is not None:
         e_idx, g_idx = (np.asarray(a)[:, :k] for a in knn)  # (N, k) each
         if e_idx.shape != (n, k) or g_idx.shape != (n, k):
-            raise ValueError(f"knn must be two (N, K >= k) = ({n}, >= {k}) arrays, got {np.shape(knn[0])} and {np.shape(knn[1])}")
+            raise ValueError(
+                f"knn must be two (N, K >= k) = ({n}, >= {k}) arrays, got {np.shape(knn[0])} and {np.shape(knn[1])}"
+            )
     else:
         e_idx = embedding_knn(emb, k)  # (N, k)
         g_idx = geographic_knn(latlon, k)  # (N, k)
@@ -356,10 +404,18 @@ def neighbourhood_overlap(embeddings: Any, latlon: Any, k: int = 10, knn: Option
     here = latlon[:, None, :]
     e_dist = haversine_m(here, latlon[e_idx], check=False).mean(1)
     g_dist = haversine_m(here, latlon[g_idx], check=False).mean(1)
-    return NeighbourhoodOverlap(ok=True, k=k, overlap=overlap, embedding_neighbour_dist_m=e_dist,
-                                geo_neighbour_dist_m=g_dist, mean_overlap=float(overlap.mean()),
-                                median_embedding_neighbour_dist_m=float(np.median(e_dist)),
-                                chance_overlap=k / (n - 1), embedding_knn=e_idx, geo_knn=g_idx)
+    return NeighbourhoodOverlap(
+        ok=True,
+        k=k,
+        overlap=overlap,
+        embedding_neighbour_dist_m=e_dist,
+        geo_neighbour_dist_m=g_dist,
+        mean_overlap=float(overlap.mean()),
+        median_embedding_neighbour_dist_m=float(np.median(e_dist)),
+        chance_overlap=k / (n - 1),
+        embedding_knn=e_idx,
+        geo_knn=g_idx,
+    )
 
 
 def pca_2d(embeddings: Any) -> np.ndarray:

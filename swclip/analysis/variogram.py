@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ class VariogramFit:
     partial_sill: float = float("nan")
     sill: float = float("nan")
     range_m: float = float("nan")
-    shape: Optional[float] = None  # stable: shape s; matern: smoothness ν
+    shape: float | None = None  # stable: shape s; matern: smoothness ν
     rmse: float = float("nan")
     r2: float = float("nan")
     n_bins: int = 0
@@ -100,7 +101,7 @@ class VariogramFit:
         if self.model == "exponential":
             return b + c0 * (1.0 - torch.exp(-3.0 * h / r))
         if self.model == "gaussian":
-            return b + c0 * (1.0 - torch.exp(-(h / (r / 2.0)) ** 2))
+            return b + c0 * (1.0 - torch.exp(-((h / (r / 2.0)) ** 2)))
         if self.model == "stable":
             a = r / 3.0 ** (1.0 / self.shape)
             g = b + c0 * (1.0 - torch.exp(-torch.pow(h / a, self.shape)))
@@ -143,8 +144,11 @@ class VariogramFit:
 
     def to_dict(self) -> dict:
         """JSON-ready dict of the fit (None for NaN)."""
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in self.__dict__.items() if not k.startswith("_")}
+        return {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in self.__dict__.items()
+            if not k.startswith("_")
+        }
 
 
 def _spherical(h, r, c0, b=0.0):
@@ -159,7 +163,7 @@ def _exponential(h, r, c0, b=0.0):
 
 def _gaussian(h, r, c0, b=0.0):
     a = r / 2.0
-    return b + c0 * (1.0 - np.exp(-(h ** 2 / a ** 2)))
+    return b + c0 * (1.0 - np.exp(-(h**2 / a**2)))
 
 
 def _stable(h, r, c0, s, b=0.0):
@@ -174,7 +178,9 @@ def _matern(h, r, c0, s, b=0.0):
 
     a = r / 2.0
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        g = b + c0 * (1.0 - (2 / special.gamma(s)) * np.power((h * np.sqrt(s)) / a, s) * special.kv(s, 2 * ((h * np.sqrt(s)) / a)))
+        g = b + c0 * (
+            1.0 - (2 / special.gamma(s)) * np.power((h * np.sqrt(s)) / a, s) * special.kv(s, 2 * ((h * np.sqrt(s)) / a))
+        )
     return np.where(h == 0, b, g)
 
 
@@ -182,7 +188,13 @@ def _matern(h, r, c0, s, b=0.0):
 # numba-jitted scalar functions mapped over h, whose first calls compile for about a second each, and
 # whose plain-Python bodies, called once per lag, made the Semivariogram page's fits and practical
 # ranges take seconds. tests/test_variogram.py holds these to scikit-gstat's own functions on a grid.
-_MODEL_FUNCTIONS = {"spherical": _spherical, "exponential": _exponential, "gaussian": _gaussian, "stable": _stable, "matern": _matern}
+_MODEL_FUNCTIONS = {
+    "spherical": _spherical,
+    "exponential": _exponential,
+    "gaussian": _gaussian,
+    "stable": _stable,
+    "matern": _matern,
+}
 
 
 def _skgstat_model(model: str):
@@ -201,8 +213,9 @@ def _no_fit(reason: str, model: str = "", dissimilarity: str = "") -> VariogramF
     return VariogramFit(ok=False, reason=reason, model=model, dissimilarity=dissimilarity)
 
 
-def fit_variogram(empirical: EmpiricalVariogram, model: str = "spherical", nugget: bool = True,
-                  lag: str = "mean") -> VariogramFit:
+def fit_variogram(
+    empirical: EmpiricalVariogram, model: str = "spherical", nugget: bool = True, lag: str = "mean"
+) -> VariogramFit:
     """Fit scikit-gstat's ``model`` to the empirical variogram's non-empty bins.
 
     As scikit-gstat fits: least squares (curve_fit, "trf"), unweighted, bounds
@@ -237,8 +250,10 @@ def fit_variogram(empirical: EmpiricalVariogram, model: str = "spherical", nugge
         upper, lower = upper + [0.99 * ymax], lower + [0.0]
         wrapped = fn
     else:
+
         def wrapped(h, *p):
             return fn(h, *p, 0.0)
+
     from scipy.optimize import OptimizeWarning, curve_fit
 
     try:
@@ -259,19 +274,33 @@ def fit_variogram(empirical: EmpiricalVariogram, model: str = "spherical", nugge
     sill, at_bound = b + c0, r >= 0.999 * xmax
     notes = []
     if sill > 0 and b / sill >= NUGGET_WARN:
-        notes.append(f"the nugget is {100 * b / sill:.0f} % of the sill: little spatial structure, the range means little")
+        notes.append(
+            f"the nugget is {100 * b / sill:.0f} % of the sill: little spatial structure, the range means little"
+        )
     if at_bound:
         notes.append(f"the range reached the largest lag ({xmax:.0f} m): the true range may be longer")
     return VariogramFit(
-        ok=True, model=model, nugget=b, partial_sill=c0, sill=sill, range_m=r, shape=shape,
-        rmse=float(np.sqrt((resid ** 2).mean())), r2=1.0 - float((resid ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
-        n_bins=int(x.size), max_lag_m=xmax, range_at_bound=at_bound, dissimilarity=diss,
-        nugget_ratio=b / sill if sill > 0 else float("nan"), warning="; ".join(notes),
+        ok=True,
+        model=model,
+        nugget=b,
+        partial_sill=c0,
+        sill=sill,
+        range_m=r,
+        shape=shape,
+        rmse=float(np.sqrt((resid**2).mean())),
+        r2=1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
+        n_bins=int(x.size),
+        max_lag_m=xmax,
+        range_at_bound=at_bound,
+        dissimilarity=diss,
+        nugget_ratio=b / sill if sill > 0 else float("nan"),
+        warning="; ".join(notes),
     )
 
 
-def fit_best(empirical: EmpiricalVariogram, models: Sequence[str] = MODELS, nugget: bool = True,
-             lag: str = "mean") -> VariogramFit:
+def fit_best(
+    empirical: EmpiricalVariogram, models: Sequence[str] = MODELS, nugget: bool = True, lag: str = "mean"
+) -> VariogramFit:
     """The fit with the lowest RMSE among ``models``; a no-fit listing each model's reason if none fits."""
     fits = [fit_variogram(empirical, m, nugget=nugget, lag=lag) for m in models]
     good = [f for f in fits if f.ok]
@@ -307,11 +336,19 @@ def suggest_sigma_m(range_m: float, kernel: str = "gaussian", level: float = 0.0
     return float(range_m) / (math.sqrt(2.0 * log_inv) if kernel == "gaussian" else log_inv)
 
 
-def fit_embedding_variogram(embeddings, latlon, model: str = "exponential", nugget: bool = True, bins: Any = 20,
-                            binning: str = "fixed", max_lag_m: Optional[float] = None,
-                            max_pairs: Optional[int] = 1_000_000, seed: int = 0,
-                            min_samples: int = MIN_SAMPLES,
-                            max_nugget_ratio: float = NUGGET_WARN) -> Optional[VariogramFit]:
+def fit_embedding_variogram(
+    embeddings,
+    latlon,
+    model: str = "exponential",
+    nugget: bool = True,
+    bins: Any = 20,
+    binning: str = "fixed",
+    max_lag_m: float | None = None,
+    max_pairs: int | None = 1_000_000,
+    seed: int = 0,
+    min_samples: int = MIN_SAMPLES,
+    max_nugget_ratio: float = NUGGET_WARN,
+) -> VariogramFit | None:
     """``fit_fn`` for ``swclip.method.losses.SemivariogramWeightedLoss``: γ(h) of cosine distance, or None.
 
     embeddings: (N, D) tensor or array (any device; copied to the CPU, where the
@@ -324,7 +361,16 @@ def fit_embedding_variogram(embeddings, latlon, model: str = "exponential", nugg
     From a 4096-row bank with 1M pairs this takes tens of milliseconds after
     the first call (which compiles scikit-gstat's numba models).
     """
-    emp = empirical_variogram(latlon, embeddings=embeddings, dissimilarity="cosine", bins=bins, binning=binning,
-                              max_lag_m=max_lag_m, max_pairs=max_pairs, seed=seed, min_samples=min_samples)
+    emp = empirical_variogram(
+        latlon,
+        embeddings=embeddings,
+        dissimilarity="cosine",
+        bins=bins,
+        binning=binning,
+        max_lag_m=max_lag_m,
+        max_pairs=max_pairs,
+        seed=seed,
+        min_samples=min_samples,
+    )
     fit = fit_best(emp, nugget=nugget) if model == "best" else fit_variogram(emp, model, nugget=nugget)
     return fit if fit.ok and not fit.nugget_ratio >= max_nugget_ratio else None

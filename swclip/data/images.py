@@ -29,7 +29,6 @@ DEFAULT_MAX_PIXELS = 64_000_000  # 8000 × 8000; a street-view frame is a few Mp
 JPEG_EOI = b"\xff\xd9"
 
 
-
 @functools.lru_cache(maxsize=64)
 def _resolved_root(root: str) -> Path:
     return Path(root).resolve()  # once per root, not once per row
@@ -124,7 +123,9 @@ def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS):
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageError(f"{name}: {w}×{h} = {w * h:,} pixels exceeds max_pixels={max_pixels:,} (decompression-bomb guard)")
+                raise ImageError(
+                    f"{name}: {w}×{h} = {w * h:,} pixels exceeds max_pixels={max_pixels:,} (decompression-bomb guard)"
+                )
             img.load()
     except ImageError:
         raise
@@ -192,7 +193,6 @@ class ImageDataset:
     def __init__(self, table, root=None, transform=None):
         import torch
 
-
         root = root if root is not None else table.attrs.get("root")
         if root is None:
             raise ValueError("ImageDataset needs root=, the folder the table's image paths are relative to")
@@ -250,7 +250,9 @@ class StreetAugment:
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, c, 1, 1)
         px = x * std + mean  # (B, C, H, W) back on the [0, 1] pixel scale
         if self.brightness > 0:
-            factor = 1.0 + self.brightness * (2.0 * torch.rand(b, 1, 1, 1, generator=g, device=x.device, dtype=x.dtype) - 1.0)
+            factor = 1.0 + self.brightness * (
+                2.0 * torch.rand(b, 1, 1, 1, generator=g, device=x.device, dtype=x.dtype) - 1.0
+            )
             px = px * factor
         if self.noise_std > 0:
             px = px + self.noise_std * torch.randn(px.shape, generator=g, device=x.device, dtype=x.dtype)
@@ -258,8 +260,13 @@ class StreetAugment:
             s = self.max_shift_px
             padded = F.pad(px, (s, s, s, s), mode="replicate")  # (B, C, H + 2s, W + 2s)
             dy, dx = torch.randint(0, 2 * s + 1, (2, b), generator=g, device=x.device)
-            rows = (dy.view(b, 1) + torch.arange(h, device=x.device).view(1, h))  # (B, H)
-            cols = (dx.view(b, 1) + torch.arange(w, device=x.device).view(1, w))  # (B, W)
-            px = padded[torch.arange(b, device=x.device).view(b, 1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1, 1), rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+            rows = dy.view(b, 1) + torch.arange(h, device=x.device).view(1, h)  # (B, H)
+            cols = dx.view(b, 1) + torch.arange(w, device=x.device).view(1, w)  # (B, W)
+            px = padded[
+                torch.arange(b, device=x.device).view(b, 1, 1, 1),
+                torch.arange(c, device=x.device).view(1, c, 1, 1),
+                rows.view(b, 1, h, 1),
+                cols.view(b, 1, 1, w),
+            ]
         out = (px.clamp(0.0, 1.0) - mean) / std
         return out[0] if single else out

@@ -146,8 +146,12 @@ def stream_webdataset(pattern, transform=None, shuffle: int = 0, seed: int = 0):
         return dict(image=transform(image), latlon=latlon, id=str(meta["id"]), city=str(meta.get("city")))
 
     ds = wds.WebDataset(
-        urls, shardshuffle=len(urls) if shuffle else False, nodesplitter=wds.split_by_node,
-        workersplitter=wds.split_by_worker, empty_check=False, seed=seed,
+        urls,
+        shardshuffle=len(urls) if shuffle else False,
+        nodesplitter=wds.split_by_node,
+        workersplitter=wds.split_by_worker,
+        empty_check=False,
+        seed=seed,
     )
     if shuffle:
         ds = ds.shuffle(shuffle, rng=random.Random(seed))

@@ -67,7 +67,9 @@ def spatial_split(
     n = len(table)
     rng = np.random.default_rng(seed)
     if by is not None and table[by].isna().any():
-        raise ValueError(f"spatial_split: {int(table[by].isna().sum())} row(s) have no {by!r}; validate the table first")
+        raise ValueError(
+            f"spatial_split: {int(table[by].isna().sum())} row(s) have no {by!r}; validate the table first"
+        )
     groups = np.zeros(n, dtype=np.int64) if by is None else pd.factorize(table[by].astype(str), sort=True)[0]
     is_test = np.zeros(n, dtype=bool)
     is_val = np.zeros(n, dtype=bool)
@@ -92,7 +94,7 @@ def spatial_split(
         test_blocks = np.zeros(len(keys), dtype=bool)
         test_blocks[order[:n_test]] = True
         val_blocks = np.zeros(len(keys), dtype=bool)
-        val_blocks[order[n_test:n_test + n_val]] = True
+        val_blocks[order[n_test : n_test + n_val]] = True
         inverse = inverse.reshape(-1)
         is_test[rows] = test_blocks[inverse]
         is_val[rows] = val_blocks[inverse]
@@ -111,10 +113,21 @@ def spatial_split(
     out["split"] = split
     if block_column:
         out["block"] = block_name
-    counts = {k: int((split == k).sum()) for k in (("train", "val", "test", "buffer") if val_frac > 0 else ("train", "test", "buffer"))}
+    counts = {
+        k: int((split == k).sum())
+        for k in (("train", "val", "test", "buffer") if val_frac > 0 else ("train", "test", "buffer"))
+    }
     out.attrs["split"] = dict(
-        method="spatial blocks + buffer", test_frac=test_frac, val_frac=val_frac, block_m=block_m, buffer_m=buffer_m, seed=seed, by=by,
-        counts=counts, achieved_test_frac=counts["test"] / max(n, 1), table_hash=table_hash(table),
+        method="spatial blocks + buffer",
+        test_frac=test_frac,
+        val_frac=val_frac,
+        block_m=block_m,
+        buffer_m=buffer_m,
+        seed=seed,
+        by=by,
+        counts=counts,
+        achieved_test_frac=counts["test"] / max(n, 1),
+        table_hash=table_hash(table),
     )
     return out
 

@@ -37,7 +37,9 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("lat", "lon", "heading"):
         if c in out.columns:
             out[c] = pd.to_numeric(out[c], errors="coerce").astype(np.float64)
-    cols = [c for c in REQUIRED + OPTIONAL if c in out.columns] + [c for c in out.columns if c not in REQUIRED + OPTIONAL]
+    cols = [c for c in REQUIRED + OPTIONAL if c in out.columns] + [
+        c for c in out.columns if c not in REQUIRED + OPTIONAL
+    ]
     return out[cols]
 
 
@@ -87,18 +89,28 @@ def read_table(
     mapping = {k: k for k in REQUIRED + OPTIONAL}
     unknown = set(columns or {}) - set(mapping)
     if unknown:
-        raise ValueError(f"columns: unknown schema name(s) {sorted(unknown)}; the schema is {list(REQUIRED + OPTIONAL)}")
+        raise ValueError(
+            f"columns: unknown schema name(s) {sorted(unknown)}; the schema is {list(REQUIRED + OPTIONAL)}"
+        )
     mapping.update(columns or {})
     if city is not None and mapping["city"] not in raw.columns:
         raw = raw.assign(**{mapping["city"]: city})
     missing = [f"{k!r} (looked for column {v!r})" for k, v in mapping.items() if k in REQUIRED and v not in raw.columns]
     if missing:
-        raise ValueError(f"{path}: missing required column(s) {', '.join(missing)}; the file has {list(raw.columns)}. Map them with columns={{schema_name: file_column}}")
+        raise ValueError(
+            f"{path}: missing required column(s) {', '.join(missing)}; the file has {list(raw.columns)}. Map them with columns={{schema_name: file_column}}"
+        )
     renamed = raw.rename(columns={v: k for k, v in mapping.items() if v in raw.columns and v != k})
     return _finish(_normalise(renamed), root, drop_invalid, min_city_samples, check_images, str(path))
 
 
-def read_osv5m(root, split: str = "train", drop_invalid: bool = False, min_city_samples: int = 1, check_images: str | bool = "header") -> pd.DataFrame:
+def read_osv5m(
+    root,
+    split: str = "train",
+    drop_invalid: bool = False,
+    min_city_samples: int = 1,
+    check_images: str | bool = "header",
+) -> pd.DataFrame:
     """Read the OSV-5M layout: ``<root>/<split>.csv`` and images at ``<root>/images/<split>/<id>.jpg``.
 
     The CSV has ``id, latitude, longitude, country, region, sub-region, city, ...``.

@@ -34,7 +34,7 @@ PROBLEMS = {
 class DataValidationError(ValueError):
     """A table failed validation; the message is the full report."""
 
-    def __init__(self, report: "ValidationReport"):
+    def __init__(self, report: ValidationReport):
         self.report = report
         super().__init__(report.text() + "\n(pass drop_invalid=True to drop these rows and keep the rest)")
 
@@ -98,7 +98,14 @@ def _add(report: ValidationReport, key: str, rows: np.ndarray, describe, max_exa
         report.problems[key] = Problem(int(len(rows)), rows, [describe(int(i)) for i in rows[:max_examples]])
 
 
-def validate(table: pd.DataFrame, root=None, min_city_samples: int = 1, check_images: str | bool = "header", max_examples: int = 5, source: str = "") -> ValidationReport:
+def validate(
+    table: pd.DataFrame,
+    root=None,
+    min_city_samples: int = 1,
+    check_images: str | bool = "header",
+    max_examples: int = 5,
+    source: str = "",
+) -> ValidationReport:
     """Check a sample table and report every problem with counts and first examples.
 
     table: columns ``id, image, lat, lon, city`` (missing columns raise ValueError).
@@ -166,7 +173,9 @@ def validate(table: pd.DataFrame, root=None, min_city_samples: int = 1, check_im
         if len(small):
             rows = np.flatnonzero(city.isin(small.index).to_numpy())
             report.problems["small_city"] = Problem(
-                int(len(rows)), rows, [f"{c!r}: {n} sample(s) < {min_city_samples}" for c, n in small.head(max_examples).items()]
+                int(len(rows)),
+                rows,
+                [f"{c!r}: {n} sample(s) < {min_city_samples}" for c, n in small.head(max_examples).items()],
             )
     return report
 

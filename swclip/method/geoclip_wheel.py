@@ -36,8 +36,10 @@ def package_file(relative: str) -> Path:
     try:
         dist = importlib.metadata.distribution("geoclip")
     except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError("GeoCLIP's files come from the geoclip wheel, which is not installed: "
-                                "pip install --no-deps geoclip==1.3.0 (see README, Dependencies)") from None
+        raise FileNotFoundError(
+            "GeoCLIP's files come from the geoclip wheel, which is not installed: "
+            "pip install --no-deps geoclip==1.3.0 (see README, Dependencies)"
+        ) from None
     path = Path(dist.locate_file(relative))
     if not path.is_file():
         raise FileNotFoundError(f"the installed geoclip {dist.version} has no {relative}")
@@ -46,10 +48,20 @@ def package_file(relative: str) -> Path:
 
 def check_geoclip_architecture(embed_dim: int, scales, rff_dim: int, hidden: int, depth: int) -> None:
     """ValueError naming every setting that differs from GeoCLIP's location encoder."""
-    want = {"embed_dim": GEOCLIP_EMBED_DIM, "gps_scales": GEOCLIP_SCALES, "gps_rff_dim": GEOCLIP_RFF_DIM,
-            "gps_hidden": GEOCLIP_HIDDEN, "gps_depth": GEOCLIP_DEPTH}
-    got = {"embed_dim": int(embed_dim), "gps_scales": tuple(float(s) for s in scales), "gps_rff_dim": int(rff_dim),
-           "gps_hidden": int(hidden), "gps_depth": int(depth)}
+    want = {
+        "embed_dim": GEOCLIP_EMBED_DIM,
+        "gps_scales": GEOCLIP_SCALES,
+        "gps_rff_dim": GEOCLIP_RFF_DIM,
+        "gps_hidden": GEOCLIP_HIDDEN,
+        "gps_depth": GEOCLIP_DEPTH,
+    }
+    got = {
+        "embed_dim": int(embed_dim),
+        "gps_scales": tuple(float(s) for s in scales),
+        "gps_rff_dim": int(rff_dim),
+        "gps_hidden": int(hidden),
+        "gps_depth": int(depth),
+    }
     bad = [f"{k}={got[k]} (GeoCLIP: {want[k]})" for k in want if got[k] != want[k]]
     if bad:
         raise ValueError("gps_init=geoclip needs GeoCLIP's location-encoder architecture; " + ", ".join(bad))

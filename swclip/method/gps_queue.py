@@ -25,7 +25,7 @@ Everything the queue holds is a buffer: ``state_dict()`` carries it.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -57,14 +57,20 @@ class GPSQueue(nn.Module):
     Buffers: latlon (Q, 2) float64, image (Q, D) float32, ptr, count, draws (forwards seen).
     """
 
-    def __init__(self, size: int, embed_dim: int = 0, noise_m: float = 1000.0, positive_noise_m: float = 150.0,
-                 seed: int = 0):
+    def __init__(
+        self, size: int, embed_dim: int = 0, noise_m: float = 1000.0, positive_noise_m: float = 150.0, seed: int = 0
+    ):
         super().__init__()
         if size < 1:
             raise ValueError(f"gps_queue size must be >= 1, got {size}")
         if noise_m < 0 or positive_noise_m < 0:
             raise ValueError(f"queue noise must be >= 0 metres, got {noise_m} and {positive_noise_m}")
-        self.size, self.noise_m, self.positive_noise_m, self.seed = int(size), float(noise_m), float(positive_noise_m), int(seed)
+        self.size, self.noise_m, self.positive_noise_m, self.seed = (
+            int(size),
+            float(noise_m),
+            float(positive_noise_m),
+            int(seed),
+        )
         self.register_buffer("latlon", torch.zeros(size, 2, dtype=torch.float64))
         self.register_buffer("image", torch.zeros(size, int(embed_dim)))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
@@ -83,11 +89,11 @@ class GPSQueue(nn.Module):
         return g
 
     @torch.no_grad()
-    def push(self, latlon: torch.Tensor, image: Optional[torch.Tensor] = None) -> None:
+    def push(self, latlon: torch.Tensor, image: torch.Tensor | None = None) -> None:
         """Enqueue (N, 2) coordinates (and (N, D) embeddings) at the pointer, overwriting the oldest (GeoCLIP's order)."""
         n = latlon.shape[0]
         if n >= self.size:  # GeoCLIP keeps the batch's last Q rows and resets the pointer
-            latlon, image, n = latlon[-self.size:], None if image is None else image[-self.size:], self.size
+            latlon, image, n = latlon[-self.size :], None if image is None else image[-self.size :], self.size
             self.ptr.zero_()
         idx = (int(self.ptr) + torch.arange(n, device=self.latlon.device)) % self.size
         self.latlon[idx] = latlon.to(self.latlon)
@@ -118,15 +124,22 @@ class GPSQueueLoss(nn.Module):
             g = self.queue.generator()
             if self.queue.positive_noise_m > 0:  # noise for the gathered batch; this rank's rows
                 all_latlon = _gather(latlon.to(torch.float64), self.world_size)
-                noisy = jitter_latlon(all_latlon, self.queue.positive_noise_m, g)[self.rank * b:(self.rank + 1) * b]
+                noisy = jitter_latlon(all_latlon, self.queue.positive_noise_m, g)[self.rank * b : (self.rank + 1) * b]
                 location_features = self.encode_location(noisy).to(location_features.dtype)
             q_input = jitter_latlon(q_latlon, self.queue.noise_m, g) if len(q_latlon) else q_latlon
         else:
             q_input = q_latlon
         q_features = self.encode_location(q_input) if len(q_latlon) else None
-        out = self.base(image_features, location_features, logit_scale, latlon,
-                        queue_location_features=q_features, queue_latlon=q_latlon if len(q_latlon) else None,
-                        queue_image_features=q_image if (q_image is not None and len(q_latlon)) else None, **kw)
+        out = self.base(
+            image_features,
+            location_features,
+            logit_scale,
+            latlon,
+            queue_location_features=q_features,
+            queue_latlon=q_latlon if len(q_latlon) else None,
+            queue_image_features=q_image if (q_image is not None and len(q_latlon)) else None,
+            **kw,
+        )
         if self.training:
             self.queue.draws += 1
             all_latlon = _gather(latlon.detach().to(torch.float64), self.world_size)

@@ -22,13 +22,11 @@ in size on every rank (use ``drop_last``).
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swclip.geo import pairwise_haversine_m
 from swclip.kernels import check_kernel
 from swclip.method.soft_labels import soft_targets
 
@@ -159,7 +157,7 @@ def _plus_transpose(x, block: int = 128):
         return x + x.T
     out = x.clone()
     for j in range(0, x.shape[0], block):
-        out[:, j:j + block] += x[j:j + block].T
+        out[:, j : j + block] += x[j : j + block].T
     return out
 
 
@@ -262,7 +260,8 @@ class NeighbourhoodConsistencyLoss(nn.Module):
             q_off[rows, cols] = 0.0  # m_i = Σ_j q_off_ij is then exact also when tiny (no 1 − q_ii cancellation)
             total_mass = _global_sum(q_off.sum(), world_size)
         weighted_kl = _MassWeightedNeighbourKL.apply(
-            image_features, all_image_features, q_off, 1.0 / self.temperature, rows, cols).sum()  # Σ_i m_i KL_i
+            image_features, all_image_features, q_off, 1.0 / self.temperature, rows, cols
+        ).sum()  # Σ_i m_i KL_i
         # no row with mass: the sum is 0, and so is the term (dividing by 1 keeps its gradient finite and 0)
         return world_size * weighted_kl / torch.where(total_mass > 0, total_mass, torch.ones_like(total_mass))
 
@@ -276,8 +275,15 @@ class SoftClipLoss(nn.Module):
     sharing the same target matrix.
     """
 
-    def __init__(self, sigma_m: float, kernel: str = "gaussian", nc_weight: float = 0.0,
-                 nc_temperature: float = 0.1, world_size: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        sigma_m: float,
+        kernel: str = "gaussian",
+        nc_weight: float = 0.0,
+        nc_temperature: float = 0.1,
+        world_size: int = 1,
+        rank: int = 0,
+    ):
         super().__init__()
         check_kernel(kernel, sigma_m)
         if nc_weight < 0:
@@ -286,8 +292,16 @@ class SoftClipLoss(nn.Module):
         self.world_size, self.rank = world_size, rank
         self.nc = NeighbourhoodConsistencyLoss(nc_temperature)
 
-    def forward(self, image_features, location_features, logit_scale, latlon, queue_location_features=None,
-                queue_latlon=None, **_):
+    def forward(
+        self,
+        image_features,
+        location_features,
+        logit_scale,
+        latlon,
+        queue_location_features=None,
+        queue_latlon=None,
+        **_,
+    ):
         """image_features, location_features: (B, D); logit_scale: scalar; latlon: (B, 2) degrees;
         queue_location_features (n, D) + queue_latlon (n, 2): GeoCLIP's GPS queue as extra image → location
         columns, with targets from the same kernel (those rows renormalised over batch and queue).
@@ -312,7 +326,9 @@ class SoftClipLoss(nn.Module):
             logits_per_location = logits_per_image.T
         else:  # this rank's locations against the gathered images: not a transpose of the above
             logits_per_location = similarity(location_features, all_image, logit_scale)
-        loss = (soft_cross_entropy(logits_per_image, targets_image) + soft_cross_entropy(logits_per_location, targets)) / 2
+        loss = (
+            soft_cross_entropy(logits_per_image, targets_image) + soft_cross_entropy(logits_per_location, targets)
+        ) / 2
         out = {"contrastive_loss": loss}
         if self.nc_weight > 0:
             out["nc_loss"] = self.nc_weight * self.nc(image_features, all_image, targets, self.rank, self.world_size)

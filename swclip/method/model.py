@@ -24,9 +24,9 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,10 +77,10 @@ class ModelConfig:
     """
 
     arch: str = "swclip-tiny"
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
     location_tower: str = "gps"
-    embed_dim: Optional[int] = None
-    image_size: Optional[int] = None
+    embed_dim: int | None = None
+    image_size: int | None = None
     template: str = DEFAULT_TEMPLATE
     context_tokens: int = 0
     gps_scales: tuple = (2.0**0, 2.0**4, 2.0**8)
@@ -88,7 +88,7 @@ class ModelConfig:
     gps_hidden: int = 1024
     gps_depth: int = 3
     gps_seed: int = 0
-    gps_init: Optional[str] = None  # "geoclip": GeoCLIP's pretrained location encoder (swclip.method.geoclip_wheel)
+    gps_init: str | None = None  # "geoclip": GeoCLIP's pretrained location encoder (swclip.method.geoclip_wheel)
     init_seed: int = 0
     lock_image: bool = False
     lock_location: bool = False
@@ -117,7 +117,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take the defaults."""
         if not isinstance(d, dict):
             raise ValueError(f"model config must be a JSON object, got {type(d).__name__}")
@@ -129,8 +129,13 @@ class ModelConfig:
 
 
 # Street-level demo: GeoCLIP's three scales plus finer ones (4.2 km, 1 km, 263 m wavelengths), small MLPs.
-DEMO_CONFIG = ModelConfig(arch="swclip-tiny", gps_scales=(2.0**0, 2.0**4, 2.0**8, 2.0**12, 2.0**14, 2.0**16),
-                          gps_rff_dim=64, gps_hidden=128, gps_depth=2)
+DEMO_CONFIG = ModelConfig(
+    arch="swclip-tiny",
+    gps_scales=(2.0**0, 2.0**4, 2.0**8, 2.0**12, 2.0**14, 2.0**16),
+    gps_rff_dim=64,
+    gps_hidden=128,
+    gps_depth=2,
+)
 
 
 def _network_reachable(host: str = "huggingface.co", port: int = 443, timeout_s: float = 3.0) -> bool:
@@ -143,7 +148,7 @@ def _network_reachable(host: str = "huggingface.co", port: int = 443, timeout_s:
         return False
 
 
-def _cached_pretrained(tag_cfg: dict) -> Optional[str]:
+def _cached_pretrained(tag_cfg: dict) -> str | None:
     """Local path of a tag's weights if already downloaded, without touching the network."""
     if "file" in tag_cfg:
         return tag_cfg["file"]
@@ -166,7 +171,7 @@ def _cached_pretrained(tag_cfg: dict) -> Optional[str]:
     return None
 
 
-def _tag_preprocess(arch: str, pretrained: Optional[str]) -> dict:
+def _tag_preprocess(arch: str, pretrained: str | None) -> dict:
     """Image normalisation a pretrained tag was trained with ({} for no tag or a file)."""
     if not pretrained or os.path.isfile(pretrained):
         return {}
@@ -190,7 +195,7 @@ def _quiet_open_clip(quiet: bool):
         logging.disable(previous)
 
 
-def resolve_pretrained(arch: str, pretrained: Optional[str]) -> tuple[Optional[str], dict]:
+def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[str | None, dict]:
     """-> (local weights path or None, the tag's preprocess overrides).
 
     A local file always works. A tag is looked up in the local cache first,
@@ -208,8 +213,10 @@ def resolve_pretrained(arch: str, pretrained: Optional[str]) -> tuple[Optional[s
         looks_like_path = os.sep in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
         if looks_like_path:
             raise FileNotFoundError(f"pretrained weights file not found: {pretrained}")
-        raise ValueError(f"pretrained {pretrained!r} is neither a file nor an open_clip tag for {arch}; "
-                         f"known tags: {open_clip.list_pretrained_tags_by_model(arch)}")
+        raise ValueError(
+            f"pretrained {pretrained!r} is neither a file nor an open_clip tag for {arch}; "
+            f"known tags: {open_clip.list_pretrained_tags_by_model(arch)}"
+        )
     preprocess = _tag_preprocess(arch, pretrained)
     path = _cached_pretrained(tag_cfg)
     if path:
@@ -218,7 +225,8 @@ def resolve_pretrained(arch: str, pretrained: Optional[str]) -> tuple[Optional[s
         raise PretrainedUnavailableError(
             f"open_clip pretrained tag {pretrained!r} for {arch} is not in the local cache and there is no network "
             "(or HF_HUB_OFFLINE=1). Pass a local weights file path as `pretrained`, or fetch the tag once on a "
-            "machine with network.")
+            "machine with network."
+        )
     return open_clip.download_pretrained(tag_cfg), preprocess
 
 
@@ -257,24 +265,38 @@ class SWCLIP(nn.Module):
         with torch.random.fork_rng(devices=[]), _quiet_open_clip(path is None):
             torch.manual_seed(config.init_seed)
             clip, self.preprocess_train, self.preprocess_val = open_clip.create_model_and_transforms(
-                config.arch, pretrained=path, force_image_size=config.image_size, force_custom_text=True,
-                image_mean=tag_preprocess.get("mean"), image_std=tag_preprocess.get("std"),
+                config.arch,
+                pretrained=path,
+                force_image_size=config.image_size,
+                force_custom_text=True,
+                image_mean=tag_preprocess.get("mean"),
+                image_std=tag_preprocess.get("std"),
                 image_interpolation=tag_preprocess.get("interpolation"),
-                image_resize_mode=tag_preprocess.get("resize_mode"), **kwargs)
+                image_resize_mode=tag_preprocess.get("resize_mode"),
+                **kwargs,
+            )
             self.visual = clip.visual
             embed_dim = int(config.embed_dim or open_clip.get_model_config(config.arch)["embed_dim"])
             if config.location_tower == "gps":
                 if config.gps_init == "geoclip":
-                    check_geoclip_architecture(embed_dim, config.gps_scales, config.gps_rff_dim, config.gps_hidden,
-                                               config.gps_depth)
-                self.location = GPSLocationTower(embed_dim, config.gps_scales, config.gps_rff_dim,
-                                                 config.gps_hidden, config.gps_depth, config.gps_seed)
+                    check_geoclip_architecture(
+                        embed_dim, config.gps_scales, config.gps_rff_dim, config.gps_hidden, config.gps_depth
+                    )
+                self.location = GPSLocationTower(
+                    embed_dim,
+                    config.gps_scales,
+                    config.gps_rff_dim,
+                    config.gps_hidden,
+                    config.gps_depth,
+                    config.gps_seed,
+                )
                 if config.gps_init == "geoclip" and load_pretrained:  # a saved run brings its own weights
                     self.location.load_state_dict(geoclip_location_state_dict(), strict=True)
             else:
                 tokenizer = open_clip.get_tokenizer(config.arch)
-                self.location = TextLocationTower(clip.text, tokenizer, config.template, config.context_tokens,
-                                                  seed=config.init_seed)
+                self.location = TextLocationTower(
+                    clip.text, tokenizer, config.template, config.context_tokens, seed=config.init_seed
+                )
         del clip  # the unused text tower (gps) goes with it
         self.embed_dim = embed_dim
         self.image_size = self.visual.image_size if hasattr(self.visual, "image_size") else config.image_size
@@ -316,8 +338,13 @@ class SWCLIP(nn.Module):
         features = self.visual(images.to(device=self.device, dtype=self.dtype))
         return F.normalize(features.float(), dim=-1)
 
-    def encode_location(self, latlon, city: Optional[Sequence[Optional[str]]] = None, check: bool = True,
-                        tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def encode_location(
+        self,
+        latlon,
+        city: Sequence[str | None] | None = None,
+        check: bool = True,
+        tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, 2) latlon degrees (numpy or torch) -> (B, D) float32, L2-normalised.
 
         city: optional B names, read by the text tower's template ({in_city}); the GPS tower ignores it.
@@ -338,8 +365,14 @@ class SWCLIP(nn.Module):
         """exp(t), clamped at MAX_LOGIT_SCALE as open_clip does during training. Scalar float32."""
         return self.logit_scale.float().clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
 
-    def forward(self, images: torch.Tensor, latlon, texts: Optional[Sequence[str]] = None,
-                city: Optional[Sequence[Optional[str]]] = None, tokens: Optional[torch.Tensor] = None) -> dict:
+    def forward(
+        self,
+        images: torch.Tensor,
+        latlon,
+        texts: Sequence[str] | None = None,
+        city: Sequence[str | None] | None = None,
+        tokens: torch.Tensor | None = None,
+    ) -> dict:
         """images: (B, 3, H, W); latlon: (B, 2) degrees; texts: optional B location strings (text tower).
 
         tokens: (B, L) long, the locations tokenised by the data pipeline (text tower): with them
@@ -354,8 +387,12 @@ class SWCLIP(nn.Module):
             location_features = self.encode_text(texts)
         else:
             location_features = self.encode_location(latlon, city, check=False, tokens=tokens)
-        return {"image_features": image_features, "location_features": location_features,
-                "logit_scale": self.scale(), "latlon": latlon}
+        return {
+            "image_features": image_features,
+            "location_features": location_features,
+            "logit_scale": self.scale(),
+            "latlon": latlon,
+        }
 
 
 def build_model(config: ModelConfig | dict, load_pretrained: bool = True) -> SWCLIP:

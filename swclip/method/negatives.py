@@ -15,7 +15,6 @@ embeddings as the loss would fit it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -54,8 +53,9 @@ class BatchNegatives:
         return float(self.false.sum()) / n, float(self.hard.sum()) / n
 
 
-def batch_negatives(embeddings, latlon, variogram: LossVariogram, variant: str = "swclip", beta: float = 1.0,
-                    margin: float = 0.0) -> BatchNegatives:
+def batch_negatives(
+    embeddings, latlon, variogram: LossVariogram, variant: str = "swclip", beta: float = 1.0, margin: float = 0.0
+) -> BatchNegatives:
     """embeddings (B, D) L2-normalised, latlon (B, 2) degrees -> BatchNegatives, via the loss's own functions.
 
     One thread: a few (B, B) element-wise ops cost microseconds, and waking a thread team on the loaded
@@ -74,22 +74,37 @@ def batch_negatives(embeddings, latlon, variogram: LossVariogram, variant: str =
     strength = np.where(false.numpy() | hard.numpy(), np.abs(r) - margin, 0.0)
     if variant == "chen2025":
         strength = np.where(hard.numpy(), log_w.numpy() / max(beta, 1e-12), strength)
-    return BatchNegatives(h.numpy(), c.numpy(), g.numpy(), log_w.numpy(), false.numpy(), hard.numpy(),
-                          np.clip(strength, 0.0, None), variant, float(variogram.split_m))
+    return BatchNegatives(
+        h.numpy(),
+        c.numpy(),
+        g.numpy(),
+        log_w.numpy(),
+        false.numpy(),
+        hard.numpy(),
+        np.clip(strength, 0.0, None),
+        variant,
+        float(variogram.split_m),
+    )
 
 
 def share_by_distance(neg: BatchNegatives, bins: int = 15) -> pd.DataFrame:
     """Per distance bin (equal width up to the largest pair distance): pairs, false share, hard share."""
     iu = np.triu_indices(neg.h_m.shape[0], 1)
     h = neg.h_m[iu]
-    both = lambda m: (m[iu] | m.T[iu])  # noqa: E731  (a pair counts when either direction is flagged)
+    both = lambda m: m[iu] | m.T[iu]  # noqa: E731  (a pair counts when either direction is flagged)
     fal, hrd = both(neg.false), both(neg.hard)
     edges = np.linspace(0.0, float(h.max()) if h.size else 1.0, bins + 1)
     k = np.clip(np.searchsorted(edges, h, side="right") - 1, 0, bins - 1)
     n = np.bincount(k, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return pd.DataFrame({"lag_m": (edges[:-1] + edges[1:]) / 2, "pairs": n,
-                             "false_share": np.bincount(k, fal, bins) / n, "hard_share": np.bincount(k, hrd, bins) / n})
+        return pd.DataFrame(
+            {
+                "lag_m": (edges[:-1] + edges[1:]) / 2,
+                "pairs": n,
+                "false_share": np.bincount(k, fal, bins) / n,
+                "hard_share": np.bincount(k, hrd, bins) / n,
+            }
+        )
 
 
 def strongest_pairs(neg: BatchNegatives, kind: str, k: int = 6) -> pd.DataFrame:
@@ -103,19 +118,42 @@ def strongest_pairs(neg: BatchNegatives, kind: str, k: int = 6) -> pd.DataFrame:
     i, j = i[keep], j[keep]
     top = np.argsort(-s[i, j], kind="stable")[:k]
     i, j = i[top], j[top]
-    return pd.DataFrame({"i": i, "j": j, "h_m": neg.h_m[i, j], "cos_dist": neg.cos_dist[i, j],
-                         "gamma": neg.gamma[i, j], "strength": s[i, j]})
+    return pd.DataFrame(
+        {
+            "i": i,
+            "j": j,
+            "h_m": neg.h_m[i, j],
+            "cos_dist": neg.cos_dist[i, j],
+            "gamma": neg.gamma[i, j],
+            "strength": s[i, j],
+        }
+    )
 
 
-def run_variogram(manifest: dict, embeddings, latlon, variant: str, range_kind: str = "practical",
-                  max_lag_m: Optional[float] = None, model: str = "exponential") -> tuple[Optional[LossVariogram], str]:
+def run_variogram(
+    manifest: dict,
+    embeddings,
+    latlon,
+    variant: str,
+    range_kind: str = "practical",
+    max_lag_m: float | None = None,
+    model: str = "exponential",
+) -> tuple[LossVariogram | None, str]:
     """The γ(h) to show: the run's own (manifest "loss_variogram", when it used ``variant``), else one fitted
     from ``embeddings`` (N, D) / ``latlon`` (N, 2) as the loss fits it. -> (variogram or None, where it came from / why none)."""
     saved = manifest.get("loss_variogram")
     if saved and saved.get("variant", variant) == variant:
         lv = LossVariogram.from_dict(saved)
-        return lv, f"the variogram the run's loss used (fitted at optimiser step {lv.step} from {lv.bank_size} bank rows)"
-    fit, reason = fit_loss_variogram(embeddings, latlon, variant, model=model, range_kind=range_kind, max_lag_m=max_lag_m)
+        return (
+            lv,
+            f"the variogram the run's loss used (fitted at optimiser step {lv.step} from {lv.bank_size} bank rows)",
+        )
+    fit, reason = fit_loss_variogram(
+        embeddings, latlon, variant, model=model, range_kind=range_kind, max_lag_m=max_lag_m
+    )
     if fit is None:
         return None, f"no variogram could be fitted to this run's embeddings: {reason}"
-    return fit, f"fitted here from the run's {len(latlon)} evaluation embeddings (the run saved none for variant {variant})"
+    return (
+        fit,
+        f"fitted here from the run's {len(latlon)} evaluation embeddings (the run saved none for variant {variant})",
+    )

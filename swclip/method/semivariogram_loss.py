@@ -45,17 +45,17 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swclip.geo import EARTH_RADIUS_M, pairwise_haversine_m
 from swclip.analysis.empirical_variogram import empirical_variogram
 from swclip.analysis.variogram import NUGGET_WARN, VariogramFit, fit_best, fit_variogram
+from swclip.geo import EARTH_RADIUS_M, pairwise_haversine_m
 from swclip.method.losses import gather_batch, similarity
 
 log = logging.getLogger("swclip")
@@ -92,11 +92,17 @@ class LossVariogram:
 
     def to_dict(self) -> dict:
         """Plain numbers and strings: JSON (manifest) and torch.load(weights_only=True) both read it."""
-        return {"model": self.fit.model, "params": self.fit.to_dict(), "split_m": float(self.split_m),
-                "split_kind": self.split_kind, "step": int(self.step), "bank_size": int(self.bank_size)}
+        return {
+            "model": self.fit.model,
+            "params": self.fit.to_dict(),
+            "split_m": float(self.split_m),
+            "split_kind": self.split_kind,
+            "step": int(self.step),
+            "bank_size": int(self.bank_size),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LossVariogram":
+    def from_dict(cls, d: dict) -> LossVariogram:
         params = {k: v for k, v in d["params"].items()}
         for k in ("nugget", "partial_sill", "sill", "range_m", "rmse", "r2", "max_lag_m", "nugget_ratio"):
             if params.get(k) is None:
@@ -113,11 +119,20 @@ def chen_rho_m(fit: VariogramFit, step_rad: float = CHEN_RHO_STEP_RAD, slope_per
     return float(t[below[0]] * EARTH_RADIUS_M) if below.size else math.pi * EARTH_RADIUS_M
 
 
-def fit_loss_variogram(embeddings, latlon, variant: str = "swclip", model: str = "exponential",
-                       range_kind: str = "practical", max_lag_m: Optional[float] = None,
-                       bin_rad: float = CHEN_BIN_RAD, rho_step_rad: float = CHEN_RHO_STEP_RAD,
-                       rho_slope: float = CHEN_RHO_SLOPE, max_pairs: Optional[int] = 1_000_000,
-                       max_nugget_ratio: float = NUGGET_WARN, seed: int = 0) -> tuple[Optional[LossVariogram], str]:
+def fit_loss_variogram(
+    embeddings,
+    latlon,
+    variant: str = "swclip",
+    model: str = "exponential",
+    range_kind: str = "practical",
+    max_lag_m: float | None = None,
+    bin_rad: float = CHEN_BIN_RAD,
+    rho_step_rad: float = CHEN_RHO_STEP_RAD,
+    rho_slope: float = CHEN_RHO_SLOPE,
+    max_pairs: int | None = 1_000_000,
+    max_nugget_ratio: float = NUGGET_WARN,
+    seed: int = 0,
+) -> tuple[LossVariogram | None, str]:
     """Fit γ(h) of cosine distance to (embeddings (N, D), latlon (N, 2)) as ``variant`` does.
 
     swclip: ``model`` ("best": the lowest RMSE of all) on 20 fixed bins up to ``max_lag_m``.
@@ -130,18 +145,29 @@ def fit_loss_variogram(embeddings, latlon, variant: str = "swclip", model: str =
         raise ValueError(f"semivariogram variant {variant!r} unknown; choose one of {VARIANTS}")
     if variant == "chen2025":
         edges = np.arange(0.0, math.pi + bin_rad, bin_rad) * EARTH_RADIUS_M
-        emp = empirical_variogram(latlon, embeddings=embeddings, dissimilarity="cosine", bins=edges,
-                                  max_pairs=max_pairs, seed=seed)
+        emp = empirical_variogram(
+            latlon, embeddings=embeddings, dissimilarity="cosine", bins=edges, max_pairs=max_pairs, seed=seed
+        )
         fit = fit_variogram(emp, "stable", nugget=True, lag="centre")
     else:
-        emp = empirical_variogram(latlon, embeddings=embeddings, dissimilarity="cosine", bins=20,
-                                  max_lag_m=max_lag_m, max_pairs=max_pairs, seed=seed)
+        emp = empirical_variogram(
+            latlon,
+            embeddings=embeddings,
+            dissimilarity="cosine",
+            bins=20,
+            max_lag_m=max_lag_m,
+            max_pairs=max_pairs,
+            seed=seed,
+        )
         fit = fit_best(emp, nugget=True) if model == "best" else fit_variogram(emp, model, nugget=True)
     if not fit.ok:
         return None, fit.reason
     if not (fit.partial_sill > 0 and math.isfinite(fit.range_m)) or fit.nugget_ratio >= max_nugget_ratio:
-        return None, (f"no spatial structure: the nugget is {100 * fit.nugget_ratio:.0f} % of the sill"
-                      if math.isfinite(fit.nugget_ratio) else "no spatial structure: the partial sill is 0")
+        return None, (
+            f"no spatial structure: the nugget is {100 * fit.nugget_ratio:.0f} % of the sill"
+            if math.isfinite(fit.nugget_ratio)
+            else "no spatial structure: the partial sill is 0"
+        )
     if variant == "chen2025":
         split, kind = chen_rho_m(fit, rho_step_rad, rho_slope), "rho"
     else:
@@ -158,7 +184,7 @@ class LossVariogramFitter:
     def __init__(self, variant: str = "swclip", **kwargs):
         self.variant, self.kwargs, self.last_reason = variant, kwargs, ""
 
-    def __call__(self, embeddings, latlon) -> Optional[LossVariogram]:
+    def __call__(self, embeddings, latlon) -> LossVariogram | None:
         fit, self.last_reason = fit_loss_variogram(embeddings, latlon, self.variant, **self.kwargs)
         return fit
 
@@ -172,8 +198,16 @@ def split_distance_m(variogram) -> float:
 # ------------------------------------------------------------------------------------ weights (loss and page)
 
 
-def negative_weights(variant: str, h_m: torch.Tensor, cos_dist: torch.Tensor, gamma: torch.Tensor, split_m: float,
-                     beta: float, margin: float = 0.0, inplace: bool = False):
+def negative_weights(
+    variant: str,
+    h_m: torch.Tensor,
+    cos_dist: torch.Tensor,
+    gamma: torch.Tensor,
+    split_m: float,
+    beta: float,
+    margin: float = 0.0,
+    inplace: bool = False,
+):
     """Per-pair re-weighting of negatives. All inputs (B, M) float32 except split_m, beta, margin.
 
     -> (log_w (B, M), false (B, M) bool, hard (B, M) bool).
@@ -224,7 +258,7 @@ def gamma_blocked(variogram, h_m: torch.Tensor) -> torch.Tensor:
     out = torch.empty(h_m.shape, dtype=torch.float32)
     step = max(1, CPU_BLOCK_ELEMENTS // h_m.shape[1])
     for r0 in range(0, h_m.shape[0], step):
-        out[r0: r0 + step] = variogram.gamma_torch(h_m[r0: r0 + step])
+        out[r0 : r0 + step] = variogram.gamma_torch(h_m[r0 : r0 + step])
     return out
 
 
@@ -316,9 +350,19 @@ class SemivariogramWeightedLoss(nn.Module):
     "contrastive_loss" carries a gradient, the others are detached 0-d tensors ... see ``LOSS_TERMS``).
     """
 
-    def __init__(self, variant: str = "swclip", beta: float = 1.0, margin: float = 0.0, range_kind: str = "practical",
-                 bank_size: int = 4096, refit_every: int = 100, min_fit_samples: int = 256,
-                 fit_fn: Optional[Callable] = None, world_size: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        variant: str = "swclip",
+        beta: float = 1.0,
+        margin: float = 0.0,
+        range_kind: str = "practical",
+        bank_size: int = 4096,
+        refit_every: int = 100,
+        min_fit_samples: int = 256,
+        fit_fn: Callable | None = None,
+        world_size: int = 1,
+        rank: int = 0,
+    ):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"semivariogram variant {variant!r} unknown; choose one of {VARIANTS}")
@@ -335,7 +379,7 @@ class SemivariogramWeightedLoss(nn.Module):
         self.bank = EmbeddingMemoryBank(bank_size)
         self.fit_fn = fit_fn  # (embeddings, latlon) -> variogram (gamma_torch + split_m or range_m) or None
         self.world_size, self.rank = world_size, rank
-        self.variogram: Optional[LossVariogram] = None
+        self.variogram: LossVariogram | None = None
         self.steps = 0  # optimiser steps seen (optimizer_step calls)
         self.warned = False
 
@@ -366,20 +410,34 @@ class SemivariogramWeightedLoss(nn.Module):
             self.variogram = fit
         elif not self.warned:
             self.warned = True
-            log.warning("semivariogram loss (%s) at optimiser step %d: no usable variogram fit (%s); %s",
-                        self.variant, self.steps, reason,
-                        "the loss stays its base loss" if self.variogram is None else "keeping the previous fit")
+            log.warning(
+                "semivariogram loss (%s) at optimiser step %d: no usable variogram fit (%s); %s",
+                self.variant,
+                self.steps,
+                reason,
+                "the loss stays its base loss" if self.variogram is None else "keeping the previous fit",
+            )
 
-    def record(self) -> Optional[dict]:
+    def record(self) -> dict | None:
         """What the run's manifest keeps: the variogram this loss used, its variant, β and margin (None: no fit)."""
         if not isinstance(self.variogram, LossVariogram):
             return None
-        return {**self.variogram.to_dict(), "variant": self.variant, "beta": self.beta, "margin": self.margin,
-                "range_kind": self.range_kind if self.variant == "swclip" else "rho", "refit_every": self.refit_every}
+        return {
+            **self.variogram.to_dict(),
+            "variant": self.variant,
+            "beta": self.beta,
+            "margin": self.margin,
+            "range_kind": self.range_kind if self.variant == "swclip" else "rho",
+            "refit_every": self.refit_every,
+        }
 
     def get_extra_state(self) -> dict:
-        return {"bank": self.bank.state(), "steps": self.steps, "warned": self.warned,
-                "variogram": self.variogram.to_dict() if isinstance(self.variogram, LossVariogram) else None}
+        return {
+            "bank": self.bank.state(),
+            "steps": self.steps,
+            "warned": self.warned,
+            "variogram": self.variogram.to_dict() if isinstance(self.variogram, LossVariogram) else None,
+        }
 
     def set_extra_state(self, state: dict) -> None:
         self.bank.load(state["bank"])
@@ -387,11 +445,22 @@ class SemivariogramWeightedLoss(nn.Module):
         self.variogram = None if state["variogram"] is None else LossVariogram.from_dict(state["variogram"])
 
     # -- forward ------------------------------------------------------------------------------------------------
-    def forward(self, image_features, location_features, logit_scale, latlon, queue_location_features=None,
-                queue_latlon=None, queue_image_features=None, **_):
+    def forward(
+        self,
+        image_features,
+        location_features,
+        logit_scale,
+        latlon,
+        queue_location_features=None,
+        queue_latlon=None,
+        queue_image_features=None,
+        **_,
+    ):
         if image_features.ndim != 2 or image_features.shape != location_features.shape:
-            raise ValueError("image_features and location_features must both be (B, D); got "
-                             f"{tuple(image_features.shape)} and {tuple(location_features.shape)}")
+            raise ValueError(
+                "image_features and location_features must both be (B, D); got "
+                f"{tuple(image_features.shape)} and {tuple(location_features.shape)}"
+            )
         if tuple(latlon.shape) != (image_features.shape[0], 2):
             raise ValueError(f"latlon must be (B, 2) = ({image_features.shape[0]}, 2), got {tuple(latlon.shape)}")
         all_image, all_location, all_latlon = gather_batch(image_features, location_features, latlon, self.world_size)
@@ -448,8 +517,9 @@ class SemivariogramWeightedLoss(nn.Module):
             gamma = gamma_blocked(self.variogram, h_m)  # (B, K)
             cos_dist = similarity(image_features, cols_image, 1.0).neg_().add_(1.0)  # (B, K) 1 − v_i·v_j
             split_m = split_distance_m(self.variogram)
-            log_w, false, hard = negative_weights(self.variant, h_m, cos_dist, gamma, split_m, self.beta, self.margin,
-                                                  inplace=True)
+            log_w, false, hard = negative_weights(
+                self.variant, h_m, cos_dist, gamma, split_m, self.beta, self.margin, inplace=True
+            )
             del h_m, gamma
             rows = torch.arange(b, device=labels.device)
             log_w[rows, labels] = 0.0
@@ -460,6 +530,9 @@ class SemivariogramWeightedLoss(nn.Module):
             n_neg = max(b * k - b, 1)
             n_false = torch.count_nonzero(false) - torch.count_nonzero(false[rows, labels])
             n_hard = torch.count_nonzero(hard) - torch.count_nonzero(hard[rows, labels])
-            stats = {"false_negative_frac": n_false / n_neg, "hard_negative_frac": n_hard / n_neg,
-                     "variogram_range_m": torch.tensor(split_m, device=log_w.device)}
+            stats = {
+                "false_negative_frac": n_false / n_neg,
+                "hard_negative_frac": n_hard / n_neg,
+                "variogram_range_m": torch.tensor(split_m, device=log_w.device),
+            }
         return log_w, stats

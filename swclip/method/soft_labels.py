@@ -16,13 +16,11 @@ identity and SW-CLIP falls back to CLIP exactly.
 
 from __future__ import annotations
 
-import math
 from typing import Any
-
-import numpy as np
 
 from swclip.geo import check_latlon, pairwise_haversine_m
 from swclip.kernels import check_kernel, kernel_weights
+
 
 def soft_targets(latlon: Any, sigma_m: float, kernel: str = "gaussian", latlon_cols: Any = None, check: bool = True):
     """Row-stochastic SW-CLIP targets Q.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import string
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -69,7 +69,9 @@ class GaussianFourierFeatures(nn.Module):
             raise ValueError(f"Fourier frequency scale must be > 0, got {frequency_scale}")
         gen = torch.Generator().manual_seed(int(seed))
         self.frequency_scale = float(frequency_scale)
-        self.register_buffer("b", torch.randn(n_features, 2, generator=gen, dtype=torch.float64).float() * self.frequency_scale)
+        self.register_buffer(
+            "b", torch.randn(n_features, 2, generator=gen, dtype=torch.float64).float() * self.frequency_scale
+        )
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u: (B, 2) float64 normalised coordinates -> (B, 2·n_features) float64."""
@@ -85,8 +87,15 @@ class GPSLocationTower(nn.Module):
     1024, 3). seed: seeds the Fourier matrices (scale i uses seed + i).
     """
 
-    def __init__(self, embed_dim: int, scales: Sequence[float] = (1.0, 16.0, 256.0), rff_dim: int = 256,
-                 hidden: int = 1024, depth: int = 3, seed: int = 0):
+    def __init__(
+        self,
+        embed_dim: int,
+        scales: Sequence[float] = (1.0, 16.0, 256.0),
+        rff_dim: int = 256,
+        hidden: int = 1024,
+        depth: int = 3,
+        seed: int = 0,
+    ):
         super().__init__()
         if not scales:
             raise ValueError("gps tower needs at least one Fourier scale")
@@ -121,12 +130,14 @@ def check_template(template: str) -> None:
         raise ValueError(f"location template {template!r} is not a valid format string: {e}") from None
     unknown = [f for f in fields if f not in TEMPLATE_FIELDS]
     if unknown:
-        raise ValueError(f"location template {template!r} uses unknown field(s) {unknown}; allowed: {list(TEMPLATE_FIELDS)}")
+        raise ValueError(
+            f"location template {template!r} uses unknown field(s) {unknown}; allowed: {list(TEMPLATE_FIELDS)}"
+        )
     if "lat" not in fields or "lon" not in fields:
         raise ValueError(f"location template {template!r} must contain both {{lat}} and {{lon}}")
 
 
-def format_locations(latlon, city: Optional[Sequence[Optional[str]]] = None, template: str = DEFAULT_TEMPLATE) -> list[str]:
+def format_locations(latlon, city: Sequence[str | None] | None = None, template: str = DEFAULT_TEMPLATE) -> list[str]:
     """Location-as-text strings. latlon: (B, 2) degrees; city: B names or None.
 
     ``{in_city}`` becomes " in <city>" when a city is given and "" otherwise.
@@ -161,7 +172,7 @@ class LocationTokenizer:
             tokens = torch.cat([tokens[:, :1], pad, tokens[:, 1:]], dim=1)  # (B, L)
         return tokens
 
-    def __call__(self, latlon, city: Optional[Sequence[Optional[str]]] = None) -> torch.Tensor:
+    def __call__(self, latlon, city: Sequence[str | None] | None = None) -> torch.Tensor:
         """(B, 2) latlon degrees (+ B city names) -> (B, context_length) long token ids."""
         return self.tokenize(format_locations(latlon, city, self.template))
 
@@ -181,8 +192,10 @@ class TextLocationTower(nn.Module):
         from open_clip.transformer import TextTransformer
 
         if not isinstance(text, TextTransformer):
-            raise ValueError(f"location-as-text needs an open_clip TextTransformer text tower, got {type(text).__name__} "
-                             "(Hugging Face text towers are not supported as location towers)")
+            raise ValueError(
+                f"location-as-text needs an open_clip TextTransformer text tower, got {type(text).__name__} "
+                "(Hugging Face text towers are not supported as location towers)"
+            )
         if getattr(text, "cls_emb", None) is not None:
             raise ValueError("text towers with an appended CLS embedding (CoCa) are not supported as location towers")
         if not 0 <= n_ctx < text.context_length - 2:
@@ -218,7 +231,7 @@ class TextLocationTower(nn.Module):
         x = text.token_embedding(tokens).to(cast_dtype)  # (B, L, W)
         if self.n_ctx:
             ctx = self.context.to(cast_dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-            x = torch.cat([x[:, :1], ctx, x[:, 1 + self.n_ctx:]], dim=1)
+            x = torch.cat([x[:, :1], ctx, x[:, 1 + self.n_ctx :]], dim=1)
         x = x + text.positional_embedding[: x.shape[1]].to(cast_dtype)
         attn_mask = text.attn_mask
         x = text.transformer(x, attn_mask=attn_mask)
@@ -231,8 +244,12 @@ class TextLocationTower(nn.Module):
             pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
         return pooled
 
-    def forward(self, latlon: torch.Tensor, city: Optional[Sequence[Optional[str]]] = None,
-                tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        latlon: torch.Tensor,
+        city: Sequence[str | None] | None = None,
+        tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, 2) latlon (+ city names), or ready ``tokens`` (B, L) from the data pipeline -> (B, embed_dim)."""
         if tokens is None:
             tokens = self.location_tokenizer(latlon, city)

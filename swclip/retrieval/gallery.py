@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import struct
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ def _check_unit_rows(emb: np.ndarray) -> None:
     """
     lo, hi, bad = np.inf, -np.inf, False
     for s in range(0, len(emb), CHECK_ROWS):
-        chunk = emb[s:s + CHECK_ROWS]
+        chunk = emb[s : s + CHECK_ROWS]
         sq = np.einsum("ij,ij->i", chunk, chunk)  # (n,) squared norms
         if not np.isfinite(sq).all():
             if not np.isfinite(chunk).all():
@@ -54,7 +54,7 @@ def _check_unit_rows(emb: np.ndarray) -> None:
         raise ValueError(f"gallery embeddings must be L2-normalised; norms range {lo:.4f}..{hi:.4f}")
 
 
-def _npz_memmap(path: Path, member: str) -> Optional[np.ndarray]:
+def _npz_memmap(path: Path, member: str) -> np.ndarray | None:
     """A read-only memory map of ``member`` (e.g. "embeddings") inside the .npz at ``path``, or None when it
     cannot be mapped (compressed, encrypted, an object array, an unknown .npy version): then read it whole.
 
@@ -104,8 +104,8 @@ class Gallery:
     latlon: np.ndarray
     embeddings: np.ndarray
     kind: str = "location"
-    ids: Optional[np.ndarray] = None
-    city: Optional[np.ndarray] = None
+    ids: np.ndarray | None = None
+    city: np.ndarray | None = None
 
     def __post_init__(self):
         self.latlon = np.ascontiguousarray(self.latlon, dtype=np.float64)
@@ -114,8 +114,9 @@ class Gallery:
         if self.kind not in GALLERY_KINDS:
             raise ValueError(f"gallery kind must be one of {GALLERY_KINDS}, got {self.kind!r}")
         if self.embeddings.ndim != 2 or len(self.embeddings) != len(self.latlon):
-            raise ValueError(f"gallery embeddings must be (N, D) with N = {len(self.latlon)} locations, "
-                             f"got {self.embeddings.shape}")
+            raise ValueError(
+                f"gallery embeddings must be (N, D) with N = {len(self.latlon)} locations, got {self.embeddings.shape}"
+            )
         if len(self.latlon) == 0:
             raise ValueError("gallery is empty")
         _check_unit_rows(self.embeddings)
@@ -135,8 +136,15 @@ class Gallery:
         return self.embeddings.shape[1]
 
     @classmethod
-    def from_locations(cls, model, latlon, city: Optional[Sequence[str]] = None, dedup: bool = True,
-                       batch_size: int = 4096, progress: bool = False) -> "Gallery":
+    def from_locations(
+        cls,
+        model,
+        latlon,
+        city: Sequence[str] | None = None,
+        dedup: bool = True,
+        batch_size: int = 4096,
+        progress: bool = False,
+    ) -> Gallery:
         """Encode candidate locations with ``model.encode_location``, once.
 
         latlon: (N, 2) degrees; city: N names (read by a text tower's template; kept per row).
@@ -155,8 +163,8 @@ class Gallery:
         starts = range(0, len(latlon), batch_size)
         with torch.inference_mode():
             for s in tqdm(starts, desc="encoding gallery", disable=not progress or len(starts) < 2):
-                c = None if city is None else list(city[s:s + batch_size])
-                chunks.append(model.encode_location(latlon[s:s + batch_size], c).cpu().numpy())
+                c = None if city is None else list(city[s : s + batch_size])
+                chunks.append(model.encode_location(latlon[s : s + batch_size], c).cpu().numpy())
         return cls(latlon, np.concatenate(chunks), "location", city=city)
 
     def save(self, path) -> Path:
@@ -172,7 +180,7 @@ class Gallery:
         return atomic_write(path, write)
 
     @classmethod
-    def load(cls, path, mmap: bool = True) -> "Gallery":
+    def load(cls, path, mmap: bool = True) -> Gallery:
         """Inverse of :meth:`save`; RunError (a ValueError) naming the problem for a corrupt or malformed file.
 
         mmap: the embeddings stay a read-only memory map of the file (see :func:`_npz_memmap`; checked for
@@ -190,9 +198,8 @@ class Gallery:
         if missing:
             raise RunError(f"{path} lacks array(s) {missing}; has {sorted(data)}")
         try:
-            return cls(data["latlon"], data["embeddings"], str(data.get("kind", "location")), data.get("ids"),
-                       data.get("city"))
+            return cls(
+                data["latlon"], data["embeddings"], str(data.get("kind", "location")), data.get("ids"), data.get("city")
+            )
         except ValueError as e:
             raise RunError(f"{path}: {e}") from None
-
-

@@ -24,7 +24,6 @@ manifest.json and metrics.json say about it.
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Optional
 
 import numpy as np
 
@@ -36,12 +35,14 @@ GALLERY_SOURCES = ("split", "geoclip100k")
 def check_gallery_source(source: str, key: str = "gallery") -> str:
     """``source`` if it is one of GALLERY_SOURCES, else ValueError naming ``key`` and the choices."""
     if source not in GALLERY_SOURCES:
-        raise ValueError(f"{key} {source!r} unknown; choose split (the gallery split's locations, the default) "
-                         "or geoclip100k (GeoCLIP's 100K coordinates, world scale)")
+        raise ValueError(
+            f"{key} {source!r} unknown; choose split (the gallery split's locations, the default) "
+            "or geoclip100k (GeoCLIP's 100K coordinates, world scale)"
+        )
     return source
 
 
-def gallery_places(source: str, model=None, table=None) -> tuple[np.ndarray, Optional[list]]:
+def gallery_places(source: str, model=None, table=None) -> tuple[np.ndarray, list | None]:
     """(latlon (N, 2) float64 degrees, city: N names or None) of a location gallery, before encoding.
 
     split: ``table``'s lat, lon (and its city column when ``model`` has a text tower);
@@ -57,7 +58,7 @@ def gallery_places(source: str, model=None, table=None) -> tuple[np.ndarray, Opt
     return table[["lat", "lon"]].to_numpy(np.float64), city
 
 
-def gallery_record(source: str, n_gallery: int, split: Optional[str] = None) -> dict:
+def gallery_record(source: str, n_gallery: int, split: str | None = None) -> dict:
     """What manifest.json ("gallery") and metrics.json ("gallery_source") record about a location gallery.
 
     split: the gallery split (source "split"); geoclip100k records the wheel's file and version.

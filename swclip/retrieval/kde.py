@@ -23,7 +23,9 @@ def kde_density(at_latlon, latlon_candidates, weights, kde_bandwidth_m: float) -
     return (np.exp(-0.5 * (d / kde_bandwidth_m) ** 2) * np.asarray(weights, np.float64)[None, :]).sum(1)
 
 
-def knn_kde(latlon_candidates, weights, kde_bandwidth_m: float, iters: int = 30, tol_m: float = 0.01) -> tuple[float, float]:
+def knn_kde(
+    latlon_candidates, weights, kde_bandwidth_m: float, iters: int = 30, tol_m: float = 0.01
+) -> tuple[float, float]:
     """Mode of the weighted Gaussian kernel density over the candidates (Vo et al. 2017), geodesically.
 
     latlon_candidates: (K, 2) degrees; weights: (K,) >= 0 (e.g. probabilities); kde_bandwidth_m: the
@@ -84,5 +86,3 @@ def median_spacing_m(latlon: np.ndarray, sample: int = 10_000, seed: int = 0) ->
     idx = rng.choice(len(xyz), min(sample, len(xyz)), replace=False)
     chord, _ = tree.query(xyz[idx], k=2)
     return float(np.median(chord_to_m(chord[:, 1])))
-
-

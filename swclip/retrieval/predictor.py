@@ -25,8 +25,8 @@ candidates from the estimate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ class Prediction:
     index: np.ndarray
     estimate: tuple[float, float]
     radius_m: float
-    ids: Optional[np.ndarray] = None
+    ids: np.ndarray | None = None
 
     @property
     def latlon(self) -> tuple[float, float]:
@@ -64,8 +64,10 @@ class Prediction:
 
     def as_rows(self) -> list[dict]:
         """[{rank, lat, lon, prob, score}] for tables."""
-        return [{"rank": r + 1, "lat": float(ll[0]), "lon": float(ll[1]), "prob": float(p), "score": float(s)}
-                for r, (ll, p, s) in enumerate(zip(self.latlon_topk, self.prob, self.score))]
+        return [
+            {"rank": r + 1, "lat": float(ll[0]), "lon": float(ll[1]), "prob": float(p), "score": float(s)}
+            for r, (ll, p, s) in enumerate(zip(self.latlon_topk, self.prob, self.score))
+        ]
 
 
 class Predictor:
@@ -77,17 +79,28 @@ class Predictor:
     Puts ``model`` in eval mode; a training loop that evaluates mid-run must call ``train()`` again.
     """
 
-    def __init__(self, model, gallery: Gallery, kde_bandwidth_m: Optional[float] = None, index_kind: str = "auto",
-                 batch_size: int = 64, small_batch_threads: Optional[int] = 1):
+    def __init__(
+        self,
+        model,
+        gallery: Gallery,
+        kde_bandwidth_m: float | None = None,
+        index_kind: str = "auto",
+        batch_size: int = 64,
+        small_batch_threads: int | None = 1,
+    ):
         if gallery.dim != model.embed_dim:
-            raise ValueError(f"gallery embeddings are {gallery.dim}-d but the model embeds to {model.embed_dim}-d: "
-                             "gallery and model come from different runs")
+            raise ValueError(
+                f"gallery embeddings are {gallery.dim}-d but the model embeds to {model.embed_dim}-d: "
+                "gallery and model come from different runs"
+            )
         self.model = model.eval()
         self.gallery = gallery
         self.index = SearchIndex(gallery.embeddings, kind=index_kind, small_batch_threads=small_batch_threads)
         self.small_batch_threads = small_batch_threads
         # the gallery's spacing only when no bandwidth is given: a 1M-entry KD-tree takes seconds
-        self.kde_bandwidth_m = float(kde_bandwidth_m) if kde_bandwidth_m else max(4.0 * median_spacing_m(gallery.latlon), 1.0)
+        self.kde_bandwidth_m = (
+            float(kde_bandwidth_m) if kde_bandwidth_m else max(4.0 * median_spacing_m(gallery.latlon), 1.0)
+        )
         self.batch_size = int(batch_size)
         with torch.no_grad():
             self.logit_scale = float(model.scale())
@@ -102,8 +115,10 @@ class Predictor:
         """PIL images -> (N, D) float32 L2-normalised embeddings, in batches with a progress bar."""
 
         starts = range(0, len(images), self.batch_size)
-        out = [self._encode_batch(images[s:s + self.batch_size])
-               for s in tqdm(starts, desc="encoding images", disable=not progress or len(starts) < 2)]
+        out = [
+            self._encode_batch(images[s : s + self.batch_size])
+            for s in tqdm(starts, desc="encoding images", disable=not progress or len(starts) < 2)
+        ]
         return np.concatenate(out) if out else np.zeros((0, self.gallery.dim), np.float32)
 
     def predict_embeddings(self, embeddings: np.ndarray, top_k: int = 5) -> list[Prediction]:
@@ -120,8 +135,17 @@ class Predictor:
                 p = softmax_np(self.logit_scale * s.astype(np.float64))
             ll = self.gallery.latlon[i]
             est = knn_kde(ll, p, self.kde_bandwidth_m)
-            out.append(Prediction(ll, p, s, i, est, weighted_radius_m(est, ll, p),
-                                  None if self.gallery.ids is None else self.gallery.ids[i]))
+            out.append(
+                Prediction(
+                    ll,
+                    p,
+                    s,
+                    i,
+                    est,
+                    weighted_radius_m(est, ll, p),
+                    None if self.gallery.ids is None else self.gallery.ids[i],
+                )
+            )
         return out
 
     def predict(self, images: Sequence, top_k: int = 5, progress: bool = True) -> list[Prediction]:
@@ -134,7 +158,5 @@ class Predictor:
         starts = range(0, len(images), self.batch_size)
         out: list[Prediction] = []
         for s in tqdm(starts, desc="predicting", disable=not progress or len(starts) < 2):
-            out += self.predict_embeddings(self._encode_batch(images[s:s + self.batch_size]), top_k)
+            out += self.predict_embeddings(self._encode_batch(images[s : s + self.batch_size]), top_k)
         return out
-
-

@@ -8,13 +8,11 @@ against exact search.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from typing import Optional
 
 import numpy as np
-import torch
+
+from swclip.threads import limit_threads
 
 EXACT_MAX = 1_000_000
 SMALL_BATCH = 16  # up to this many queries search on one thread (see SearchIndex.search)
@@ -33,9 +31,18 @@ class SearchIndex:
     to SMALL_BATCH queries (None: leave faiss's setting), see :func:`limit_threads`.
     """
 
-    def __init__(self, embeddings: np.ndarray, kind: str = "auto", nlist: Optional[int] = None,
-                 nprobe: Optional[int] = None, hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128,
-                 seed: int = 0, small_batch_threads: Optional[int] = 1):
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        kind: str = "auto",
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 128,
+        seed: int = 0,
+        small_batch_threads: int | None = 1,
+    ):
         import faiss
 
         x = np.ascontiguousarray(embeddings, dtype=np.float32)
@@ -81,5 +88,3 @@ class SearchIndex:
 
                 return faiss.knn(q, self._flat, k, metric=faiss.METRIC_INNER_PRODUCT)
             return self.index.search(q, k)
-
-

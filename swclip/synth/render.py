@@ -78,7 +78,7 @@ class CityStyle:
     window_columns: int = 3  # window columns per building
 
     @staticmethod
-    def sample(rng: np.random.Generator) -> "CityStyle":
+    def sample(rng: np.random.Generator) -> CityStyle:
         return CityStyle(
             hue_centre=float(rng.uniform(0, 1)),
             hue_spread=float(rng.uniform(0.35, 0.55)),
@@ -112,7 +112,9 @@ class Nuisance:
     noise_seed: np.ndarray  # (N,) uint64 seeds of the pixel noise
 
     @staticmethod
-    def sample(rng: np.random.Generator, heading_deg: np.ndarray, style: CityStyle, brightness: float = 0.15) -> "Nuisance":
+    def sample(
+        rng: np.random.Generator, heading_deg: np.ndarray, style: CityStyle, brightness: float = 0.15
+    ) -> Nuisance:
         n = len(heading_deg)
         heading = np.asarray(heading_deg, dtype=np.float64)
         return Nuisance(
@@ -128,14 +130,18 @@ class Nuisance:
             noise_seed=rng.integers(0, 2**62, n, dtype=np.uint64),
         )
 
-    def take(self, sl: slice) -> "Nuisance":
+    def take(self, sl: slice) -> Nuisance:
         return Nuisance(**{k: v[sl] for k, v in self.__dict__.items()})
 
 
 def _hash01(k: np.ndarray, seed: np.ndarray, salt: int) -> np.ndarray:
     """Integer hash of (building index, image seed) to [0, 1): exact on every machine (no libm)."""
     with np.errstate(over="ignore"):
-        x = k.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + seed.astype(np.uint64) + np.uint64(salt * 0xBF58476D1CE4E5B9 % 2**64)
+        x = (
+            k.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            + seed.astype(np.uint64)
+            + np.uint64(salt * 0xBF58476D1CE4E5B9 % 2**64)
+        )
         x ^= x >> np.uint64(30)
         x *= np.uint64(0xBF58476D1CE4E5B9)
         x ^= x >> np.uint64(27)
@@ -164,7 +170,9 @@ CAR = CROWN + MAX_TREES  # CAR + c for car c
 N_LABELS = CAR + MAX_CARS
 
 
-def render_batch(fields: dict[str, np.ndarray], style: CityStyle, nuisance: Nuisance, size: int, noise_std: float = 0.05) -> np.ndarray:
+def render_batch(
+    fields: dict[str, np.ndarray], style: CityStyle, nuisance: Nuisance, size: int, noise_std: float = 0.05
+) -> np.ndarray:
     """Render N images.
 
     fields: name -> (N,) values in (0, 1) for every name in FIELD_NAMES.
@@ -185,7 +193,7 @@ def render_batch(fields: dict[str, np.ndarray], style: CityStyle, nuisance: Nuis
     palette = np.zeros((n, N_LABELS, size, 3), dtype=np.float32)  # (N, labels, W, 3)
 
     # sky: clear blue to hazy grey (lighter towards the horizon: applied at the end)
-    palette[:, SKY] = ((1 - f["haze"]) * np.asarray(style.sky_rgb) + f["haze"] * 0.82)  # (N, 1, 3)
+    palette[:, SKY] = (1 - f["haze"]) * np.asarray(style.sky_rgb) + f["haze"] * 0.82  # (N, 1, 3)
 
     # buildings: nb across the view, each with its own jittered height and colour
     v_base = 0.66 + nz.horizon[:, None, None]  # (N, 1, 1)
@@ -211,7 +219,9 @@ def render_batch(fields: dict[str, np.ndarray], style: CityStyle, nuisance: Nuis
     win_u = (np.abs(cu - 0.5) < ws / 2) & (ub > 0.06) & (ub < 0.94)  # (N, 1, W)
     win_v = (np.abs(cv - 0.5) < 0.15 + 0.3 * ws) & (fv >= 1.0)  # (N, H, 1)
     label[in_building & win_u & win_v & (v > top + 0.25 * style.floor_h)] = WINDOW
-    palette[:, WINDOW] = (1 - f["window_tone"]) * np.array([0.08, 0.1, 0.16]) + f["window_tone"] * np.array([0.8, 0.85, 0.9])
+    palette[:, WINDOW] = (1 - f["window_tone"]) * np.array([0.08, 0.1, 0.16]) + f["window_tone"] * np.array(
+        [0.8, 0.85, 0.9]
+    )
 
     # ground-floor awning band, a strong colour cue
     label[in_building & ((fv >= 0.3) & (fv < 0.95)) & ((ub > 0.04) & (ub < 0.96))] = AWNING
@@ -248,7 +258,9 @@ def render_batch(fields: dict[str, np.ndarray], style: CityStyle, nuisance: Nuis
     for c in range(MAX_CARS):
         on = (nz.car_n > c)[:, None, None]
         cu_c = nz.car_u[:, c, None, None]
-        body = on & ((u >= cu_c) & (u < cu_c + 0.2)) & ((v >= road_top + 0.01) & (v < np.minimum(road_top + 0.09, 0.99)))
+        body = (
+            on & ((u >= cu_c) & (u < cu_c + 0.2)) & ((v >= road_top + 0.01) & (v < np.minimum(road_top + 0.09, 0.99)))
+        )
         label[body] = CAR + c
         palette[:, CAR + c] = nz.car_rgb[:, c, None, :]
 

@@ -66,8 +66,12 @@ def make_streets(params: StreetParams, seed: int) -> list[shapely.LineString]:
                 offsets = offsets + rng.uniform(-0.3, 0.3, size=n_lines) * params.spacing_m
             lines += _parallel_lines(half, params.spacing_m, ang, offsets, rng, wobble)
         if params.network == "organic":  # two diagonal through-roads
-            lines += _parallel_lines(half, params.spacing_m, a + np.pi / 4, rng.uniform(-half / 2, half / 2, 1), rng, wobble)
-            lines += _parallel_lines(half, params.spacing_m, a - np.pi / 4, rng.uniform(-half / 2, half / 2, 1), rng, wobble)
+            lines += _parallel_lines(
+                half, params.spacing_m, a + np.pi / 4, rng.uniform(-half / 2, half / 2, 1), rng, wobble
+            )
+            lines += _parallel_lines(
+                half, params.spacing_m, a - np.pi / 4, rng.uniform(-half / 2, half / 2, 1), rng, wobble
+            )
     elif params.network == "radial":
         r_max = half * np.sqrt(2)
         for k in range(params.n_spokes):

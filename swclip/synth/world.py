@@ -87,9 +87,13 @@ def city_plan(name: str, index: int, seed: int, covariance: str = "gaussian") ->
     # ranges spread log-evenly over [150, 2000] m, scaled per city, shuffled over the fields
     ranges = np.geomspace(RANGE_MIN_M, RANGE_MAX_M, len(FIELD_NAMES)) * rng.uniform(0.8, 1.2)
     ranges = np.clip(ranges, RANGE_MIN_M, RANGE_MAX_M)[rng.permutation(len(FIELD_NAMES))]
-    fields = [FieldSpec(fname, float(round(r, 1)), _seed(seed, index, 100 + j), N_FEATURES, covariance)
-              for j, (fname, r) in enumerate(zip(FIELD_NAMES, ranges))]
-    return dict(name=name, slug=slug(name), index=index, centre_latlon=(lat, lon), streets=streets, style=style, fields=fields)
+    fields = [
+        FieldSpec(fname, float(round(r, 1)), _seed(seed, index, 100 + j), N_FEATURES, covariance)
+        for j, (fname, r) in enumerate(zip(FIELD_NAMES, ranges))
+    ]
+    return dict(
+        name=name, slug=slug(name), index=index, centre_latlon=(lat, lon), streets=streets, style=style, fields=fields
+    )
 
 
 def _prepare_city(plan: dict, seed: int, n: int) -> dict:
@@ -101,7 +105,17 @@ def _prepare_city(plan: dict, seed: int, n: int) -> dict:
     values = {spec.name: field_uniform(spec, xy) for spec in plan["fields"]}  # name -> (n,) in (0, 1)
     nuisance = Nuisance.sample(np.random.default_rng(_seed(seed, idx, 3)), heading, plan["style"], BRIGHTNESS)
     ids = [f"{plan['slug']}-{i:05d}" for i in range(n)]
-    table = pd.DataFrame(dict(id=ids, image="", lat=latlon[:, 0], lon=latlon[:, 1], city=plan["name"], country="GB", heading=np.round(heading, 2)))
+    table = pd.DataFrame(
+        dict(
+            id=ids,
+            image="",
+            lat=latlon[:, 0],
+            lon=latlon[:, 1],
+            city=plan["name"],
+            country="GB",
+            heading=np.round(heading, 2),
+        )
+    )
     latent = pd.DataFrame(dict(id=ids, x_m=xy[:, 0], y_m=xy[:, 1], **values))
     streets_ll = [local_metres_to_degrees(np.asarray(line.coords), plan["centre_latlon"]) for line in lines]
     return dict(table=table, latent=latent, values=values, nuisance=nuisance, streets_ll=streets_ll, spacing=spacing)
@@ -135,7 +149,12 @@ def _city_meta(plan: dict, n: int, spacing: float, seed: int) -> dict:
         fields=[dict(s.to_dict(), drives=FIELD_VISUALS[s.name]) for s in plan["fields"]],
         range_m=dict(min=min(ranges), median=float(np.median(ranges)), max=max(ranges)),
         # derived from the world seed; recorded so each stage can be re-run alone
-        seeds=dict(plan=_seed(seed, idx, 0), streets=_seed(seed, idx, 1), samples=_seed(seed, idx, 2), nuisance=_seed(seed, idx, 3)),
+        seeds=dict(
+            plan=_seed(seed, idx, 0),
+            streets=_seed(seed, idx, 1),
+            samples=_seed(seed, idx, 2),
+            nuisance=_seed(seed, idx, 3),
+        ),
     )
 
 
@@ -198,7 +217,18 @@ def make_world(
         for start in range(0, samples_per_city, CHUNK):
             sl = slice(start, min(start + CHUNK, samples_per_city))
             values = {k: v[sl] for k, v in data["values"].items()}
-            tasks.append((str(root), rel[sl], values, plan["style"], data["nuisance"].take(sl), image_size, image_format, jpeg_quality))
+            tasks.append(
+                (
+                    str(root),
+                    rel[sl],
+                    values,
+                    plan["style"],
+                    data["nuisance"].take(sl),
+                    image_size,
+                    image_format,
+                    jpeg_quality,
+                )
+            )
         cities_data.append(data)
 
     workers = max(1, int(workers))
@@ -235,7 +265,13 @@ def make_world(
     for plan, d in zip(plans, cities_data):
         for line in d["streets_ll"]:
             coords = np.round(line[:, ::-1], 6).tolist()  # GeoJSON is [lon, lat]
-            features.append(dict(type="Feature", properties=dict(city=plan["name"]), geometry=dict(type="LineString", coordinates=coords)))
+            features.append(
+                dict(
+                    type="Feature",
+                    properties=dict(city=plan["name"]),
+                    geometry=dict(type="LineString", coordinates=coords),
+                )
+            )
 
     table = pd.concat(tables, ignore_index=True)
     table.to_csv(root / "samples.csv", index=False, float_format="%.7f")
@@ -253,7 +289,13 @@ def make_world(
         covariance=covariance,
         field_method=f"random Fourier features, {N_FEATURES} per field, covariance {COVARIANCES[covariance]}; "
         "values mapped to (0, 1) by the normal CDF (swclip.synth.fields.field_uniform)",
-        nuisance=dict(brightness=BRIGHTNESS, noise_std=NOISE_STD, heading="building-row phase and mirror", trees="positions", cars="count, position, colour"),
+        nuisance=dict(
+            brightness=BRIGHTNESS,
+            noise_std=NOISE_STD,
+            heading="building-row phase and mirror",
+            trees="positions",
+            cars="count, position, colour",
+        ),
         files=dict(samples="samples.csv", images="images/", streets="streets.geojson", latent="latent.csv"),
         cities=metas,
     )
@@ -278,6 +320,8 @@ def world_fields(meta: dict, city: str) -> list[FieldSpec]:
     """The FieldSpecs of one city of a loaded world.json, to re-evaluate its fields anywhere."""
     for c in meta["cities"]:
         if c["name"] == city:
-            return [FieldSpec(f["name"], f["range_m"], f["seed"], f["n_features"], f.get("covariance", "gaussian"))
-                    for f in c["fields"]]
+            return [
+                FieldSpec(f["name"], f["range_m"], f["seed"], f["n_features"], f.get("covariance", "gaussian"))
+                for f in c["fields"]
+            ]
     raise ValueError(f"city {city!r} not in this world; it has {[c['name'] for c in meta['cities']]}")

@@ -27,8 +27,8 @@ at one step are exactly the single-process global batch.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -49,9 +49,13 @@ class _Range:
         return self.n
 
 
-def epoch_indices(n: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> np.ndarray:
+def epoch_indices(
+    n: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
+) -> np.ndarray:
     """This rank's sample indices for ``epoch``, as DistributedSampler(drop_last=True) orders them. -> (n // W,)."""
-    sampler = DistributedSampler(_Range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+    sampler = DistributedSampler(
+        _Range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
+    )
     sampler.set_epoch(epoch)
     return np.fromiter(iter(sampler), dtype=np.int64)
 
@@ -74,7 +78,7 @@ class ResumableSampler(Sampler):
     def __iter__(self):
         idx = epoch_indices(self.n, self.epoch, self.seed, self.rank, self.world_size, self.shuffle)
         usable = (len(idx) // self.batch_size) * self.batch_size
-        for i in idx[self.start_batch * self.batch_size: usable]:
+        for i in idx[self.start_batch * self.batch_size : usable]:
             yield (self.epoch, int(i))
 
     def __len__(self) -> int:
@@ -134,9 +138,20 @@ class PreloadedData(TrainData):
     latlon: (N, 2) float64 degrees. mean/std: the image tower's normalisation.
     """
 
-    def __init__(self, images_u8: torch.Tensor, latlon: np.ndarray, batch_size: int, seed: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1, augment: bool = True, mean=CLIP_MEAN, std=CLIP_STD,
-                 tokenize=None):
+    def __init__(
+        self,
+        images_u8: torch.Tensor,
+        latlon: np.ndarray,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        augment: bool = True,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        tokenize=None,
+    ):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4 or images_u8.shape[1] != 3:
             raise ValueError(f"images_u8 must be uint8 (N, 3, H, W), got {images_u8.dtype} {tuple(images_u8.shape)}")
         latlon = np.asarray(latlon, dtype=np.float64)
@@ -153,31 +168,47 @@ class PreloadedData(TrainData):
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.steps_per_epoch = (self.n_samples // world_size) // batch_size
         if self.steps_per_epoch < 1:
-            raise ValueError(f"{self.n_samples} samples over {world_size} rank(s) cannot fill one batch of {batch_size}")
+            raise ValueError(
+                f"{self.n_samples} samples over {world_size} rank(s) cannot fill one batch of {batch_size}"
+            )
 
     def batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
         idx_all = torch.as_tensor(epoch_indices(self.n_samples, epoch, self.seed, self.rank, self.world_size))
         for b in range(start_batch, self.steps_per_epoch):
-            idx = idx_all[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
+            idx = idx_all[b * self.batch_size : (b + 1) * self.batch_size].to(self.device)
             images = (self.images[idx].float().div_(255) - self.mean) / self.std  # (B, 3, H, W) normalised
             if self.augment:
                 images = augment_batch(images, self.seed, epoch, b, self.rank, self.mean_t, self.std_t)
             batch = {"images": images, "latlon": self.latlon[idx], "index": idx}
-            _add_tokens(batch, self.tokenize, self.latlon_host, idx_all[b * self.batch_size:(b + 1) * self.batch_size])
+            _add_tokens(
+                batch, self.tokenize, self.latlon_host, idx_all[b * self.batch_size : (b + 1) * self.batch_size]
+            )
             yield batch
 
 
 class SyntheticData(TrainData):
     """Random images (fixed by seed) and random locations in a 4 km box: for throughput, no files."""
 
-    def __init__(self, n: int, image_size: int, batch_size: int, seed: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1, centre=(48.0, 11.0), tokenize=None):
+    def __init__(
+        self,
+        n: int,
+        image_size: int,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        centre=(48.0, 11.0),
+        tokenize=None,
+    ):
         g = torch.Generator().manual_seed(seed)
         self.n_samples, self.batch_size, self.seed, self.device = n, batch_size, seed, device
         self.rank, self.world_size = rank, world_size
         # a fixed pool of images (not per-batch-size), so any rank layout sees the same sample i
         self.images = torch.randn(min(n, 1024), 3, image_size, image_size, generator=g).to(device)
-        latlon = torch.tensor(centre, dtype=torch.float64) + 0.02 * (torch.rand(n, 2, generator=g, dtype=torch.float64) - 0.5)
+        latlon = torch.tensor(centre, dtype=torch.float64) + 0.02 * (
+            torch.rand(n, 2, generator=g, dtype=torch.float64) - 0.5
+        )
         self.latlon_host, self.tokenize = latlon.numpy(), tokenize
         self.latlon = latlon.to(device)
         self.steps_per_epoch = (n // world_size) // batch_size
@@ -185,9 +216,11 @@ class SyntheticData(TrainData):
     def batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
         idx_all = torch.as_tensor(epoch_indices(self.n_samples, epoch, self.seed, self.rank, self.world_size))
         for b in range(start_batch, self.steps_per_epoch):
-            idx = idx_all[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
+            idx = idx_all[b * self.batch_size : (b + 1) * self.batch_size].to(self.device)
             batch = {"images": self.images[idx % len(self.images)], "latlon": self.latlon[idx], "index": idx}
-            _add_tokens(batch, self.tokenize, self.latlon_host, idx_all[b * self.batch_size:(b + 1) * self.batch_size])
+            _add_tokens(
+                batch, self.tokenize, self.latlon_host, idx_all[b * self.batch_size : (b + 1) * self.batch_size]
+            )
             yield batch
 
 
@@ -218,8 +251,20 @@ class LoaderData(TrainData):
     augmentation runs on the device per batch (StreetAugment), seeded by position.
     """
 
-    def __init__(self, dataset, batch_size: int, seed: int, device: torch.device, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, augment: bool = True, mean=CLIP_MEAN, std=CLIP_STD, tokenize=None):
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        augment: bool = True,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        tokenize=None,
+    ):
         if tokenize is not None:
             dataset = TokenizedDataset(dataset, tokenize)
         self.n_samples, self.batch_size, self.device = len(dataset), batch_size, device
@@ -227,11 +272,19 @@ class LoaderData(TrainData):
         self.sampler = ResumableSampler(len(dataset), batch_size, seed, rank, world_size)
         self.steps_per_epoch = (self.n_samples // world_size) // batch_size
         if self.steps_per_epoch < 1:
-            raise ValueError(f"{self.n_samples} samples over {world_size} rank(s) cannot fill one batch of {batch_size}")
+            raise ValueError(
+                f"{self.n_samples} samples over {world_size} rank(s) cannot fill one batch of {batch_size}"
+            )
         self.loader = torch.utils.data.DataLoader(
-            SeededDataset(dataset, seed), batch_size=batch_size, sampler=self.sampler, drop_last=True,
-            num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
-            prefetch_factor=4 if num_workers > 0 else None)
+            SeededDataset(dataset, seed),
+            batch_size=batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=num_workers > 0,
+            prefetch_factor=4 if num_workers > 0 else None,
+        )
 
     def batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
         self.sampler.set_position(epoch, start_batch)
@@ -240,33 +293,68 @@ class LoaderData(TrainData):
             images = batch["image"].to(self.device, non_blocking=nb)
             if self.augment:  # on the device, as a batch, seeded by its position
                 images = augment_batch(images, self.seed, epoch, b, self.rank, self.mean, self.std)
-            out = {"images": images,
-                   "latlon": torch.as_tensor(batch["latlon"], dtype=torch.float64).to(self.device, non_blocking=nb),
-                   "index": batch["index"].to(self.device, non_blocking=nb)}
+            out = {
+                "images": images,
+                "latlon": torch.as_tensor(batch["latlon"], dtype=torch.float64).to(self.device, non_blocking=nb),
+                "index": batch["index"].to(self.device, non_blocking=nb),
+            }
             if "tokens" in batch:
                 out["tokens"] = batch["tokens"].to(self.device, non_blocking=nb)
             yield out
 
 
-def make_train_data(cfg, image_size: int, device: torch.device, rank: int = 0, world_size: int = 1,
-                    mean=CLIP_MEAN, std=CLIP_STD, table=None, transform=None, tokenize=None) -> TrainData:
+def make_train_data(
+    cfg,
+    image_size: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    mean=CLIP_MEAN,
+    std=CLIP_STD,
+    table=None,
+    transform=None,
+    tokenize=None,
+) -> TrainData:
     """The TrainData that ``cfg.data`` asks for (cfg: swclip.training.config.TrainConfig).
 
     tokenize: (latlon (B, 2), index (B,)) -> (B, L) for a text location tower
     (swclip.training.loop.location_tokenizer), None for the GPS tower."""
     d = cfg.data
     if d.synthetic:
-        return SyntheticData(d.synthetic_size, image_size, cfg.batch_size, cfg.seed, device, rank, world_size,
-                             tokenize=tokenize)
+        return SyntheticData(
+            d.synthetic_size, image_size, cfg.batch_size, cfg.seed, device, rank, world_size, tokenize=tokenize
+        )
     if table is None:
         raise ValueError("data.table is empty: give a sample table (CSV / parquet) or set data.synthetic=true")
     if d.preload:
         images_u8 = preload_images(table, d.root, image_size, progress=cfg.progress)
-        return PreloadedData(images_u8, table[["lat", "lon"]].to_numpy(np.float64), cfg.batch_size, cfg.seed, device,
-                             rank, world_size, augment=d.augment, mean=mean, std=std, tokenize=tokenize)
+        return PreloadedData(
+            images_u8,
+            table[["lat", "lon"]].to_numpy(np.float64),
+            cfg.batch_size,
+            cfg.seed,
+            device,
+            rank,
+            world_size,
+            augment=d.augment,
+            mean=mean,
+            std=std,
+            tokenize=tokenize,
+        )
 
-    return LoaderData(ImageDataset(table, d.root or table.attrs.get("root") or ".", transform), cfg.batch_size, cfg.seed,
-                      device, rank, world_size, d.num_workers, augment=d.augment, mean=mean, std=std, tokenize=tokenize)
+    return LoaderData(
+        ImageDataset(table, d.root or table.attrs.get("root") or ".", transform),
+        cfg.batch_size,
+        cfg.seed,
+        device,
+        rank,
+        world_size,
+        d.num_workers,
+        augment=d.augment,
+        mean=mean,
+        std=std,
+        tokenize=tokenize,
+    )
 
 
 _PRELOAD_CACHE: dict = {}  # one entry: the last table decoded (build_demo trains several models on it)
@@ -278,7 +366,6 @@ def preload_images(table, root, image_size: int, progress: bool = False) -> torc
     -> uint8 (N, 3, S, S). The last result is cached in memory, keyed by root, size and the image paths.
     """
     from PIL import Image
-
 
     root = root or table.attrs.get("root") or "."
     refs = table["image"].astype(str).tolist()
@@ -301,6 +388,15 @@ def preload_images(table, root, image_size: int, progress: bool = False) -> torc
     return out
 
 
-__all__ = ["TrainData", "PreloadedData", "LoaderData", "SyntheticData", "ResumableSampler", "SeededDataset",
-           "augment_batch", "epoch_indices", "make_train_data", "preload_images"]
-
+__all__ = [
+    "TrainData",
+    "PreloadedData",
+    "LoaderData",
+    "SyntheticData",
+    "ResumableSampler",
+    "SeededDataset",
+    "augment_batch",
+    "epoch_indices",
+    "make_train_data",
+    "preload_images",
+]

@@ -18,7 +18,6 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -32,8 +31,12 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     out = {
         "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -121,7 +124,7 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu") -> tuple[di
     return weights, state, meta
 
 
-def resolve_resume(resume: str | os.PathLike, run_dir: Optional[Path] = None) -> Optional[Path]:
+def resolve_resume(resume: str | os.PathLike, run_dir: Path | None = None) -> Path | None:
     """``--resume`` target -> checkpoint folder. Accepts a checkpoint folder, a run folder, or 'auto' (newest in run_dir; None if none)."""
     if str(resume) == "auto":
         found = list_checkpoints(run_dir) if run_dir is not None else []
@@ -133,4 +136,3 @@ def resolve_resume(resume: str | os.PathLike, run_dir: Optional[Path] = None) ->
     if not found:
         raise FileNotFoundError(f"--resume {p}: no complete checkpoint there (looked for {p}/checkpoints/step_*/)")
     return found[-1]
-

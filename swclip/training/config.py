@@ -14,14 +14,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
 from swclip.io import atomic_write_bytes
-from swclip.method.model import DEMO_CONFIG, MAX_LOGIT_SCALE
 from swclip.kernels import check_kernel
 from swclip.loss_names import LOSSES, SOFT_LABEL_LOSSES, SWCLIP_NC
+from swclip.method.model import DEMO_CONFIG, MAX_LOGIT_SCALE
 from swclip.method.semivariogram_loss import RANGE_KINDS, VARIANTS
 from swclip.retrieval.gallery_source import check_gallery_source
 
@@ -43,7 +43,9 @@ class DataConfig:
     check_images: str = "header"  # read_table's image check: header | decode | none (millions of images: none)
     train_split: str = "train"  # rows of the split column used for training
     eval_split: str = "test"  # rows evaluated by train/evaluate.py
-    gallery: str = "split"  # evaluation's candidate places: split (train_split's locations) | geoclip100k (GeoCLIP's 100K)
+    gallery: str = (
+        "split"  # evaluation's candidate places: split (train_split's locations) | geoclip100k (GeoCLIP's 100K)
+    )
     preload: bool = False  # decode every training image once into memory (small data sets: the demo)
     augment: bool = True  # augmentation on every step
     num_workers: int = 0  # DataLoader workers (file-backed path)
@@ -58,12 +60,14 @@ class LossConfig:
     name: str = "clip"  # clip | swclip | swclip+nc | semivariogram
     sigma_m: float = 150.0  # swclip bandwidth, metres
     kernel: str = "gaussian"  # gaussian | exponential | onehot
-    sigma_start_m: Optional[float] = None  # σ schedule: start here and shrink (geometrically) to sigma_m
+    sigma_start_m: float | None = None  # σ schedule: start here and shrink (geometrically) to sigma_m
     sigma_schedule_steps: int = 0  # ... over this many steps (0: whole run)
     nc_weight: float = 0.5  # λ for swclip+nc
     nc_temperature: float = 0.1  # τ_nc
     beta: float = 1.0  # semivariogram weighting strength
-    variant: str = "swclip"  # semivariogram: swclip (ours) | chen2025 (Chen et al. 2025); swclip.method.semivariogram_loss
+    variant: str = (
+        "swclip"  # semivariogram: swclip (ours) | chen2025 (Chen et al. 2025); swclip.method.semivariogram_loss
+    )
     margin: float = 0.0  # semivariogram: only pairs with r > margin are re-weighted
     range_kind: str = "practical"  # semivariogram swclip: near/far split at the practical or the effective range
     variogram_bin_rad: float = 1e-3  # chen2025: lag bin width, radians (theirs: 0.001, about 6.4 km)
@@ -73,8 +77,8 @@ class LossConfig:
     refit_every: int = 100  # optimiser steps between variogram refits
     min_fit_samples: int = 256
     variogram_model: str = "exponential"  # skgstat model fitted to the bank (or "best")
-    variogram_max_lag_m: Optional[float] = None  # lags beyond this are ignored; set it to a few km for street-level
-                                                 # multi-city data, or the inter-city pairs swamp the bins
+    variogram_max_lag_m: float | None = None  # lags beyond this are ignored; set it to a few km for street-level
+    # multi-city data, or the inter-city pairs swamp the bins
     gps_queue: int = 0  # GeoCLIP's GPS queue: this many recent coordinates as extra negatives (0: none)
     gps_noise_m: float = 150.0  # with the queue: noise on the positives' coordinates (GeoCLIP, Chen et al.)
     queue_noise_m: float = 1000.0  # with the queue: noise on the queue's coordinates
@@ -106,7 +110,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the model
     compile_backend: str = "inductor"  # torch.compile backend (inductor; aot_eager / eager to debug graph breaks)
-    channels_last: Optional[bool] = None  # channels-last image layout; None: on CUDA only
+    channels_last: bool | None = None  # channels-last image layout; None: on CUDA only
     tf32: bool = False  # TF32 float32 matmuls / convolutions on CUDA (faster, ~1e-3 relative error)
     tensorboard: bool = True  # TensorBoard event files in <run>/tensorboard (rank 0)
     ckpt_every: int = 0  # steps between checkpoints; 0 = only at the end
@@ -130,12 +134,16 @@ def _from_dict(cls, d: dict, where: str = ""):
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(names))
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join((where + '.' if where else '') + k for k in unknown)}; "
-                         f"known: {', '.join(sorted(names))}")
+        raise ValueError(
+            f"unknown config key(s) {', '.join((where + '.' if where else '') + k for k in unknown)}; "
+            f"known: {', '.join(sorted(names))}"
+        )
     kw = {}
     for k, v in d.items():
         sub = {"data": DataConfig, "loss": LossConfig, "optim": OptimConfig}.get(k) if cls is TrainConfig else None
-        kw[k] = _from_dict(sub, v, k) if sub is not None else _coerce(v, names[k].type, (where + "." if where else "") + k)
+        kw[k] = (
+            _from_dict(sub, v, k) if sub is not None else _coerce(v, names[k].type, (where + "." if where else "") + k)
+        )
     if "betas" in kw:
         kw["betas"] = tuple(kw["betas"])
     return cls(**kw)
@@ -179,7 +187,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(value) if value != "" else ""
 
 
-def load_config(path: Optional[str | os.PathLike] = None, overrides: tuple = ()) -> TrainConfig:
+def load_config(path: str | os.PathLike | None = None, overrides: tuple = ()) -> TrainConfig:
     """Read a YAML config (optional) and apply ``key.sub=value`` overrides; validate."""
     raw: dict = {}
     if path is not None:
@@ -223,7 +231,9 @@ def validate_config(cfg: TrainConfig) -> None:
         if int(getattr(cfg, name)) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.optim.accum_steps < 1 or cfg.batch_size % cfg.optim.accum_steps:
-        raise ValueError(f"optim.accum_steps ({cfg.optim.accum_steps}) must be >= 1 and divide batch_size ({cfg.batch_size})")
+        raise ValueError(
+            f"optim.accum_steps ({cfg.optim.accum_steps}) must be >= 1 and divide batch_size ({cfg.batch_size})"
+        )
     if cfg.data.format not in ("table", "osv5m"):
         raise ValueError(f"data.format {cfg.data.format!r} unknown; choose table or osv5m")
     check_gallery_source(cfg.data.gallery, "data.gallery")
@@ -247,5 +257,3 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
-
-

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -47,7 +46,7 @@ def pick_device(device_str: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
-def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """None (float32) or the autocast dtype: 'auto' is bf16 on CUDA and float32 on CPU."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
@@ -70,5 +69,3 @@ def setup_device(device: torch.device, tf32: bool = False) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
-
-

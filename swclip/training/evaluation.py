@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -53,15 +52,17 @@ from swclip.training.loop import read_source
 RECALL_KS = (1, 5, 10)
 
 
-def _split_rows(table, split: Optional[str]):
+def _split_rows(table, split: str | None):
     if split and "split" in table.columns:
         rows = table[table["split"] == split].reset_index(drop=True)
         if len(rows) == 0:
             raise ValueError(f"no rows with split == {split!r} (splits present: {sorted(table['split'].unique())})")
         return rows
     if split and split != "train":
-        raise ValueError(f"the table has no 'split' column, so split {split!r} cannot be selected; "
-                         "make one with swclip.data.spatial_split")
+        raise ValueError(
+            f"the table has no 'split' column, so split {split!r} cannot be selected; "
+            "make one with swclip.data.spatial_split"
+        )
     return table
 
 
@@ -83,9 +84,17 @@ def encode_images(model, table, root, batch_size: int = 256, num_workers: int = 
     """
     rank, world = _world()
     ds = ImageDataset(table, root, transform=model.preprocess_val)
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False, drop_last=False) if world > 1 else None
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, sampler=sampler,
-                                         num_workers=num_workers, pin_memory=model.device.type == "cuda")
+    sampler = (
+        DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False, drop_last=False) if world > 1 else None
+    )
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=model.device.type == "cuda",
+    )
     out = []
     it = loader
     if progress and rank == 0:
@@ -116,15 +125,28 @@ def retrieval_recall(model, image_embeddings: np.ndarray, latlon: np.ndarray, ci
     first = np.zeros(len(uniq), dtype=np.int64)
     first[inverse[::-1]] = np.arange(len(latlon))[::-1]
     with torch.inference_mode():
-        loc = model.encode_location(latlon[first], None if city is None else list(np.asarray(city)[first])).cpu().numpy()
+        loc = (
+            model.encode_location(latlon[first], None if city is None else list(np.asarray(city)[first])).cpu().numpy()
+        )
     k = min(max(ks), len(uniq))
     _, ranked = SearchIndex(loc, kind="flat").search(image_embeddings, k)
     return recall_at_k(ranked, inverse, [kk for kk in ks if kk <= k])
 
 
-def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
-             kde_bandwidth_m: Optional[float] = None, progress: bool = False, image_gallery: bool = True,
-             gallery_source: str = "split", scale: bool = True) -> dict:
+def evaluate(
+    model,
+    train_table,
+    eval_table,
+    root,
+    top_k: int = 5,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    kde_bandwidth_m: float | None = None,
+    progress: bool = False,
+    image_gallery: bool = True,
+    gallery_source: str = "split",
+    scale: bool = True,
+) -> dict:
     """-> {"predictions": DataFrame, "embeddings": (N, D), "gallery": Gallery, "image_gallery": Gallery | None,
     "metrics": dict}. ``image_gallery=False`` skips encoding the training images. gallery_source: the location
     gallery's places, "split" (``train_table``'s locations) or "geoclip100k" (swclip.retrieval.gallery_source).
@@ -151,31 +173,51 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
     kde = np.array([p.estimate for p in preds])
     err, kde_err = errors_m(pred, true), errors_m(kde, true)
     city = eval_table["city"].astype(str).to_numpy() if "city" in eval_table else None
-    df = pd.DataFrame({
-        "id": eval_table["id"].astype(str).to_numpy() if "id" in eval_table else np.arange(len(eval_table)).astype(str),
-        "city": city if city is not None else "",
-        "lat": true[:, 0], "lon": true[:, 1],
-        "pred_lat": pred[:, 0], "pred_lon": pred[:, 1], "error_m": err,
-        "kde_lat": kde[:, 0], "kde_lon": kde[:, 1], "kde_error_m": kde_err,
-        "radius_m": [p.radius_m for p in preds],
-        "topk_lat": [p.latlon_topk[:, 0].tolist() for p in preds],
-        "topk_lon": [p.latlon_topk[:, 1].tolist() for p in preds],
-        "topk_prob": [p.prob.tolist() for p in preds],
-        "topk_score": [p.score.tolist() for p in preds],
-        "image": eval_table["image"].astype(str).to_numpy(),
-    })
+    df = pd.DataFrame(
+        {
+            "id": eval_table["id"].astype(str).to_numpy()
+            if "id" in eval_table
+            else np.arange(len(eval_table)).astype(str),
+            "city": city if city is not None else "",
+            "lat": true[:, 0],
+            "lon": true[:, 1],
+            "pred_lat": pred[:, 0],
+            "pred_lon": pred[:, 1],
+            "error_m": err,
+            "kde_lat": kde[:, 0],
+            "kde_lon": kde[:, 1],
+            "kde_error_m": kde_err,
+            "radius_m": [p.radius_m for p in preds],
+            "topk_lat": [p.latlon_topk[:, 0].tolist() for p in preds],
+            "topk_lon": [p.latlon_topk[:, 1].tolist() for p in preds],
+            "topk_prob": [p.prob.tolist() for p in preds],
+            "topk_score": [p.score.tolist() for p in preds],
+            "image": eval_table["image"].astype(str).to_numpy(),
+        }
+    )
     metrics = summarize(err, city)
     metrics.update(retrieval_recall(model, emb, true, city if text else None))
     metrics["knn_kde"] = summarize(kde_err)
     # Recall-vs-Area of the knn-kde density; OSV-5M's admin-level table when the samples span > 50 km
     if scale:
-        metrics.update(scale_metrics(pred, true, np.stack([p.latlon_topk for p in preds]), np.stack([p.prob for p in preds]),
-                                     predictor.kde_bandwidth_m))
+        metrics.update(
+            scale_metrics(
+                pred,
+                true,
+                np.stack([p.latlon_topk for p in preds]),
+                np.stack([p.prob for p in preds]),
+                predictor.kde_bandwidth_m,
+            )
+        )
     images = None
     if image_gallery:
-        images = Gallery(train_table[["lat", "lon"]].to_numpy(np.float64), train_emb, kind="image",
-                         ids=train_table["image"].astype(str).to_numpy(),
-                         city=train_table["city"].astype(str).to_numpy() if "city" in train_table else None)
+        images = Gallery(
+            train_table[["lat", "lon"]].to_numpy(np.float64),
+            train_emb,
+            kind="image",
+            ids=train_table["image"].astype(str).to_numpy(),
+            city=train_table["city"].astype(str).to_numpy() if "city" in train_table else None,
+        )
         # the training images lie where the training locations do: a world gallery's bandwidth is not theirs
         image_kde_bandwidth_m = kde_bandwidth_m if gallery_source == "split" else None
         image_preds = Predictor(model, images, kde_bandwidth_m=image_kde_bandwidth_m).predict_embeddings(emb, top_k)
@@ -187,10 +229,20 @@ def evaluate(model, train_table, eval_table, root, top_k: int = 5, batch_size: i
     return {"predictions": df, "embeddings": emb, "gallery": gallery, "image_gallery": images, "metrics": metrics}
 
 
-def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = None, split: Optional[str] = None,
-                 train_split: Optional[str] = None, top_k: int = 5, batch_size: int = 256, num_workers: int = 0,
-                 device: str = "auto", progress: bool = False, checkpoint: Optional[str] = None,
-                 gallery_source: Optional[str] = None) -> Optional[dict]:
+def evaluate_run(
+    run_dir,
+    table: str | None = None,
+    root: str | None = None,
+    split: str | None = None,
+    train_split: str | None = None,
+    top_k: int = 5,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+    checkpoint: str | None = None,
+    gallery_source: str | None = None,
+) -> dict | None:
     """Evaluate a run directory in place; -> metrics.
 
     table / root: the sample table and image root (default: the manifest's; give them for a run
@@ -236,9 +288,18 @@ def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = Non
     root = root or full.attrs.get("root") or str(Path(table).parent)
     gallery_source = gallery_source or data.get("gallery") or "split"
     same_gallery = stored_gallery_source(run.manifest) == gallery_source
-    res = evaluate(run.model, train_rows, eval_rows, root, top_k, batch_size, num_workers,
-                   kde_bandwidth_m=run.manifest.get("kde_bandwidth_m") if same_gallery else None, progress=progress,
-                   gallery_source=gallery_source)
+    res = evaluate(
+        run.model,
+        train_rows,
+        eval_rows,
+        root,
+        top_k,
+        batch_size,
+        num_workers,
+        kde_bandwidth_m=run.manifest.get("kde_bandwidth_m") if same_gallery else None,
+        progress=progress,
+        gallery_source=gallery_source,
+    )
     if res is None:  # not rank 0: its shares are with rank 0, which writes
         return None
 
@@ -249,7 +310,9 @@ def evaluate_run(run_dir, table: Optional[str] = None, root: Optional[str] = Non
         runs.write_image_gallery(run_dir, res["image_gallery"])
     metrics = {**res["metrics"], "eval_split": split, "gallery_split": train_split, "table": str(table)}
     runs.write_metrics(run_dir, metrics)
-    run.update_manifest(metrics={k: metrics[k] for k in SUMMARY_KEYS if k in metrics},
-                        kde_bandwidth_m=metrics["kde_bandwidth_m"],
-                        gallery=gallery_record(gallery_source, len(res["gallery"]), train_split))
+    run.update_manifest(
+        metrics={k: metrics[k] for k in SUMMARY_KEYS if k in metrics},
+        kde_bandwidth_m=metrics["kde_bandwidth_m"],
+        gallery=gallery_record(gallery_source, len(res["gallery"]), train_split),
+    )
     return metrics

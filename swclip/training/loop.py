@@ -38,7 +38,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -76,7 +75,7 @@ def image_spec(model) -> tuple[int, tuple, tuple]:
     return int(size), mean, std
 
 
-def read_source(table: str, root: Optional[str] = None, format: str = "table", check_images: str = "header"):
+def read_source(table: str, root: str | None = None, format: str = "table", check_images: str = "header"):
     """The whole sample table of a data source (all splits).
 
     format "table": a CSV / TSV / parquet file read by swclip.data.read_table (images under root,
@@ -85,12 +84,13 @@ def read_source(table: str, root: Optional[str] = None, format: str = "table", c
     """
     import pandas as pd
 
-
     check = False if check_images == "none" else check_images
     if format == "osv5m":
         if not root:
             raise ValueError("data.format=osv5m needs data.root, the OSV-5M folder (train.csv, test.csv, images/)")
-        parts = [read_osv5m(root, s, check_images=check) for s in ("train", "test") if (Path(root) / f"{s}.csv").is_file()]
+        parts = [
+            read_osv5m(root, s, check_images=check) for s in ("train", "test") if (Path(root) / f"{s}.csv").is_file()
+        ]
         if not parts:
             raise FileNotFoundError(f"{root}: no train.csv or test.csv; not an OSV-5M folder")
         out = pd.concat(parts, ignore_index=True)
@@ -101,7 +101,7 @@ def read_source(table: str, root: Optional[str] = None, format: str = "table", c
     return read_table(table, root or None, check_images=check)
 
 
-def read_train_table(cfg: TrainConfig, split: Optional[str] = None):
+def read_train_table(cfg: TrainConfig, split: str | None = None):
     """The sample table named by cfg.data, filtered to ``split`` (default: the training split)."""
     d = cfg.data
     table = read_source(d.table, d.root, d.format, d.check_images)
@@ -175,8 +175,11 @@ class StepMetrics:
         host = vals.cpu().tolist()  # the one host sync of the interval
         interval_s = max(time.perf_counter() - self.t_start, 1e-9)
         n = len(self.pending)
-        timing = {"images_per_s": global_batch * n / interval_s, "step_s": interval_s / n,
-                  "data_wait_frac": min(self.t_data / interval_s, 1.0)}
+        timing = {
+            "images_per_s": global_batch * n / interval_s,
+            "step_s": interval_s / n,
+            "data_wait_frac": min(self.t_data / interval_s, 1.0),
+        }
         rows = []
         for (step, epoch, _, extra), row_vals in zip(self.pending, host):
             named = dict(zip(keys, row_vals))
@@ -185,11 +188,13 @@ class StepMetrics:
                 if bad and k.endswith("_loss"):
                     raise NonFiniteLossError(
                         f"step {step}: loss term {k!r} is {named[k]}; training stopped. The last good checkpoint "
-                        "is left as it was; lower optim.lr or check the data.")
+                        "is left as it was; lower optim.lr or check the data."
+                    )
                 if bad and k == "grad_norm" and self.check_grad_norm:
                     raise NonFiniteLossError(
                         f"step {step}: the gradient norm is {named[k]}; training stopped. The last good checkpoint "
-                        "is left as it was; lower optim.lr or check the data.")
+                        "is left as it was; lower optim.lr or check the data."
+                    )
             loss = sum(v for k, v in named.items() if k.endswith("_loss"))
             rows.append({"step": step, "epoch": epoch, "loss": loss, **named, **extra, **timing})
         self.pending = []
@@ -211,7 +216,7 @@ class TrainLog:
     BASE = ("step", "epoch", "loss")
     TAIL = ("grad_norm", "lr", "logit_scale", "sigma_m", "images_per_s", "step_s", "data_wait_frac")
 
-    def __init__(self, path: Path, resume_step: Optional[int] = None, tensorboard: bool = True):
+    def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = True):
         self.path, self.fields = path, None
         if resume_step is not None and path.is_file():
             with path.open() as f:
@@ -226,9 +231,13 @@ class TrainLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ImportError("tensorboard is not installed: pip install -r requirements.txt (it pins tensorboard), "
-                                  "or set tensorboard=false") from e
-            self.tb = SummaryWriter(str(path.parent / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1)
+                raise ImportError(
+                    "tensorboard is not installed: pip install -r requirements.txt (it pins tensorboard), "
+                    "or set tensorboard=false"
+                ) from e
+            self.tb = SummaryWriter(
+                str(path.parent / "tensorboard"), purge_step=None if resume_step is None else resume_step + 1
+            )
 
     def _write_all(self, rows):
         tmp = self.path.with_suffix(".csv.tmp")
@@ -286,7 +295,7 @@ class Trainer:
     benchmark (swclip.workflows.bench) both drive this class.
     """
 
-    def __init__(self, cfg: TrainConfig, dist_info: Optional[Dist] = None, device: Optional[torch.device] = None):
+    def __init__(self, cfg: TrainConfig, dist_info: Dist | None = None, device: torch.device | None = None):
         self.cfg, self.dist = cfg, dist_info or Dist()
         self.device = device or pick_device(cfg.device, self.dist.local_rank)
         setup_device(self.device, cfg.tf32)
@@ -300,8 +309,9 @@ class Trainer:
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.loss_fn = build_loss(cfg.loss, self.dist.world_size, self.dist.rank, model=self.model,
-                                  seed=cfg.seed).to(self.device)
+        self.loss_fn = build_loss(cfg.loss, self.dist.world_size, self.dist.rank, model=self.model, seed=cfg.seed).to(
+            self.device
+        )
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.steps)
         if hasattr(self.loss_fn, "optimizer_step"):  # the semivariogram loss refits every N optimiser steps
@@ -326,8 +336,12 @@ class Trainer:
 
     def state(self) -> dict:
         """Optimiser, scheduler, scaler and loss state (this rank's RNG is added by the caller)."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "loss": dict(self.loss_fn.state_dict())}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loss": dict(self.loss_fn.state_dict()),
+        }
 
     def load(self, ckpt: Path) -> int:
         """Restore from a checkpoint folder; -> its step."""
@@ -376,7 +390,8 @@ class Trainer:
         # the norm is logged every step and checked by the NaN guard at the next log collect, not here:
         # testing it now would wait for the GPU on every step
         self.last_grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+            self.model.parameters(), cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -404,7 +419,7 @@ def match_state_layout(optimizer) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
-def agree_resume(resume: Optional[str], run_dir: Path, dist_info: Dist) -> Optional[Path]:
+def agree_resume(resume: str | None, run_dir: Path, dist_info: Dist) -> Path | None:
     """The checkpoint every rank resumes from: rank 0 decides, the others follow or all fail together.
 
     Only rank 0 writes checkpoints, so only its run folder is the truth: it resolves
@@ -439,11 +454,12 @@ def agree_resume(resume: Optional[str], run_dir: Path, dist_info: Dist) -> Optio
         raise FileNotFoundError(
             f"rank 0 resumes from {d['path']}, but rank(s) {missing} cannot see that checkpoint "
             f"(rank {dist_info.rank} looked at {mine}). Only rank 0 writes checkpoints, so resuming on several "
-            "nodes needs a shared run folder: put out_dir on a filesystem every node mounts at the same path.")
+            "nodes needs a shared run folder: put out_dir on a filesystem every node mounts at the same path."
+        )
     return mine
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None, table=None, then=None) -> Path:
+def train(cfg: TrainConfig, resume: str | None = None, table=None, then=None) -> Path:
     """Train as ``cfg`` says; -> the run directory. ``table``: an already-read training table (optional).
 
     then: ``then(run_dir, device)`` runs on every rank once the final model is on disk, before the
@@ -463,23 +479,45 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, table=None, then=None)
     image_size, mean, std = image_spec(tr.model)
     if table is None and not cfg.data.synthetic:
         table = read_train_table(cfg)
-    data = make_train_data(cfg, image_size, device, dist_info.rank, dist_info.world_size, mean, std, table=table,
-                           transform=_train_transform(tr.model, cfg), tokenize=location_tokenizer(tr.model, table))
+    data = make_train_data(
+        cfg,
+        image_size,
+        device,
+        dist_info.rank,
+        dist_info.world_size,
+        mean,
+        std,
+        table=table,
+        transform=_train_transform(tr.model, cfg),
+        tokenize=location_tokenizer(tr.model, table),
+    )
     ckpt = agree_resume(resume, run_dir, dist_info)
     start_step = tr.load(ckpt) if ckpt is not None else 0
     if ckpt is not None:
         print(f"[rank {dist_info.rank}] resumed {run_id} from {ckpt} at step {start_step}", file=sys.stderr)
 
-    log = TrainLog(run_dir / "train_log.csv", resume_step=start_step if ckpt is not None else None,
-                   tensorboard=cfg.tensorboard) if dist_info.is_main else None
-    meta_base = {"run_id": run_id, "steps_per_epoch": data.steps_per_epoch, "world_size": dist_info.world_size,
-                 "config_digest": hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]}
+    log = (
+        TrainLog(
+            run_dir / "train_log.csv", resume_step=start_step if ckpt is not None else None, tensorboard=cfg.tensorboard
+        )
+        if dist_info.is_main
+        else None
+    )
+    meta_base = {
+        "run_id": run_id,
+        "steps_per_epoch": data.steps_per_epoch,
+        "world_size": dist_info.world_size,
+        "config_digest": hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16],
+    }
     if ckpt is not None and dist_info.is_main:
         old = tr.resumed_meta
         changed = [k for k in ("config_digest", "steps_per_epoch", "world_size") if old.get(k) != meta_base[k]]
         if changed:  # allowed (e.g. more steps), but the run is then not the uninterrupted one
-            print(f"warning: resuming {ckpt} with a different {', '.join(changed)} than it was written with; "
-                  "the data order or schedule after the resume differs from an uninterrupted run", file=sys.stderr)
+            print(
+                f"warning: resuming {ckpt} with a different {', '.join(changed)} than it was written with; "
+                "the data order or schedule after the resume differs from an uninterrupted run",
+                file=sys.stderr,
+            )
 
     global_batch = cfg.batch_size * dist_info.world_size
     metrics = StepMetrics(dist_info.world_size, check_grad_norm=not tr.scaler.is_enabled())
@@ -507,9 +545,14 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, table=None, then=None)
             dist.all_gather_object(gathered, states[0])
             states = gathered
         if dist_info.is_main:
-            save_checkpoint(run_dir, step, tr.model, {**tr.state(), "rng": states},
-                               {**meta_base, "epoch": step // data.steps_per_epoch, "batch_in_epoch": step % data.steps_per_epoch},
-                               keep_last=cfg.keep_last)
+            save_checkpoint(
+                run_dir,
+                step,
+                tr.model,
+                {**tr.state(), "rng": states},
+                {**meta_base, "epoch": step // data.steps_per_epoch, "batch_in_epoch": step % data.steps_per_epoch},
+                keep_last=cfg.keep_last,
+            )
         metrics.restart_clock()  # the checkpoint's time is not the next steps'
 
     step = start_step
@@ -529,8 +572,15 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, table=None, then=None)
         lr = tr.scheduler.get_last_lr()[0]  # the rate this step uses (the scheduler steps at its end)
         terms, out = tr.step(batch)
         step = tr.step_count
-        metrics.add(step, epoch, terms, out["logit_scale"], tr.last_grad_norm,
-                    {"lr": lr, "sigma_m": float(getattr(tr.loss_fn, "sigma_m", 0.0))}, t_data)
+        metrics.add(
+            step,
+            epoch,
+            terms,
+            out["logit_scale"],
+            tr.last_grad_norm,
+            {"lr": lr, "sigma_m": float(getattr(tr.loss_fn, "sigma_m", 0.0))},
+            t_data,
+        )
         if progress is not None:
             progress.update(1)
         if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
@@ -597,14 +647,22 @@ def save_final(run_dir: Path, model, cfg: TrainConfig, table, run_id: str) -> No
         "run_id": run_id,
         "loss": config_to_dict(cfg)["loss"],
         "optim": config_to_dict(cfg)["optim"],
-        "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
         "sigma_m": cfg.loss.sigma_m if cfg.loss.name in SOFT_LABEL_LOSSES else 0.0,
         "nc_weight": cfg.loss.nc_weight if cfg.loss.name == SWCLIP_NC else 0.0,
-        "data": {"table": str(cfg.data.table), "root": str(cfg.data.root), "format": cfg.data.format,
-                 "check_images": cfg.data.check_images, "train_split": cfg.data.train_split,
-                 "eval_split": cfg.data.eval_split, "gallery": cfg.data.gallery, "synthetic": cfg.data.synthetic,
-                 "hash": table_hash(table) if table is not None else None,
-                 "n_train": int(len(table)) if table is not None else None},
+        "data": {
+            "table": str(cfg.data.table),
+            "root": str(cfg.data.root),
+            "format": cfg.data.format,
+            "check_images": cfg.data.check_images,
+            "train_split": cfg.data.train_split,
+            "eval_split": cfg.data.eval_split,
+            "gallery": cfg.data.gallery,
+            "synthetic": cfg.data.synthetic,
+            "hash": table_hash(table) if table is not None else None,
+            "n_train": int(len(table)) if table is not None else None,
+        },
     }
     save_run(run_dir, unwrap(model), manifest)
-

@@ -33,23 +33,43 @@ def _base_loss(cfg: LossConfig, world_size: int, rank: int, fit_fn):
         return losses.ClipLoss(world_size=world_size, rank=rank)
     if cfg.name in SOFT_LABEL_LOSSES:
         sigma = cfg.sigma_start_m if cfg.sigma_start_m is not None else cfg.sigma_m
-        return losses.SoftClipLoss(float(sigma), cfg.kernel, nc_weight=cfg.nc_weight if cfg.name == SWCLIP_NC else 0.0,
-                                   nc_temperature=cfg.nc_temperature, world_size=world_size, rank=rank)
+        return losses.SoftClipLoss(
+            float(sigma),
+            cfg.kernel,
+            nc_weight=cfg.nc_weight if cfg.name == SWCLIP_NC else 0.0,
+            nc_temperature=cfg.nc_temperature,
+            world_size=world_size,
+            rank=rank,
+        )
     if cfg.name == "semivariogram":
         if fit_fn is None:
             fit_fn = variogram_fit_fn(cfg)
-        return SemivariogramWeightedLoss(cfg.variant, beta=cfg.beta, margin=cfg.margin, range_kind=cfg.range_kind,
-                                         bank_size=cfg.bank_size, refit_every=cfg.refit_every,
-                                         min_fit_samples=cfg.min_fit_samples, fit_fn=fit_fn,
-                                         world_size=world_size, rank=rank)
+        return SemivariogramWeightedLoss(
+            cfg.variant,
+            beta=cfg.beta,
+            margin=cfg.margin,
+            range_kind=cfg.range_kind,
+            bank_size=cfg.bank_size,
+            refit_every=cfg.refit_every,
+            min_fit_samples=cfg.min_fit_samples,
+            fit_fn=fit_fn,
+            world_size=world_size,
+            rank=rank,
+        )
     raise ValueError(f"loss.name {cfg.name!r} unknown; choose one of {LOSSES}")
 
 
 def variogram_fit_fn(cfg: LossConfig) -> LossVariogramFitter:
     """The semivariogram loss's fit, as ``cfg.variant`` defines it, with the config's model, max lag, bins and ρ rule."""
-    return LossVariogramFitter(cfg.variant, model=cfg.variogram_model, range_kind=cfg.range_kind,
-                               max_lag_m=cfg.variogram_max_lag_m, bin_rad=cfg.variogram_bin_rad,
-                               rho_step_rad=cfg.rho_step_rad, rho_slope=cfg.rho_slope)
+    return LossVariogramFitter(
+        cfg.variant,
+        model=cfg.variogram_model,
+        range_kind=cfg.range_kind,
+        max_lag_m=cfg.variogram_max_lag_m,
+        bin_rad=cfg.variogram_bin_rad,
+        rho_step_rad=cfg.rho_step_rad,
+        rho_slope=cfg.rho_slope,
+    )
 
 
 def sigma_at(cfg: LossConfig, step: int, total_steps: int) -> float:
@@ -60,5 +80,3 @@ def sigma_at(cfg: LossConfig, step: int, total_steps: int) -> float:
     frac = min(max(step / max(n, 1), 0.0), 1.0)
     lo, hi = max(float(cfg.sigma_m), 1e-3), max(float(cfg.sigma_start_m), 1e-3)
     return float(hi * (lo / hi) ** frac) if cfg.sigma_m > 0 else float(cfg.sigma_start_m) * (1 - frac)
-
-

@@ -10,7 +10,8 @@ small maps here are cartesian lon/lat plots with the aspect fixed.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,8 +22,9 @@ from swclip.viz.scale import fmt_m
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 # No template: Streamlit applies its own theme, and plotly's template costs time on every figure.
-_LAYOUT = dict(margin=dict(l=50, r=20, t=40, b=60), height=380,
-               legend=dict(orientation="h", yanchor="top", y=-0.28, x=0))  # legend below: narrow columns keep their plot
+_LAYOUT = dict(
+    margin=dict(l=50, r=20, t=40, b=60), height=380, legend=dict(orientation="h", yanchor="top", y=-0.28, x=0)
+)  # legend below: narrow columns keep their plot
 NICE_TICKS_M = (1, 10, 25, 50, 100, 250, 500, 1000, 5000, 25_000, 100_000, 1_000_000, 10_000_000)
 
 
@@ -43,14 +45,60 @@ def _rules(fig: go.Figure, lines: Sequence[dict]) -> go.Figure:
         v = float(ln["x"] if vertical else ln["y"])
         style = dict(color=ln.get("colour", "grey"), dash=ln.get("dash", "solid"), width=ln.get("width", 1))
         if vertical:
-            shapes.append(dict(type="line", xref="x", yref="paper", x0=v, x1=v, y0=0, y1=1, line=style, opacity=ln.get("opacity", 1.0)))
+            shapes.append(
+                dict(
+                    type="line",
+                    xref="x",
+                    yref="paper",
+                    x0=v,
+                    x1=v,
+                    y0=0,
+                    y1=1,
+                    line=style,
+                    opacity=ln.get("opacity", 1.0),
+                )
+            )
         else:
-            shapes.append(dict(type="line", xref="paper", yref="y", x0=0, x1=1, y0=v, y1=v, line=style, opacity=ln.get("opacity", 1.0)))
+            shapes.append(
+                dict(
+                    type="line",
+                    xref="paper",
+                    yref="y",
+                    x0=0,
+                    x1=1,
+                    y0=v,
+                    y1=v,
+                    line=style,
+                    opacity=ln.get("opacity", 1.0),
+                )
+            )
         if ln.get("text"):
             top = ln.get("position", "top") == "top"
-            notes.append(dict(x=v, y=1 if top else 0, xref="x", yref="paper", text=ln["text"], showarrow=False, xanchor="left",
-                              yanchor="top" if top else "bottom", font=dict(size=11)) if vertical else
-                         dict(x=1, y=v, xref="paper", yref="y", text=ln["text"], showarrow=False, xanchor="right", yanchor="bottom", font=dict(size=11)))
+            notes.append(
+                dict(
+                    x=v,
+                    y=1 if top else 0,
+                    xref="x",
+                    yref="paper",
+                    text=ln["text"],
+                    showarrow=False,
+                    xanchor="left",
+                    yanchor="top" if top else "bottom",
+                    font=dict(size=11),
+                )
+                if vertical
+                else dict(
+                    x=1,
+                    y=v,
+                    xref="paper",
+                    yref="y",
+                    text=ln["text"],
+                    showarrow=False,
+                    xanchor="right",
+                    yanchor="bottom",
+                    font=dict(size=11),
+                )
+            )
     fig.update_layout(shapes=list(fig.layout.shapes) + shapes, annotations=list(fig.layout.annotations) + notes)
     return fig
 
@@ -58,19 +106,36 @@ def _rules(fig: go.Figure, lines: Sequence[dict]) -> go.Figure:
 # ----------------------------------------------------------------- soft labels
 
 
-def kernel_curve(sigma_m: float, kernel: str, max_m: Optional[float] = None, compare: Sequence[str] = ("gaussian", "exponential")) -> go.Figure:
+def kernel_curve(
+    sigma_m: float, kernel: str, max_m: float | None = None, compare: Sequence[str] = ("gaussian", "exponential")
+) -> go.Figure:
     """k_σ(d) against distance d (metres), the chosen kernel bold, the others faint; σ marked."""
     max_m = max_m or max(4.0 * sigma_m, 100.0)
     d = np.linspace(0.0, max_m, 400)
     traces = []
     for i, name in enumerate(dict.fromkeys([kernel, *compare])):
         y = (d == 0).astype(float) if name == "onehot" else kernel_weights(d, sigma_m, name)
-        traces.append(go.Scatter(x=d, y=y, name=name, mode="lines", line=dict(width=3 if name == kernel else 1, color=PALETTE[i]), opacity=1.0 if name == kernel else 0.5))
-    fig = _fig(f"Kernel k_σ(d), σ = {sigma_m:g} m", traces, xaxis_title="distance d (m)", yaxis=dict(title="weight", range=[0, 1.05]), height=300)
+        traces.append(
+            go.Scatter(
+                x=d,
+                y=y,
+                name=name,
+                mode="lines",
+                line=dict(width=3 if name == kernel else 1, color=PALETTE[i]),
+                opacity=1.0 if name == kernel else 0.5,
+            )
+        )
+    fig = _fig(
+        f"Kernel k_σ(d), σ = {sigma_m:g} m",
+        traces,
+        xaxis_title="distance d (m)",
+        yaxis=dict(title="weight", range=[0, 1.05]),
+        height=300,
+    )
     return _rules(fig, [dict(x=sigma_m, dash="dot", text="σ")])
 
 
-def target_heatmap(targets: Any, title: str, zmax: Optional[float] = None, height: int = 420) -> go.Figure:
+def target_heatmap(targets: Any, title: str, zmax: float | None = None, height: int = 420) -> go.Figure:
     """(B, B) target matrix as a heatmap, row i = image i, column j = location j.
 
     Colour is the target probability; ``zmax`` fixes the scale so two
@@ -82,16 +147,34 @@ def target_heatmap(targets: Any, title: str, zmax: Optional[float] = None, heigh
         off = q.copy()
         np.fill_diagonal(off, 0.0)
         zmax = float(max(off.max(), 1e-6)) if q.shape[0] > 1 else 1.0
-    heat = go.Heatmap(z=q, zmin=0.0, zmax=zmax, colorscale="Viridis", colorbar=dict(title="q", thickness=12), hovertemplate="i=%{y} j=%{x} q=%{z:.3g}<extra></extra>")
-    return _fig(title, [heat], height=height, xaxis=dict(title="location j (space-filling order)", constrain="domain"),
-                yaxis=dict(title="image i", autorange="reversed", scaleanchor="x", constrain="domain"))
+    heat = go.Heatmap(
+        z=q,
+        zmin=0.0,
+        zmax=zmax,
+        colorscale="Viridis",
+        colorbar=dict(title="q", thickness=12),
+        hovertemplate="i=%{y} j=%{x} q=%{z:.3g}<extra></extra>",
+    )
+    return _fig(
+        title,
+        [heat],
+        height=height,
+        xaxis=dict(title="location j (space-filling order)", constrain="domain"),
+        yaxis=dict(title="image i", autorange="reversed", scaleanchor="x", constrain="domain"),
+    )
 
 
 def effective_positives_figure(neff: Any, batch_size: int) -> go.Figure:
     """Effective positives 1/Σq² per row (space-filling order), with its median."""
     n = np.asarray(neff, dtype=np.float64)
     bars = go.Bar(x=np.arange(len(n)), y=n, marker_color=PALETTE[0], name="per row")
-    fig = _fig(f"Effective positives per row (median {np.median(n):.2f} of {batch_size})", [bars], xaxis_title="row i (space-filling order)", yaxis_title="1 / Σ_j q_ij²", height=300)
+    fig = _fig(
+        f"Effective positives per row (median {np.median(n):.2f} of {batch_size})",
+        [bars],
+        xaxis_title="row i (space-filling order)",
+        yaxis_title="1 / Σ_j q_ij²",
+        height=300,
+    )
     return _rules(fig, [dict(y=float(np.median(n)), dash="dot", colour=PALETTE[1], text="median")])
 
 
@@ -114,12 +197,23 @@ def error_histogram(errors: Mapping[str, Any], log_x: bool = True, bins: int = 4
     allv = np.concatenate(list(vals.values())) if vals else np.array([1.0])
     allv = allv[np.isfinite(allv)]
     lo, hi = max(float(allv.min()) if allv.size else 1.0, 1.0), max(float(allv.max()) if allv.size else 10.0, 10.0)
-    edges = np.linspace(np.log10(lo), np.log10(hi) + 1e-9, bins + 1) if log_x else np.linspace(0.0, hi, bins + 1)  # shared bins
+    edges = (
+        np.linspace(np.log10(lo), np.log10(hi) + 1e-9, bins + 1) if log_x else np.linspace(0.0, hi, bins + 1)
+    )  # shared bins
     traces = []
     for i, (name, v) in enumerate(vals.items()):
         x = np.log10(np.maximum(v, 1.0)) if log_x else v
         counts, _ = np.histogram(x[np.isfinite(x)], edges)
-        traces.append(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), name=str(name), opacity=0.6, marker_color=PALETTE[i % len(PALETTE)]))
+        traces.append(
+            go.Bar(
+                x=(edges[:-1] + edges[1:]) / 2,
+                y=counts,
+                width=np.diff(edges),
+                name=str(name),
+                opacity=0.6,
+                marker_color=PALETTE[i % len(PALETTE)],
+            )
+        )
     fig.add_traces(traces)
     if log_x:
         ticks, text = _length_ticks(lo, hi)
@@ -127,13 +221,20 @@ def error_histogram(errors: Mapping[str, Any], log_x: bool = True, bins: int = 4
     return fig
 
 
-def error_cdf(errors: Mapping[str, Any], thresholds_m: Sequence[float] = (25, 50, 100, 250, 500, 1000), max_points: int = 2000) -> go.Figure:
+def error_cdf(
+    errors: Mapping[str, Any], thresholds_m: Sequence[float] = (25, 50, 100, 250, 500, 1000), max_points: int = 2000
+) -> go.Figure:
     """Empirical CDF of error_m per group on a log x axis, thresholds as dotted lines.
 
     A group of more than ``max_points`` samples is drawn through its exact quantiles at ``max_points``
     evenly spaced fractions (the curve a reader sees is the same; the browser gets 2,000 points, not 210,000).
     """
-    fig = _fig("Share of samples within distance", xaxis_title="error (log scale)", yaxis_title="fraction ≤ error", xaxis_type="log")
+    fig = _fig(
+        "Share of samples within distance",
+        xaxis_title="error (log scale)",
+        yaxis_title="fraction ≤ error",
+        xaxis_type="log",
+    )
     traces = []
     for i, (name, v) in enumerate(errors.items()):
         v = np.sort(np.asarray(v, dtype=np.float64))
@@ -143,10 +244,22 @@ def error_cdf(errors: Mapping[str, Any], thresholds_m: Sequence[float] = (25, 50
         if v.size > max_points:
             pick = np.unique(np.linspace(0, v.size - 1, max_points).round().astype(int))
             v, y = v[pick], y[pick]
-        traces.append(go.Scatter(x=np.maximum(v, 0.5), y=y, name=str(name), mode="lines", line=dict(color=PALETTE[i % len(PALETTE)], width=2, shape="hv")))
+        traces.append(
+            go.Scatter(
+                x=np.maximum(v, 0.5),
+                y=y,
+                name=str(name),
+                mode="lines",
+                line=dict(color=PALETTE[i % len(PALETTE)], width=2, shape="hv"),
+            )
+        )
     fig.add_traces(traces)
     _rules(fig, [dict(x=t, dash="dot", colour="lightgrey") for t in thresholds_m])
-    allv = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in errors.values()]) if errors else np.array([1.0])
+    allv = (
+        np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in errors.values()])
+        if errors
+        else np.array([1.0])
+    )
     lo, hi = max(float(np.nanmin(allv)), 0.5), max(float(np.nanmax(allv)), 1.0)
     ticks, text = _length_ticks(lo, hi)
     fig.update_xaxes(tickvals=ticks, ticktext=text, tickangle=0)
@@ -160,9 +273,24 @@ def rva_figure(curves: Mapping[str, Mapping[str, Any]], title: str = "Recall vs 
 
     curves: {name: {"areas_km2": (G,), "recall": (G,)}}; x log scale, reference areas as dotted lines.
     """
-    fig = _fig(title, xaxis_title="search area A (km², log scale)", yaxis_title="recall: truth inside the area", xaxis_type="log")
-    fig.add_traces([go.Scatter(x=np.asarray(c["areas_km2"], dtype=np.float64), y=np.asarray(c["recall"], dtype=np.float64), name=str(name), mode="lines",
-                               line=dict(color=PALETTE[i % len(PALETTE)], width=2, shape="hv")) for i, (name, c) in enumerate(curves.items())])
+    fig = _fig(
+        title,
+        xaxis_title="search area A (km², log scale)",
+        yaxis_title="recall: truth inside the area",
+        xaxis_type="log",
+    )
+    fig.add_traces(
+        [
+            go.Scatter(
+                x=np.asarray(c["areas_km2"], dtype=np.float64),
+                y=np.asarray(c["recall"], dtype=np.float64),
+                name=str(name),
+                mode="lines",
+                line=dict(color=PALETTE[i % len(PALETTE)], width=2, shape="hv"),
+            )
+            for i, (name, c) in enumerate(curves.items())
+        ]
+    )
     refs = ((1.0, "1 km²"), (1000.0, "a city"), (250_000.0, "a country"))
     _rules(fig, [dict(x=a, dash="dot", colour="lightgrey", text=t) for a, t in refs])
     fig.update_yaxes(range=[0, 1.01])
@@ -174,8 +302,8 @@ def rva_figure(curves: Mapping[str, Mapping[str, Any]], title: str = "Recall vs 
 
 def variogram_figure(
     curves: Sequence[Mapping[str, Any]],
-    sigma_m: Optional[float] = None,
-    suggested_sigma_m: Optional[float] = None,
+    sigma_m: float | None = None,
+    suggested_sigma_m: float | None = None,
     true_ranges_m: Sequence[float] = (),
     title: str = "Semivariogram",
     y_title: str = "γ(h)",
@@ -190,15 +318,39 @@ def variogram_figure(
     rules = []
     for i, c in enumerate(curves):
         colour = PALETTE[i % len(PALETTE)]
-        fig.add_trace(go.Scatter(x=np.asarray(c["lags_m"]), y=np.asarray(c["gamma"]), mode="markers", name=f"{c['name']} (empirical)", marker=dict(color=colour, size=7)))
+        fig.add_trace(
+            go.Scatter(
+                x=np.asarray(c["lags_m"]),
+                y=np.asarray(c["gamma"]),
+                mode="markers",
+                name=f"{c['name']} (empirical)",
+                marker=dict(color=colour, size=7),
+            )
+        )
         if c.get("fit_h_m") is not None:
-            fig.add_trace(go.Scatter(x=np.asarray(c["fit_h_m"]), y=np.asarray(c["fit_gamma"]), mode="lines", name=f"{c['name']} (fit)", line=dict(color=colour, width=2)))
+            fig.add_trace(
+                go.Scatter(
+                    x=np.asarray(c["fit_h_m"]),
+                    y=np.asarray(c["fit_gamma"]),
+                    mode="lines",
+                    name=f"{c['name']} (fit)",
+                    line=dict(color=colour, width=2),
+                )
+            )
         if c.get("range_m"):
             rules.append(dict(x=float(c["range_m"]), dash="dash", colour=colour, opacity=0.6))
     if sigma_m:
         rules.append(dict(x=float(sigma_m), colour="black", width=2, text=f"σ = {fmt_m(sigma_m)}"))
     if suggested_sigma_m:
-        rules.append(dict(x=float(suggested_sigma_m), colour=PALETTE[4], dash="dashdot", text=f"suggested σ {fmt_m(suggested_sigma_m)}", position="bottom"))
+        rules.append(
+            dict(
+                x=float(suggested_sigma_m),
+                colour=PALETTE[4],
+                dash="dashdot",
+                text=f"suggested σ {fmt_m(suggested_sigma_m)}",
+                position="bottom",
+            )
+        )
     rules += [dict(x=float(r), colour="lightgrey", dash="dot") for r in true_ranges_m]
     _rules(fig, rules)
     lags = [float(np.nanmax(c["lags_m"])) for c in curves if len(c["lags_m"]) and np.isfinite(c["lags_m"]).any()]
@@ -210,7 +362,14 @@ def variogram_figure(
 # ----------------------------------------------------------------- embeddings
 
 
-def embedding_scatter(xy: Any, colours: Any, anchor: Optional[int] = None, highlight: Sequence[int] = (), title: str = "Embeddings, 2-D projection", hover: Optional[Sequence[str]] = None) -> go.Figure:
+def embedding_scatter(
+    xy: Any,
+    colours: Any,
+    anchor: int | None = None,
+    highlight: Sequence[int] = (),
+    title: str = "Embeddings, 2-D projection",
+    hover: Sequence[str] | None = None,
+) -> go.Figure:
     """2-D projection of embeddings, each dot coloured by where it is (``maps.position_colours``)."""
     xy = np.asarray(xy, dtype=np.float64)
     rgb = np.asarray(colours, dtype=np.uint8)
@@ -218,22 +377,42 @@ def embedding_scatter(xy: Any, colours: Any, anchor: Optional[int] = None, highl
     fig.add_trace(
         # SVG up to a few thousand points (click-to-select is most reliable there), WebGL beyond.
         (go.Scatter if len(xy) <= 3000 else go.Scattergl)(
-            x=xy[:, 0], y=xy[:, 1], mode="markers", name="samples",
+            x=xy[:, 0],
+            y=xy[:, 1],
+            mode="markers",
+            name="samples",
             marker=dict(size=5, color=[f"rgb({r},{g},{b})" for r, g, b in rgb], opacity=0.8),
-            text=hover, hovertemplate="%{text}<extra></extra>" if hover is not None else None,
+            text=hover,
+            hovertemplate="%{text}<extra></extra>" if hover is not None else None,
         )
     )
     if len(highlight):
         h = np.asarray(highlight, dtype=int)
-        fig.add_trace(go.Scatter(x=xy[h, 0], y=xy[h, 1], mode="markers", name="neighbours", marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(color="black", width=2))))
+        fig.add_trace(
+            go.Scatter(
+                x=xy[h, 0],
+                y=xy[h, 1],
+                mode="markers",
+                name="neighbours",
+                marker=dict(size=11, color="rgba(0,0,0,0)", line=dict(color="black", width=2)),
+            )
+        )
     if anchor is not None:
-        fig.add_trace(go.Scatter(x=[xy[anchor, 0]], y=[xy[anchor, 1]], mode="markers", name="anchor", marker=dict(size=16, symbol="star", color="gold", line=dict(color="black", width=1))))
+        fig.add_trace(
+            go.Scatter(
+                x=[xy[anchor, 0]],
+                y=[xy[anchor, 1]],
+                mode="markers",
+                name="anchor",
+                marker=dict(size=16, symbol="star", color="gold", line=dict(color="black", width=1)),
+            )
+        )
     return fig
 
 
 def mini_map(
     truth_latlon: Sequence[float],
-    pred_latlon: Optional[Sequence[float]] = None,
+    pred_latlon: Sequence[float] | None = None,
     others_latlon: Any = None,
     streets: Sequence[Any] = (),
     height: int = 260,
@@ -254,27 +433,64 @@ def mini_map(
             p = np.asarray(p, dtype=np.float64)
             xs += p[:, 1].tolist() + [None]
             ys += p[:, 0].tolist() + [None]
-        traces.append(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#c8c8c8", width=1), hoverinfo="skip", name="streets"))
+        traces.append(
+            go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="#c8c8c8", width=1), hoverinfo="skip", name="streets")
+        )
     if others_latlon is not None and len(others_latlon):
         o = np.asarray(others_latlon, dtype=np.float64).reshape(-1, 2)
         pts.append(o)
-        traces.append(go.Scatter(x=o[:, 1], y=o[:, 0], mode="markers", marker=dict(size=6, color=PALETTE[0]), name="neighbours"))
+        traces.append(
+            go.Scatter(x=o[:, 1], y=o[:, 0], mode="markers", marker=dict(size=6, color=PALETTE[0]), name="neighbours")
+        )
     t = pts[0][0]
     if pred_latlon is not None:
         p = np.asarray(pred_latlon, dtype=np.float64)
         pts.append(p.reshape(1, 2))
-        traces.append(go.Scatter(x=[t[1], p[1]], y=[t[0], p[0]], mode="lines", line=dict(color=PALETTE[1], width=1, dash="dot"), hoverinfo="skip", name="error"))
-        traces.append(go.Scatter(x=[p[1]], y=[p[0]], mode="markers", marker=dict(size=12, symbol="x", color=PALETTE[1]), name="prediction"))
-    traces.append(go.Scatter(x=[t[1]], y=[t[0]], mode="markers", marker=dict(size=12, color=PALETTE[2], line=dict(color="white", width=1)), name="truth"))
+        traces.append(
+            go.Scatter(
+                x=[t[1], p[1]],
+                y=[t[0], p[0]],
+                mode="lines",
+                line=dict(color=PALETTE[1], width=1, dash="dot"),
+                hoverinfo="skip",
+                name="error",
+            )
+        )
+        traces.append(
+            go.Scatter(
+                x=[p[1]],
+                y=[p[0]],
+                mode="markers",
+                marker=dict(size=12, symbol="x", color=PALETTE[1]),
+                name="prediction",
+            )
+        )
+    traces.append(
+        go.Scatter(
+            x=[t[1]],
+            y=[t[0]],
+            mode="markers",
+            marker=dict(size=12, color=PALETTE[2], line=dict(color="white", width=1)),
+            name="truth",
+        )
+    )
     allp = np.concatenate(pts)
     pad_lat = max(np.ptp(allp[:, 0]) * 0.15, 2e-4)
     pad_lon = max(np.ptp(allp[:, 1]) * 0.15, 2e-4)
     axis = dict(showticklabels=False, showgrid=False, zeroline=False)
     return _fig(
-        title, traces, height=height, margin=dict(l=5, r=5, t=30 if title else 5, b=5), showlegend=False,
+        title,
+        traces,
+        height=height,
+        margin=dict(l=5, r=5, t=30 if title else 5, b=5),
+        showlegend=False,
         xaxis=dict(range=[allp[:, 1].min() - pad_lon, allp[:, 1].max() + pad_lon], **axis),
-        yaxis=dict(range=[allp[:, 0].min() - pad_lat, allp[:, 0].max() + pad_lat], scaleanchor="x",
-                   scaleratio=1.0 / max(math.cos(math.radians(float(t[0]))), 1e-3), **axis),
+        yaxis=dict(
+            range=[allp[:, 0].min() - pad_lat, allp[:, 0].max() + pad_lat],
+            scaleanchor="x",
+            scaleratio=1.0 / max(math.cos(math.radians(float(t[0]))), 1e-3),
+            **axis,
+        ),
     )
 
 
@@ -283,5 +499,7 @@ def train_curves(log: pd.DataFrame) -> go.Figure:
     fig = _fig("Training loss", xaxis_title="step", yaxis_title="loss", height=280)
     cols = [c for c in log.columns if c.startswith("loss")] if "step" in log else []
     for i, c in enumerate(cols):
-        fig.add_trace(go.Scatter(x=log["step"], y=log[c], name=c, mode="lines", line=dict(color=PALETTE[i % len(PALETTE)])))
+        fig.add_trace(
+            go.Scatter(x=log["step"], y=log[c], name=c, mode="lines", line=dict(color=PALETTE[i % len(PALETTE)]))
+        )
     return fig

@@ -22,8 +22,9 @@ import json
 import math
 import shutil
 import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,8 +45,15 @@ PLACE_RGBA = [90, 90, 90, 255]
 # Viridis, sampled at 9 stops: readable on white and colour-blind safe.
 _VIRIDIS = np.array(
     [
-        [68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
-        [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37],
+        [68, 1, 84],
+        [71, 44, 122],
+        [59, 81, 139],
+        [44, 113, 142],
+        [33, 144, 141],
+        [39, 173, 129],
+        [92, 200, 99],
+        [170, 220, 50],
+        [253, 231, 37],
     ],
     dtype=np.float64,
 )
@@ -104,7 +112,9 @@ def view_state(latlon: Any, width_px: int = 460, height_px: int = 430, pitch: fl
     # latitude is 1/cos(lat) times taller than a degree of longitude.
     z_lon = math.log2(360.0 * width_px / (512.0 * span_lon))
     z_lat = math.log2(360.0 * height_px * max(math.cos(math.radians(lat0)), 1e-3) / (512.0 * span_lat))
-    return pdk.ViewState(latitude=float(lat0), longitude=float(lon0), zoom=float(max(min(z_lon, z_lat, 18.0), 0.5)), pitch=pitch)
+    return pdk.ViewState(
+        latitude=float(lat0), longitude=float(lon0), zoom=float(max(min(z_lon, z_lat, 18.0), 0.5)), pitch=pitch
+    )
 
 
 def paper_layer(frame_latlon: Any, margin: float = 3.0) -> pdk.Layer:
@@ -116,8 +126,20 @@ def paper_layer(frame_latlon: Any, margin: float = 3.0) -> pdk.Layer:
     ll = np.asarray(frame_latlon, dtype=np.float64).reshape(-1, 2)
     lat0, lat1, lon0, lon1 = ll[:, 0].min(), ll[:, 0].max(), ll[:, 1].min(), ll[:, 1].max()
     dlat, dlon = max(lat1 - lat0, 0.01) * margin, max(lon1 - lon0, 0.01) * margin
-    ring = [[lon0 - dlon, lat0 - dlat], [lon1 + dlon, lat0 - dlat], [lon1 + dlon, lat1 + dlat], [lon0 - dlon, lat1 + dlat]]
-    return pdk.Layer("PolygonLayer", data=[{"polygon": ring}], get_polygon="polygon", get_fill_color=PAPER_RGBA, stroked=False, pickable=False)
+    ring = [
+        [lon0 - dlon, lat0 - dlat],
+        [lon1 + dlon, lat0 - dlat],
+        [lon1 + dlon, lat1 + dlat],
+        [lon0 - dlon, lat1 + dlat],
+    ]
+    return pdk.Layer(
+        "PolygonLayer",
+        data=[{"polygon": ring}],
+        get_polygon="polygon",
+        get_fill_color=PAPER_RGBA,
+        stroked=False,
+        pickable=False,
+    )
 
 
 _GEOJSON_MEMO: dict = {}  # id(geojson dict) -> (the dict, its JSON); a few entries (country outlines)
@@ -168,7 +190,14 @@ class CompactDeck(pdk.Deck):
         return text
 
 
-def deck(layers: Sequence[pdk.Layer], frame_latlon: Any, tooltip: Optional[dict] = None, height_px: int = 430, width_px: int = 460, paper: bool = False) -> pdk.Deck:
+def deck(
+    layers: Sequence[pdk.Layer],
+    frame_latlon: Any,
+    tooltip: dict | None = None,
+    height_px: int = 430,
+    width_px: int = 460,
+    paper: bool = False,
+) -> pdk.Deck:
     """A pydeck Deck framed on ``frame_latlon``, offline and with no token.
 
     No ``map_style`` is given: online, Streamlit's default Carto basemap loads
@@ -202,7 +231,7 @@ def streets_near(streets: Iterable[Any], latlon: Sequence[float], within_m: floa
     return out
 
 
-def street_layer(streets: Iterable[Any], width_m: float = 6.0) -> Optional[pdk.Layer]:
+def street_layer(streets: Iterable[Any], width_m: float = 6.0) -> pdk.Layer | None:
     """PathLayer of polylines, each (M, 2) latlon degrees; None when there are none."""
     paths = [np.asarray(p, dtype=np.float64)[:, ::-1].round(6).tolist() for p in streets if len(p) >= 2]
     if not paths:
@@ -218,7 +247,7 @@ def street_layer(streets: Iterable[Any], width_m: float = 6.0) -> Optional[pdk.L
     )
 
 
-def place_layer(places: pd.DataFrame) -> Optional[pdk.Layer]:
+def place_layer(places: pd.DataFrame) -> pdk.Layer | None:
     """TextLayer of place names: a DataFrame with name, lat, lon; None when empty."""
     if places is None or len(places) == 0:
         return None
@@ -235,7 +264,7 @@ def place_layer(places: pd.DataFrame) -> Optional[pdk.Layer]:
     )
 
 
-def outline_layer(geojson: Optional[dict]) -> Optional[pdk.Layer]:
+def outline_layer(geojson: dict | None) -> pdk.Layer | None:
     """GeoJsonLayer of country outlines (no fill); None when there is no file."""
     if not geojson:
         return None
@@ -250,7 +279,9 @@ def outline_layer(geojson: Optional[dict]) -> Optional[pdk.Layer]:
     )
 
 
-def context_layers(streets: Iterable[Any] = (), places: Optional[pd.DataFrame] = None, outlines: Optional[dict] = None) -> list:
+def context_layers(
+    streets: Iterable[Any] = (), places: pd.DataFrame | None = None, outlines: dict | None = None
+) -> list:
     """Whatever local context exists, bottom-most first."""
     layers = [outline_layer(outlines), street_layer(streets), place_layer(places)]
     return [layer for layer in layers if layer is not None]
@@ -281,14 +312,25 @@ def points_frame(latlon: Any, colours: Any = None, **columns: Any) -> pd.DataFra
     """A deck-ready DataFrame: lat, lon, r, g, b (+ any extra columns)."""
     ll = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
     df = pd.DataFrame({"lat": ll[:, 0], "lon": ll[:, 1]})
-    rgb = np.full((len(ll), 3), (30, 110, 200), dtype=np.uint8) if colours is None else np.asarray(colours, dtype=np.uint8)
+    rgb = (
+        np.full((len(ll), 3), (30, 110, 200), dtype=np.uint8)
+        if colours is None
+        else np.asarray(colours, dtype=np.uint8)
+    )
     df["r"], df["g"], df["b"] = rgb[:, 0].astype(int), rgb[:, 1].astype(int), rgb[:, 2].astype(int)
     for name, col in columns.items():
         df[name] = np.asarray(col)
     return df
 
 
-def scatter_layer(df: pd.DataFrame, radius_m: float = 12.0, alpha: int = 220, pickable: bool = True, layer_id: str | None = None, **kw: Any) -> pdk.Layer:
+def scatter_layer(
+    df: pd.DataFrame,
+    radius_m: float = 12.0,
+    alpha: int = 220,
+    pickable: bool = True,
+    layer_id: str | None = None,
+    **kw: Any,
+) -> pdk.Layer:
     """Dots coloured by the frame's r, g, b columns."""
     return pdk.Layer(
         "ScatterplotLayer",
@@ -304,9 +346,14 @@ def scatter_layer(df: pd.DataFrame, radius_m: float = 12.0, alpha: int = 220, pi
     )
 
 
-def line_layer(from_latlon: Any, to_latlon: Any, rgba: Sequence[int] = (220, 40, 40, 200), width_px: float = 2.0, **columns: Any) -> pdk.Layer:
+def line_layer(
+    from_latlon: Any, to_latlon: Any, rgba: Sequence[int] = (220, 40, 40, 200), width_px: float = 2.0, **columns: Any
+) -> pdk.Layer:
     """Straight segments from each row of ``from_latlon`` to the same row of ``to_latlon``."""
-    a, b = np.asarray(from_latlon, dtype=np.float64).reshape(-1, 2), np.asarray(to_latlon, dtype=np.float64).reshape(-1, 2)
+    a, b = (
+        np.asarray(from_latlon, dtype=np.float64).reshape(-1, 2),
+        np.asarray(to_latlon, dtype=np.float64).reshape(-1, 2),
+    )
     df = pd.DataFrame({"lat0": a[:, 0], "lon0": a[:, 1], "lat1": b[:, 0], "lon1": b[:, 1]})
     for name, col in columns.items():
         df[name] = np.asarray(col)
@@ -321,7 +368,9 @@ def line_layer(from_latlon: Any, to_latlon: Any, rgba: Sequence[int] = (220, 40,
     )
 
 
-def hex_layer(bins: dict, vmin: float, vmax: float, log: bool = True, alpha: int = 150, colours: Any = None) -> pdk.Layer:
+def hex_layer(
+    bins: dict, vmin: float, vmax: float, log: bool = True, alpha: int = 150, colours: Any = None
+) -> pdk.Layer:
     """PolygonLayer of ``swclip.viz.spatial_bins.hex_bins`` / ``h3_bins`` output, coloured by its value (viridis),
     or by ``colours`` (H, 3) uint8 when given (e.g. :func:`diverging`)."""
     rgb = ramp(bins["value"], vmin, vmax, log=log) if colours is None else np.asarray(colours, dtype=np.uint8)
@@ -383,8 +432,12 @@ def folium_map(center_latlon: Sequence[float], zoom: int = 14, leaflet_url: str 
     """
     import folium
 
-    base = "/" + leaflet_url.strip("/") if not leaflet_url.startswith(("http://", "https://")) else leaflet_url.rstrip("/")
-    m = folium.Map(location=[float(center_latlon[0]), float(center_latlon[1])], zoom_start=zoom, tiles=None, control_scale=True)
+    base = (
+        "/" + leaflet_url.strip("/") if not leaflet_url.startswith(("http://", "https://")) else leaflet_url.rstrip("/")
+    )
+    m = folium.Map(
+        location=[float(center_latlon[0]), float(center_latlon[1])], zoom_start=zoom, tiles=None, control_scale=True
+    )
     m.default_js = [("leaflet", f"{base}/leaflet.js")]
     m.default_css = [("leaflet_css", f"{base}/leaflet.css")]
     if tiles:

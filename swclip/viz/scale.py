@@ -16,7 +16,9 @@ from swclip.viz.spatial_bins import H3_EDGE_M
 POINTS_MAX = 100_000  # above this many samples the Error map draws hexagons only
 MAX_ERROR_M = 20_037_509  # half the Earth's circumference: no error is larger
 # σ choices in metres: about 10 per decade of round numbers from 10 m to 2,000 km.
-SIGMA_CHOICES_M = tuple(int(m * 10**e) for e in range(1, 7) for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8) if 10 <= m * 10**e <= 2_000_000)
+SIGMA_CHOICES_M = tuple(
+    int(m * 10**e) for e in range(1, 7) for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8) if 10 <= m * 10**e <= 2_000_000
+)
 
 
 def fmt_m(m: float) -> str:
@@ -65,11 +67,17 @@ class Scale:
 def scale_for(extent: float) -> Scale:
     """Sensible lengths for a run spanning ``extent`` metres (see :func:`extent_m`)."""
     ext = max(float(extent), 100.0)
-    edges = sorted(e for e in H3_EDGE_M if ext / 1000 <= e <= ext / 4) or [min(H3_EDGE_M, key=lambda e: abs(e - ext / 60))]
+    edges = sorted(e for e in H3_EDGE_M if ext / 1000 <= e <= ext / 4) or [
+        min(H3_EDGE_M, key=lambda e: abs(e - ext / 60))
+    ]
     lags = ladder(ext / 20, max(ext, 1000.0))
     return Scale(
-        extent_m=float(extent), world=ext > WORLD_EXTENT_M,
-        hex_choices_m=tuple(edges), hex_default_m=nearest(edges, ext / 60),
-        lag_choices_m=lags, lag_default_m=nearest(lags, ext / 2), bins_default=30 if ext > WORLD_EXTENT_M else 15,
+        extent_m=float(extent),
+        world=ext > WORLD_EXTENT_M,
+        hex_choices_m=tuple(edges),
+        hex_default_m=nearest(edges, ext / 60),
+        lag_choices_m=lags,
+        lag_default_m=nearest(lags, ext / 2),
+        bins_default=30 if ext > WORLD_EXTENT_M else 15,
         error_stops_m=(0,) + ladder(max(10.0, ext / 10_000), 10_000_000.0, (1, 2.5, 5)) + (MAX_ERROR_M,),
     )

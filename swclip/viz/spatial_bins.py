@@ -15,7 +15,8 @@ equirectangular frame), which is exact enough over a city's few kilometres.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -148,8 +149,24 @@ def hex_bins(
 
 
 # H3's average hexagon edge length (= circumradius) per resolution 0..15, metres (h3.average_hexagon_edge_length).
-H3_EDGE_M = (1281256.011, 483056.8391, 182512.9565, 68979.2218, 26071.7597, 9854.091, 3724.5327, 1406.4758, 531.414,
-             200.7861, 75.8638, 28.6639, 10.8302, 4.092, 1.5461, 0.5842)
+H3_EDGE_M = (
+    1281256.011,
+    483056.8391,
+    182512.9565,
+    68979.2218,
+    26071.7597,
+    9854.091,
+    3724.5327,
+    1406.4758,
+    531.414,
+    200.7861,
+    75.8638,
+    28.6639,
+    10.8302,
+    4.092,
+    1.5461,
+    0.5842,
+)
 
 
 def h3_resolution(edge_m: float) -> int:
@@ -176,7 +193,9 @@ def h3_bins(latlon, values, edge_m: float, stat: str = "median") -> dict:
         raise ValueError(f"stat must be 'median' or 'mean', got {stat!r}")
     res = h3_resolution(edge_m)
     lon = (ll[:, 1] + 180.0) % 360.0 - 180.0
-    cells = np.fromiter((h3n.latlng_to_cell(a, b, res) for a, b in zip(ll[:, 0].tolist(), lon.tolist())), dtype=np.uint64, count=len(ll))
+    cells = np.fromiter(
+        (h3n.latlng_to_cell(a, b, res) for a, b in zip(ll[:, 0].tolist(), lon.tolist())), dtype=np.uint64, count=len(ll)
+    )
     keys, inverse = np.unique(cells, return_inverse=True)
     inverse = inverse.ravel()
     grouped = pd.Series(vals).groupby(inverse)
@@ -188,5 +207,12 @@ def h3_bins(latlon, values, edge_m: float, stat: str = "median") -> dict:
         b = np.asarray(h3n.cell_to_boundary(int(c)), dtype=np.float64)[:, ::-1].copy()  # (V, 2) lon, lat
         b[:, 0] = np.unwrap(b[:, 0], period=360.0)  # an edge across ±180° stays short
         rings.append(b)
-    return {"centre_latlon": centres, "polygon_lonlat": rings, "value": value, "count": count,
-            "bin_of_point": inverse, "res": res, "cells": keys}
+    return {
+        "centre_latlon": centres,
+        "polygon_lonlat": rings,
+        "value": value,
+        "count": count,
+        "bin_of_point": inverse,
+        "res": res,
+        "cells": keys,
+    }

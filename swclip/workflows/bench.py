@@ -27,18 +27,20 @@ import torch
 from swclip.analysis.variogram import VariogramFit
 from swclip.loss_names import LOSSES
 from swclip.training.batches import make_train_data
-from swclip.training.config import load_config
-from swclip.training.config import CONFIG_DIR
+from swclip.training.config import CONFIG_DIR, load_config
 from swclip.training.loop import Trainer, image_spec, location_tokenizer, read_train_table
-
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Arguments of ``swclip bench``."""
     p.add_argument("what", nargs="?", default="losses", choices=["losses"], help="what to benchmark")
     p.add_argument("--config", default=str(CONFIG_DIR / "demo_clip.yaml"), help="training config (model, optimiser)")
-    p.add_argument("--data", choices=["synthetic", "demo"], default="synthetic",
-                   help="synthetic tensors (no files) or the config's / --table's sample table")
+    p.add_argument(
+        "--data",
+        choices=["synthetic", "demo"],
+        default="synthetic",
+        help="synthetic tensors (no files) or the config's / --table's sample table",
+    )
     p.add_argument("--table", help="sample table for --data demo (default: the config's data.table)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the config's)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per loss")
@@ -59,8 +61,13 @@ def measure(args) -> dict:
     trainers, streams = {}, {}
     table = None
     for name in args.losses:
-        over = list(args.overrides) + [f"loss.name={name}", f"loss.sigma_m={args.sigma_m}", "progress=false",
-                                       f"device={args.device}", f"data.synthetic={args.data == 'synthetic'}"]
+        over = list(args.overrides) + [
+            f"loss.name={name}",
+            f"loss.sigma_m={args.sigma_m}",
+            "progress=false",
+            f"device={args.device}",
+            f"data.synthetic={args.data == 'synthetic'}",
+        ]
         if args.batch:
             over.append(f"batch_size={args.batch}")
         if args.table:
@@ -71,8 +78,9 @@ def measure(args) -> dict:
         size, mean, std = image_spec(tr.model)
         if args.data == "demo" and table is None:
             table = read_train_table(cfg)
-        data = make_train_data(cfg, size, tr.device, mean=mean, std=std, table=table,
-                               tokenize=location_tokenizer(tr.model, table))
+        data = make_train_data(
+            cfg, size, tr.device, mean=mean, std=std, table=table, tokenize=location_tokenizer(tr.model, table)
+        )
         trainers[name] = tr
         streams[name] = _endless(data)
     dev = next(iter(trainers.values())).device
@@ -95,9 +103,14 @@ def measure(args) -> dict:
         sv.refit_every = 0  # the timed steps use this fit; refits are costed apart
         variogram_source = "fitted to the memory bank"
         if sv.variogram is None:  # random features have no spatial structure: time the weighting with a fixed γ
-            sv.set_variogram(VariogramFit(ok=True, model="exponential", nugget=0.3, partial_sill=0.6, sill=0.9, range_m=600.0))
-            variogram_source = ("fixed exponential (the bank's features had no fit)" if fit_s is not None else
-                                "fixed exponential (scikit-gstat not installed: no fit)")
+            sv.set_variogram(
+                VariogramFit(ok=True, model="exponential", nugget=0.3, partial_sill=0.6, sill=0.9, range_m=600.0)
+            )
+            variogram_source = (
+                "fixed exponential (the bank's features had no fit)"
+                if fit_s is not None
+                else "fixed exponential (scikit-gstat not installed: no fit)"
+            )
     sync()
 
     times = {n: [] for n in trainers}
@@ -134,13 +147,22 @@ def measure(args) -> dict:
     for name in trainers:
         med = statistics.median(times[name])
         cpu_med = statistics.median(cpu[name])
-        row = {"loss": name, "step_ms": 1000 * med, "min_step_ms": 1000 * min(times[name]), "images_per_s": batch / med,
-               # process CPU time (all threads): what the step costs regardless of the neighbours' load
-               "cpu_ms": 1000 * cpu_med, "cpu_ratio_to_clip": cpu_med / statistics.median(cpu["clip"]) if "clip" in cpu else None,
-               "data_wait_frac": sum(waits[name]) / sum(times[name]), "peak_mem_mib": peak[name],
-               "ratio_to_clip": med / base if base else None, "extra_over_clip_pct": 100 * (med / base - 1) if base else None,
-               # the trainer's own count: warm-up + timed steps (+1 for the CUDA memory step)
-               "optimizer_steps": trainers[name].step_count, "timed_s_total": sum(times[name])}
+        row = {
+            "loss": name,
+            "step_ms": 1000 * med,
+            "min_step_ms": 1000 * min(times[name]),
+            "images_per_s": batch / med,
+            # process CPU time (all threads): what the step costs regardless of the neighbours' load
+            "cpu_ms": 1000 * cpu_med,
+            "cpu_ratio_to_clip": cpu_med / statistics.median(cpu["clip"]) if "clip" in cpu else None,
+            "data_wait_frac": sum(waits[name]) / sum(times[name]),
+            "peak_mem_mib": peak[name],
+            "ratio_to_clip": med / base if base else None,
+            "extra_over_clip_pct": 100 * (med / base - 1) if base else None,
+            # the trainer's own count: warm-up + timed steps (+1 for the CUDA memory step)
+            "optimizer_steps": trainers[name].step_count,
+            "timed_s_total": sum(times[name]),
+        }
         if name == "semivariogram" and fit_s is not None:
             row["refit_s"] = fit_s
             row["refit_every"] = trainers[name].cfg.loss.refit_every
@@ -148,10 +170,21 @@ def measure(args) -> dict:
             row["variogram"] = variogram_source
         rows.append(row)
     n_params = sum(p.numel() for p in next(iter(trainers.values())).model.parameters())
-    return {"config": str(args.config), "torch_threads": torch.get_num_threads(), "model": cfg0.model, "batch_size": batch, "data": args.data,
-            "device": str(dev), "precision": cfg0.precision, "steps": args.steps, "warmup": args.warmup,
-            "sigma_m": args.sigma_m, "model_params": n_params, "peak_mem_note":
-            "CUDA: max allocated during one step per loss; CPU: peak RSS of the whole process (all losses)", "rows": rows}
+    return {
+        "config": str(args.config),
+        "torch_threads": torch.get_num_threads(),
+        "model": cfg0.model,
+        "batch_size": batch,
+        "data": args.data,
+        "device": str(dev),
+        "precision": cfg0.precision,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "sigma_m": args.sigma_m,
+        "model_params": n_params,
+        "peak_mem_note": "CUDA: max allocated during one step per loss; CPU: peak RSS of the whole process (all losses)",
+        "rows": rows,
+    }
 
 
 def _endless(data):
@@ -162,17 +195,23 @@ def _endless(data):
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{result['model_params'] / 1e6:.2f} M params, batch {result['batch_size']}, {result['data']} data, "
-             f"device {result['device']}, precision {result['precision']}",
-             f"{'loss':<14} {'step ms':>8} {'img/s':>8} {'x clip':>7} {'+% clip':>8} {'cpu ms':>7} {'cpu x clip':>10} "
-             f"{'data wait':>9} {'peak MiB':>9}"]
+    lines = [
+        f"{result['model_params'] / 1e6:.2f} M params, batch {result['batch_size']}, {result['data']} data, "
+        f"device {result['device']}, precision {result['precision']}",
+        f"{'loss':<14} {'step ms':>8} {'img/s':>8} {'x clip':>7} {'+% clip':>8} {'cpu ms':>7} {'cpu x clip':>10} "
+        f"{'data wait':>9} {'peak MiB':>9}",
+    ]
     for r in result["rows"]:
         ratio = f"{r['ratio_to_clip']:.3f}" if r["ratio_to_clip"] else "-"
         extra = f"{r['extra_over_clip_pct']:+.1f}" if r["extra_over_clip_pct"] is not None else "-"
         cpu_ratio = f"{r['cpu_ratio_to_clip']:.3f}" if r["cpu_ratio_to_clip"] else "-"
-        lines.append(f"{r['loss']:<14} {r['step_ms']:>8.1f} {r['images_per_s']:>8.0f} {ratio:>7} {extra:>8} "
-                     f"{r['cpu_ms']:>7.1f} {cpu_ratio:>10} {r['data_wait_frac']:>9.1%} {r['peak_mem_mib']:>9.0f}")
+        lines.append(
+            f"{r['loss']:<14} {r['step_ms']:>8.1f} {r['images_per_s']:>8.0f} {ratio:>7} {extra:>8} "
+            f"{r['cpu_ms']:>7.1f} {cpu_ratio:>10} {r['data_wait_frac']:>9.1%} {r['peak_mem_mib']:>9.0f}"
+        )
         if "refit_s" in r:
-            lines.append(f"{'':<14} variogram refit {r['refit_s'] * 1000:.0f} ms every {r['refit_every']} steps "
-                         f"= {r['refit_amortised_ms_per_step']:.1f} ms/step")
+            lines.append(
+                f"{'':<14} variogram refit {r['refit_s'] * 1000:.0f} ms every {r['refit_every']} steps "
+                f"= {r['refit_amortised_ms_per_step']:.1f} ms/step"
+            )
     return "\n".join(lines)

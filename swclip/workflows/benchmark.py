@@ -9,13 +9,15 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 # SWCLIP_RESULTS_DIR: another folder (benchmarks/gpu_check.py collects the steps' results there)
-RESULTS_DIR = Path(os.environ.get("SWCLIP_RESULTS_DIR") or Path(__file__).resolve().parents[1] / "benchmarks" / "results")
+RESULTS_DIR = Path(
+    os.environ.get("SWCLIP_RESULTS_DIR") or Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+)
 
 
 def cpu_model() -> str | None:
@@ -50,7 +52,9 @@ def machine_tag() -> str:
     return f"cpu{os.cpu_count()}"
 
 
-def interleaved_times(fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None) -> dict:
+def interleaved_times(
+    fns: dict[str, Callable[[], None]], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None
+) -> dict:
     """Time each callable ``repeats`` times, round-robin so that load drifts hit all alike.
 
     Returns {name: {"median_s", "min_s", "runs"}}.

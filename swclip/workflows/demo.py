@@ -17,7 +17,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 from swclip.data import read_table, spatial_split
 from swclip.io import atomic_write, atomic_write_bytes, atomic_write_json
@@ -26,7 +25,6 @@ from swclip.synth import make_world
 from swclip.training.config import CONFIG_DIR, load_config
 from swclip.training.evaluation import evaluate_run
 from swclip.training.loop import train
-
 
 # run id -> (config file, overrides). σ values bracket the world's shortest field ranges (150 m).
 DEMO_MODELS: dict[str, tuple[str, list]] = {
@@ -49,21 +47,29 @@ def _log(msg: str, progress: bool) -> None:
         print(f"[build_demo] {msg}", flush=True)
 
 
-def build_world(world_dir: Path, seed: int = 0, cities=None, samples_per_city: Optional[int] = None,
-                progress: bool = True) -> Path:
+def build_world(
+    world_dir: Path, seed: int = 0, cities=None, samples_per_city: int | None = None, progress: bool = True
+) -> Path:
     """Render the world (unless world.json is there) and write split.csv (unless there). -> split.csv."""
 
     world_dir = Path(world_dir)
     if not (world_dir / "world.json").is_file():
         _log(f"rendering the demo world into {world_dir}", progress)
-        make_world(world_dir, seed=seed, cities=cities or WORLD["cities"],
-                   samples_per_city=samples_per_city or WORLD["samples_per_city"], image_size=WORLD["image_size"],
-                   overwrite=True, progress=progress)
+        make_world(
+            world_dir,
+            seed=seed,
+            cities=cities or WORLD["cities"],
+            samples_per_city=samples_per_city or WORLD["samples_per_city"],
+            image_size=WORLD["image_size"],
+            overwrite=True,
+            progress=progress,
+        )
     split_csv = world_dir / "split.csv"
     if not split_csv.is_file():
         table = read_table(world_dir / "samples.csv", world_dir)
-        table = spatial_split(table, test_frac=SPLIT["test_frac"], block_m=SPLIT["block_m"], buffer_m=SPLIT["buffer_m"],
-                              seed=seed)
+        table = spatial_split(
+            table, test_frac=SPLIT["test_frac"], block_m=SPLIT["block_m"], buffer_m=SPLIT["buffer_m"], seed=seed
+        )
         atomic_write(split_csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.7f"))
         counts = table["split"].value_counts().to_dict()
         _log(f"spatial split ({SPLIT['block_m']:g} m blocks, {SPLIT['buffer_m']:g} m buffer): {counts}", progress)
@@ -73,7 +79,6 @@ def build_world(world_dir: Path, seed: int = 0, cities=None, samples_per_city: O
 def _build_run(job: dict) -> dict:
     """Train + evaluate one demo run (in a worker process when building in parallel). -> timings."""
     import torch
-
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])
@@ -86,15 +91,28 @@ def _build_run(job: dict) -> dict:
     evaluate_run(run_dir, progress=False)
     update_manifest(run_dir, demo=True)  # the app says plainly that this is the demo world
     # process CPU time too: on a shared machine the wall clock says more about the neighbours than about us
-    timings = {"train_s": t1 - t0, "eval_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c0,
-               "threads": torch.get_num_threads()}
+    timings = {
+        "train_s": t1 - t0,
+        "eval_s": time.perf_counter() - t1,
+        "cpu_s": time.process_time() - c0,
+        "threads": torch.get_num_threads(),
+    }
     (run_dir / ".complete").write_text(json.dumps(timings))
     return {"run_id": cfg.run_id, **timings}
 
 
-def build_demo(out="runs/demo", seed: int = 0, steps: Optional[int] = None, models=None, samples_per_city=None,
-               cities=None, rebuild: bool = False, progress: bool = True, extra_overrides: tuple = (),
-               workers: Optional[int] = None) -> dict:
+def build_demo(
+    out="runs/demo",
+    seed: int = 0,
+    steps: int | None = None,
+    models=None,
+    samples_per_city=None,
+    cities=None,
+    rebuild: bool = False,
+    progress: bool = True,
+    extra_overrides: tuple = (),
+    workers: int | None = None,
+) -> dict:
     """Build what is missing of the bundle; -> {run_id: metrics}. See the module docstring.
 
     workers: runs trained at once, each in its own process with one torch thread (default: the
@@ -118,11 +136,25 @@ def build_demo(out="runs/demo", seed: int = 0, steps: Optional[int] = None, mode
             _log(f"{run_id}: already built", progress)
             continue
         config, over = DEMO_MODELS[run_id]
-        over = list(over) + [f"run_id={run_id}", f"out_dir={out}", f"seed={seed}", f"data.table={split_csv}",
-                             f"data.root={split_csv.parent}", f"progress={progress and workers == 1}", *extra_overrides]
+        over = list(over) + [
+            f"run_id={run_id}",
+            f"out_dir={out}",
+            f"seed={seed}",
+            f"data.table={split_csv}",
+            f"data.root={split_csv.parent}",
+            f"progress={progress and workers == 1}",
+            *extra_overrides,
+        ]
         if steps:
             over.append(f"steps={steps}")
-        jobs.append({"run_id": run_id, "config": str(CONFIG_DIR / config), "overrides": over, "threads": 1 if workers > 1 else 0})
+        jobs.append(
+            {
+                "run_id": run_id,
+                "config": str(CONFIG_DIR / config),
+                "overrides": over,
+                "threads": 1 if workers > 1 else 0,
+            }
+        )
     if jobs:
         _log(f"training {', '.join(j['run_id'] for j in jobs)}: {min(workers, len(jobs))} at a time", progress)
         bar = None
@@ -145,8 +177,10 @@ def build_demo(out="runs/demo", seed: int = 0, steps: Optional[int] = None, mode
                 timings[t.pop("run_id")] = t
                 if bar is not None:
                     bar.update(1)
-                    bar.write(f"[build_demo] {list(timings)[-1]}: trained in {t['train_s']:.0f} s, evaluated in {t['eval_s']:.0f} s "
-                              f"({t['cpu_s']:.0f} s CPU, {t['threads']} thread(s))")
+                    bar.write(
+                        f"[build_demo] {list(timings)[-1]}: trained in {t['train_s']:.0f} s, evaluated in {t['eval_s']:.0f} s "
+                        f"({t['cpu_s']:.0f} s CPU, {t['threads']} thread(s))"
+                    )
                 if pool is not None and k == n_pool:  # the pool's work is done: free its cores
                     pool.close()
                     pool.join()
@@ -170,8 +204,10 @@ def results_markdown(results: dict) -> str:
     head = "| model | median error (m) | mean error (m) | acc@100 m | acc@250 m | acc@500 m | recall@1 |"
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
     for run_id, m in results.items():
-        lines.append(f"| {run_id} | {m['median_m']:.0f} | {m['mean_m']:.0f} | {m['acc@100m']:.3f} | {m['acc@250m']:.3f} | "
-                     f"{m['acc@500m']:.3f} | {m.get('recall@1', float('nan')):.3f} |")
+        lines.append(
+            f"| {run_id} | {m['median_m']:.0f} | {m['mean_m']:.0f} | {m['acc@100m']:.3f} | {m['acc@250m']:.3f} | "
+            f"{m['acc@500m']:.3f} | {m.get('recall@1', float('nan')):.3f} |"
+        )
     return "\n".join(lines)
 
 

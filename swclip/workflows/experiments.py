@@ -39,9 +39,8 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -49,19 +48,18 @@ from swclip.analysis.empirical_variogram import empirical_variogram
 from swclip.analysis.experiment_stats import summary_table
 from swclip.analysis.metrics import summarize
 from swclip.analysis.variogram import fit_best, suggest_sigma_m
-from swclip.workflows.benchmark import cpu_model
-from swclip.workflows.results import FORMAT, VERSION
 from swclip.data import read_table, spatial_split
 from swclip.geo import EARTH_RADIUS_M, unit_vectors
-from swclip.loss_names import SWCLIP_NC
 from swclip.io import atomic_write, atomic_write_json
+from swclip.loss_names import SWCLIP_NC
 from swclip.runs import git_commit, load_run, read_predictions
 from swclip.synth import make_world
 from swclip.synth.world import load_world
-from swclip.training.config import load_config
-from swclip.training.config import CONFIG_DIR
+from swclip.training.config import CONFIG_DIR, load_config
 from swclip.training.evaluation import encode_images, evaluate, evaluate_run
 from swclip.training.loop import train
+from swclip.workflows.benchmark import cpu_model
+from swclip.workflows.results import FORMAT, VERSION
 
 RECORD_KEYS = ("n", "median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "acc@1km", "acc@25km", "recall@1")
 
@@ -105,8 +103,14 @@ GRIDS = {
     "full": (
         ExperimentConfig(name="gaussian-b100"),
         ExperimentConfig(name="exponential-b100", covariance="exponential"),
-        ExperimentConfig(name="gaussian-b30", buffer_m=30.0, sigmas_m=(50.0, 150.0, 400.0), nc_weights=(),
-                         variogram=False, semivariogram=False),
+        ExperimentConfig(
+            name="gaussian-b30",
+            buffer_m=30.0,
+            sigmas_m=(50.0, 150.0, 400.0),
+            nc_weights=(),
+            variogram=False,
+            semivariogram=False,
+        ),
     ),
 }
 
@@ -131,17 +135,54 @@ def plan_jobs(cfg: ExperimentConfig) -> list[dict]:
         sweep = [job_name(sigma_name(s), seed) for s in cfg.sigmas_m]
         jobs.append(dict(name=clip, config="clip", seed=seed, kind="clip", sigma_m=None, nc_weight=None, after=[]))
         for s, name in zip(cfg.sigmas_m, sweep):
-            jobs.append(dict(name=name, config=sigma_name(s), seed=seed, kind="swclip", sigma_m=float(s), nc_weight=None, after=[]))
+            jobs.append(
+                dict(
+                    name=name,
+                    config=sigma_name(s),
+                    seed=seed,
+                    kind="swclip",
+                    sigma_m=float(s),
+                    nc_weight=None,
+                    after=[],
+                )
+            )
         if cfg.semivariogram:
-            jobs.append(dict(name=job_name("semivariogram", seed), config="semivariogram", seed=seed, kind="semivariogram",
-                             sigma_m=None, nc_weight=None, after=[]))
+            jobs.append(
+                dict(
+                    name=job_name("semivariogram", seed),
+                    config="semivariogram",
+                    seed=seed,
+                    kind="semivariogram",
+                    sigma_m=None,
+                    nc_weight=None,
+                    after=[],
+                )
+            )
         if cfg.variogram:
-            jobs.append(dict(name=job_name("swclip-var", seed), config="swclip-var", seed=seed, kind="swclip-var",
-                             sigma_m=None, nc_weight=None, after=[clip]))
+            jobs.append(
+                dict(
+                    name=job_name("swclip-var", seed),
+                    config="swclip-var",
+                    seed=seed,
+                    kind="swclip-var",
+                    sigma_m=None,
+                    nc_weight=None,
+                    after=[clip],
+                )
+            )
         for lam in cfg.nc_weights:
             cname = f"swclip-nc-l{lam:g}"
-            jobs.append(dict(name=job_name(cname, seed), config=cname, seed=seed, kind=SWCLIP_NC, sigma_m=None,
-                             nc_weight=float(lam), after=list(sweep)))
+            jobs.append(
+                dict(
+                    name=job_name(cname, seed),
+                    config=cname,
+                    seed=seed,
+                    kind=SWCLIP_NC,
+                    sigma_m=None,
+                    nc_weight=float(lam),
+                    after=list(sweep),
+                )
+            )
     return jobs
 
 
@@ -153,12 +194,27 @@ def prepare(out: Path, cfg: ExperimentConfig, progress: bool = True) -> Path:
 
     world = out / "world"
     if not (world / "world.json").is_file():
-        make_world(world, seed=cfg.world_seed, cities=list(cfg.cities), samples_per_city=cfg.samples_per_city,
-                   image_size=cfg.image_size, covariance=cfg.covariance, overwrite=True, progress=progress)
+        make_world(
+            world,
+            seed=cfg.world_seed,
+            cities=list(cfg.cities),
+            samples_per_city=cfg.samples_per_city,
+            image_size=cfg.image_size,
+            covariance=cfg.covariance,
+            overwrite=True,
+            progress=progress,
+        )
     split_csv = world / "split.csv"
     if not split_csv.is_file():
-        table = spatial_split(read_table(world / "samples.csv", world), test_frac=cfg.test_frac, val_frac=cfg.val_frac,
-                              block_m=cfg.block_m, buffer_m=cfg.buffer_m, seed=cfg.split_seed, block_column=True)
+        table = spatial_split(
+            read_table(world / "samples.csv", world),
+            test_frac=cfg.test_frac,
+            val_frac=cfg.val_frac,
+            block_m=cfg.block_m,
+            buffer_m=cfg.buffer_m,
+            seed=cfg.split_seed,
+            block_column=True,
+        )
         atomic_write(split_csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.7f"))
         (world / "split.json").write_text(json.dumps(table.attrs["split"], indent=1))
     return split_csv
@@ -170,16 +226,21 @@ def world_summary(world_dir: Path) -> dict:
     meta = load_world(world_dir)
     ranges = {c["name"]: sorted(f["range_m"] for f in c["fields"]) for c in meta["cities"]}
     allr = np.concatenate([np.asarray(r) for r in ranges.values()])
-    return dict(covariance=meta.get("covariance", "gaussian"), seed=meta["seed"], image_size=meta["image_size"],
-                samples_per_city=meta["samples_per_city"], cities=list(ranges), field_ranges_m=ranges,
-                range_m=dict(min=float(allr.min()), median=float(np.median(allr)), max=float(allr.max())))
+    return dict(
+        covariance=meta.get("covariance", "gaussian"),
+        seed=meta["seed"],
+        image_size=meta["image_size"],
+        samples_per_city=meta["samples_per_city"],
+        cities=list(ranges),
+        field_ranges_m=ranges,
+        range_m=dict(min=float(allr.min()), median=float(np.median(allr)), max=float(allr.max())),
+    )
 
 
 def oracle_errors_m(table, split: str = "test") -> np.ndarray:
     """(N,) metres from each ``split`` row to its nearest training location: the floor of a
     top-1 prediction from the training-location gallery (no model can do better)."""
     from scipy.spatial import cKDTree
-
 
     train = unit_vectors(table.loc[table["split"] == "train", ["lat", "lon"]].to_numpy(np.float64))
     rows = unit_vectors(table.loc[table["split"] == split, ["lat", "lon"]].to_numpy(np.float64))
@@ -198,27 +259,40 @@ def variogram_sigma(clip_dir: Path, split_csv: Path, max_lag_m: float) -> dict:
     """
     import torch
 
-
     table = split_table(split_csv)
     train = table[table["split"] == "train"].reset_index(drop=True)
     run = load_run(clip_dir)
     run.model.eval()
     with torch.inference_mode():
         emb = encode_images(run.model, train, split_csv.parent)  # (N, D)
-    emp = empirical_variogram(train[["lat", "lon"]].to_numpy(np.float64), embeddings=emb, dissimilarity="cosine",
-                              max_lag_m=max_lag_m, seed=0)
+    emp = empirical_variogram(
+        train[["lat", "lon"]].to_numpy(np.float64), embeddings=emb, dissimilarity="cosine", max_lag_m=max_lag_m, seed=0
+    )
     fit = fit_best(emp)
     if not fit.ok:
         return dict(sigma_m=None, range_m=None, reason=f"no variogram fit: {fit.reason}", n=len(train))
     range_m = fit.practical_range_m()
-    return dict(sigma_m=suggest_sigma_m(range_m, "gaussian"), range_m=range_m, model=fit.model,
-                nugget_ratio=float(fit.nugget_ratio), n=len(train))
+    return dict(
+        sigma_m=suggest_sigma_m(range_m, "gaussian"),
+        range_m=range_m,
+        model=fit.model,
+        nugget_ratio=float(fit.nugget_ratio),
+        n=len(train),
+    )
 
 
 def _overrides(job: dict, cfg: ExperimentConfig, split_csv: Path, runs_dir: Path) -> tuple[str, list]:
-    over = [f"run_id={job['name']}", f"out_dir={runs_dir}", f"seed={job['seed']}", f"data.table={split_csv}",
-            f"data.root={split_csv.parent}", "data.eval_split=test", "progress=false",
-            f"steps={cfg.steps}", f"batch_size={cfg.batch_size}"]
+    over = [
+        f"run_id={job['name']}",
+        f"out_dir={runs_dir}",
+        f"seed={job['seed']}",
+        f"data.table={split_csv}",
+        f"data.root={split_csv.parent}",
+        "data.eval_split=test",
+        "progress=false",
+        f"steps={cfg.steps}",
+        f"batch_size={cfg.batch_size}",
+    ]
     kind = job["kind"]
     if kind == "clip":
         return "demo_clip.yaml", over
@@ -260,7 +334,6 @@ def run_job(job: dict) -> dict:
     """
     import torch
 
-
     torch.set_num_threads(1)
     cfg = ExperimentConfig(**job["experiment"])
     split_csv, runs_dir = Path(job["split_csv"]), Path(job["runs_dir"])
@@ -295,8 +368,13 @@ def run_job(job: dict) -> dict:
                 raise RuntimeError("evaluation reordered the test rows")
             record["test_error_m"] = np.round(pred["error_m"].to_numpy(), 1).tolist()
     record["git_commit"] = git_commit()  # per run: a grid resumed across commits shows it (None outside a checkout)
-    record["timings"] = dict(train_s=t1 - t0, eval_s=time.perf_counter() - t1, cpu_s=time.process_time() - c0,
-                             threads=torch.get_num_threads(), lean=lean)
+    record["timings"] = dict(
+        train_s=t1 - t0,
+        eval_s=time.perf_counter() - t1,
+        cpu_s=time.process_time() - c0,
+        threads=torch.get_num_threads(),
+        lean=lean,
+    )
     atomic_write_json(run_dir / "record.json", record)
     return record
 
@@ -308,7 +386,7 @@ def _record_path(runs_dir: Path, name: str) -> Path:
     return runs_dir / name / "record.json"
 
 
-def _ready(job: dict, records: dict, cfg: ExperimentConfig) -> Optional[dict]:
+def _ready(job: dict, records: dict, cfg: ExperimentConfig) -> dict | None:
     """The job with its dependent parameters filled in, or None while it waits. Raises KeyError when a
     dependency failed (the caller skips the job)."""
     if any(a not in records for a in job["after"]):
@@ -322,8 +400,14 @@ def _ready(job: dict, records: dict, cfg: ExperimentConfig) -> Optional[dict]:
     return job
 
 
-def run_experiment(out, cfg: Optional[ExperimentConfig] = None, workers: int = 2, progress: bool = True,
-                   artefacts: bool = False, bar=None) -> dict:
+def run_experiment(
+    out,
+    cfg: ExperimentConfig | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    artefacts: bool = False,
+    bar=None,
+) -> dict:
     """Run (or resume) the grid; -> the experiment dict (also written to ``out``/experiment.json).
 
     workers: runs trained at once, each in its own spawned process with one torch thread
@@ -343,8 +427,20 @@ def run_experiment(out, cfg: Optional[ExperimentConfig] = None, workers: int = 2
     cfg_dict = dataclasses.asdict(cfg)
     if saved.is_file():
         old = json.loads(saved.read_text())
-        fixed = ("covariance", "world_seed", "cities", "samples_per_city", "image_size", "test_frac", "val_frac",
-                 "block_m", "buffer_m", "split_seed", "steps", "batch_size")
+        fixed = (
+            "covariance",
+            "world_seed",
+            "cities",
+            "samples_per_city",
+            "image_size",
+            "test_frac",
+            "val_frac",
+            "block_m",
+            "buffer_m",
+            "split_seed",
+            "steps",
+            "batch_size",
+        )
         changed = [k for k in fixed if json.dumps(old.get(k)) != json.dumps(cfg_dict[k])]
         if changed:
             raise ValueError(f"{out} holds an experiment with a different {', '.join(changed)}; use another --out")
@@ -403,8 +499,10 @@ def run_experiment(out, cfg: Optional[ExperimentConfig] = None, workers: int = 2
                     bar.update(1)
                     r = records.get(job["name"], {})
                     if "test" in r:
-                        bar.write(f"[experiment {cfg.name}] {job['name']}: val median {r['val']['median_m']:.0f} m, "
-                                  f"test median {r['test']['median_m']:.0f} m ({r['timings']['cpu_s']:.0f} s CPU)")
+                        bar.write(
+                            f"[experiment {cfg.name}] {job['name']}: val median {r['val']['median_m']:.0f} m, "
+                            f"test median {r['test']['median_m']:.0f} m ({r['timings']['cpu_s']:.0f} s CPU)"
+                        )
                 write_experiment(out, cfg, jobs, records, failed, split_csv, time.perf_counter() - t_start)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -424,8 +522,9 @@ def grid_plan(grid: str, **size) -> list[ExperimentConfig]:
     return [dataclasses.replace(cfg, **size) for cfg in GRIDS[grid]]
 
 
-def run_grid(out, grid: str = "full", workers: int = 2, progress: bool = True, artefacts: bool = False,
-             results_dir=None, **size) -> list[dict]:
+def run_grid(
+    out, grid: str = "full", workers: int = 2, progress: bool = True, artefacts: bool = False, results_dir=None, **size
+) -> list[dict]:
     """Run (or resume) every experiment of GRIDS[grid], one after another, each in ``out``/<name>/,
     under one progress bar over all their runs; -> their experiment dicts.
 
@@ -450,20 +549,25 @@ def run_grid(out, grid: str = "full", workers: int = 2, progress: bool = True, a
     exps = []
     try:
         for cfg in cfgs:
-            exps.append(run_experiment(out / cfg.name, cfg, workers=workers, progress=progress, artefacts=artefacts, bar=bar))
+            exps.append(
+                run_experiment(out / cfg.name, cfg, workers=workers, progress=progress, artefacts=artefacts, bar=bar)
+            )
             shutil.copyfile(out / cfg.name / "experiment.json", results_dir / f"experiment-{cfg.name}.json")
     finally:
         if bar is not None:
             bar.close()
     if progress:
         runs = sum(e["status"]["finished"] for e in exps)
-        print(f"grid {grid}: {runs} runs in {len(exps)} experiments, {time.perf_counter() - t0:.0f} s wall this session; "
-              f"wrote {', '.join(str(results_dir / f'experiment-{c.name}.json') for c in cfgs)}")
+        print(
+            f"grid {grid}: {runs} runs in {len(exps)} experiments, {time.perf_counter() - t0:.0f} s wall this session; "
+            f"wrote {', '.join(str(results_dir / f'experiment-{c.name}.json') for c in cfgs)}"
+        )
     return exps
 
 
-def write_experiment(out: Path, cfg: ExperimentConfig, jobs: list, records: dict, failed: dict, split_csv: Path,
-                     elapsed_s: float) -> dict:
+def write_experiment(
+    out: Path, cfg: ExperimentConfig, jobs: list, records: dict, failed: dict, split_csv: Path, elapsed_s: float
+) -> dict:
     """Assemble experiment.json from the finished records (atomically). -> the dict."""
 
     table = split_table(split_csv)  # read once per process: this runs after every finished run
@@ -472,20 +576,33 @@ def write_experiment(out: Path, cfg: ExperimentConfig, jobs: list, records: dict
     oracle = oracle_errors_m(table)
 
     exp = dict(
-        format=FORMAT, version=VERSION, name=cfg.name,
+        format=FORMAT,
+        version=VERSION,
+        name=cfg.name,
         created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        status=dict(planned=len(jobs), finished=sum(1 for j in jobs if j["name"] in records), failed=failed,
-                    complete=all(j["name"] in records for j in jobs), elapsed_s=round(elapsed_s, 1)),
-        protocol=dict(dataclasses.asdict(cfg), selection=f"per seed: σ with the lowest validation {cfg.select_metric} "
-                      "among the sweep; λ likewise among the NC runs at that σ",
-                      machine=dict(cpus=os.cpu_count(), cpu_model=cpu_model(), threads_per_run=1)),
+        status=dict(
+            planned=len(jobs),
+            finished=sum(1 for j in jobs if j["name"] in records),
+            failed=failed,
+            complete=all(j["name"] in records for j in jobs),
+            elapsed_s=round(elapsed_s, 1),
+        ),
+        protocol=dict(
+            dataclasses.asdict(cfg),
+            selection=f"per seed: σ with the lowest validation {cfg.select_metric} "
+            "among the sweep; λ likewise among the NC runs at that σ",
+            machine=dict(cpus=os.cpu_count(), cpu_model=cpu_model(), threads_per_run=1),
+        ),
         # the code the finished runs were trained with (usually one commit; more when resumed across commits)
         git_commits=sorted({str(records[j["name"]].get("git_commit")) for j in jobs if j["name"] in records}),
         world=world_summary(split_csv.parent),
         split=split_meta,
         oracle_test={k: v for k, v in summarize(oracle).items() if k in RECORD_KEYS},
-        test_rows=dict(id=test["id"].astype(str).tolist(), city=test["city"].astype(str).tolist(),
-                       block=test["block"].astype(str).tolist()),
+        test_rows=dict(
+            id=test["id"].astype(str).tolist(),
+            city=test["city"].astype(str).tolist(),
+            block=test["block"].astype(str).tolist(),
+        ),
         runs=[records[j["name"]] for j in jobs if j["name"] in records],
     )
     atomic_write_json(out / "experiment.json", exp)
@@ -499,21 +616,40 @@ def summary_markdown(exp: dict) -> str:
     head = "| config | seeds | val median (m) | test median (m) | test acc@250 m | test acc@500 m | Δ test median vs CLIP [95 % block CI] |"
     lines = [head, "|---|---:|---:|---:|---:|---:|---|"]
     for _, r in df.iterrows():
-        ci = "" if not np.isfinite(r["d_median_m"]) else f"{r['d_median_m']:+.0f} [{r['d_median_m_lo']:+.0f}, {r['d_median_m_hi']:+.0f}]"
-        lines.append(f"| {r['config']} | {r['n_seeds']} | {r['val_median_m']:.0f} ± {r['val_median_m_sd']:.0f} | "
-                     f"{r['test_median_m']:.0f} ± {r['test_median_m_sd']:.0f} | {r['test_acc@250m']:.3f} ± {r['test_acc@250m_sd']:.3f} | "
-                     f"{r['test_acc@500m']:.3f} ± {r['test_acc@500m_sd']:.3f} | {ci} |")
+        ci = (
+            ""
+            if not np.isfinite(r["d_median_m"])
+            else f"{r['d_median_m']:+.0f} [{r['d_median_m_lo']:+.0f}, {r['d_median_m_hi']:+.0f}]"
+        )
+        lines.append(
+            f"| {r['config']} | {r['n_seeds']} | {r['val_median_m']:.0f} ± {r['val_median_m_sd']:.0f} | "
+            f"{r['test_median_m']:.0f} ± {r['test_median_m_sd']:.0f} | {r['test_acc@250m']:.3f} ± {r['test_acc@250m_sd']:.3f} | "
+            f"{r['test_acc@500m']:.3f} ± {r['test_acc@500m_sd']:.3f} | {ci} |"
+        )
     st = exp["status"]
-    lines.append(f"\n{st['finished']} of {st['planned']} runs finished" + ("" if st["complete"] else " (PARTIAL)")
-                 + (f"; failed: {st['failed']}" if st["failed"] else ""))
+    lines.append(
+        f"\n{st['finished']} of {st['planned']} runs finished"
+        + ("" if st["complete"] else " (PARTIAL)")
+        + (f"; failed: {st['failed']}" if st["failed"] else "")
+    )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- command line (``swclip experiment``)
 
 
-PROTOCOL_OPTIONS = ("name", "covariance", "seeds", "sigmas", "nc_weights", "buffer", "world_seed", "no_variogram",
-                    "no_semivariogram", "quick")  # what a --grid fixes
+PROTOCOL_OPTIONS = (
+    "name",
+    "covariance",
+    "seeds",
+    "sigmas",
+    "nc_weights",
+    "buffer",
+    "world_seed",
+    "no_variogram",
+    "no_semivariogram",
+    "quick",
+)  # what a --grid fixes
 SIZE_OPTIONS = dict(steps="steps", batch_size="batch_size", samples_per_city="samples_per_city", block="block_m")
 
 
@@ -523,35 +659,76 @@ def configure(parser) -> None:
         "Train and evaluate a grid of configs x seeds on the demo world (CLIP, SW-CLIP over a σ sweep, SW-CLIP at the "
         "variogram-suggested σ, SW-CLIP+NC at the validation-chosen σ, semivariogram-weighted CLIP), with spatial "
         "train/val/test blocks; writes <out>/experiment.json and prints a summary. Restarting skips finished runs. "
-        "--grid full runs the README's whole grid (main world, exponential world, 30 m buffer) in one command.")
-    parser.add_argument("--out", required=True, help="experiment folder (world, runs, experiment.json); with --grid, "
-                        "the folder of the grid's experiments (<out>/<name>/)")
-    parser.add_argument("--grid", choices=sorted(GRIDS), default=None,
-                        help="run a whole grid of experiments (full: gaussian-b100, exponential-b100, gaussian-b30, "
-                             "each at its protocol's seeds and σ) under one progress bar; writes "
-                             "<results>/experiment-<name>.json for each")
-    parser.add_argument("--results", default=None, help="with --grid: where the experiment-<name>.json copies go "
-                        "(default: --out; benchmarks/results replaces the committed ones)")
+        "--grid full runs the README's whole grid (main world, exponential world, 30 m buffer) in one command."
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="experiment folder (world, runs, experiment.json); with --grid, "
+        "the folder of the grid's experiments (<out>/<name>/)",
+    )
+    parser.add_argument(
+        "--grid",
+        choices=sorted(GRIDS),
+        default=None,
+        help="run a whole grid of experiments (full: gaussian-b100, exponential-b100, gaussian-b30, "
+        "each at its protocol's seeds and σ) under one progress bar; writes "
+        "<results>/experiment-<name>.json for each",
+    )
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="with --grid: where the experiment-<name>.json copies go "
+        "(default: --out; benchmarks/results replaces the committed ones)",
+    )
     parser.add_argument("--name", default=None, help="experiment name (default: <covariance>-b<buffer>)")
-    parser.add_argument("--covariance", choices=("gaussian", "exponential"), default=None,
-                        help=f"world's field covariance (default {d.covariance})")
+    parser.add_argument(
+        "--covariance",
+        choices=("gaussian", "exponential"),
+        default=None,
+        help=f"world's field covariance (default {d.covariance})",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help=f"training seeds (default {list(d.seeds)})")
-    parser.add_argument("--sigmas", type=float, nargs="+", default=None, help=f"σ sweep, metres (default {list(d.sigmas_m)})")
-    parser.add_argument("--nc-weights", type=float, nargs="*", default=None,
-                        help=f"λ for SW-CLIP+NC (default {list(d.nc_weights)}; none: no NC runs)")
-    parser.add_argument("--buffer", type=float, default=None, help=f"metres between train and held-out rows (default {d.buffer_m:g})")
-    parser.add_argument("--block", type=float, default=None, help=f"held-out block side, metres (default {d.block_m:g})")
+    parser.add_argument(
+        "--sigmas", type=float, nargs="+", default=None, help=f"σ sweep, metres (default {list(d.sigmas_m)})"
+    )
+    parser.add_argument(
+        "--nc-weights",
+        type=float,
+        nargs="*",
+        default=None,
+        help=f"λ for SW-CLIP+NC (default {list(d.nc_weights)}; none: no NC runs)",
+    )
+    parser.add_argument(
+        "--buffer", type=float, default=None, help=f"metres between train and held-out rows (default {d.buffer_m:g})"
+    )
+    parser.add_argument(
+        "--block", type=float, default=None, help=f"held-out block side, metres (default {d.block_m:g})"
+    )
     parser.add_argument("--steps", type=int, default=None, help=f"optimiser steps per run (default {d.steps})")
     parser.add_argument("--batch-size", type=int, default=None, help=f"batch size (default {d.batch_size})")
-    parser.add_argument("--samples-per-city", type=int, default=None,
-                        help=f"world size: street samples per city (default {d.samples_per_city})")
+    parser.add_argument(
+        "--samples-per-city",
+        type=int,
+        default=None,
+        help=f"world size: street samples per city (default {d.samples_per_city})",
+    )
     parser.add_argument("--world-seed", type=int, default=None, help="world seed (default 0; the split seed stays 0)")
-    parser.add_argument("--no-variogram", action="store_true", default=None, help="skip SW-CLIP at the variogram-suggested σ")
-    parser.add_argument("--no-semivariogram", action="store_true", default=None, help="skip semivariogram-weighted CLIP")
-    parser.add_argument("--quick", action="store_true", default=None, help="2 seeds and 3 σ (50, 150, 400 m), to try it")
-    parser.add_argument("--artefacts", action="store_true",
-                        help="each run also writes the app's evaluation artefacts on test (predictions, embeddings, "
-                             "galleries, metrics.json), so it opens in the app; slower, same numbers")
+    parser.add_argument(
+        "--no-variogram", action="store_true", default=None, help="skip SW-CLIP at the variogram-suggested σ"
+    )
+    parser.add_argument(
+        "--no-semivariogram", action="store_true", default=None, help="skip semivariogram-weighted CLIP"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", default=None, help="2 seeds and 3 σ (50, 150, 400 m), to try it"
+    )
+    parser.add_argument(
+        "--artefacts",
+        action="store_true",
+        help="each run also writes the app's evaluation artefacts on test (predictions, embeddings, "
+        "galleries, metrics.json), so it opens in the app; slower, same numbers",
+    )
     parser.add_argument("--workers", type=int, default=2, help="runs at once, one torch thread each (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
@@ -569,26 +746,44 @@ def size_from_args(args) -> dict:
 def config_from_args(args) -> ExperimentConfig:
     d = ExperimentConfig()
     cfg = ExperimentConfig(
-        covariance=_given(args, "covariance", d.covariance), world_seed=_given(args, "world_seed", d.world_seed),
-        buffer_m=_given(args, "buffer", d.buffer_m), seeds=tuple(_given(args, "seeds", d.seeds)),
-        sigmas_m=tuple(_given(args, "sigmas", d.sigmas_m)), nc_weights=tuple(_given(args, "nc_weights", d.nc_weights)),
-        variogram=not args.no_variogram, semivariogram=not args.no_semivariogram, **size_from_args(args))
+        covariance=_given(args, "covariance", d.covariance),
+        world_seed=_given(args, "world_seed", d.world_seed),
+        buffer_m=_given(args, "buffer", d.buffer_m),
+        seeds=tuple(_given(args, "seeds", d.seeds)),
+        sigmas_m=tuple(_given(args, "sigmas", d.sigmas_m)),
+        nc_weights=tuple(_given(args, "nc_weights", d.nc_weights)),
+        variogram=not args.no_variogram,
+        semivariogram=not args.no_semivariogram,
+        **size_from_args(args),
+    )
     if args.quick:
         cfg = dataclasses.replace(cfg, **QUICK)
-    return dataclasses.replace(cfg, name=args.name or f"{cfg.covariance}-b{cfg.buffer_m:g}" + ("-quick" if args.quick else ""))
+    return dataclasses.replace(
+        cfg, name=args.name or f"{cfg.covariance}-b{cfg.buffer_m:g}" + ("-quick" if args.quick else "")
+    )
 
 
 def run(args) -> int:
     if args.grid is not None:
         fixed = [f"--{o.replace('_', '-')}" for o in PROTOCOL_OPTIONS if getattr(args, o) is not None]
         if fixed:
-            raise SystemExit(f"--grid {args.grid} fixes the protocol; drop {', '.join(fixed)} "
-                             "(only --steps, --batch-size, --samples-per-city and --block resize it)")
-        exps = run_grid(args.out, args.grid, workers=args.workers, progress=not args.quiet, artefacts=args.artefacts,
-                        results_dir=args.results, **size_from_args(args))
+            raise SystemExit(
+                f"--grid {args.grid} fixes the protocol; drop {', '.join(fixed)} "
+                "(only --steps, --batch-size, --samples-per-city and --block resize it)"
+            )
+        exps = run_grid(
+            args.out,
+            args.grid,
+            workers=args.workers,
+            progress=not args.quiet,
+            artefacts=args.artefacts,
+            results_dir=args.results,
+            **size_from_args(args),
+        )
         return 0 if not any(e["status"]["failed"] for e in exps) else 1
     if args.results is not None:
         raise SystemExit("--results goes with --grid (one experiment writes <out>/experiment.json)")
-    exp = run_experiment(args.out, config_from_args(args), workers=args.workers, progress=not args.quiet,
-                         artefacts=args.artefacts)
+    exp = run_experiment(
+        args.out, config_from_args(args), workers=args.workers, progress=not args.quiet, artefacts=args.artefacts
+    )
     return 0 if not exp["status"]["failed"] else 1

@@ -25,7 +25,9 @@ def load_experiment(path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not JSON: {err}") from None
     if not isinstance(exp, dict) or exp.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an experiment.json (format {exp.get('format') if isinstance(exp, dict) else None!r})")
+        raise ValueError(
+            f"{path} is not an experiment.json (format {exp.get('format') if isinstance(exp, dict) else None!r})"
+        )
     if exp.get("version") != VERSION:
         raise ValueError(f"{path} has experiment format version {exp.get('version')!r}; this code reads {VERSION}")
     missing = [k for k in REQUIRED if k not in exp]
