@@ -1,4 +1,5 @@
 # Two commands: `make run` opens the app on the demo bundle, `make test` runs the tests.
+# Also: `make test-fast` (no slow or browser tests, the inner loop), `make lint` (ruff, as CI runs it).
 # Both create .venv when it is missing or stale (requirements.txt or pyproject.toml changed).
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 # spinning threads of torch and faiss steal the cores the work needs.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install run test demo bench clean
+.PHONY: install run test test-fast lint demo bench clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@if [ ! -x $(BIN)/python ]; then $(PYTHON) -m venv $(VENV); fi
@@ -35,6 +36,13 @@ run: demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow and not browser"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.losses
