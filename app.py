@@ -5,8 +5,9 @@
 This file routes and draws the shared frame (sidebar, banner) once per run.
 The pages in pages/ are thin and self-sufficient: each starts with
 ``appkit.frame.ensure_frame()``, which draws the same frame when no router did,
-so a page works the same under st.navigation, on its own and under AppTest. The maths lives in swclip/, the figures in swclip/viz/, the Streamlit
-glue in appkit/ (URL state, cached loaders, the frame).
+so a page works the same under st.navigation, on its own and under AppTest.
+The maths lives in swclip/, the figures in swclip/viz/, the Streamlit glue in appkit/
+(URL state, cached loaders, the frame).
 """
 
 import os
@@ -14,9 +15,9 @@ import os
 # A named pretrained tag must fail at once instead of retrying the hub for ~45 s: this app runs offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from appkit import frame  # noqa: E402
+from appkit import frame
 
 frame.leave_legacy_pages_mode()  # before anything is drawn: a pages/ folder must not switch on Streamlit's v1 mode
 st.set_page_config(page_title="SW-CLIP Explorer", page_icon=":material/map:", layout="wide")

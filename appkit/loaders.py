@@ -89,7 +89,8 @@ def run_problems(runs_root: str, run_id: str, stamp: float) -> list:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def topk(runs_root: str, run_id: str, stamp: float) -> tuple | None:
-    """(latlon (N, K, 2), prob (N, K)) of a run's top-k candidates, row-aligned with predictions.parquet; None without them."""
+    """(latlon (N, K, 2), prob (N, K)) of a run's top-k candidates, row-aligned with predictions.parquet;
+    None without them."""
     return open_run(runs_root, run_id).topk()
 
 
@@ -167,7 +168,8 @@ def image_neighbours(runs_root: str, run_id: str, stamp: float):
 
 
 def city_rows(runs_root: str, run: runs.RunInfo, city: str | None) -> np.ndarray:
-    """Row numbers of one city's usable samples in predictions.parquet, and so in embeddings.npy (``predictions(...).loc[rows]``)."""
+    """Row numbers of one city's usable samples in predictions.parquet, and so in embeddings.npy
+    (``predictions(...).loc[rows]``)."""
     df = predictions(runs_root, run.run_id, run.stamp)
     if city in (None, ALL_CITIES):
         return df.index.to_numpy()
@@ -213,7 +215,8 @@ def sample_table(runs_root: str, run_id: str, stamp: float) -> pd.DataFrame | No
 
 @st.cache_resource(show_spinner="Loading the model and building its search index…", max_entries=8)
 def predictor(runs_root: str, run_id: str, stamp: float):
-    """(swclip.runs.load_predictor's Predictor, None), or (None, why) when the run cannot predict (no weights, no gallery…)."""
+    """(swclip.runs.load_predictor's Predictor, None), or (None, why) when the run cannot predict
+    (no weights, no gallery…)."""
 
     try:
         return load_predictor(run_id, runs_root=runs_root), None
@@ -246,7 +249,8 @@ def sample_image_path(runs_root: str, img_root: str | None, rel: str) -> Path | 
 def error_hexes(
     runs_root: str, run_id: str, stamp: float, city: str | None, lo_m: float, hi_m: float, edge_m: float
 ) -> dict:
-    """H3 cells (edge nearest ``edge_m``) of median error and count over one city's (or every) sample with lo ≤ error ≤ hi."""
+    """H3 cells (edge nearest ``edge_m``) of median error and count over one city's (or every) sample
+    with lo ≤ error ≤ hi."""
     df = city_predictions(runs_root, run_id, stamp, city)
     err = df["error_m"].to_numpy(np.float64)
     keep = (err >= lo_m) & (err <= hi_m)

@@ -94,7 +94,8 @@ def build(
     dim: int = DIM,
     progress: bool = True,
 ) -> None:
-    """Write the two synthetic runs under ``out`` (see the module docstring); sizes are parameters so tests build a small one."""
+    """Write the two synthetic runs under ``out`` (see the module docstring); sizes are parameters
+    so tests build a small one."""
     import pandas as pd
 
     from swclip import runs
@@ -220,7 +221,8 @@ def page_path(name: str) -> str:
 
 
 class _ScriptProfile:
-    """cProfile of the script thread(s) AppTest starts inside ``with`` (cProfile only sees the thread that enables it)."""
+    """cProfile of the script thread(s) AppTest starts inside ``with``
+    (cProfile only sees the thread that enables it)."""
 
     def __init__(self):
         import cProfile

@@ -104,7 +104,8 @@ def main(argv=None) -> int:
                 "images_per_s": n / dt,
             }
             print(
-                f"render 8 cities × {args.samples_per_city} at 64 px, {workers} worker(s): {dt:.1f} s, {n / dt:.0f} images/s"
+                f"render 8 cities × {args.samples_per_city} at 64 px, {workers} worker(s): "
+                f"{dt:.1f} s, {n / dt:.0f} images/s"
             )
 
         result["structure"] = structure(world)

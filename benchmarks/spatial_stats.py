@@ -240,7 +240,8 @@ def _print(r: dict) -> None:
     )
     for name, c in r["sampled_vs_all_pairs_5k"].items():
         print(
-            f"5k {name}: all {c['all_pairs']:,} pairs -> range {c['range_m_all_pairs']:.0f} m in {c['all_pairs_s']:.2f} s; "
+            f"5k {name}: all {c['all_pairs']:,} pairs -> range {c['range_m_all_pairs']:.0f} m "
+            f"in {c['all_pairs_s']:.2f} s; "
             f"2M sampled (5 seeds) max rel diff {100 * c['max_rel_diff']:.1f} %"
         )
     print(f"refit from a 4096 bank (d512): {r['refit_4096_bank']['fit_embedding_variogram_d512']['median_s']:.3f} s")

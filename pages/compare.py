@@ -64,7 +64,8 @@ joined = (
     else "pick two different runs"
 )
 with c3:
-    # 1,000 resamples of 210,000 pairs take about 1.3 s on 2 shared cores (5,000: 5 s); past 50,000 pairs the intervals are narrow anyway
+    # 1,000 resamples of 210,000 pairs take about 1.3 s on 2 shared cores (5,000: 5 s);
+    # past 50,000 pairs the intervals are narrow anyway
     n_default = 1000 if isinstance(joined, str) or len(joined) <= 50_000 else 200
     n_boot = urlstate.url_widget(
         st.select_slider,
@@ -83,7 +84,8 @@ if isinstance(joined, str):
     st.stop()
 scope = city or "all cities"
 st.markdown(
-    f"**{len(joined):,}** shared evaluation samples ({scope}). A = `{a_id}`, B = `{b_id}`; differences are B − A, 95 % paired-bootstrap intervals ({n_boot} resamples, seed 0)."
+    f"**{len(joined):,}** shared evaluation samples ({scope}). A = `{a_id}`, B = `{b_id}`; differences are B − A, "
+    f"95 % paired-bootstrap intervals ({n_boot} resamples, seed 0)."
 )
 if len(joined) < 2:
     st.warning("Fewer than two shared samples here.")
@@ -146,7 +148,8 @@ with left:
     if curves:
         st.plotly_chart(figures.rva_figure(curves, title=f"Recall vs Area, {scope}"), width="stretch", key="rva")
         st.caption(
-            "Share of samples whose true spot lies inside the knn-kde density's highest-density region of at most that area "
+            "Share of samples whose true spot lies inside the knn-kde density's highest-density region "
+            "of at most that area "
             "(" + ", ".join(f"{k}: {v['n_queries']:,} queries, {v['source']}" for k, v in curves.items()) + ")."
         )
 with right:
@@ -177,7 +180,8 @@ with right:
     )
     st.pydeck_chart(frame.city_deck(view, ra, city, [layer], latlon, tooltip=tooltip), height=430, key="change_map")
     st.caption(
-        f"B better on {int((delta < 0).sum()):,} samples, worse on {int((delta > 0).sum()):,}, equal on {int((delta == 0).sum()):,}."
+        f"B better on {int((delta < 0).sum()):,} samples, worse on {int((delta > 0).sum()):,}, "
+        f"equal on {int((delta == 0).sum()):,}."
     )
 
 st.subheader("Manifest diff")

@@ -113,9 +113,11 @@ st.caption(
     (
         "Dots: evaluation samples at their true spot, coloured by error on a log scale "
         if points
-        else f"{n_shown:,} samples are more than {POINTS_MAX:,}: hexagons only, each coloured by the median error of its samples (hover for the count) "
+        else f"{n_shown:,} samples are more than {POINTS_MAX:,}: hexagons only, "
+        "each coloured by the median error of its samples (hover for the count) "
     )
-    + f"(viridis, dark = {fmt_m(vmin)}, yellow = {fmt_m(vmax)}). Red lines run from the truth to the prediction for the worst samples. "
+    + f"(viridis, dark = {fmt_m(vmin)}, yellow = {fmt_m(vmax)}). "
+    "Red lines run from the truth to the prediction for the worst samples. "
     "Hexagons are H3 cells. Pan and zoom do not rerun the page."
 )
 
@@ -131,9 +133,11 @@ with left:
         st.plotly_chart(figures.rva_figure(curves, title=f"Recall vs Area, {where}"), width="stretch", key="rva")
         c0 = next(iter(curves.values()))
         st.caption(
-            f"Share of samples whose true spot lies inside the smallest highest-density region of the knn-kde density "
-            f"(bandwidth {fmt_m(c0['kde_bandwidth_m'])}) of at most that area; {c0['n_queries']:,} of {c0['of']:,} queries "
-            f"({c0['source']}). Median area needed: {c0['median_area_km2']:,.3g} km². See the README for the definition."
+            f"Share of samples whose true spot lies inside the smallest highest-density region "
+            f"of the knn-kde density (bandwidth {fmt_m(c0['kde_bandwidth_m'])}) of at most that area; "
+            f"{c0['n_queries']:,} of {c0['of']:,} queries "
+            f"({c0['source']}). Median area needed: {c0['median_area_km2']:,.3g} km². "
+            f"See the README for the definition."
         )
     else:
         st.info("No Recall vs Area: the run has no top-k candidates or no knn-kde bandwidth.")
@@ -160,7 +164,8 @@ with right:
         st.caption(f"Median {osv['median_km']:,.1f} km · mean {osv['mean_km']:,.1f} km.")
     elif sc.world:
         st.caption(
-            "No admin-level accuracy in metrics.json: evaluate the run again (`python train/evaluate.py RUN`) to add OSV-5M's table."
+            "No admin-level accuracy in metrics.json: evaluate the run again (`python train/evaluate.py RUN`) "
+            "to add OSV-5M's table."
         )
     groups = (
         {where: err}

@@ -97,9 +97,10 @@ if status.get("failed"):
     st.error("Runs that failed or were skipped: " + "; ".join(f"{k}: {v}" for k, v in status["failed"].items()))
 counts = split.get("counts", {})
 st.markdown(
-    f"**{exp['name']}** · world: {world['covariance']} field covariance, {len(world['cities'])} cities, true field ranges "
-    f"{world['range_m']['min']:.0f}–{world['range_m']['max']:.0f} m · split: {split['block_m']:g} m blocks, "
-    f"**{split['buffer_m']:g} m buffer**, train {counts.get('train')} / val {counts.get('val')} / test {counts.get('test')} "
+    f"**{exp['name']}** · world: {world['covariance']} field covariance, {len(world['cities'])} cities, "
+    f"true field ranges {world['range_m']['min']:.0f}–{world['range_m']['max']:.0f} m · "
+    f"split: {split['block_m']:g} m blocks, **{split['buffer_m']:g} m buffer**, "
+    f"train {counts.get('train')} / val {counts.get('val')} / test {counts.get('test')} "
     f"(buffer {counts.get('buffer')}) · {proto['steps']} steps × batch {proto['batch_size']} per run · "
     f"selection: {proto['selection']}."
 )
@@ -109,7 +110,8 @@ if exp.get("git_commits"):  # written since 2026-12-01; earlier files do not say
     )
 st.caption(
     f"Nearest training location to each test image (the floor of a top-1 gallery prediction): median "
-    f"{exp['oracle_test']['median_m']:.0f} m. Under a {split['buffer_m']:g} m buffer every prediction is at least that far off."
+    f"{exp['oracle_test']['median_m']:.0f} m. "
+    f"Under a {split['buffer_m']:g} m buffer every prediction is at least that far off."
 )
 
 metrics = [m for m in es.METRICS if f"test_{m}" in table]

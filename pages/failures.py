@@ -104,7 +104,8 @@ st.download_button(
     mime="text/csv",
 )
 st.caption(
-    f"{len(order_rows):,} samples{f' in {city}' if city else ' over all cities'} with a {order} of at least {min_err} m, worst first: "
+    f"{len(order_rows):,} samples{f' in {city}' if city else ' over all cities'} "
+    f"with a {order} of at least {min_err} m, worst first: "
     f"page {page_no} of {n_pages:,} ({len(worst)} shown)."
 )
 

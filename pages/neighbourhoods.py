@@ -94,7 +94,8 @@ def sample_knn(runs_root, run_id, stamp, city):
     table = df.iloc[pos].reset_index(drop=True)
     if len(pos) < 3:
         return table, emb, latlon, None, None
-    # One thread: on the shared 2-core machine two BLAS / OpenMP threads made the PCA's SVD 30x slower (32 s against 1 s).
+    # One thread: on the shared 2-core machine two BLAS / OpenMP threads made the PCA's SVD 30x slower
+    # (32 s against 1 s).
     with threadpool_limits(1):
         wide = neighbourhood_overlap(emb, latlon, min(K_MAX, len(pos) - 1))
         xy = pca_2d(emb)
@@ -122,7 +123,8 @@ if not ov.ok:
     st.stop()
 if city is None:
     st.caption(
-        f"All cities: a seeded sample of {n:,} of the run's samples (the same ids in every run evaluated on the same samples); "
+        f"All cities: a seeded sample of {n:,} of the run's samples "
+        "(the same ids in every run evaluated on the same samples); "
         "pick a city in the sidebar for all of its samples."
     )
 k = e_knn.shape[1]
@@ -144,8 +146,10 @@ e_dist = haversine_m(np.repeat(a_ll[None], k, 0), table.loc[e_idx, ["lat", "lon"
 g_dist = haversine_m(np.repeat(a_ll[None], k, 0), table.loc[g_idx, ["lat", "lon"]].to_numpy(np.float64))
 overlap_a = float(ov.overlap[anchor])
 st.markdown(
-    f"Anchor **{table.loc[anchor, 'id']}** in {table.loc[anchor, 'city'] if 'city' in table else where} · overlap@{k} for this anchor **{overlap_a:.2f}**, "
-    f"mean over {where} **{ov.mean_overlap:.3f}** (chance {ov.chance_overlap:.3f}) · median distance to embedding neighbours "
+    f"Anchor **{table.loc[anchor, 'id']}** in {table.loc[anchor, 'city'] if 'city' in table else where} · "
+    f"overlap@{k} for this anchor **{overlap_a:.2f}**, "
+    f"mean over {where} **{ov.mean_overlap:.3f}** (chance {ov.chance_overlap:.3f}) · "
+    f"median distance to embedding neighbours "
     f"**{fmt_m(np.median(e_dist))}** against **{fmt_m(np.median(g_dist))}** for the geographic ones."
 )
 
@@ -251,5 +255,6 @@ st.dataframe(
     },
 )
 st.caption(
-    "Switch the run above to watch the anchor's neighbourhood change with σ; the anchor is the same sample in every run."
+    "Switch the run above to watch the anchor's neighbourhood change with σ; "
+    "the anchor is the same sample in every run."
 )

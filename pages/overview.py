@@ -12,7 +12,8 @@ frame.require_run(view, "the explorer")
 
 st.title("Runs")
 st.caption(
-    f"Runs directory: `{view.runs_root}` · {len(view.available)} run(s). Pick runs, city and σ in the sidebar; the URL keeps the view."
+    f"Runs directory: `{view.runs_root}` · {len(view.available)} run(s). "
+    "Pick runs, city and σ in the sidebar; the URL keeps the view."
 )
 st.caption(
     "Single runs are one seed each: for whether SW-CLIP's gains survive other seeds and other held-out places "

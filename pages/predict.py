@@ -93,7 +93,8 @@ if predictor is None:
     st.error(f"This run cannot predict here: {problem}")
     st.stop()
 st.caption(
-    f"Run `{run.run_id}` · gallery of {len(predictor.gallery):,} candidate locations · knn-kde bandwidth {fmt_m(predictor.kde_bandwidth_m)}"
+    f"Run `{run.run_id}` · gallery of {len(predictor.gallery):,} candidate locations · "
+    f"knn-kde bandwidth {fmt_m(predictor.kde_bandwidth_m)}"
 )
 
 with st.spinner(f"Predicting {len(queries)} photo(s)…"):
@@ -174,7 +175,8 @@ with right:
     m.fit_bounds([arr.min(0).tolist(), arr.max(0).tolist()], padding=(30, 30))
     st_folium(m, height=480, use_container_width=True, returned_objects=[], key=f"pmap_{choice}")
     st.caption(
-        "Blue: top-k candidates (size ∝ probability); purple: the knn-kde estimate and its confidence circle; green: the true spot. "
+        "Blue: top-k candidates (size ∝ probability); purple: the knn-kde estimate and its confidence circle; "
+        "green: the true spot. "
         "Tiles need the network; offline the locally drawn layers still show."
     )
 

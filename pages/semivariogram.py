@@ -1,4 +1,5 @@
-"""Semivariogram: how fast embeddings and errors decorrelate with distance, per city and over the whole run, and the σ it suggests."""
+"""Semivariogram: how fast embeddings and errors decorrelate with distance, per city and over the whole run,
+and the σ it suggests."""
 
 import numpy as np
 import pandas as pd
@@ -163,7 +164,10 @@ legend = (
     "Black line: the sidebar σ. Orange dash-dot: the σ the main run's fitted range suggests. Dashed: fitted ranges."
 )
 if true_ranges:
-    legend += f" Dotted grey: the demo world's true field ranges in {city} ({', '.join(f'{v:.0f}' for v in sorted(true_ranges.values()))} m)."
+    legend += (
+        f" Dotted grey: the demo world's true field ranges in {city} "
+        f"({', '.join(f'{v:.0f}' for v in sorted(true_ranges.values()))} m)."
+    )
 st.caption(legend)
 
 emp_e, fit_e = variogram_of(view.runs_root, run.run_id, run.stamp, city, "error", model, n_bins, max_lag)
@@ -214,8 +218,9 @@ if sc_all.world:
         )
         st.dataframe(pd.DataFrame(g_rows), hide_index=True, width="stretch")
         st.caption(
-            f"Great-circle lags up to {fmt_m(g_lag) if g_lag else 'half the widest pair'}, on a seeded sample of at most "
-            f"{GLOBAL_SAMPLES:,} samples and 300,000 of their pairs, as the semivariogram paper samples pairs over OSV-5M. "
+            f"Great-circle lags up to {fmt_m(g_lag) if g_lag else 'half the widest pair'}, "
+            f"on a seeded sample of at most {GLOBAL_SAMPLES:,} samples and 300,000 of their pairs, "
+            f"as the semivariogram paper samples pairs over OSV-5M. "
             f"The run spans about {fmt_m(sc_all.extent_m)}; the per-city variogram above is {city}'s."
         )
 
@@ -255,7 +260,9 @@ with right:
             else "errors are dispersed"
         )
         st.markdown(
-            f"**Global Moran's I** of log10 error (8 nearest neighbours): I = **{gi.I:.3f}** (expected {gi.expected_I:.3f} without structure), permutation p = **{gi.p_value:.3f}** ({gi.permutations} permutations): {verdict}."
+            f"**Global Moran's I** of log10 error (8 nearest neighbours): I = **{gi.I:.3f}** "
+            f"(expected {gi.expected_I:.3f} without structure), permutation p = **{gi.p_value:.3f}** "
+            f"({gi.permutations} permutations): {verdict}."
         )
     else:
         st.info(f"No Moran's I: {gi.reason}")
@@ -281,7 +288,8 @@ with right:
         )
         counts = lisa.counts()
         st.caption(
-            "LISA clusters (p ≤ 0.05): **HH** red, large errors among large errors ({HH}); **LL** blue, small among small ({LL}); "
+            "LISA clusters (p ≤ 0.05): **HH** red, large errors among large errors ({HH}); "
+            "**LL** blue, small among small ({LL}); "
             "**HL** orange ({HL}) and **LH** light blue ({LH}) are outliers; grey not significant ({ns}).".format(
                 **counts
             )

@@ -280,19 +280,22 @@ def check_predictions(df, n_embeddings: int | None = None, run_id: str = "run"):
         if mask.any():
             i = int(np.flatnonzero(mask)[0])
             problems.append(
-                f"{run_id}: {int(mask.sum()):,} of {n:,} prediction row(s) have {what} (first: row {i}, id {ids.iloc[i]!r}); "
+                f"{run_id}: {int(mask.sum()):,} of {n:,} prediction row(s) have {what} "
+                f"(first: row {i}, id {ids.iloc[i]!r}); "
                 "they are left out of every page"
             )
     dup = ids.duplicated(keep=False)
     if dup.any():
         first = ids[dup].iloc[0]
         problems.append(
-            f"{run_id}: {int(ids[dup].nunique()):,} id(s) occur more than once ({int(dup.sum()):,} rows; e.g. {first!r} "
-            f"× {int((ids == first).sum())}); every row is kept, but Compare, which pairs runs by id, cannot use this run"
+            f"{run_id}: {int(ids[dup].nunique()):,} id(s) occur more than once "
+            f"({int(dup.sum()):,} rows; e.g. {first!r} × {int((ids == first).sum())}); "
+            "every row is kept, but Compare, which pairs runs by id, cannot use this run"
         )
     if n_embeddings is not None and n_embeddings != n:
         problems.append(
-            f"{run_id}: embeddings.npy has {n_embeddings:,} rows for {n:,} predictions, so they cannot be matched row by row; "
+            f"{run_id}: embeddings.npy has {n_embeddings:,} rows for {n:,} predictions, "
+            "so they cannot be matched row by row; "
             "pages that need embeddings skip this run"
         )
     keep = ~(bad_coord | bad_err)

@@ -89,7 +89,8 @@ def configure_evaluate(p: argparse.ArgumentParser) -> None:
         "  swclip evaluate runs/demo/swclip-s50\n"
         "  swclip evaluate copied/run --table /data/cities/samples.csv --root /data/cities   # trained elsewhere\n"
         "  swclip evaluate runs/x --checkpoint runs/x/checkpoints/step_00004000             # an earlier checkpoint\n"
-        "  swclip evaluate runs/osv5m --gallery geoclip100k                                 # world scale: GeoCLIP's gallery"
+        "  swclip evaluate runs/osv5m --gallery geoclip100k                                 "
+        "# world scale: GeoCLIP's gallery"
     )
     p.add_argument("run_dir", help="run directory (holds manifest.json and model.safetensors)")
     p.add_argument("--table", help="sample table (default: the one named in the manifest)")

@@ -150,7 +150,8 @@ def read_topk(run_dir) -> tuple | None:
         lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
         if n and (lengths.min() != lengths.max() or col.null_count):
             raise RunError(
-                f"{path}: {name} must hold one list of the same length per row (k from {lengths.min()} to {lengths.max()}, {col.null_count} null)"
+                f"{path}: {name} must hold one list of the same length per row "
+                f"(k from {lengths.min()} to {lengths.max()}, {col.null_count} null)"
             )
         k = int(lengths[0]) if n else 0
         out.append(col.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(n, k))

@@ -318,5 +318,6 @@ def test_broken_runs_are_listed_with_their_problem(runs_root, tmp_path):
 
 
 def test_runs_dir_setting_does_not_leak_between_tests():
-    # runs after tests that called new_app (file order; the module runs on one xdist worker): the variable is the one the session began with
+    # runs after tests that called new_app (file order; the module runs on one xdist worker):
+    # the variable is the one the session began with
     assert os.environ.get("SWCLIP_RUNS_DIR") == _SESSION_RUNS_DIR

@@ -142,8 +142,8 @@ def test_check_predictions_by_hand():
     ]  # NaN latitude, latitude 95 and a negative error are out; the index keeps row numbers
     assert len(problems) == 4
     assert (
-        "r: 2 of 4 prediction row(s) have missing or out-of-range coordinates (lat, lon, pred_lat, pred_lon) (first: row 1, id 'b')"
-        in problems[0]
+        "r: 2 of 4 prediction row(s) have missing or out-of-range coordinates (lat, lon, pred_lat, pred_lon) "
+        "(first: row 1, id 'b')" in problems[0]
     )
     assert "1 of 4 prediction row(s) have a missing or negative error_m (first: row 2" in problems[1]
     assert "1 id(s) occur more than once (2 rows; e.g. 'b' × 2)" in problems[2]

@@ -175,7 +175,8 @@ def test_every_page_in_chromium(server, tmp_path):
                     for _ in range(3):
                         thumb.press("ArrowRight")
                     page.wait_for_function(
-                        f"() => !location.search.includes('sigma={before}&') && !location.search.endsWith('sigma={before}')",
+                        f"() => !location.search.includes('sigma={before}&') "
+                        f"&& !location.search.endsWith('sigma={before}')",
                         timeout=20_000,
                     )
                     _settle(page)

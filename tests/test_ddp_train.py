@@ -47,7 +47,8 @@ def test_two_process_gloo_matches_single_process(loss, tmp_path):
         f"data.root={world}",
         f"out_dir={tmp_path}",
         f"loss.name={loss}",
-        # augmentation draws are seeded per (rank, batch), so they differ between layouts; compare the maths without them
+        # augmentation draws are seeded per (rank, batch), so they differ between layouts;
+        # compare the maths without them
         "data.augment=false",
         # AdamW in its linear regime (see the weight check below): eps = 1 ≫ √v, so a step is ≈ lr · m
         "optim.eps=1.0",

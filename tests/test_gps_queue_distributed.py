@@ -61,7 +61,8 @@ def global_batch(step):
 
 
 def run(name, rows=slice(None), world_size=1, rank=0):
-    """STEPS forwards of one loss on ``rows`` of each global batch -> (losses (STEPS,), grads (STEPS, P), queue buffers)."""
+    """STEPS forwards of one loss on ``rows`` of each global batch
+    -> (losses (STEPS,), grads (STEPS, P), queue buffers)."""
     torch.manual_seed(1)  # the same weights on every rank, as DDP's broadcast leaves them
     image_net, location_net = torch.nn.Linear(D_IN, D), torch.nn.Linear(2, D)
     params = [*image_net.parameters(), *location_net.parameters()]

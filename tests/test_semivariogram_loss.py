@@ -199,7 +199,8 @@ def test_state_dict_round_trip_restores_bank_and_fit():
 
 
 def smooth_world(n=600, seed=0, scale_rad=0.05, extent_deg=20.0, d=16):
-    """Embeddings that change smoothly with place: random Fourier features of the unit vector, length scale scale_rad."""
+    """Embeddings that change smoothly with place: random Fourier features of the unit vector,
+    length scale scale_rad."""
     rng = np.random.default_rng(seed)
     lat = rng.uniform(-extent_deg / 2, extent_deg / 2, n)
     lon = rng.uniform(-extent_deg / 2, extent_deg / 2, n)

@@ -1,4 +1,5 @@
-"""swclip bench (swclip/workflows/bench.py, train/bench.py): every loss timed side by side on one model; the table and the numbers agree."""
+"""swclip bench (swclip/workflows/bench.py, train/bench.py): every loss timed side by side on one model;
+the table and the numbers agree."""
 
 import time
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""swclip.training (config, objective, optim, checkpoint) and swclip.training.batches: config, schedules, param groups, checkpoints, data order."""
+"""swclip.training (config, objective, optim, checkpoint) and swclip.training.batches:
+config, schedules, param groups, checkpoints, data order."""
 
 import math
 import random

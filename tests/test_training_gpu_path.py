@@ -291,7 +291,7 @@ def test_compiled_model_trains_without_graph_breaks_or_recompiles(tower):
     assert torch.isfinite(terms["contrastive_loss"])
 
 
-# ----------------------------------------------------------------------------- on a GPU (benchmarks/gpu_check.sh runs these)
+# ----------------------------------------------------------------------- on a GPU (benchmarks/gpu_check.sh runs these)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

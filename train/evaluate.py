@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""`swclip evaluate` as a script: `python train/evaluate.py --help` (the package is installed editable by `make install`).
+"""`swclip evaluate` as a script: `python train/evaluate.py --help`
+(the package is installed editable by `make install`).
 
 The work lives in the library; see `swclip evaluate --help` and swclip/cli.py.
 """

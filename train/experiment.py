@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""`swclip experiment` as a script: `python train/experiment.py --help` (the package is installed editable by `make install`).
+"""`swclip experiment` as a script: `python train/experiment.py --help`
+(the package is installed editable by `make install`).
 
 The work lives in the library (swclip/workflows/experiments.py); see `swclip experiment --help`.
 """

@@ -160,7 +160,8 @@ class _RankCells:
         keys, inverse, sizes = np.unique(ia * nb + ib, return_inverse=True, return_counts=True)
         self.n_cells, self.fine = len(keys), fine
         self.probs = np.concatenate([sizes, np.ones(len(fine))]) / n
-        # below[col][c, j]: every rank of group c lies below break j of that run (an interval i lies below break j iff i <= j)
+        # below[col][c, j]: every rank of group c lies below break j of that run
+        # (an interval i lies below break j iff i <= j)
         fine_ranks = (fine, rank_b[fine])
         self.below = [
             np.vstack(

@@ -299,7 +299,8 @@ def hdr_area_km2(
     true = np.asarray(true_latlon, dtype=np.float64)
     if cand.ndim != 3 or cand.shape[2] != 2 or prob.shape != cand.shape[:2] or true.shape != (cand.shape[0], 2):
         raise ValueError(
-            f"need topk_latlon (N, K, 2), topk_prob (N, K), true_latlon (N, 2); got {cand.shape}, {prob.shape}, {true.shape}"
+            f"need topk_latlon (N, K, 2), topk_prob (N, K), true_latlon (N, 2); "
+            f"got {cand.shape}, {prob.shape}, {true.shape}"
         )
     if not (kde_bandwidth_m > 0 and math.isfinite(kde_bandwidth_m)):
         raise ValueError(f"kde_bandwidth_m must be a positive number of metres, got {kde_bandwidth_m!r}")
@@ -354,7 +355,8 @@ def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def rva_curve(needed_km2: Any, areas_km2: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """recall(A) = share of queries whose needed area is ≤ A. -> (areas_km2 (G,), recall (G,)); default grid RVA_AREAS_KM2."""
+    """recall(A) = share of queries whose needed area is ≤ A. -> (areas_km2 (G,), recall (G,));
+    default grid RVA_AREAS_KM2."""
     needed = np.asarray(needed_km2, dtype=np.float64).ravel()
     if needed.size == 0 or np.isnan(needed).any():
         raise ValueError("needed_km2 must be a non-empty array without NaN (inf: never covered)")

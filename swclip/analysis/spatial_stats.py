@@ -94,7 +94,10 @@ def _values_problem(values: np.ndarray, n_min: int) -> str:
         return f"only {n} samples; this needs at least {n_min}"
     bad = ~np.isfinite(values)
     if bad.any():
-        return f"values have {int(bad.sum())} NaN or inf entries, first at row {int(np.flatnonzero(bad)[0])}; drop or fill them first"
+        return (
+            f"values have {int(bad.sum())} NaN or inf entries, first at row {int(np.flatnonzero(bad)[0])}; "
+            "drop or fill them first"
+        )
     if np.all(values == values[0]):
         return "all values are identical (zero variance): autocorrelation is undefined"
     return ""

@@ -98,7 +98,8 @@ def read_table(
     missing = [f"{k!r} (looked for column {v!r})" for k, v in mapping.items() if k in REQUIRED and v not in raw.columns]
     if missing:
         raise ValueError(
-            f"{path}: missing required column(s) {', '.join(missing)}; the file has {list(raw.columns)}. Map them with columns={{schema_name: file_column}}"
+            f"{path}: missing required column(s) {', '.join(missing)}; the file has {list(raw.columns)}. "
+            f"Map them with columns={{schema_name: file_column}}"
         )
     renamed = raw.rename(columns={v: k for k, v in mapping.items() if v in raw.columns and v != k})
     return _finish(_normalise(renamed), root, drop_invalid, min_city_samples, check_images, str(path))

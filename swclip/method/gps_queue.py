@@ -90,7 +90,8 @@ class GPSQueue(nn.Module):
 
     @torch.no_grad()
     def push(self, latlon: torch.Tensor, image: torch.Tensor | None = None) -> None:
-        """Enqueue (N, 2) coordinates (and (N, D) embeddings) at the pointer, overwriting the oldest (GeoCLIP's order)."""
+        """Enqueue (N, 2) coordinates (and (N, D) embeddings) at the pointer,
+        overwriting the oldest (GeoCLIP's order)."""
         n = latlon.shape[0]
         if n >= self.size:  # GeoCLIP keeps the batch's last Q rows and resets the pointer
             latlon, image, n = latlon[-self.size :], None if image is None else image[-self.size :], self.size

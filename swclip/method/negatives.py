@@ -108,7 +108,8 @@ def share_by_distance(neg: BatchNegatives, bins: int = 15) -> pd.DataFrame:
 
 
 def strongest_pairs(neg: BatchNegatives, kind: str, k: int = 6) -> pd.DataFrame:
-    """The k strongest false (kind="false") or hard ("hard") negative pairs i < j: i, j, h_m, cos_dist, gamma, strength."""
+    """The k strongest false (kind="false") or hard ("hard") negative pairs i < j:
+    i, j, h_m, cos_dist, gamma, strength."""
     if kind not in ("false", "hard"):
         raise ValueError(f"kind must be 'false' or 'hard', got {kind!r}")
     mask = getattr(neg, kind)
@@ -140,7 +141,8 @@ def run_variogram(
     model: str = "exponential",
 ) -> tuple[LossVariogram | None, str]:
     """The γ(h) to show: the run's own (manifest "loss_variogram", when it used ``variant``), else one fitted
-    from ``embeddings`` (N, D) / ``latlon`` (N, 2) as the loss fits it. -> (variogram or None, where it came from / why none)."""
+    from ``embeddings`` (N, D) / ``latlon`` (N, 2) as the loss fits it.
+    -> (variogram or None, where it came from / why none)."""
     saved = manifest.get("loss_variogram")
     if saved and saved.get("variant", variant) == variant:
         lv = LossVariogram.from_dict(saved)

@@ -125,7 +125,8 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu") -> tuple[di
 
 
 def resolve_resume(resume: str | os.PathLike, run_dir: Path | None = None) -> Path | None:
-    """``--resume`` target -> checkpoint folder. Accepts a checkpoint folder, a run folder, or 'auto' (newest in run_dir; None if none)."""
+    """``--resume`` target -> checkpoint folder. Accepts a checkpoint folder, a run folder,
+    or 'auto' (newest in run_dir; None if none)."""
     if str(resume) == "auto":
         found = list_checkpoints(run_dir) if run_dir is not None else []
         return found[-1] if found else None

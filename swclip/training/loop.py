@@ -634,7 +634,8 @@ def _tokenize_rows(tokenizer, cities, latlon, index):
 
 
 def _train_transform(model, cfg: TrainConfig):
-    """Per-sample transform for the file-backed loader: the model's deterministic preprocess (augmentation runs per batch)."""
+    """Per-sample transform for the file-backed loader: the model's deterministic preprocess
+    (augmentation runs per batch)."""
     if cfg.data.synthetic or cfg.data.preload:
         return None
     return unwrap(model).preprocess_val

@@ -60,7 +60,8 @@ def _base_loss(cfg: LossConfig, world_size: int, rank: int, fit_fn):
 
 
 def variogram_fit_fn(cfg: LossConfig) -> LossVariogramFitter:
-    """The semivariogram loss's fit, as ``cfg.variant`` defines it, with the config's model, max lag, bins and ρ rule."""
+    """The semivariogram loss's fit, as ``cfg.variant`` defines it,
+    with the config's model, max lag, bins and ρ rule."""
     return LossVariogramFitter(
         cfg.variant,
         model=cfg.variogram_model,

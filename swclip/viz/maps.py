@@ -221,7 +221,8 @@ STREETS_NEAR_M = 2000.0  # streets drawn around one point: a couple of kilometre
 
 
 def streets_near(streets: Iterable[Any], latlon: Sequence[float], within_m: float = STREETS_NEAR_M) -> list[np.ndarray]:
-    """The street polylines ((M, 2) latlon each) with a vertex within ``within_m`` metres (great-circle) of ``latlon``."""
+    """The street polylines ((M, 2) latlon each) with a vertex within ``within_m`` metres (great-circle)
+    of ``latlon``."""
     centre = np.asarray(latlon, dtype=np.float64).reshape(1, 2)
     out = []
     for line in streets:

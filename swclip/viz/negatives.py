@@ -24,7 +24,9 @@ def negatives_heatmap(neg: BatchNegatives, title: str = "", height: int = 440) -
         colorscale=colours,
         colorbar=dict(title="false ← |r| → hard", len=0.8),
         customdata=np.stack([neg.h_m, np.exp(neg.log_w)], -1),
-        hovertemplate="row %{y}, col %{x}<br>%{customdata[0]:.0f} m apart<br>weight %{customdata[1]:.3f}<extra></extra>",
+        hovertemplate=(
+            "row %{y}, col %{x}<br>%{customdata[0]:.0f} m apart<br>weight %{customdata[1]:.3f}<extra></extra>"
+        ),
     )
     return _fig(
         title or "Negatives of the batch: false (blue) and hard (red)",

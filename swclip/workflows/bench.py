@@ -182,7 +182,9 @@ def measure(args) -> dict:
         "warmup": args.warmup,
         "sigma_m": args.sigma_m,
         "model_params": n_params,
-        "peak_mem_note": "CUDA: max allocated during one step per loss; CPU: peak RSS of the whole process (all losses)",
+        "peak_mem_note": (
+            "CUDA: max allocated during one step per loss; CPU: peak RSS of the whole process (all losses)"
+        ),
         "rows": rows,
     }
 

@@ -178,7 +178,8 @@ def build_demo(
                 if bar is not None:
                     bar.update(1)
                     bar.write(
-                        f"[build_demo] {list(timings)[-1]}: trained in {t['train_s']:.0f} s, evaluated in {t['eval_s']:.0f} s "
+                        f"[build_demo] {list(timings)[-1]}: trained in {t['train_s']:.0f} s, "
+                        f"evaluated in {t['eval_s']:.0f} s "
                         f"({t['cpu_s']:.0f} s CPU, {t['threads']} thread(s))"
                     )
                 if pool is not None and k == n_pool:  # the pool's work is done: free its cores

@@ -492,7 +492,7 @@ def run_experiment(
                     records[job["name"]] = fut.result()
                 except BrokenProcessPool:
                     raise  # a worker died (killed, out of memory): stop; a restart resumes
-                except Exception as err:  # noqa: BLE001 - one broken run must not lose the grid; it is reported
+                except Exception as err:  # one broken run must not lose the grid; it is reported
                     failed[job["name"]] = f"{type(err).__name__}: {err}"
                     print(f"[experiment] {job['name']} failed: {failed[job['name']]}", file=sys.stderr, flush=True)
                 if bar is not None:
@@ -613,7 +613,10 @@ def summary_markdown(exp: dict) -> str:
     """The printed summary: per config, mean ± sd across seeds of val and test metrics, and Δ vs CLIP."""
 
     df = summary_table(exp)
-    head = "| config | seeds | val median (m) | test median (m) | test acc@250 m | test acc@500 m | Δ test median vs CLIP [95 % block CI] |"
+    head = (
+        "| config | seeds | val median (m) | test median (m) | test acc@250 m | test acc@500 m "
+        "| Δ test median vs CLIP [95 % block CI] |"
+    )
     lines = [head, "|---|---:|---:|---:|---:|---:|---|"]
     for _, r in df.iterrows():
         ci = (
@@ -623,7 +626,8 @@ def summary_markdown(exp: dict) -> str:
         )
         lines.append(
             f"| {r['config']} | {r['n_seeds']} | {r['val_median_m']:.0f} ± {r['val_median_m_sd']:.0f} | "
-            f"{r['test_median_m']:.0f} ± {r['test_median_m_sd']:.0f} | {r['test_acc@250m']:.3f} ± {r['test_acc@250m_sd']:.3f} | "
+            f"{r['test_median_m']:.0f} ± {r['test_median_m_sd']:.0f} | "
+            f"{r['test_acc@250m']:.3f} ± {r['test_acc@250m_sd']:.3f} | "
             f"{r['test_acc@500m']:.3f} ± {r['test_acc@500m_sd']:.3f} | {ci} |"
         )
     st = exp["status"]
