@@ -290,7 +290,7 @@ def save_run(run_dir, model, manifest: dict, artefacts: dict | None = None) -> P
         _WRITERS[name](run_dir, value)
     full = {
         "schema_version": SCHEMA_VERSION,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "model": model.config.to_dict(),
         "weights_sha256": sha256_file(weights),
         "git_commit": manifest.get("git_commit", git_commit()),
