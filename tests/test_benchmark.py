@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from swclip import benchmark
+from swclip.workflows import benchmark
 
 
 @pytest.mark.skipif(not hasattr(os, "getloadavg"), reason="no load average on this platform")
