@@ -3,7 +3,7 @@
     bash benchmarks/gpu_check.sh [OUT_DIR]          # on a GPU machine (see that script)
     python -m benchmarks.gpu_check --dry-run        # on the CPU: every step small, CUDA-only parts skipped
 
-Steps (issue 11): 1 the CUDA tests; 2 the loss benchmark in bf16; 3 train/bench.py, ViT-B/32 at
+Steps: 1 the CUDA tests; 2 the loss benchmark in bf16; 3 train/bench.py, ViT-B/32 at
 224 px in bf16 on synthetic tensors, clip vs swclip vs swclip+nc vs semivariogram; 4 a 200-step
 ViT-B/32 SW-CLIP run under torchrun --nproc_per_node 1 with compile on, killed mid-run and
 resumed with --resume auto; 5 evaluation of that run on the GPU against a small demo world.

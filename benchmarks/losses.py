@@ -4,7 +4,8 @@
 
 Prints a table of median times and the ratio to ClipLoss at each batch size,
 measured interleaved in one run, and writes benchmarks/results/losses-<machine>.json.
-The goal (issue 2): SoftClipLoss at most 1.5x ClipLoss on CPU at B = 4096.
+The goals, on CPU at B = 4096: SoftClipLoss at most 1.10x, + NC at most 1.5x and the semivariogram
+loss at most 1.3x ClipLoss.
 """
 
 from __future__ import annotations

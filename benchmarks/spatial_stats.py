@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.spatial_stats [--repeats 3] [--quick]
 
-Goals (issue 6), on the 2-core development machine:
+Goals, on the 2-core development machine:
 - variogram of one city, 20k samples sampled down to <= 2M pairs, plus the fit: < 2 s;
   its fitted range within 10 % of the all-pairs fit on 5k samples;
 - Moran's I with 999 permutations on 10k points: < 3 s;

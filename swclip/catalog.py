@@ -1,10 +1,9 @@
 """What the app knows about a runs directory, without Streamlit.
 
-The app reads run directories (DESIGN.md, "The run directory") under one
+The app reads run directories (docs/method.md, "The run directory") under one
 root, and nothing outside it: every path that comes from a manifest, a
-predictions table or the URL goes through :func:`inside_root`
-(``swclip.runs.resolve_inside``), which refuses ``../`` escapes, absolute
-paths elsewhere and symlinks that leave the root.
+predictions table or the URL goes through ``swclip.io.resolve_inside``, which
+refuses ``../`` escapes, absolute paths elsewhere and symlinks that leave the root.
 
 - :func:`discover_runs` lists runs (``swclip.runs.list_runs``), newest first,
   says which belong to the demo bundle, and keeps broken ones apart with

@@ -5,12 +5,16 @@
     swclip demo --out runs/demo                                                # the CPU demo bundle `make run` opens
     swclip bench losses                                                        # training-step throughput per loss
     swclip synth --out /tmp/world                                              # render the procedural world
+    swclip experiment --out runs/experiments/try --quick                       # configs x seeds -> experiment.json
     swclip predict photo.jpg --run runs/demo/swclip-s50                        # where was this photo taken?
     swclip info                                                                # versions and device
 
-Each subcommand is a ``configure(parser)`` / ``run(args) -> int`` pair in
-this file. The work itself lives in the library; the subcommand's module is
-imported only when it runs, so ``swclip --help`` stays fast. The scripts in
+Each subcommand is registered in ``COMMANDS`` as a ``configure_X(parser)`` /
+``run_X(args) -> int`` pair in this file. The pairs are thin: the work lives in
+the library, and where a subcommand has many options (``bench``, ``experiment``)
+its pair hands the parser to the library module that defines them
+(``swclip.workflows.bench``, ``swclip.workflows.experiments``). A subcommand's
+module is imported only when it runs, so ``swclip --help`` stays fast. The scripts in
 train/ call :func:`main` with their subcommand.
 """
 

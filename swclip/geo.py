@@ -1,6 +1,6 @@
 """Geodesy on the sphere: distances, bearings, local metres, equal-earth.
 
-Conventions (DESIGN.md): coordinates are ``latlon`` arrays of shape (N, 2),
+Conventions (docs/method.md): coordinates are ``latlon`` arrays of shape (N, 2),
 float64 degrees, ordered (lat, lon). Distances are metres. The Earth is a sphere
 of mean radius ``EARTH_RADIUS_M``; against the WGS84 ellipsoid that is within
 about 0.5 % (tested against pyproj's geodesics).

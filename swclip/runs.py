@@ -1,4 +1,4 @@
-"""Run directories that describe themselves (DESIGN.md, "The run directory").
+"""Run directories that describe themselves (docs/method.md, "The run directory").
 
     runs/<run_id>/
       manifest.json        schema_version, model config (rebuilds the model), git commit, library
@@ -378,7 +378,7 @@ class Run:
         return self.manifest
 
     def __iter__(self):
-        """``model, manifest, artefacts = load_run(d)`` as DESIGN.md writes it; the artefact readers are this Run's."""
+        """``model, manifest, artefacts = load_run(d)``; the artefact readers are this Run's."""
         return iter((self.model, self.manifest, self))
 
     def has(self, name: str) -> bool:

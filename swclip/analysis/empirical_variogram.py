@@ -2,7 +2,7 @@
 
     γ(h) = mean of δ(i, j) over the pairs whose great-circle distance falls in h's lag bin
     δ(i, j) = ½ (z_i − z_j)²    "half_sq_diff": a scalar field or per-sample errors (Matheron)
-    δ(i, j) = 1 − v_i·v_j       "cosine": embeddings, the γ of the semivariogram loss (DESIGN.md)
+    δ(i, j) = 1 − v_i·v_j       "cosine": embeddings, the γ of the semivariogram loss (docs/method.md)
 
 scikit-gstat has no great-circle distance, no hook for a custom pairwise
 dissimilarity, and its all-pairs ``Variogram`` needs about 3 GB for 10k points.

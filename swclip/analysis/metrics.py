@@ -281,7 +281,7 @@ def hdr_area_km2(
 ) -> np.ndarray:
     """Area of the knn-kde density's highest-density region that just contains the truth, per query.
 
-    The density is the one knn-kde climbs (swclip.index.kde_density): f(x) = Σ_j p_j exp(−d(x, c_j)² / 2h²)
+    The density is the one knn-kde climbs (swclip.retrieval.kde.kde_density): f(x) = Σ_j p_j exp(−d(x, c_j)² / 2h²)
     over a query's top-k candidates c_j with probabilities p_j, h = kde_bandwidth_m, d great-circle. The region
     at level λ is {x : f(x) ≥ λ}; the area needed is that of the region at λ = f(truth): the search area a
     user must cover, densest ground first, before the true spot is inside. Recall-vs-Area is then the

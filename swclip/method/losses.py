@@ -2,8 +2,10 @@
 
 Every loss takes the model's output dict as keyword arguments
 (``loss(**model(images, latlon))``) and returns a dict of named terms; training
-sums the values. ``logit_scale`` is the multiplier exp(t), already
-exponentiated, as open_clip hands it to its ClipLoss.
+sums the terms whose names end in ``_loss`` and logs every term (the others, such
+as ``false_negative_frac`` or ``gps_queue_fill``, are statistics without gradient).
+``logit_scale`` is the multiplier exp(t), already exponentiated, as open_clip
+hands it to its ClipLoss.
 
     S = logit_scale · V Lᵀ                     (B, B)   V, L: L2-normalised (B, D)
     ClipLoss:        ½ [CE(S, I) + CE(Sᵀ, I)]

@@ -269,7 +269,7 @@ def error_cdf(
 
 def rva_figure(curves: Mapping[str, Mapping[str, Any]], title: str = "Recall vs Area") -> go.Figure:
     """Recall-vs-Area curves, one per run: share of queries whose truth lies inside the knn-kde density's
-    highest-density region of at most A km² (``swclip.metrics.hdr_area_km2``).
+    highest-density region of at most A km² (``swclip.analysis.metrics.hdr_area_km2``).
 
     curves: {name: {"areas_km2": (G,), "recall": (G,)}}; x log scale, reference areas as dotted lines.
     """

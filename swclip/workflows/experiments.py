@@ -559,7 +559,7 @@ def run_grid(
     if progress:
         runs = sum(e["status"]["finished"] for e in exps)
         print(
-            f"grid {grid}: {runs} runs in {len(exps)} experiments, {time.perf_counter() - t0:.0f} s wall this session; "
+            f"grid {grid}: {runs} runs in {len(exps)} experiments, {time.perf_counter() - t0:.0f} s wall in this call; "
             f"wrote {', '.join(str(results_dir / f'experiment-{c.name}.json') for c in cfgs)}"
         )
     return exps
