@@ -193,6 +193,10 @@ def build_demo(
     timings: dict = {}
     split_csv = build_world(out / "world", seed, cities, samples_per_city, progress)
     timings["world_s"] = time.perf_counter() - t_start
+    # before training: the trained runs, written later, stay the newest and so the app's default selection
+    t_osv = time.perf_counter()
+    build_osv5m_sample(out / "osv5m", progress=progress)
+    timings["osv5m_s"] = time.perf_counter() - t_osv
     workers = max(1, min(workers or min(os.cpu_count() or 1, 2), len(names)))
     jobs = []
     for run_id in names:
@@ -255,9 +259,6 @@ def build_demo(
                 pool.terminate()
             if bar is not None:
                 bar.close()
-    t_osv = time.perf_counter()
-    build_osv5m_sample(out / "osv5m", progress=progress)
-    timings["osv5m_s"] = time.perf_counter() - t_osv
     results = {run_id: json.loads((out / run_id / "metrics.json").read_text()) for run_id in names}
     timings["total_s"] = time.perf_counter() - t_start
     write_results(out, results, timings)
