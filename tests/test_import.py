@@ -258,3 +258,38 @@ def test_imported_runs_are_listed_not_demo_and_cannot_load_a_model(tmp_path):
     with pytest.raises(RunError, match="imported predictions of 'old'.*needs a trained run"):
         load_run(info.path)
     assert list_runs(tmp_path)[0].error is None
+
+
+def test_demo_bundle_imports_osv5m_sample_with_its_photos(tmp_path):
+    from swclip.workflows.demo import OSV5M_RUNS, build_osv5m_sample
+
+    runs_dir = build_osv5m_sample(tmp_path / "osv5m", progress=False)
+    assert [p.name for p in runs_dir] == list(OSV5M_RUNS) == ["plonk", "baseline", "plonk-71"]
+    assert (tmp_path / "osv5m" / "ATTRIBUTION.md").is_file()
+    found, broken = catalog.discover_runs(tmp_path)
+    assert broken == [] and {r.run_id for r in found} == {f"osv5m/{r}" for r in OSV5M_RUNS}
+    for info in found:
+        df = read_predictions(info.path)
+        root = catalog.image_root(info, tmp_path)
+        shown = [catalog.image_path(root, rel, tmp_path) for rel in df["image"]]
+        # HEAD's table: 21 of 50 photos exist in either repository; the 0a7efba table: all 71
+        assert sum(p is not None for p in shown) == {"osv5m/plonk-71": 71}.get(info.run_id, 21)
+    model, base = (json.loads((tmp_path / "osv5m" / r / "metrics.json").read_text()) for r in ("plonk", "baseline"))
+    # OSV-5M's own numbers for these rows (NOTES.md: country 0.66 / 0.24, region 0.28 / 0.06, city 0.08 / 0.02)
+    assert (model["osv5m"]["acc_country"], base["osv5m"]["acc_country"]) == (0.66, 0.24)
+    assert (model["osv5m"]["acc_city"], base["osv5m"]["acc_city"]) == (0.08, 0.02)
+    stamp = (tmp_path / "osv5m" / "plonk" / "manifest.json").stat().st_mtime_ns
+    build_osv5m_sample(tmp_path / "osv5m", progress=False)  # built: nothing rewritten
+    assert (tmp_path / "osv5m" / "plonk" / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_a_write_that_fails_midway_leaves_no_run_and_keeps_the_old_one(tmp_path):
+    first = import_predictions(small(), tmp_path / "r", model="m", source={})
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    # predictions and metrics are written, then the manifest fails: the source holds something JSON cannot hold
+    with pytest.raises(TypeError):
+        import_predictions(small(8), tmp_path / "r", model="m", source={"bad": object()}, force=True)
+    with pytest.raises(TypeError):
+        import_predictions(small(8), tmp_path / "new", model="m", source={"bad": object()})
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
