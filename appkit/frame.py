@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -28,7 +29,7 @@ from appkit.loaders import (
 from appkit.urlstate import begin_run, prune_url, url_widget
 from swclip.geo import haversine_m
 from swclip.io import RunError
-from swclip.runs import RunInfo
+from swclip.runs import KIND_IMPORTED, RunInfo
 from swclip.viz import maps, scale
 
 ENV_RUNS_DIR = "SWCLIP_RUNS_DIR"
@@ -36,6 +37,7 @@ STATIC_DIR = APP_DIR / "static"
 _VIEW = "_view"
 _ROUTED = "_frame_drawn_by_app"
 
+MIN_CITY_DEFAULT = 10  # median samples per city from which the sidebar opens on one city rather than all
 SIGMA_CHOICES_M = scale.SIGMA_CHOICES_M  # 10 m to 2,000 km, log scale
 
 
@@ -123,11 +125,13 @@ def sidebar() -> View:
             st.error(f"Cannot read the predictions of {view.run.run_id}: {e}")
             st.stop()
         cities = [ALL_CITIES] + (sorted(df["city"].astype(str).unique()) if "city" in df else [])
+        # one city at a time where cities hold enough samples to show; a world sample (a few photos per
+        # city, as OSV-5M's) opens on all of them
         view.city = url_widget(
             st.selectbox,
             "City",
             "city",
-            cities[1] if len(cities) > 1 else ALL_CITIES,
+            cities[1] if len(cities) > 1 and not few_per_city(view, view.run) else ALL_CITIES,
             valid=lambda v: v in cities,
             options=cities,
         )
@@ -177,6 +181,13 @@ def banner(view: View) -> None:
         )
 
 
+def few_per_city(view: View, run: RunInfo) -> bool:
+    """Whether the run's cities hold fewer than MIN_CITY_DEFAULT samples each (median): a world sample such as
+    OSV-5M's, where one city at a time shows a photo or two and pages pool every city instead."""
+    df = predictions(view.runs_root, run.run_id, run.stamp)
+    return "city" in df and len(df) > 0 and df["city"].astype(str).value_counts().median() < MIN_CITY_DEFAULT
+
+
 def one_city(view: View, run: RunInfo, why: str) -> str:
     """The sidebar's city, or the run's first city with a caption saying so, for pages that show one city at a time.
 
@@ -187,6 +198,22 @@ def one_city(view: View, run: RunInfo, why: str) -> str:
     if view.city_or_none() is None:
         st.caption(f"{why}: showing **{city}** (pick another in the sidebar).")
     return city
+
+
+def imported_lacks(run: RunInfo, what: str) -> bool:
+    """For an imported run (another model's predictions), say in one line what this page cannot show; -> True then.
+
+    ``what`` completes "…: <what>", e.g. "predicting a new photo needs a trained run's model".
+    """
+    if run.kind != KIND_IMPORTED:
+        return False
+    st.info(
+        f"`{run.run_id}` holds imported predictions of **{run.manifest.get('model')}**"
+        + (f" (from `{Path(run.source).name}`)" if run.source else "")
+        + f": {what}.",
+        icon=":material/info:",
+    )
+    return True
 
 
 def require_run(view: View, what: str = "this page") -> RunInfo:

@@ -113,6 +113,9 @@ img_root = loaders.image_root(view.runs_root, run.run_id, run.stamp)
 samples = loaders.sample_table(view.runs_root, run.run_id, run.stamp)
 streets = loaders.streets(view.runs_root, run.run_id, run.stamp)
 locator = SampleLocator(samples[["lat", "lon"]].to_numpy(np.float64)) if samples is not None else None
+imported = frame.imported_lacks(
+    run, "no training table, so each failure shows its photo, truth and prediction without matched training images"
+)
 if not img_root:
     st.info("The run's images are not under the runs directory: the gallery shows maps and numbers only.")
 
@@ -184,7 +187,7 @@ for rank, (_, row) in enumerate(worst.iterrows(), start=(page_no - 1) * int(per_
                 key=f"mm_{run.run_id}_{row['row']}",
                 config={"displayModeBar": False},
             )
-            st.caption(f"green: truth · red ×: prediction · blue: {what}")
+            st.caption("green: truth · red ×: prediction" + ("" if imported else f" · blue: {what}"))
             if m and "city" in m[0][1] and str(m[0][1]["city"]) != str(row["city"]):
                 st.markdown(
                     f"Matched to **{m[0][1]['city']}**: the model placed this {str(row['city'])} photo in another city."
@@ -208,5 +211,5 @@ for rank, (_, row) in enumerate(worst.iterrows(), start=(page_no - 1) * int(per_
                         if t is not None:
                             st.image(t, width="stretch")
                         st.caption(f"#{k} · {float(s['lat']):.5f}, {float(s['lon']):.5f}")
-            else:
+            elif not imported:  # an imported run says so once, above
                 st.caption("No training sample table here to show what the model matched.")

@@ -20,9 +20,13 @@ view = frame.ensure_frame()
 run = frame.require_run(view, "the negatives page")
 
 st.title("Negatives")
+emb_all = loaders.embeddings(view.runs_root, run.run_id, run.stamp)
+if emb_all is None and frame.imported_lacks(
+    run, "Negatives needs image embeddings, and none were imported (`swclip import --embeddings FILE.npy`)"
+):
+    st.stop()
 city = frame.one_city(view, run, "Negatives are per city")
 df = loaders.predictions(view.runs_root, run.run_id, run.stamp)
-emb_all = loaders.embeddings(view.runs_root, run.run_id, run.stamp)
 if emb_all is None:
     st.warning("This run has no embeddings.npy: evaluate it first (`python train/evaluate.py <run>`).")
     st.stop()

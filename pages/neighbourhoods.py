@@ -15,6 +15,10 @@ from swclip.viz.scale import fmt_m
 view = frame.ensure_frame()
 run0 = frame.require_run(view, "the neighbourhood page")
 st.title("Neighbourhoods")
+if loaders.embeddings(view.runs_root, run0.run_id, run0.stamp) is None and frame.imported_lacks(
+    run0, "Neighbourhoods needs image embeddings, and none were imported (`swclip import --embeddings FILE.npy`)"
+):
+    st.stop()
 
 df0 = loaders.predictions(view.runs_root, run0.run_id, run0.stamp)
 city = view.city_or_none()  # None: every city, through a seeded sample of NB_MAX samples

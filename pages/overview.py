@@ -26,13 +26,16 @@ for run in view.available:
     rows.append(
         {
             "run": run.run_id,
+            "kind": run.kind,
+            "model / source": f"{run.manifest.get('model')} · {run.source}" if run.kind == "imported" else "",
             "demo": run.is_demo,
             "σ (m)": run.sigma_m,
             "median error (m)": overall.get("median_m"),
             "mean error (m)": overall.get("mean_m"),
             "acc@100m": overall.get("acc@100m"),
             "acc@1km": overall.get("acc@1km"),
-            "samples": overall.get("n"),
+            "samples": overall.get("n_rows", overall.get("n")),
+            "coverage": overall.get("coverage", 1.0),
         }
     )
 st.dataframe(

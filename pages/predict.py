@@ -17,6 +17,8 @@ from swclip.viz.scale import fmt_m
 view = frame.ensure_frame()
 run = frame.require_run(view, "prediction")
 st.title("Predict a location")
+if frame.imported_lacks(run, "predicting a new photo needs a trained run's model; pick one in the sidebar"):
+    st.stop()
 
 PICK_MAX = 5_000  # evaluation samples offered to pick from (the largest errors when there are more)
 

@@ -26,7 +26,11 @@ view = frame.ensure_frame()
 run = frame.require_run(view, "the semivariogram page")
 st.title("Semivariogram")
 
-city = frame.one_city(view, run, "Variograms are per city")
+if frame.few_per_city(view, run) and view.city_or_none() is None:
+    city = None
+    st.caption("A few photos per city: the variograms pool every city (pick one in the sidebar to see it alone).")
+else:
+    city = frame.one_city(view, run, "Variograms are per city")
 
 sc = loaders.run_scale(view.runs_root, run.run_id, run.stamp, city)
 c1, c2, c3, c4 = st.columns(4)
@@ -138,28 +142,33 @@ world = loaders.world(view.runs_root, run.run_id, run.stamp)
 true_ranges = catalog.city_true_ranges(world, city)
 
 curves, rows, suggested = [], [], None
+where = city or "all cities"
 for r in view.selected:
     emp, fit = variogram_of(view.runs_root, r.run_id, r.stamp, city, "embedding", model, n_bins, max_lag)
     if emp is None:
-        st.warning(f"{r.run_id} has no embeddings.npy: no embedding variogram.")
+        if r.kind == "imported":
+            st.caption(f"{r.run_id}: imported without embeddings, so no embedding variogram; its errors' is below.")
+        else:
+            st.warning(f"{r.run_id} has no embeddings.npy: no embedding variogram.")
         continue
     curves.append(curve(r.run_id, emp, fit))
     rows.append(fit_row(f"{r.run_id}: embeddings (1 − cos)", emp, fit))
     if suggested is None and fit.ok:
         suggested = suggest_sigma_m(fit.practical_range_m(), kernel)
 
-st.plotly_chart(
-    figures.variogram_figure(
-        curves,
-        sigma_m=view.sigma_m,
-        suggested_sigma_m=suggested,
-        true_ranges_m=list(true_ranges.values()),
-        title=f"Embedding dissimilarity γ(h) in {city}",
-        y_title="γ(h): mean 1 − cos between embeddings",
-    ),
-    width="stretch",
-    key="vg_emb",
-)
+if curves:
+    st.plotly_chart(
+        figures.variogram_figure(
+            curves,
+            sigma_m=view.sigma_m,
+            suggested_sigma_m=suggested,
+            true_ranges_m=list(true_ranges.values()),
+            title=f"Embedding dissimilarity γ(h) in {where}",
+            y_title="γ(h): mean 1 − cos between embeddings",
+        ),
+        width="stretch",
+        key="vg_emb",
+    )
 legend = (
     "Black line: the sidebar σ. Orange dash-dot: the σ the main run's fitted range suggests. Dashed: fitted ranges."
 )
@@ -168,7 +177,8 @@ if true_ranges:
         f" Dotted grey: the demo world's true field ranges in {city} "
         f"({', '.join(f'{v:.0f}' for v in sorted(true_ranges.values()))} m)."
     )
-st.caption(legend)
+if curves:
+    st.caption(legend)
 
 emp_e, fit_e = variogram_of(view.runs_root, run.run_id, run.stamp, city, "error", model, n_bins, max_lag)
 rows.append(fit_row(f"{run.run_id}: log10 error", emp_e, fit_e))
@@ -185,7 +195,7 @@ st.dataframe(
 )
 
 sc_all = loaders.run_scale(view.runs_root, run.run_id, run.stamp, None)
-if sc_all.world:
+if sc_all.world and city is not None:
     st.subheader("Over every city: the global variogram")
     g_lags = (0, *sc_all.lag_choices_m)
     g_lag = urlstate.url_widget(

@@ -22,18 +22,26 @@ run = frame.require_run(view, "the soft-label page")
 st.title("Soft labels")
 df_all = loaders.predictions(view.runs_root, run.run_id, run.stamp)
 cities = sorted(df_all["city"].astype(str).unique()) if "city" in df_all else []
-city = view.city_or_none() or (cities[0] if cities else None)
-if view.city_or_none() is None and city:
+pooled = view.city_or_none() is None and frame.few_per_city(view, run)  # a world sample: every city in one batch
+city = None if pooled else view.city_or_none() or (cities[0] if cities else None)
+if pooled:
+    st.caption("A few photos per city: the batch is drawn from every city (pick one in the sidebar to see it alone).")
+elif view.city_or_none() is None and city:
     st.caption(f"Soft labels are per city; showing **{city}** (pick one in the sidebar).")
 samples = loaders.sample_table(view.runs_root, run.run_id, run.stamp)
 if samples is not None and "city" in samples:
     source = "the run's sample table"  # what training batches are drawn from
-    latlon_all = samples.loc[samples["city"].astype(str) == city, ["lat", "lon"]].to_numpy(np.float64)
+    rows = samples if city is None else samples.loc[samples["city"].astype(str) == city]
+    latlon_all = rows[["lat", "lon"]].to_numpy(np.float64)
 else:
     source = "the evaluation samples (the sample table is not under the runs directory)"
     latlon_all = loaders.city_predictions(view.runs_root, run.run_id, run.stamp, city)[["lat", "lon"]].to_numpy(
         np.float64
     )
+
+if len(latlon_all) < 2:
+    st.warning("This city has fewer than two samples; there is no batch to show.")
+    st.stop()
 
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
@@ -65,10 +73,6 @@ with c3:
         step=1,
     )
 
-if len(latlon_all) < 2:
-    st.warning("This city has fewer than two samples; there is no batch to show.")
-    st.stop()
-
 t0 = time.perf_counter()
 rng = np.random.default_rng(int(seed))
 pick = rng.choice(len(latlon_all), size=min(int(batch), len(latlon_all)), replace=False)
@@ -82,7 +86,7 @@ neff = effective_positives(q)  # (B,)
 compute_s = time.perf_counter() - t0
 
 st.markdown(
-    f"**{city}** · B = {len(latlon)} drawn from {source} · σ = {sigma_m:g} m · kernel `{kernel}` · "
+    f"**{city or 'all cities'}** · B = {len(latlon)} drawn from {source} · σ = {sigma_m:g} m · kernel `{kernel}` · "
     f"median effective positives per row **{np.median(neff):.2f}** (one-hot: 1). "
     f"Targets computed in {compute_s * 1000:.0f} ms."
 )

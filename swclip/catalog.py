@@ -81,12 +81,17 @@ def looks_demo(run: RunInfo, root: Path) -> bool:
     """
     if run.manifest.get("demo") is True:
         return True
+    if run.kind == runs.KIND_IMPORTED:  # real photos: an imported run is never the procedural world
+        return False
     return find_world(run, root) is not None
 
 
 def find_world(run: RunInfo, runs_root: Path | str) -> Path | None:
-    """world.json of the procedural world this run used, searched from the run up to the root."""
+    """world.json of the procedural world this run used, searched from the run up to the root (None for an
+    imported run: its photos are real, even inside the demo bundle)."""
     root = Path(runs_root).resolve()
+    if run.kind == runs.KIND_IMPORTED:
+        return None
     data = run.manifest.get("data")
     if isinstance(data, dict) and data.get("root"):
         try:
@@ -251,7 +256,8 @@ def check_predictions(df, n_embeddings: int | None = None, run_id: str = "run"):
     is also the row of embeddings.npy); n_embeddings: rows of embeddings.npy (None when absent).
     Returns (usable rows, problems): rows with missing or out-of-range coordinates, or a missing or
     negative error_m, are left out (the index keeps the original row numbers, so embeddings stay
-    aligned); every other row stays. Each problem is one sentence naming the run, what is wrong, how
+    aligned), and so are abstentions (a valid truth, no prediction: a model that declined), said once
+    with the coverage; every other row stays. Each problem is one sentence naming the run, what is wrong, how
     many rows and the first one, and what the app does about it. Never drops a row without one.
     Raises RunError when a required column is missing (nothing can be shown).
     """
@@ -269,9 +275,26 @@ def check_predictions(df, n_embeddings: int | None = None, run_id: str = "run"):
         & (lon >= -180).all(1)
         & (lon <= 360).all(1)
     )
+    # An abstention (imported runs: the model gave no prediction) has a valid truth and no prediction at all.
+    abstained = (
+        np.isnan(lat[:, 1])
+        & np.isnan(lon[:, 1])
+        & np.isfinite(lat[:, 0])
+        & np.isfinite(lon[:, 0])
+        & (np.abs(lat[:, 0]) <= 90)
+        & (lon[:, 0] >= -180)
+        & (lon[:, 0] <= 360)
+    )
+    bad_coord &= ~abstained
     err = df["error_m"].to_numpy(np.float64)
-    bad_err = ~bad_coord & ~(np.isfinite(err) & (err >= 0))
+    bad_err = ~bad_coord & ~abstained & ~(np.isfinite(err) & (err >= 0))
     ids = df["id"].astype(str)
+    if abstained.any():
+        problems.append(
+            f"{run_id}: the model gave no prediction for {int(abstained.sum()):,} of {n:,} row(s) "
+            f"(coverage {1 - abstained.mean():.1%}); maps and error statistics show the answered rows, "
+            "GeoScore counts an abstention as 0"
+        )
     for mask, what in (
         (bad_coord, "missing or out-of-range coordinates (lat, lon, pred_lat, pred_lon)"),
         (bad_err, "a missing or negative error_m"),
@@ -297,5 +320,5 @@ def check_predictions(df, n_embeddings: int | None = None, run_id: str = "run"):
             "so they cannot be matched row by row; "
             "pages that need embeddings skip this run"
         )
-    keep = ~(bad_coord | bad_err)
+    keep = ~(bad_coord | bad_err | abstained)
     return (df if keep.all() else df[keep]), problems

@@ -7,6 +7,7 @@
     swclip synth --out /tmp/world                                              # render the procedural world
     swclip experiment --out runs/experiments/try --quick                       # configs x seeds -> experiment.json
     swclip predict photo.jpg --run runs/demo/swclip-s50                        # where was this photo taken?
+    swclip import preds.csv --out runs/their-model                             # another model's predictions
     swclip info                                                                # versions and device
 
 Each subcommand is registered in ``COMMANDS`` as a ``configure_X(parser)`` /
@@ -382,6 +383,78 @@ def run_info(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ import
+
+
+def configure_import(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = RAW
+    p.description = """Turn another model's predictions into a run the app opens (kind "imported").
+
+PREDICTIONS is CSV, Parquet or JSON Lines, one row per photo: an id, the true latitude/longitude and
+the predicted latitude/longitude. These column names are recognised without --columns:
+  id | image_id                           true: lat, lon | latitude, longitude | true_lat, true_lon |
+                                               gt_lat, gt_long
+  predicted: pred_lat, pred_lon | pred_latitude, pred_longitude | predicted_lat, predicted_long
+  optional: image (relative to --images-root), city, country, region, sub-region | area, split,
+            confidence; top-k as list columns topk_lat, topk_lon, topk_prob, or as
+            pred_lat_1..k, pred_lon_1..k, prob_1..k
+A wide table with one pair per model (pred_lat_<model>, pred_lon_<model>; a bare pair is "model")
+gives one run per model under --out, or only the one --model names.
+Empty prediction cells are abstentions: kept, counted (coverage), GeoScore 0. A malformed value
+(latitude 200), a duplicate id or a missing image is an error naming the count and the first row.
+
+examples:
+  swclip import osv5m/select.csv --out runs/osv5m             # wide: runs/osv5m/model, runs/osv5m/base
+  swclip import preds.parquet --out runs/vlm --model my-vlm --images-root photos/
+  swclip import p.jsonl --out runs/x --columns id=photo lat=y lon=x pred_lat=py pred_lon=px"""
+    p.add_argument("predictions", help="the predictions file (.csv, .csv.gz, .parquet, .jsonl)")
+    p.add_argument("--out", required=True, help="the run directory to write (a folder of runs for a wide table)")
+    p.add_argument("--model", help="the model's name (default: the --out folder's name); in a wide table, which model")
+    p.add_argument("--images-root", help="the folder image paths are relative to (default: the table's folder)")
+    p.add_argument(
+        "--columns",
+        nargs="+",
+        default=[],
+        metavar="NAME=COLUMN",
+        help="schema name = the file's column, e.g. lat=gps_lat pred_lat=guess_lat (overrides recognition)",
+    )
+    p.add_argument("--embeddings", help="(N, D) .npy of image embeddings, rows in table order")
+    p.add_argument("--force", action="store_true", help="replace an existing run at --out")
+
+
+def run_import(args) -> int:
+    from swclip.data.predictions import PredictionsError
+    from swclip.workflows.importer import import_file
+
+    columns = {}
+    for item in args.columns:
+        name, sep, col = item.partition("=")
+        if not sep or not name or not col:
+            print(f"swclip import: --columns takes NAME=COLUMN pairs, got {item!r}", file=sys.stderr)
+            return 2
+        columns[name] = col
+    try:
+        written = import_file(
+            args.predictions,
+            args.out,
+            model=args.model,
+            columns=columns or None,
+            embeddings=args.embeddings,
+            images_root=args.images_root,
+            force=args.force,
+        )
+    except (PredictionsError, FileExistsError) as e:
+        print(f"swclip import: {e}", file=sys.stderr)
+        return 1
+    for run_dir in written:
+        m = json.loads((run_dir / "manifest.json").read_text())["metrics"]
+        print(
+            f"{run_dir}: {m['n_rows']} rows, coverage {m['coverage']:.3f}, median error {m['median_m'] / 1000:.1f} km "
+            f"(answered rows), GeoScore {m['geoscore']:.0f}"
+        )
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ experiment
 
 
@@ -423,6 +496,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "predict where photos were taken with a trained run (top-k places, knn-kde estimate)",
         configure_predict,
         run_predict,
+    ),
+    "import": (
+        "another model's predictions (CSV / Parquet / JSON Lines) -> a run the app opens",
+        configure_import,
+        run_import,
     ),
     "info": ("print versions, the torch device and where runs are looked for", configure_info, run_info),
 }

@@ -55,6 +55,9 @@ ARTEFACTS = {  # name -> file name inside the run directory
     "train_log": "train_log.csv",
 }
 RESERVED_KEYS = ("schema_version", "model", "weights_sha256", "created_utc")
+# What wrote the run: our trainer ("trained", the default when the manifest says nothing) or
+# `swclip import` ("imported": another model's predictions; no weights, manifest "model" is its name).
+KIND_TRAINED, KIND_IMPORTED = "trained", "imported"
 _VERSIONED = ("torch", "torchvision", "open_clip", "numpy", "faiss", "safetensors", "pandas", "swclip")
 # ------------------------------------------------------------------------------------- provenance
 
@@ -317,9 +320,39 @@ def read_manifest(run_dir) -> dict:
             f"{path} has schema_version {version!r}; this swclip reads schema_version {SCHEMA_VERSION} "
             "(written by a different swclip version?)"
         )
-    if not isinstance(manifest.get("model"), dict):
+    if manifest.get("kind") == KIND_IMPORTED:
+        if not isinstance(manifest.get("model"), str) or not manifest["model"]:
+            raise RunError(f"{path} is an imported run without the name of the model that made its predictions")
+    elif not isinstance(manifest.get("model"), dict):
         raise RunError(f"{path} has no 'model' config to rebuild the model from")
     return manifest
+
+
+def save_imported_run(run_dir, manifest: dict, artefacts: dict) -> Path:
+    """Write an imported run (no weights): the artefacts, then manifest.json with kind "imported", each atomically.
+
+    manifest: the importer's keys; ``model`` (the model's name) is required. Adds schema_version,
+    created_utc, kind, git_commit and library_versions. artefacts: as :func:`save_run`'s.
+    """
+    run_dir = Path(run_dir)
+    if not isinstance(manifest.get("model"), str) or not manifest["model"]:
+        raise ValueError("an imported run's manifest needs 'model': the name of the model that made the predictions")
+    unknown = sorted(set(artefacts) - set(_WRITERS))
+    if unknown:
+        raise ValueError(f"unknown artefact(s) {unknown}; an imported run writes: {sorted(_WRITERS)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, value in artefacts.items():
+        _WRITERS[name](run_dir, value)
+    full = {
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "kind": KIND_IMPORTED,
+        "git_commit": git_commit(),
+        "library_versions": library_versions(),
+        **manifest,
+    }
+    atomic_write_json(run_dir / MANIFEST, full)
+    return run_dir
 
 
 def load_weights(model, weights_path, expected_sha256: str | None = None) -> None:
@@ -417,6 +450,11 @@ def load_run(run_dir, runs_root=None, device: str | torch.device = "cpu") -> Run
     """
 
     run = Run.open(run_dir, runs_root)
+    if run.manifest.get("kind") == KIND_IMPORTED:
+        raise RunError(
+            f"{run.run_dir} holds imported predictions of {run.manifest['model']!r}, not a model we can load: "
+            "predicting needs a trained run"
+        )
     try:
         model = build_model(run.manifest["model"], load_pretrained=False)
     except (TypeError, ValueError) as e:
@@ -518,6 +556,19 @@ class RunInfo:
             return 0.0
 
     @property
+    def kind(self) -> str:
+        """ "trained" (our trainer wrote it) or "imported" (another model's predictions, `swclip import`)."""
+        return str((self.manifest or {}).get("kind") or KIND_TRAINED)
+
+    @property
+    def source(self) -> str:
+        """Where the predictions came from: an imported run's source file (or description), else ""."""
+        src = (self.manifest or {}).get("source")
+        if not isinstance(src, dict):
+            return ""
+        return str(src.get("path") or src.get("description") or "")
+
+    @property
     def loss_name(self) -> str:
         loss = (self.manifest or {}).get("loss")
         return str(loss.get("name", "")) if isinstance(loss, dict) else str(loss or "")
@@ -540,6 +591,8 @@ class RunInfo:
     def label(self) -> str:
         """Short human label: id, loss and σ."""
         bits = [self.run_id]
+        if self.kind == KIND_IMPORTED:
+            bits.append(f"imported: {self.manifest['model']}")
         if self.loss_name:
             bits.append(self.loss_name)
         if self.sigma_m:

@@ -72,8 +72,9 @@ def test_build_demo_tiny_then_skip(tmp_path, monkeypatch):
         assert set(m) == {"median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "recall@1"}
     assert "| swclip-s50 |" in (out / "results.md").read_text()
     assert (out / ".complete").is_file()
-    # the app's run listing finds both runs under the bundle (and not the world or checkpoints)
-    assert [r.run_id for r in list_runs(out)] == ["clip", "swclip-nc-s50", "swclip-s50"]
+    # the app's run listing finds the runs under the bundle (and not the world or checkpoints), OSV-5M's imported too
+    osv5m = ["osv5m/baseline", "osv5m/plonk", "osv5m/plonk-71"]
+    assert [r.run_id for r in list_runs(out)] == ["clip", *osv5m, "swclip-nc-s50", "swclip-s50"]
 
     # a second call rebuilds nothing: run folders untouched
     stamp = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}

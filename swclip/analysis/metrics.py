@@ -104,6 +104,38 @@ def summarize(error_m: Any, city: Sequence | None = None) -> dict:
     return out
 
 
+def summarize_answered(error_m: Any, city: Sequence | None = None) -> dict:
+    """:func:`summarize` for a model that may abstain: error_m (N,) metres, NaN where it gave no prediction.
+
+    Every statistic is over the answered rows (``n`` of them), with ``n_rows``, ``n_abstained`` and
+    ``coverage`` (answered / rows) beside it, overall and per city; except ``geoscore``, which scores an
+    abstention 0 (over all rows, as a game would), with ``geoscore_answered`` over the answered rows.
+    A city (or the whole table) with no answered row gets n 0 and NaN statistics.
+    """
+    err = np.asarray(error_m, dtype=np.float64).ravel()
+    if err.size == 0:
+        raise ValueError("error_m is empty: no samples to score")
+    answered = ~np.isnan(err)
+    _check_errors(np.append(err[answered], 0.0))  # NaN marks an abstention; inf or negative is still an error
+
+    def block(sel: np.ndarray) -> dict:
+        e = err[sel & answered]
+        n_rows = int(sel.sum())
+        out = _summary(e) if e.size else {"n": 0, **dict.fromkeys(_summary(np.zeros(1)).keys() - {"n"}, float("nan"))}
+        out["geoscore_answered"] = out["geoscore"]
+        out["geoscore"] = float(out["geoscore"] * e.size / n_rows) if e.size else 0.0
+        out.update(n_rows=n_rows, n_abstained=n_rows - int(e.size), coverage=float(e.size / n_rows))
+        return out
+
+    out = block(np.ones(err.size, bool))
+    if city is not None:
+        city = np.asarray(city).astype(str)
+        if city.shape != err.shape:
+            raise ValueError(f"city has shape {city.shape}, error_m has {err.shape}: one city per sample")
+        out["per_city"] = {str(c): block(city == c) for c in np.unique(city)}
+    return out
+
+
 def recall_at_k(ranked_ids: Any, true_ids: Any, ks: Iterable[int] = (1, 5, 10)) -> dict:
     """Retrieval recall: share of queries whose true id is among the first k ranked ids.
 
@@ -207,6 +239,21 @@ def admin_keys(parts: dict) -> dict:
     return out
 
 
+def admin_hits(pred_latlon: Any, true_latlon: Any, mode: int | None = None) -> dict:
+    """Per-row admin-level hits as OSV-5M keys them. (N, 2), (N, 2) degrees ->
+    {level: (N,) bool, the predicted key equals the true key; "has_<level>": (N,) bool, the true place has
+    that level's own part (rows without it are skipped by :func:`admin_accuracy`)}."""
+    pred, true = np.asarray(pred_latlon, dtype=np.float64), np.asarray(true_latlon, dtype=np.float64)
+    n = len(pred)
+    parts = reverse_geocode(np.concatenate([pred, true]), mode=mode)
+    keys = admin_keys(parts)
+    out = {}
+    for level, names in _ADMIN_PARTS.items():
+        out[level] = keys[level][:n] == keys[level][n:]
+        out[f"has_{level}"] = np.asarray(parts[names[0]][n:], dtype=object).astype(str) != ""
+    return out
+
+
 def admin_accuracy(pred_latlon: Any, true_latlon: Any, mode: int | None = None) -> dict:
     """Share of predictions in the true country, region, sub-region and city, as OSV-5M scores them.
 
@@ -223,12 +270,10 @@ def admin_accuracy(pred_latlon: Any, true_latlon: Any, mode: int | None = None) 
     check_latlon(pred, "pred_latlon")
     check_latlon(true, "true_latlon")
     n = len(pred)
-    parts = reverse_geocode(np.concatenate([pred, true]), mode=mode)
-    keys = admin_keys(parts)
+    hits = admin_hits(pred, true, mode=mode)
     out = {}
-    for level, names in _ADMIN_PARTS.items():
-        has = np.asarray(parts[names[0]][n:], dtype=object).astype(str) != ""
-        hit = keys[level][:n] == keys[level][n:]
+    for level in _ADMIN_PARTS:
+        hit, has = hits[level], hits[f"has_{level}"]
         out[f"acc_{level}"] = float(hit[has].mean()) if has.any() else float("nan")
         out[f"n_{level}"] = int(has.sum())
         out[f"skipped_{level}"] = int(n - has.sum())

@@ -2,6 +2,8 @@
 
     <out>/world/            swclip.synth.make_world output + split.csv (the sample table with a split column)
     <out>/<run_id>/         one run per model (manifest.json, model.safetensors, artefacts), .complete when built
+    <out>/osv5m/            real photos: OSV-5M's published predictions on its public test sample
+                            (assets/osv5m_sample), imported runs plonk, baseline and plonk-71, and images/
     <out>/results.json|md   the results table (median/mean error, acc@100/250/500 m, recall@1)
     <out>/.complete         written last
 
@@ -15,16 +17,20 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from swclip.data import read_table, spatial_split
-from swclip.io import atomic_write, atomic_write_bytes, atomic_write_json
+from swclip.io import atomic_write, atomic_write_bytes, atomic_write_json, sha256_file
 from swclip.runs import update_manifest
 from swclip.synth import make_world
 from swclip.training.config import CONFIG_DIR, load_config
 from swclip.training.evaluation import evaluate_run
 from swclip.training.loop import train
+from swclip.workflows.importer import import_predictions
 
 # run id -> (config file, overrides). σ values bracket the world's shortest field ranges (150 m).
 DEMO_MODELS: dict[str, tuple[str, list]] = {
@@ -40,6 +46,64 @@ DEMO_MODELS: dict[str, tuple[str, list]] = {
 WORLD = {"cities": ["London", "Manchester", "Bristol", "Edinburgh"], "samples_per_city": 1500, "image_size": 32}
 SPLIT = {"test_frac": 0.2, "block_m": 200.0, "buffer_m": 30.0}
 TABLE_KEYS = ("median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "recall@1")
+
+
+# OSV-5M's public sample (assets/osv5m_sample/ATTRIBUTION.md): its game tables with their model's and
+# their baseline's predictions. run id -> (table file, {schema name: column}, model name).
+OSV5M_SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "osv5m_sample"
+OSV5M_RUNS: dict[str, tuple[str, dict, str]] = {
+    # gastruc/osv5m HEAD game/select.csv: 50 rows, pred_lat/pred_lon their best model ("Plonk-AI")
+    "plonk": ("osv5m_game_select_head.csv", {"pred_lat": "pred_lat", "pred_lon": "pred_lon"}, "osv5m-plonk"),
+    # the same table's pred_lat_base/pred_lon_base ("Baseline-AI")
+    "baseline": (
+        "osv5m_game_select_head.csv",
+        {"pred_lat": "pred_lat_base", "pred_lon": "pred_lon_base"},
+        "osv5m-baseline",
+    ),
+    # gastruc/osv5m@0a7efba game/select.csv: 71 rows, an earlier prediction of their model, every photo present
+    "plonk-71": ("osv5m_game_select_0a7efba.csv", {}, "osv5m-plonk (game table at 0a7efba)"),
+}
+
+
+def build_osv5m_sample(out: Path, sample_dir: Path = OSV5M_SAMPLE, progress: bool = True) -> list[Path]:
+    """Import OSV-5M's published predictions on its public sample into ``out`` (OSV5M_RUNS); -> the runs.
+
+    The photos are copied to ``out/images`` (the app reads nothing outside its runs directory); a row
+    whose photo neither repository ships gets an empty image cell. Skipped when built (.complete) and
+    when the sample is absent (an installed package without the repository's assets).
+    """
+    out = Path(out)
+    if (out / ".complete").is_file():
+        _log(f"{out.name}: already built", progress)
+        return [out / r for r in OSV5M_RUNS]
+    if not (sample_dir / "images").is_dir():
+        _log(f"no OSV-5M sample at {sample_dir}: its runs are left out", progress)
+        return []
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for src in sorted((sample_dir / "images").glob("*.jpg")):
+        if not (images / src.name).is_file():
+            shutil.copy2(src, images / src.name)
+    # the sample's attribution travels with its photos
+    shutil.copy2(sample_dir / "ATTRIBUTION.md", out / "ATTRIBUTION.md")
+    written = []
+    for run_id, (table_name, columns, model) in OSV5M_RUNS.items():
+        table = pd.read_csv(sample_dir / table_name, dtype={"id": str})
+        have = table["id"].map(lambda i: (images / f"{i}.jpg").is_file())
+        table["image"] = ["" if not ok else f"{i}.jpg" for i, ok in zip(table["id"], have)]
+        source = {
+            "path": str(Path("assets") / "osv5m_sample" / table_name),
+            "sha256": sha256_file(sample_dir / table_name),
+            "format": "csv",
+            "description": "OSV-5M public test sample (CC BY-SA 4.0), see ATTRIBUTION.md",
+        }
+        run_dir = import_predictions(
+            table, out / run_id, model=model, source=source, columns=columns, images_root=images, force=True
+        )
+        written.append(run_dir)
+        _log(f"osv5m/{run_id}: imported {len(table)} rows of {model} ({int(have.sum())} with photos)", progress)
+    atomic_write_bytes(out / ".complete", b"")
+    return written
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -129,6 +193,10 @@ def build_demo(
     timings: dict = {}
     split_csv = build_world(out / "world", seed, cities, samples_per_city, progress)
     timings["world_s"] = time.perf_counter() - t_start
+    # before training: the trained runs, written later, stay the newest and so the app's default selection
+    t_osv = time.perf_counter()
+    build_osv5m_sample(out / "osv5m", progress=progress)
+    timings["osv5m_s"] = time.perf_counter() - t_osv
     workers = max(1, min(workers or min(os.cpu_count() or 1, 2), len(names)))
     jobs = []
     for run_id in names:
