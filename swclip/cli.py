@@ -8,6 +8,7 @@
     swclip experiment --out runs/experiments/try --quick                       # configs x seeds -> experiment.json
     swclip predict photo.jpg --run runs/demo/swclip-s50                        # where was this photo taken?
     swclip import preds.csv --out runs/their-model                             # another model's predictions
+    swclip baseline geoclip --table photos.csv --out runs/geoclip              # GeoCLIP's predictions as a run
     swclip info                                                                # versions and device
 
 Each subcommand is registered in ``COMMANDS`` as a ``configure_X(parser)`` /
@@ -354,6 +355,84 @@ def run_predict(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- baseline
+
+
+def configure_baseline(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Run a published model on a sample table and write its predictions as a run the app opens. geoclip: "
+        "GeoCLIP (the geoclip wheel's image MLP, logit scale, location encoder and 100K-coordinate gallery, "
+        "each place once: 94,123) on open_clip's ViT-L-14 with OpenAI's weights; per photo the top-k places "
+        "with their probabilities (softmax over the gallery) and GeoCLIP's 512-d image embedding. The ViT-L/14 "
+        "weights are read from --weights or the Hugging Face cache (repository timm/vit_large_patch14_clip_224"
+        ".openai, file open_clip_model.safetensors or open_clip_pytorch_model.bin); nothing is downloaded."
+    )
+    p.epilog = (
+        "examples:\n"
+        "  swclip baseline geoclip --table photos.csv --out runs/geoclip\n"
+        "  swclip baseline geoclip --table sample.csv --root /data/photos --out runs/geoclip "
+        "--weights ~/models/open_clip_model.safetensors --top-k 10\n"
+        "make the weights file on a machine with internet (it lands in ~/.cache/huggingface/hub/):\n"
+        "  python -c \"import open_clip; open_clip.create_model('ViT-L-14', pretrained='openai')\""
+    )
+    p.add_argument("model", choices=("geoclip",), help="the baseline to run (geoclip)")
+    p.add_argument("--table", required=True, help="sample table (CSV/TSV/Parquet with id, image, lat, lon, city)")
+    p.add_argument("--out", required=True, help="run directory to write (refused if it exists, unless --force)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="OpenAI's CLIP ViT-L/14 in open_clip's format (open_clip_model.safetensors, or a tensors-only "
+        ".bin/.pt); default: the Hugging Face cache",
+    )
+    p.add_argument("--root", default=None, help="folder the table's image paths are relative to (default: its folder)")
+    p.add_argument("--top-k", type=int, default=5, help="places kept per photo, with probabilities (default 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per ViT-L-14 batch (default 32)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one, else the CPU; default), cpu, cuda")
+    p.add_argument("--force", action="store_true", help="replace an existing run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_baseline(args) -> int:
+    from pathlib import Path
+
+    from swclip.data import read_table
+    from swclip.io import sha256_file
+    from swclip.method.geoclip_image import GeoCLIPImage, find_vit_l14_weights
+    from swclip.workflows.baseline import geoclip_predictions
+
+    out = Path(args.out)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not args.force:  # before the ViT-L work
+        print(f"swclip baseline: {out} exists; choose another --out or pass --force to replace it", file=sys.stderr)
+        return 2
+    weights = find_vit_l14_weights(args.weights)  # FileNotFoundError naming the file and where it looked
+    from swclip.workflows.importer import import_predictions  # the run writer, shared with `swclip import`
+
+    table = read_table(args.table, root=args.root)  # a bad table fails before the model is built
+    root = table.attrs["root"]
+    model = GeoCLIPImage(weights)
+    predictions, embeddings = geoclip_predictions(
+        table,
+        root,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        device=args.device,
+        model=model,
+        progress=not args.quiet,
+    )
+    source = {
+        **predictions.attrs["source"],
+        "command": "swclip baseline geoclip",
+        "table": str(Path(args.table).resolve()),
+        "table_sha256": sha256_file(args.table),
+        "image_weights_sha256": sha256_file(model.weights_path),
+    }
+    import_predictions(
+        predictions, out, model="geoclip", source=source, embeddings=embeddings, images_root=root, force=args.force
+    )
+    print(out)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- info
 
 
@@ -501,6 +580,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "another model's predictions (CSV / Parquet / JSON Lines) -> a run the app opens",
         configure_import,
         run_import,
+    ),
+    "baseline": (
+        "run GeoCLIP on a sample table (top-k over its 100K gallery, probabilities, embeddings) into a run",
+        configure_baseline,
+        run_baseline,
     ),
     "info": ("print versions, the torch device and where runs are looked for", configure_info, run_info),
 }

@@ -49,3 +49,25 @@ def soft_clip_loss_loop(sim, q, scale):
             lp = log_softmax_row(mat[i])
             ce -= sum(q[i][j] * lp[j] for j in range(n)) / n
     return ce / 2
+
+
+def geoclip_head_reference(clip_features, mlp_state, log_scale, location_features):
+    """GeoCLIP's image head and probabilities, written from the geoclip wheel's source with plain torch ops.
+
+    geoclip 1.3.0: model/image_encoder.py L63 and L75-76 (mlp = Linear(768, 768), ReLU, Linear(768, 512) on
+    the CLIP projected image embedding), model/GeoCLIP.py L153-160 (exp of the stored scale, both feature sets
+    L2-normalised, logits = scale · image @ locationᵀ) and L186 (softmax over the gallery). In float64.
+    clip_features (B, 768), location_features (N, 512) -> (image features (B, 512), probabilities (B, N)).
+    """
+    import torch
+
+    x = clip_features.double()
+    w0, b0 = mlp_state["0.weight"].double(), mlp_state["0.bias"].double()
+    w2, b2 = mlp_state["2.weight"].double(), mlp_state["2.bias"].double()
+    h = torch.clamp(x @ w0.T + b0, min=0.0) @ w2.T + b2
+    image = h / torch.sqrt((h * h).sum(dim=1, keepdim=True))
+    loc = location_features.double()
+    loc = loc / torch.sqrt((loc * loc).sum(dim=1, keepdim=True))
+    logits = math.exp(float(log_scale)) * (image @ loc.T)
+    e = torch.exp(logits - logits.max(dim=1, keepdim=True).values)
+    return image, e / e.sum(dim=1, keepdim=True)

@@ -15,7 +15,18 @@ SCRIPTS = {"train": "train", "evaluate": "evaluate", "build_demo": "demo", "benc
 def test_the_overview_lists_every_command(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    assert set(COMMANDS) == {"train", "evaluate", "demo", "bench", "synth", "predict", "info", "experiment", "import"}
+    assert set(COMMANDS) == {
+        "train",
+        "evaluate",
+        "demo",
+        "bench",
+        "synth",
+        "predict",
+        "import",
+        "baseline",
+        "info",
+        "experiment",
+    }
     for name, (help_text, _, _) in COMMANDS.items():
         assert f"  {name}" in text and help_text in text
     assert main([]) == 2  # no command: the overview, and a usage error

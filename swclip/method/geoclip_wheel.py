@@ -7,6 +7,8 @@
   and a 512-d head, the scales summed.
 - Its 100K-coordinate GPS gallery (:func:`geoclip_gallery_latlon`), candidate places for world-scale
   prediction (``Gallery.from_locations(model, geoclip_gallery_latlon())``).
+- Its image head (:func:`geoclip_image_head_state`): the MLP after CLIP ViT-L/14's 768-d projected
+  image embedding and the learnt log logit scale t (``swclip.method.geoclip_image`` composes them).
 
 The package's own ``__init__`` imports ``transformers`` (for its image encoder), which we
 neither need nor install, so the files are found through the installed distribution's
@@ -26,6 +28,8 @@ GEOCLIP_SCALES = (2.0**0, 2.0**4, 2.0**8)
 GEOCLIP_RFF_DIM, GEOCLIP_HIDDEN, GEOCLIP_DEPTH, GEOCLIP_EMBED_DIM = 256, 1024, 3, 512
 WEIGHTS_FILE = "geoclip/model/weights/location_encoder_weights.pth"
 GALLERY_FILE = "geoclip/model/gps_gallery/coordinates_100K.csv"
+IMAGE_MLP_FILE = "geoclip/model/weights/image_encoder_mlp_weights.pth"
+LOGIT_SCALE_FILE = "geoclip/model/weights/logit_scale_weights.pth"
 # GeoCLIP's LocEnc{i}: capsule = [GaussianEncoding, Linear, ReLU, Linear, ReLU, Linear, ReLU], head = [Linear]
 # ours:  rff.{i}.b and mlps.{i} = [Linear, ReLU, Linear, ReLU, Linear, ReLU, Linear]
 _LAYERS = {"capsule.1": "0", "capsule.3": "2", "capsule.5": "4", "head.0": "6"}
@@ -77,6 +81,18 @@ def geoclip_location_state_dict() -> dict:
             for kind in ("weight", "bias"):
                 ours[f"mlps.{i}.{index}.{kind}"] = theirs[f"LocEnc{i}.{layer}.{kind}"]
     return ours
+
+
+def geoclip_image_head_state() -> tuple[dict, torch.Tensor]:
+    """(the image MLP's state dict, t): GeoCLIP's image head as the wheel stores it.
+
+    MLP keys ``0.weight`` (768, 768), ``0.bias`` (768,), ``2.weight`` (512, 768), ``2.bias`` (512,):
+    ``nn.Sequential(Linear(768, 768), ReLU(), Linear(768, 512))``. t: a 0-d float32 tensor, the log of the
+    logit scale (GeoCLIP's logits are exp(t) · cos).
+    """
+    mlp = torch.load(package_file(IMAGE_MLP_FILE), map_location="cpu", weights_only=True)
+    log_scale = torch.load(package_file(LOGIT_SCALE_FILE), map_location="cpu", weights_only=True)
+    return mlp, log_scale
 
 
 def geoclip_gallery_latlon() -> np.ndarray:
