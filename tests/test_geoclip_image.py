@@ -3,6 +3,7 @@
 import argparse
 import csv
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -192,6 +193,21 @@ def test_geoclip_predictions_end_to_end_on_a_random_vit_l14(random_geoclip, tmp_
     np.testing.assert_array_equal(pred[[f"pred_lon_{k}" for k in ks]].to_numpy(), gallery.latlon[top, 1])
     np.testing.assert_array_equal(pred[["pred_lat", "pred_lon"]].to_numpy(), gallery.latlon[top[:, 0]])
     assert pred.attrs["source"]["gallery"]["n_gallery"] == 94_123 and pred.attrs["source"]["image_weights"] is None
+
+    # what `swclip baseline geoclip` then writes: an imported run the app opens, with the embeddings
+    from swclip.workflows.importer import import_predictions
+
+    run = import_predictions(
+        pred, tmp_path / "run", model="geoclip", source=pred.attrs["source"], embeddings=emb, images_root=tmp_path
+    )
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["kind"] == "imported" and manifest["model"] == "geoclip"
+    stored = pd.read_parquet(run / "predictions.parquet")
+    assert stored["id"].tolist() == ["a", "b"]
+    np.testing.assert_array_equal(
+        stored[["pred_lat", "pred_lon"]].to_numpy(), pred[["pred_lat", "pred_lon"]].to_numpy()
+    )
+    np.testing.assert_allclose(np.load(run / "embeddings.npy", allow_pickle=False).astype(np.float32), emb, atol=1e-3)
 
 
 @pytest.mark.slow
