@@ -232,6 +232,22 @@ def require_run(view: View, what: str = "this page") -> RunInfo:
     return view.run
 
 
+def batch_slider(n_samples: int) -> int:
+    """The "Batch size B" slider (URL key ``batch``): 2 to min(512, n_samples), default min(256, n_samples)."""
+    max_b = int(min(512, n_samples))
+    return url_widget(
+        st.slider,
+        "Batch size B",
+        "batch",
+        min(256, max_b),
+        parse=int,
+        valid=lambda v: isinstance(v, int) and 2 <= v <= max_b,
+        min_value=2,
+        max_value=max(max_b, 3),
+        step=1,
+    )
+
+
 def context_for(view: View, run: RunInfo, city: str | None, latlon: np.ndarray) -> dict:
     """Local map context for one city: demo streets, else nearby place names and country outlines (outlines
     only when the points spread over more than a city)."""

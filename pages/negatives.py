@@ -72,18 +72,7 @@ with c3:
         step=0.01,
     )
 with c4:
-    max_b = int(min(512, len(latlon_city)))
-    batch = urlstate.url_widget(
-        st.slider,
-        "Batch size B",
-        "batch",
-        min(256, max_b),
-        parse=int,
-        valid=lambda v: isinstance(v, int) and 2 <= v <= max_b,
-        min_value=2,
-        max_value=max(max_b, 3),
-        step=1,
-    )
+    batch = frame.batch_slider(len(latlon_city))
 with c5:
     seed = urlstate.url_widget(
         st.number_input,

@@ -49,18 +49,7 @@ with c1:
         st.radio, "Kernel", "kernel", "gaussian", valid=lambda v: v in KERNELS, options=list(KERNELS), horizontal=True
     )
 with c2:
-    max_b = int(min(512, len(latlon_all)))
-    batch = urlstate.url_widget(
-        st.slider,
-        "Batch size B",
-        "batch",
-        min(256, max_b),
-        parse=int,
-        valid=lambda v: isinstance(v, int) and 2 <= v <= max_b,
-        min_value=2,
-        max_value=max(max_b, 3),
-        step=1,
-    )
+    batch = frame.batch_slider(len(latlon_all))
 with c3:
     seed = urlstate.url_widget(
         st.number_input,
