@@ -114,7 +114,7 @@ samples = loaders.sample_table(view.runs_root, run.run_id, run.stamp)
 streets = loaders.streets(view.runs_root, run.run_id, run.stamp)
 locator = SampleLocator(samples[["lat", "lon"]].to_numpy(np.float64)) if samples is not None else None
 if not img_root:
-    st.info("The run's images are not under the runs directory: the gallery shows maps and numbers only.")
+    st.info(f"{loaders.NO_IMAGES}: the gallery shows maps and numbers only.")
 
 
 @st.cache_data(show_spinner="Searching the training images…", max_entries=64)

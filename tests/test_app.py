@@ -281,7 +281,7 @@ def test_nothing_is_read_outside_the_runs_directory(runs_root, tmp_path):
     at.switch_page("pages/failures.py")
     at.run()
     assert not errors_of(at)
-    assert any("not under the runs directory" in str(i.value) for i in at.info)
+    assert any("not under the data root" in str(i.value) for i in at.info)
     # Without a demo world, the maps fall back to place names and country outlines.
     at.switch_page("pages/error_map.py")
     at.run()
