@@ -73,9 +73,8 @@ def discover_runs(runs_root: Path | str) -> tuple[list[RunInfo], list[tuple[str,
         run = RunInfo(Path(info.run_id).as_posix(), Path(info.path), info.manifest)
         try:
             run.stale = runs.stale_artefacts(info.path, info.manifest)
-        except RunError as e:
-            broken.append((run.run_id, str(e)))
-            continue
+        except RunError:
+            pass  # a corrupt artefact: the pages say what is wrong with it when they read it
         run.is_demo = looks_demo(run, root_r)
         found.append(run)
     found.sort(key=lambda r: (r.stale is not None, -r.stamp, r.run_id))  # a stale run is never the first

@@ -206,7 +206,8 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
         shutil.copytree(killed, elsewhere / "run", ignore=shutil.ignore_patterns("predictions.parquet", "metrics.json"))
         shutil.copytree(world, elsewhere / "data")
         with pytest.raises(FileNotFoundError):
-            evaluate.main([str(elsewhere / "run"), "--quiet", "--table", str(tmp_path / "gone.csv")])
+            evaluate.main([str(elsewhere / "run"), "--quiet", "--table", str(tmp_path / "gone.csv"), "--debug"])
+        assert evaluate.main([str(elsewhere / "run"), "--quiet", "--table", str(tmp_path / "gone.csv")]) == 2
         assert (
             evaluate.main(
                 [
