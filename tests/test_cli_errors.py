@@ -211,7 +211,7 @@ HOSTILE = {
     ),
     "header-only csv": (
         lambda w, t, e: train_argv(w, t / "runs", "x", table=_header_only(w, t)),
-        ["header_only.csv", "no rows"],
+        ["header_only.csv", "has a header", "but no rows"],
     ),
     "missing table": (lambda w, t, e: train_argv(w, t / "runs", "x", table=t / "nowhere.csv"), ["nowhere.csv"]),
     "unknown config key": (lambda w, t, e: train_argv(w, t / "runs", "x", "loss.nme=clip"), ["loss.nme"]),

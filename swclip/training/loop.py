@@ -499,7 +499,7 @@ def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool, dist_info:
     """
     if resume and overwrite:
         raise ValueError("--resume continues a run and --overwrite replaces it; give one of them")
-    decision = [None]
+    decision, error = [None], None
     if dist_info.is_main:
         try:
             created = not run_dir.exists()
@@ -513,18 +513,15 @@ def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool, dist_info:
             run_dir.mkdir(parents=True, exist_ok=True)
             decision[0] = {"created": created}
         except (OSError, ValueError) as e:  # RunExistsError is a ValueError
-            decision[0] = {"error": e}
+            error, decision[0] = e, {"error": f"{type(e).__name__}: {e}"}
     if dist_info.world_size > 1:
         import torch.distributed as dist
 
-        if decision[0] is not None and "error" in decision[0]:
-            decision[0] = {"error": str(decision[0]["error"]), "type": type(decision[0]["error"]).__name__}
         dist.broadcast_object_list(decision, src=0)
-        if "error" in decision[0] and not dist_info.is_main:
-            raise RunError(f"rank 0 refused the run folder: {decision[0]['type']}: {decision[0]['error']}")
+    if error is not None:
+        raise error
     if "error" in decision[0]:
-        error = decision[0]["error"]
-        raise error if isinstance(error, BaseException) else RunError(error)
+        raise RunError(f"rank 0 refused the run folder {run_dir}: {decision[0]['error']}")
     return decision[0]["created"]
 
 
