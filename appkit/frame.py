@@ -19,6 +19,7 @@ from appkit.loaders import (
     ALL_CITIES,
     APP_DIR,
     country_outlines,
+    default_data_root,
     discover,
     nearby_places,
     predictions,
@@ -91,6 +92,12 @@ def sidebar() -> View:
         f"Runs directory: `{runs_root}`",
         help="Set with `streamlit run app.py -- --runs-dir DIR` or $SWCLIP_RUNS_DIR; the app reads nothing outside it.",
     )
+    data_root = default_data_root()
+    sb.caption(
+        f"Data root: `{data_root}`" if data_root else "Data root: none (images are read from the runs directory)",
+        help="Set with `streamlit run app.py -- --runs-dir R --data-root D` or $SWCLIP_DATA_ROOT: the one folder "
+        "thumbnails, Failures and Predict's evaluation samples read images from (symlinks resolved).",
+    )
     found, broken = discover(runs_root)
     view = View(runs_root=runs_root, available=found)
     if broken:
@@ -151,6 +158,8 @@ def sidebar() -> View:
             )
         )
         for r in view.selected:
+            if r.stale:  # discover_runs lists it after every fresh run, so it is only shown when picked
+                st.error(f"{r.run_id}: {r.stale}", icon=":material/history:")
             for problem in run_problems(runs_root, r.run_id, r.stamp):
                 st.warning(problem, icon=":material/warning:")
         manifest_popover(view)

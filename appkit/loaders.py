@@ -4,8 +4,11 @@ rewritten run is read again."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,24 @@ from swclip.viz.spatial_bins import h3_bins
 
 APP_DIR = Path(__file__).resolve().parents[1]
 ALL_CITIES = "All cities"
+
+
+ENV_DATA_ROOT = "SWCLIP_DATA_ROOT"
+NO_IMAGES = "The run's images are not under the data root (`--data-root`, else the runs directory)"
+
+
+def default_data_root() -> str | None:
+    """--data-root (after ``--`` on the streamlit command line), else $SWCLIP_DATA_ROOT, else None: the one
+    trusted folder for images and sample tables (without one, the runs directory is)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--data-root")
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    return args.data_root or os.environ.get(ENV_DATA_ROOT) or None
+
+
+def _trusted(runs_root: str) -> str:
+    """The folder images and sample tables are read from (swclip.catalog.trusted_root)."""
+    return str(catalog.trusted_root(runs_root, default_data_root()))
 
 
 def open_run(runs_root: str, run_id: str) -> runs.Run:
@@ -176,17 +197,26 @@ def city_rows(runs_root: str, run: runs.RunInfo, city: str | None) -> np.ndarray
     return df.index.to_numpy()[df["city"].astype(str).to_numpy() == city]
 
 
-@st.cache_data(show_spinner=False)
 def image_root(runs_root: str, run_id: str, stamp: float) -> str | None:
+    """The folder the run's image paths are relative to, inside the data root (else the runs directory)."""
+    return _image_root(runs_root, default_data_root(), run_id, stamp)
+
+
+@st.cache_data(show_spinner=False)
+def _image_root(runs_root: str, data_root: str | None, run_id: str, stamp: float) -> str | None:
     run = _run(runs_root, run_id)
-    p = catalog.image_root(run, runs_root) if run else None
+    p = catalog.image_root(run, runs_root, data_root) if run else None
     return str(p) if p else None
 
 
-@st.cache_data(show_spinner=False, max_entries=4000)
 def thumbnail(runs_root: str, img_root: str | None, rel: str, size_px: int = 128) -> np.ndarray | None:
-    """A sample image as an (H, W, 3) uint8 thumbnail, or None when missing or unreadable."""
-    path = catalog.image_path(Path(img_root) if img_root else None, rel, runs_root)
+    """A sample image as an (H, W, 3) uint8 thumbnail, or None when missing, unreadable or outside the data root."""
+    return _thumbnail(_trusted(runs_root), img_root, rel, size_px)
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def _thumbnail(trusted_root: str, img_root: str | None, rel: str, size_px: int) -> np.ndarray | None:
+    path = catalog.image_path(Path(img_root) if img_root else None, rel, trusted_root)
     if path is None:
         return None
     try:
@@ -199,12 +229,15 @@ def thumbnail(runs_root: str, img_root: str | None, rel: str, size_px: int = 128
     return np.asarray(img)
 
 
-@st.cache_data(show_spinner="Reading the sample table…")
 def sample_table(runs_root: str, run_id: str, stamp: float) -> pd.DataFrame | None:
     """The run's training/evaluation sample table (id, image, lat, lon, city[, split]); None if not here."""
+    return _sample_table(runs_root, default_data_root(), run_id, stamp)
 
+
+@st.cache_data(show_spinner="Reading the sample table…")
+def _sample_table(runs_root: str, data_root: str | None, run_id: str, stamp: float) -> pd.DataFrame | None:
     run = _run(runs_root, run_id)
-    path = catalog.table_path(run, runs_root) if run else None
+    path = catalog.table_path(run, runs_root, data_root) if run else None
     if path is None:
         return None
     try:
@@ -238,8 +271,8 @@ def exif_latlon(data: bytes) -> tuple | None:
 
 
 def sample_image_path(runs_root: str, img_root: str | None, rel: str) -> Path | None:
-    """An evaluation sample's image file, only if it lies inside the runs directory."""
-    return catalog.image_path(Path(img_root) if img_root else None, rel, runs_root)
+    """An evaluation sample's image file, only if it lies inside the data root (else the runs directory)."""
+    return catalog.image_path(Path(img_root) if img_root else None, rel, _trusted(runs_root))
 
 
 # ----------------------------------------------------------------- world-scale views

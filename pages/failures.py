@@ -117,7 +117,7 @@ imported = frame.imported_lacks(
     run, "no training table, so each failure shows its photo, truth and prediction without matched training images"
 )
 if not img_root:
-    st.info("The run's images are not under the runs directory: the gallery shows maps and numbers only.")
+    st.info(f"{loaders.NO_IMAGES}: the gallery shows maps and numbers only.")
 
 
 @st.cache_data(show_spinner="Searching the training images…", max_entries=64)

@@ -170,4 +170,4 @@ for kind, title in (("false", "Strongest false negatives (near and alike)"), ("h
                     st.image(thumb, width=96)
             st.caption(f"{p['h_m']:,.0f} m apart · c = {p['cos_dist']:.3f} · γ(h) = {p['gamma']:.3f}")
 if not img_root:
-    st.info("The run's images are not under the runs directory: the pairs are listed without thumbnails.")
+    st.info(f"{loaders.NO_IMAGES}: the pairs are listed without thumbnails.")

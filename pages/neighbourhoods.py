@@ -181,7 +181,7 @@ def strip(title, idx, dist):
 strip(f"**{k} nearest in embedding space** (distance on the ground; ✓ also a geographic neighbour)", e_idx, e_dist)
 strip(f"**{k} nearest on the ground**", g_idx, g_dist)
 if not img_root:
-    st.caption("The run's images are not under the runs directory, so no thumbnails; the distances still hold.")
+    st.caption(f"{loaders.NO_IMAGES}, so no thumbnails; the distances still hold.")
 
 
 def on_pick():

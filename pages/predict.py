@@ -45,7 +45,7 @@ with c2:
         valid=lambda v: isinstance(v, list) and all(x in options for x in v),
         options=options,
         max_selections=24,
-        help=None if options else "The run's images are not under the runs directory.",
+        help=None if options else f"{loaders.NO_IMAGES}.",
     )
     top_k = urlstate.url_widget(
         st.slider,

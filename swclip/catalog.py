@@ -44,9 +44,11 @@ def discover_runs(runs_root: Path | str) -> tuple[list[RunInfo], list[tuple[str,
 
     Returns (runs, broken): broken runs as (run_id, error) so the app can say
     what is wrong with them instead of hiding them; a run without
-    predictions.parquet (trained, not yet evaluated) counts as broken. A run is marked demo when
-    its manifest says so (``demo: true``) or when a folder between it and the root holds the procedural world's
-    world.json.
+    predictions.parquet (trained, not yet evaluated) counts as broken. A run whose predictions or
+    metrics record other weights than its own (``swclip.runs.stale_artefacts``) is listed with
+    ``stale`` saying so, after every fresh run, so the app never opens it as the main run by default.
+    A run is marked demo when its manifest says so (``demo: true``) or when a folder between it and the
+    root holds the procedural world's world.json.
     """
     root = Path(runs_root)
     if not root.is_dir():
@@ -68,9 +70,13 @@ def discover_runs(runs_root: Path | str) -> tuple[list[RunInfo], list[tuple[str,
             )
             continue
         run = RunInfo(Path(info.run_id).as_posix(), Path(info.path), info.manifest)
+        try:
+            run.stale = runs.stale_artefacts(info.path, info.manifest)
+        except RunError:
+            pass  # a corrupt artefact: the pages say what is wrong with it when they read it
         run.is_demo = looks_demo(run, root_r)
         found.append(run)
-    found.sort(key=lambda r: (-r.stamp, r.run_id))
+    found.sort(key=lambda r: (r.stale is not None, -r.stamp, r.run_id))  # a stale run is never the first
     return found, broken
 
 
@@ -185,25 +191,39 @@ def overall_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def image_root(run: RunInfo, runs_root: Path | str) -> Path | None:
-    """The folder a run's image paths are relative to, if it is inside the runs directory.
+def trusted_root(runs_root: Path | str, data_root: Path | str | None = None) -> Path:
+    """The one folder the app reads images and sample tables from: the data root when one is given
+    (``--data-root``), else the runs directory."""
+    return Path(data_root or runs_root).resolve()
 
-    Tried in order: the manifest's ``data.root`` as written (absolute, or
-    relative to where training ran), the same relative to the run folder, and
-    the folder of the demo world found by :func:`find_world`. Runs trained
-    elsewhere usually have none of these here; the app then shows no
-    thumbnails and says so.
-    """
-    root = Path(runs_root).resolve()
+
+def _data_candidates(run: RunInfo, key: str, data_root: Path | str | None) -> list[Path]:
+    """Where the manifest's ``data.<key>`` may be here: as written (absolute, or relative to where training
+    ran), relative to the run folder, and relative to the data root."""
     data = run.manifest.get("data")
-    cands = []
-    if isinstance(data, dict) and data.get("root"):
-        given = Path(str(data["root"]))
-        cands += [given if given.is_absolute() else Path.cwd() / given, run.path / given]
-    world = find_world(run, root)
+    if not (isinstance(data, dict) and data.get(key)):
+        return []
+    given = Path(str(data[key]))
+    if given.is_absolute():
+        return [given]
+    return [Path.cwd() / given, run.path / given] + ([Path(data_root) / given] if data_root else [])
+
+
+def image_root(run: RunInfo, runs_root: Path | str, data_root: Path | str | None = None) -> Path | None:
+    """The folder a run's image paths are relative to, if it lies inside the trusted root (:func:`trusted_root`).
+
+    Tried in order: the manifest's ``data.root`` (:func:`_data_candidates`), the folder of the demo world
+    found by :func:`find_world`, and the data root itself. Symlinks are resolved, so a folder reached
+    through a link that leaves the trusted root is not used. Runs trained elsewhere and opened without a
+    data root usually have none of these here; the app then shows no thumbnails and says so.
+    """
+    cands = _data_candidates(run, "root", data_root)
+    world = find_world(run, Path(runs_root).resolve())
     if world is not None:
         cands.append(world.parent)
-    return _first_inside(root, cands, Path.is_dir)
+    if data_root:
+        cands.append(Path(data_root))
+    return _first_inside(trusted_root(runs_root, data_root), cands, Path.is_dir)
 
 
 def _first_inside(root, candidates, exists) -> Path | None:
@@ -218,29 +238,31 @@ def _first_inside(root, candidates, exists) -> Path | None:
     return None
 
 
-def image_path(img_root: Path | None, rel: str, runs_root: Path | str) -> Path | None:
-    """A sample's image file under ``img_root``, refused (None) if it leaves the runs directory or is absent."""
+def image_path(img_root: Path | None, rel: str, root: Path | str) -> Path | None:
+    """A sample's image file under ``img_root``, refused (None) if it leaves ``root`` (the trusted root,
+    symlinks resolved) or is absent."""
     if img_root is None or not isinstance(rel, str) or not rel:
         return None
     try:
-        p = resolve_inside(runs_root, Path(img_root) / rel)
+        p = resolve_inside(root, Path(img_root) / rel, "image path", "data root")
     except RunError:
         return None
     return p if p.is_file() else None
 
 
-def table_path(run: RunInfo, runs_root: Path | str) -> Path | None:
-    """The run's sample table (manifest ``data.table``), if it is a file inside the runs directory."""
-    root = Path(runs_root).resolve()
+def table_path(run: RunInfo, runs_root: Path | str, data_root: Path | str | None = None) -> Path | None:
+    """The run's sample table (manifest ``data.table``), if it is a file inside the trusted root
+    (:func:`trusted_root`)."""
     data = run.manifest.get("data")
     if not (isinstance(data, dict) and data.get("table")):
         return None
-    given = Path(str(data["table"]))
-    cands = [given] if given.is_absolute() else [Path.cwd() / given, run.path / given]
-    world = find_world(run, root)
+    cands = _data_candidates(run, "table", data_root)
+    world = find_world(run, Path(runs_root).resolve())
     if world is not None:
-        cands.append(world.parent / given.name)  # the bundle moved: same file name beside world.json
-    return _first_inside(root, cands, Path.is_file)
+        cands.append(world.parent / Path(str(data["table"])).name)  # the bundle moved: same name beside world.json
+    if data_root:
+        cands.append(Path(data_root) / Path(str(data["table"])).name)
+    return _first_inside(trusted_root(runs_root, data_root), cands, Path.is_file)
 
 
 # ----------------------------------------------------------------- bad input at scale

@@ -34,6 +34,25 @@ from collections.abc import Callable
 RAW = argparse.RawDescriptionHelpFormatter
 
 
+# ------------------------------------------------------------------------------------------------ shared
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """--data-root and --drop-invalid, for the commands that read a sample table and its images."""
+    p.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="the one trusted folder for data: the sample table and the image root must lie inside it, "
+        "symlinks resolved (config: data.data_root; recorded in the run's manifest)",
+    )
+    p.add_argument(
+        "--drop-invalid",
+        action="store_true",
+        help="drop the table rows validation flags (bad coordinates, missing or unreadable images, ...) and "
+        "print how many, instead of stopping (config: data.drop_invalid: true)",
+    )
+
+
 # ------------------------------------------------------------------------------------------------ train
 
 
@@ -42,15 +61,27 @@ def configure_train(p: argparse.ArgumentParser) -> None:
         "Train SW-CLIP (or one-hot CLIP, SW-CLIP+NC, semivariogram-weighted CLIP) from a YAML config. "
         "Overrides are section.key=value (values read as YAML). The resolved config is saved as "
         "<out_dir>/<run_id>/config.yaml; --resume auto continues from the run's newest checkpoint "
-        "(or starts fresh when there is none). See swclip/training/loop.py for what is written."
+        "(or starts fresh when there is none). A run_id that already holds a run is refused unless "
+        "--overwrite; a run that fails before its first checkpoint removes the folder it created. "
+        "See swclip/training/loop.py for what is written."
     )
     p.epilog = (
         "examples:\n"
         "  swclip train --config swclip/training/configs/demo_swclip.yaml loss.sigma_m=50 steps=300\n"
+        "  swclip train --config my.yaml --data-root /data/streets data.table=/data/streets/split.csv run_id=a "
+        "--overwrite\n"
         "  torchrun --nproc_per_node 8 train/train.py --config train/configs/vitb32_swclip.yaml data.table=my.csv"
     )
     p.add_argument("--config", help="YAML config (train/configs/*.yaml, swclip/training/configs/demo_*.yaml)")
     p.add_argument("--resume", help="checkpoint folder, run folder, or 'auto' (the run's newest checkpoint, if any)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run of the same run_id: every file of the old run (weights, predictions, "
+        "metrics, embeddings, galleries, logs, checkpoints) is removed first (config: overwrite: true). "
+        "Without it, training into an existing run folder is refused",
+    )
+    add_data_options(p)
     p.add_argument(
         "--evaluate",
         action="store_true",
@@ -67,6 +98,9 @@ def run_train(args) -> int:
     from swclip.training.loop import train
 
     cfg = load_config(args.config, args.overrides)
+    cfg.overwrite = cfg.overwrite or args.overwrite
+    cfg.data.drop_invalid = cfg.data.drop_invalid or args.drop_invalid
+    cfg.data.data_root = args.data_root or cfg.data.data_root
     then = None
     if args.evaluate or cfg.evaluate:  # on the training device, sharded over the same ranks
 
@@ -124,6 +158,7 @@ def configure_evaluate(p: argparse.ArgumentParser) -> None:
         "each rank encodes its share of the images and rank 0 writes the artefacts",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_data_options(p)
 
 
 def run_evaluate(args) -> int:
@@ -145,6 +180,8 @@ def run_evaluate(args) -> int:
         progress=not args.quiet,
         checkpoint=args.checkpoint,
         gallery_source=args.gallery,
+        data_root=args.data_root,
+        drop_invalid=True if args.drop_invalid else None,
     )
     if dist_info.world_size > 1:
         import torch.distributed as dist
@@ -324,10 +361,18 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
         "--kde-bandwidth-m", type=float, default=None, help="knn-kde kernel width in metres (default: the run's)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
+    p.add_argument("--data-root", metavar="DIR", help="refuse image files outside this folder (symlinks resolved)")
+    p.epilog += (
+        "\n\nAn image that cannot be read is skipped with one line on stderr and the rest are predicted; "
+        "the exit status is then 1 (2 when none could be read). A photo whose shorter side is under "
+        "max(16 px, a quarter of the model's input side) is predicted with a warning that the prediction "
+        "is unreliable."
+    )
 
 
 def run_predict(args) -> int:
-    from swclip.data import open_image
+    from swclip.data import ImageError, open_image, tiny_image_warning
+    from swclip.io import RunError, resolve_inside
     from swclip.runs import load_predictor
 
     predictor = load_predictor(
@@ -338,8 +383,26 @@ def run_predict(args) -> int:
         kde_bandwidth_m=args.kde_bandwidth_m,
         progress=True,
     )
-    images = [open_image(path) for path in args.images]
-    for path, pred in zip(args.images, predictor.predict(images, top_k=args.top_k, progress=len(images) > 1)):
+    input_px = predictor.model.image_size
+    input_px = int(input_px[0] if isinstance(input_px, (tuple, list)) else input_px)
+    paths, images, failed = [], [], 0
+    for path in args.images:  # an unreadable file costs its own line, not the batch
+        try:
+            image = open_image(resolve_inside(args.data_root, path, "image", "data root") if args.data_root else path)
+        except (ImageError, RunError, OSError) as e:
+            if args.debug:
+                raise
+            print(f"swclip: error: {one_line(e)}", file=sys.stderr)
+            failed += 1
+            continue
+        warning = tiny_image_warning(image.size, input_px, path)
+        if warning:
+            print(f"swclip: warning: {warning}", file=sys.stderr)
+        paths.append(path)
+        images.append(image)
+    if not images:
+        return 2
+    for path, pred in zip(paths, predictor.predict(images, top_k=args.top_k, progress=len(images) > 1)):
         if args.json:
             print(
                 json.dumps(
@@ -352,7 +415,9 @@ def run_predict(args) -> int:
             print(
                 f"  {row['rank']:>2}. {row['lat']:.6f}, {row['lon']:.6f}   p={row['prob']:.3f}   cos={row['score']:.3f}"
             )
-    return 0
+    if failed:
+        print(f"swclip: {failed} of {len(args.images)} image(s) not read; the rest were predicted", file=sys.stderr)
+    return 1 if failed else 0
 
 
 # --------------------------------------------------------------------------------------------- baseline
@@ -594,8 +659,21 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     """The parser of one subcommand (``swclip <command> --help`` prints it)."""
     help_text, configure, _ = COMMANDS[command]
     parser = argparse.ArgumentParser(prog=f"swclip {command}", description=help_text, formatter_class=RAW)
+    parser.epilog = ""
     configure(parser)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback instead of one line")
     return parser
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """What a person can fix from one line: bad data or config values (DataValidationError, RunError,
+    ImageError and EmptyTableError are ValueErrors) and missing files."""
+    return (ValueError, FileNotFoundError)
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (a validation report's lines joined)."""
+    return " ".join(part.strip() for part in str(error).splitlines() if part.strip()) or type(error).__name__
 
 
 def overview() -> str:
@@ -604,6 +682,9 @@ def overview() -> str:
         __doc__.split("\n\n")[0].replace("``", ""),
         "",
         "usage: swclip COMMAND [options]   (swclip COMMAND --help for its options)",
+        "",
+        "A known error (bad data, a bad config value, a missing file, a run that exists) prints one line",
+        "`swclip: error: ...` and exits with status 2; --debug shows the traceback instead.",
         "",
         "commands:",
     ]
@@ -614,6 +695,9 @@ def overview() -> str:
 def main(argv=None) -> int:
     """``swclip COMMAND ...``. Options and positional overrides may be mixed (parse_intermixed_args)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(argv) and argv[0] == "--debug"  # `swclip --debug COMMAND ...` as well as `swclip COMMAND --debug`
+    if debug:
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(overview())
         return 0 if argv else 2
@@ -624,7 +708,14 @@ def main(argv=None) -> int:
         )
         return 2
     args = build_parser(command).parse_intermixed_args(rest)
-    return int(COMMANDS[command][2](args) or 0)
+    args.debug = args.debug or debug
+    try:
+        return int(COMMANDS[command][2](args) or 0)
+    except known_errors() as e:
+        if args.debug:
+            raise
+        print(f"swclip: error: {one_line(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -43,8 +43,33 @@ def resolve_inside(
     p = Path(path)
     p_r = (p if p.is_absolute() else root_r / p).resolve()
     if p_r != root_r and root_r not in p_r.parents:
+        link = _symlink_out(Path(root), p)
+        if link is not None:
+            raise RunError(
+                f"{what} {str(path)!r} escapes the {root_name} {str(root_r)!r} through the symlink {str(link)!r} "
+                f"-> {str(link.resolve())!r}; symlinks are resolved, so the {root_name} must hold the link's target "
+                "(point it at a folder above both); refusing to read it"
+            )
         raise RunError(f"{what} {str(path)!r} escapes the {root_name} {str(root_r)!r}; refusing to read it")
     return p_r
+
+
+def _symlink_out(root: Path, path: Path) -> Path | None:
+    """The first symlink on ``path`` (absolute, or relative to ``root``) whose target leaves ``root``, when
+    the path itself, read without following links, stays inside it; else None. Words resolve_inside's error."""
+    root_r = root.resolve()
+    for base in (root.absolute(), root_r):
+        lexical = Path(os.path.normpath(path if path.is_absolute() else base / path))
+        if lexical != base and base not in lexical.parents:
+            continue
+        here = base
+        for part in lexical.relative_to(base).parts:
+            here = here / part
+            if here.is_symlink():
+                target = here.resolve()
+                if target != root_r and root_r not in target.parents:
+                    return here
+    return None
 
 
 # ---------------------------------------------------------------------------------------- atomic I/O

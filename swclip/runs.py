@@ -27,6 +27,7 @@ import datetime as _dt
 import importlib
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,10 @@ ARTEFACTS = {  # name -> file name inside the run directory
     "metrics": "metrics.json",
     "train_log": "train_log.csv",
 }
+CONFIG = "config.yaml"  # the resolved training config (swclip.training.config.save_config)
+# everything else a run folder holds: training's folders, and the workflows' markers about the run
+RUN_FOLDERS = ("checkpoints", "tensorboard")
+RUN_MARKERS = (".complete", "record.json")
 RESERVED_KEYS = ("schema_version", "model", "weights_sha256", "created_utc")
 # What wrote the run: our trainer ("trained", the default when the manifest says nothing) or
 # `swclip import` ("imported": another model's predictions; no weights, manifest "model" is its name).
@@ -95,9 +100,31 @@ def git_commit(repo_dir: str | os.PathLike | None = None) -> str | None:
 # -------------------------------------------------------------------------------------- artefacts
 
 
-def write_predictions(run_dir, df) -> Path:
-    """predictions.parquet: one row per eval sample (id, city, lat, lon, pred_lat, pred_lon, error_m, ...)."""
-    return atomic_write(Path(run_dir) / ARTEFACTS["predictions"], lambda tmp: df.to_parquet(tmp, index=False))
+WEIGHTS_KEY = "weights_sha256"  # metrics.json's key, and predictions.parquet's schema metadata key (bytes)
+
+
+def _current_weights_sha256(run_dir) -> str | None:
+    """The weights hash of the run's manifest, when there is a readable one (the artefacts' default)."""
+    try:
+        return read_manifest(run_dir).get(WEIGHTS_KEY)
+    except RunError:
+        return None
+
+
+def write_predictions(run_dir, df, weights_sha256: str | None = None) -> Path:
+    """predictions.parquet: one row per eval sample (id, city, lat, lon, pred_lat, pred_lon, error_m, ...).
+
+    weights_sha256: the weights the predictions came from (default: the manifest's), kept in the file's
+    schema metadata so a run whose weights were replaced shows its predictions as stale.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sha = weights_sha256 or _current_weights_sha256(run_dir)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if sha:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), WEIGHTS_KEY.encode(): sha.encode()})
+    return atomic_write(Path(run_dir) / ARTEFACTS["predictions"], lambda tmp: pq.write_table(table, tmp))
 
 
 def read_predictions(run_dir, scalar_only: bool = False):
@@ -204,8 +231,10 @@ def write_image_gallery(run_dir, gallery) -> Path:
     return gallery.save(Path(run_dir) / ARTEFACTS["image_gallery"])
 
 
-def write_metrics(run_dir, metrics: dict) -> Path:
-    return atomic_write_json(Path(run_dir) / ARTEFACTS["metrics"], metrics)
+def write_metrics(run_dir, metrics: dict, weights_sha256: str | None = None) -> Path:
+    """metrics.json, with the weights it measured (``weights_sha256``, default: the manifest's)."""
+    sha = weights_sha256 or metrics.get(WEIGHTS_KEY) or _current_weights_sha256(run_dir)
+    return atomic_write_json(Path(run_dir) / ARTEFACTS["metrics"], {**metrics, **({WEIGHTS_KEY: sha} if sha else {})})
 
 
 def read_metrics(run_dir) -> dict:
@@ -238,6 +267,43 @@ def read_train_log(run_dir):
         raise RunError(f"{path} is not a readable CSV file: {e}") from e
 
 
+def artefact_weights(run_dir) -> dict[str, str | None]:
+    """{artefact: the weights sha256 it records, None when it records none} for predictions and metrics present."""
+    import pyarrow.parquet as pq
+
+    run_dir = Path(run_dir)
+    out: dict[str, str | None] = {}
+    path = run_dir / ARTEFACTS["predictions"]
+    if path.is_file():
+        try:
+            meta = pq.read_schema(path).metadata or {}
+        except Exception as e:  # pyarrow raises several types for a bad file
+            raise RunError(f"{path} is not a readable parquet file: {e}") from e
+        sha = meta.get(WEIGHTS_KEY.encode())
+        out["predictions"] = sha.decode() if sha else None
+    path = run_dir / ARTEFACTS["metrics"]
+    if path.is_file():
+        metrics = _read_json(path)
+        sha = metrics.get(WEIGHTS_KEY) if isinstance(metrics, dict) else None
+        out["metrics"] = str(sha) if sha else None
+    return out
+
+
+def stale_artefacts(run_dir, manifest: dict) -> str | None:
+    """Why the run's predictions / metrics do not belong to its weights (they record another weights_sha256),
+    or None when they agree or record none (runs evaluated before the hash was recorded)."""
+    want = manifest.get(WEIGHTS_KEY)
+    if not want:
+        return None
+    bad = [ARTEFACTS[name] for name, sha in artefact_weights(run_dir).items() if sha and sha != want]
+    if not bad:
+        return None
+    return (
+        f"{' and '.join(bad)} came from other weights than the run's model.safetensors (weights_sha256 "
+        f"{want[:12]}…): the run was retrained over an evaluated one; run `swclip evaluate {run_dir}` again"
+    )
+
+
 _WRITERS = {
     "predictions": write_predictions,
     "embeddings": write_embeddings,
@@ -265,6 +331,65 @@ def _read_json(path) -> Any:
         raise RunError(f"{path} is not valid JSON (corrupt or truncated): {e}") from None
 
 
+# ------------------------------------------------------------------------------ an existing run
+
+
+class RunExistsError(RunError):
+    """Training would write into a run folder that already holds a run (or other files)."""
+
+
+def run_contents(run_dir) -> tuple[list[str], list[str]]:
+    """(names of a run's own files and folders in ``run_dir``, names of anything else), each sorted.
+
+    A run's own: manifest, weights, the artefacts, config.yaml, checkpoints/, tensorboard/, the workflows'
+    markers and atomic_write's leftover temporary files (``.<name>.*.tmp``). Both empty when the folder is
+    absent or empty.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return [], []
+    own = {MANIFEST, WEIGHTS, CONFIG, *ARTEFACTS.values(), *RUN_FOLDERS, *RUN_MARKERS}
+    names = sorted(p.name for p in run_dir.iterdir())
+    mine = [n for n in names if n in own or (n.startswith(".") and n.endswith(".tmp"))]
+    return mine, [n for n in names if n not in mine]
+
+
+def clear_run(run_dir) -> list[str]:
+    """Remove every file and folder of the run in ``run_dir`` (the folder itself stays); -> the names removed.
+
+    Refuses (RunExistsError, nothing removed) when the folder also holds files a run does not write: they
+    may be someone's data, and a run id is no licence to delete them.
+    """
+    run_dir = Path(run_dir)
+    mine, other = run_contents(run_dir)
+    if other:
+        raise RunExistsError(
+            f"{run_dir} holds files a run does not write ({', '.join(other[:5])}{', ...' if len(other) > 5 else ''}); "
+            "refusing to clear it: move them away or pick another run_id"
+        )
+    for name in mine:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return mine
+
+
+def refuse_existing(run_dir) -> None:
+    """RunExistsError naming what ``run_dir`` holds and the ways on, unless it is absent or empty."""
+    mine, other = run_contents(run_dir)
+    if not (mine or other):
+        return
+    held = mine + other
+    raise RunExistsError(
+        f"run {str(run_dir)!r} already exists ({', '.join(held[:6])}{', ...' if len(held) > 6 else ''}); "
+        "training into it would mix a new model with the old run's files. Pick another run_id, continue it "
+        "with --resume auto, or replace it with --overwrite (config: overwrite: true), which first removes "
+        "every file of the old run"
+    )
+
+
 # ----------------------------------------------------------------------------------- save / load
 
 
@@ -289,13 +414,17 @@ def save_run(run_dir, model, manifest: dict, artefacts: dict | None = None) -> P
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     weights = atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    weights_sha256 = sha256_file(weights)
     for name, value in (artefacts or {}).items():
-        _WRITERS[name](run_dir, value)
+        if name in ("predictions", "metrics"):  # they record the weights they belong to
+            _WRITERS[name](run_dir, value, weights_sha256=weights_sha256)
+        else:
+            _WRITERS[name](run_dir, value)
     full = {
         "schema_version": SCHEMA_VERSION,
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "model": model.config.to_dict(),
-        "weights_sha256": sha256_file(weights),
+        "weights_sha256": weights_sha256,
         "git_commit": manifest.get("git_commit", git_commit()),
         "library_versions": manifest.get("library_versions", library_versions()),
         **{k: v for k, v in manifest.items() if k not in ("git_commit", "library_versions")},
@@ -538,7 +667,8 @@ def update_manifest(run_dir, **changes) -> dict:
 class RunInfo:
     """One run directory under a root: its id (path relative to the root), folder, manifest, or why it cannot load.
 
-    :func:`list_runs` fills run_id, path, manifest / error; ``swclip.catalog.discover_runs`` adds is_demo.
+    :func:`list_runs` fills run_id, path, manifest / error; ``swclip.catalog.discover_runs`` adds is_demo
+    and stale.
     """
 
     run_id: str
@@ -546,6 +676,7 @@ class RunInfo:
     manifest: dict | None = field(default=None, repr=False)
     error: str | None = None
     is_demo: bool = False
+    stale: str | None = None  # why its predictions / metrics do not belong to its weights (stale_artefacts)
 
     @property
     def stamp(self) -> float:
@@ -597,6 +728,8 @@ class RunInfo:
             bits.append(self.loss_name)
         if self.sigma_m:
             bits.append(f"σ={self.sigma_m:g} m")
+        if self.stale:
+            bits.append("STALE: artefacts of other weights")
         return " · ".join(bits)
 
 

@@ -83,6 +83,12 @@ def test_two_process_gloo_matches_single_process(loss, tmp_path):
         timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    # the same run id again: rank 0 refuses, every rank stops with it, nothing is touched
+    before = {p: p.read_bytes() for p in (tmp_path / "ddp").rglob("*") if p.is_file()}
+    again = subprocess.run(ddp.args, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode != 0
+    assert "swclip: error: run " in again.stderr and "rank 0 refused the run folder" in again.stderr, again.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "ddp").rglob("*") if p.is_file()} == before
 
     a, b = pd.read_csv(tmp_path / "single" / "train_log.csv"), pd.read_csv(tmp_path / "ddp" / "train_log.csv")
     assert len(a) == len(b) == 3

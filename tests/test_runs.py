@@ -96,7 +96,9 @@ def test_artefacts_roundtrip(trained_run):
     run = load_run(run_dir)
     loaded_model, manifest, artefacts = run
     assert loaded_model is run.model and manifest["seed"] == 0 and artefacts.has("gallery")
-    assert run.metrics() == {"median_m": 12.5}
+    sha = manifest["weights_sha256"]
+    assert run.metrics() == {"median_m": 12.5, "weights_sha256": sha}  # the weights it measured
+    assert runs.artefact_weights(run_dir) == {"predictions": sha, "metrics": sha}
     assert run.train_log()["loss"].tolist() == [4.1, 3.9]
     assert run.predictions()["id"].tolist() == [str(i) for i in range(8)]
     assert run.embeddings().dtype == np.float16 and run.embeddings().shape == (8, model.embed_dim)

@@ -206,7 +206,8 @@ def test_kill_resume_evaluate(loss, world, tmp_path):
         shutil.copytree(killed, elsewhere / "run", ignore=shutil.ignore_patterns("predictions.parquet", "metrics.json"))
         shutil.copytree(world, elsewhere / "data")
         with pytest.raises(FileNotFoundError):
-            evaluate.main([str(elsewhere / "run"), "--quiet", "--table", str(tmp_path / "gone.csv")])
+            evaluate.main([str(elsewhere / "run"), "--quiet", "--table", str(tmp_path / "gone.csv"), "--debug"])
+        assert evaluate.main([str(elsewhere / "run"), "--quiet", "--table", str(tmp_path / "gone.csv")]) == 2
         assert (
             evaluate.main(
                 [
@@ -278,14 +279,18 @@ def test_non_finite_loss_stops_with_step_and_term_and_keeps_checkpoint(world, tm
     assert not (tmp_path / "nan" / "manifest.json").exists()
 
 
-def test_train_cli_errors_are_clear(world, tmp_path):
+def test_train_cli_errors_are_clear(world, tmp_path, capsys):
     train = load_script("train")
-    with pytest.raises(ValueError, match="loss.nme"):
-        train.main(args_for("clip", world, tmp_path, "x", "loss.nme=clip"))
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        train.main(args_for("clip", world, tmp_path, "x", "--resume", str(tmp_path / "nowhere")))
-    with pytest.raises(ValueError, match="split"):
-        train.main(args_for("clip", world, tmp_path, "x", "data.train_split=nosuchsplit"))
+    for extra, message in (
+        (["loss.nme=clip"], "loss.nme"),
+        (["--resume", str(tmp_path / "nowhere")], "no complete checkpoint"),
+        (["data.train_split=nosuchsplit"], "split"),
+    ):
+        assert train.main(args_for("clip", world, tmp_path, "x", *extra)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("swclip: error: ") and message in err[0], err
+        with pytest.raises((ValueError, FileNotFoundError), match=message):  # --debug: the exception itself
+            train.main(args_for("clip", world, tmp_path, "x", *extra, "--debug"))
 
 
 def test_gradient_accumulation_averages_micro_batches(world):

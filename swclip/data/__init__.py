@@ -11,14 +11,23 @@ plus optional ``country, split, heading, captured_at`` (see ``swclip.data.table`
 - ``open_image`` (the one safe way to open an image), ``ImageDataset``, ``StreetAugment``.
 """
 
-from swclip.data.images import ImageDataset, ImageError, StreetAugment, check_image_file, open_image, resolve_image_path
+from swclip.data.images import (
+    ImageDataset,
+    ImageError,
+    StreetAugment,
+    check_image_file,
+    open_image,
+    resolve_image_path,
+    tiny_image_warning,
+)
 from swclip.data.shards import read_webdataset, stream_webdataset, write_webdataset
 from swclip.data.splits import spatial_split, table_hash
-from swclip.data.table import exif_gps, read_exif_folder, read_osv5m, read_table
+from swclip.data.table import EmptyTableError, exif_gps, read_exif_folder, read_osv5m, read_table
 from swclip.data.validate import DataValidationError, ValidationReport, validate
 
 __all__ = [
     "DataValidationError",
+    "EmptyTableError",
     "ImageDataset",
     "ImageError",
     "StreetAugment",
@@ -34,6 +43,7 @@ __all__ = [
     "spatial_split",
     "stream_webdataset",
     "table_hash",
+    "tiny_image_warning",
     "validate",
     "write_webdataset",
 ]

@@ -52,6 +52,26 @@ class ImageError(ValueError):
     """An image that cannot be used: missing, empty, truncated, not an image, too large."""
 
 
+TINY_IMAGE_PX = 16  # a photo whose shorter side is under this, or under a quarter of the model's input side, ...
+
+
+def tiny_image_warning(size_px: tuple[int, int], input_px: int, name: str = "photo") -> str | None:
+    """A sentence saying the prediction is unreliable when the photo is tiny, else None.
+
+    size_px: the photo's (width, height) in pixels; input_px: the side of the square the model's
+    preprocess resizes to. Tiny means a shorter side under ``max(TINY_IMAGE_PX, input_px // 4)``: the
+    model then sees the photo blown up more than 4 times, mostly interpolation.
+    """
+    limit = max(TINY_IMAGE_PX, int(input_px) // 4)
+    w, h = size_px
+    if min(w, h) >= limit:
+        return None
+    return (
+        f"{name} is only {w}×{h} px (under {limit} px on its shorter side for a model that reads "
+        f"{input_px}×{input_px}); the prediction is unreliable"
+    )
+
+
 def _name(source) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)

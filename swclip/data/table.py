@@ -50,17 +50,29 @@ def _finish(df, root, drop_invalid, min_city_samples, check_images, source) -> p
     return out
 
 
+class EmptyTableError(ValueError):
+    """A sample table file with no rows: empty (0 bytes, no header) or a header alone."""
+
+
 def _read_any(path: Path) -> pd.DataFrame:
+    """A table file as read (CSV / TSV as strings); EmptyTableError naming the file when it holds no rows."""
     name = path.name.lower()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such table file")
-    if name.endswith(".parquet") or name.endswith(".pq"):
-        return pd.read_parquet(path)
-    if name.endswith((".tsv", ".tsv.gz")):
-        return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=True)
-    if name.endswith((".csv", ".csv.gz")):
-        return pd.read_csv(path, dtype=str, keep_default_na=True)
-    raise ValueError(f"{path}: unknown table format; expected .csv, .csv.gz, .tsv or .parquet")
+    try:
+        if name.endswith(".parquet") or name.endswith(".pq"):
+            raw = pd.read_parquet(path)
+        elif name.endswith((".tsv", ".tsv.gz")):
+            raw = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=True)
+        elif name.endswith((".csv", ".csv.gz")):
+            raw = pd.read_csv(path, dtype=str, keep_default_na=True)
+        else:
+            raise ValueError(f"{path}: unknown table format; expected .csv, .csv.gz, .tsv or .parquet")
+    except pd.errors.EmptyDataError:
+        raise EmptyTableError(f"{path}: empty table file (no header, no rows)") from None
+    if len(raw) == 0:
+        raise EmptyTableError(f"{path}: the table has a header ({', '.join(map(str, raw.columns))}) but no rows")
+    return raw
 
 
 def read_table(

@@ -36,7 +36,10 @@ class DataValidationError(ValueError):
 
     def __init__(self, report: ValidationReport):
         self.report = report
-        super().__init__(report.text() + "\n(pass drop_invalid=True to drop these rows and keep the rest)")
+        super().__init__(
+            report.text() + "\n(to drop these rows and keep the rest: swclip train/evaluate --drop-invalid, "
+            "data.drop_invalid: true in a config, or drop_invalid=True in Python)"
+        )
 
 
 @dataclass
@@ -76,7 +79,7 @@ class ValidationReport:
             lines.append(f"  {key} ({PROBLEMS[key]}): {p.count}")
             lines += [f"    e.g. {ex}" for ex in p.examples]
         if self.n_dropped:
-            lines.append(f"dropped {self.n_dropped} rows (drop_invalid=True)")
+            lines.append(f"dropped {self.n_dropped} rows (drop_invalid)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

@@ -39,6 +39,10 @@ class DataConfig:
 
     table: str = ""  # CSV / parquet sample table (id, image, lat, lon, city[, split])
     root: str = ""  # image root; "" = the table's folder
+    data_root: str = (
+        ""  # the one trusted folder: table and image root must lie inside it (symlinks resolved); "" = none
+    )
+    drop_invalid: bool = False  # drop the rows validation flags (and say how many) instead of stopping
     format: str = "table"  # table (CSV / TSV / parquet, swclip.data.read_table) | osv5m (root = the OSV-5M folder)
     check_images: str = "header"  # read_table's image check: header | decode | none (millions of images: none)
     train_split: str = "train"  # rows of the split column used for training
@@ -118,6 +122,7 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     evaluate: bool = False  # run train/evaluate.py's logic at the end
+    overwrite: bool = False  # train into an existing run folder: remove every file of the old run first
     fault_at_step: int = 0  # testing aid: SIGKILL this process just before step N+1 (0 = never)
     data: DataConfig = field(default_factory=DataConfig)
     model: dict = field(default_factory=dict)

@@ -242,6 +242,8 @@ def evaluate_run(
     progress: bool = False,
     checkpoint: str | None = None,
     gallery_source: str | None = None,
+    data_root: str | None = None,
+    drop_invalid: bool | None = None,
 ) -> dict | None:
     """Evaluate a run directory in place; -> metrics.
 
@@ -254,6 +256,9 @@ def evaluate_run(
     "geoclip100k" (GeoCLIP's 100K coordinates); default: the manifest's data.gallery, else "split".
     The manifest's knn-kde bandwidth is reused only for a gallery of the same source (it was
     derived from that gallery's spacing); another source derives its own.
+    data_root: the one trusted folder the table and image root must lie in (default: the manifest's
+    data.data_root). drop_invalid: drop and count invalid rows (default: the manifest's data.drop_invalid).
+    The predictions and metrics record the weights_sha256 they came from.
 
     device: "auto" (the local rank's GPU when there is one, else the CPU), "cpu", "cuda[:N]".
     Under torchrun (an initialised process group) the image encoding is sharded over the
@@ -281,7 +286,9 @@ def evaluate_run(
             raise ValueError(f"{run_dir}: the manifest names no data table; pass table= (and root=)")
         if not Path(table).exists():
             raise FileNotFoundError(f"sample table {table} not found (run trained elsewhere? pass table= and root=)")
-    full = read_source(table, root, fmt, data.get("check_images", "header"))
+    data_root = data_root or data.get("data_root") or None
+    drop_invalid = bool(data.get("drop_invalid", False)) if drop_invalid is None else drop_invalid
+    full = read_source(table, root, fmt, data.get("check_images", "header"), drop_invalid, data_root)
     split = split or data.get("eval_split") or "test"
     train_split = train_split or data.get("train_split") or "train"
     eval_rows, train_rows = _split_rows(full, split), _split_rows(full, train_split)
@@ -303,13 +310,14 @@ def evaluate_run(
     if res is None:  # not rank 0: its shares are with rank 0, which writes
         return None
 
-    runs.write_predictions(run_dir, res["predictions"])
+    weights_sha256 = run.manifest.get("weights_sha256")
+    runs.write_predictions(run_dir, res["predictions"], weights_sha256=weights_sha256)
     runs.write_embeddings(run_dir, res["embeddings"])
     runs.write_gallery(run_dir, res["gallery"])
     if res["image_gallery"] is not None:
         runs.write_image_gallery(run_dir, res["image_gallery"])
     metrics = {**res["metrics"], "eval_split": split, "gallery_split": train_split, "table": str(table)}
-    runs.write_metrics(run_dir, metrics)
+    runs.write_metrics(run_dir, metrics, weights_sha256=weights_sha256)
     run.update_manifest(
         metrics={k: metrics[k] for k in SUMMARY_KEYS if k in metrics},
         kde_bandwidth_m=metrics["kde_bandwidth_m"],

@@ -34,19 +34,23 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from swclip.data import read_osv5m, read_table, table_hash
+from swclip.io import RunError, resolve_inside
 from swclip.loss_names import SOFT_LABEL_LOSSES, SWCLIP_NC
 from swclip.method.model import build_model
-from swclip.runs import save_run, update_manifest
+from swclip.runs import CONFIG, clear_run, refuse_existing, save_run, update_manifest
 from swclip.training.batches import CLIP_MEAN, CLIP_STD, make_train_data
 from swclip.training.checkpoint import (
+    list_checkpoints,
     load_checkpoint,
     resolve_resume,
     rng_state,
@@ -75,12 +79,22 @@ def image_spec(model) -> tuple[int, tuple, tuple]:
     return int(size), mean, std
 
 
-def read_source(table: str, root: str | None = None, format: str = "table", check_images: str = "header"):
+def read_source(
+    table: str,
+    root: str | None = None,
+    format: str = "table",
+    check_images: str = "header",
+    drop_invalid: bool = False,
+    data_root: str | None = None,
+):
     """The whole sample table of a data source (all splits).
 
     format "table": a CSV / TSV / parquet file read by swclip.data.read_table (images under root,
     default the table's folder). "osv5m": the OSV-5M folder ``root`` (``table`` unused), its train
     and test CSVs together, with split = train / test.
+    drop_invalid: drop the rows validation flags, and say on stderr how many and why, instead of stopping.
+    data_root: the one trusted folder; the table and the image root must lie inside it, symlinks resolved
+    (RunError naming the symlink otherwise).
     """
     import pandas as pd
 
@@ -88,23 +102,40 @@ def read_source(table: str, root: str | None = None, format: str = "table", chec
     if format == "osv5m":
         if not root:
             raise ValueError("data.format=osv5m needs data.root, the OSV-5M folder (train.csv, test.csv, images/)")
+        if data_root:
+            resolve_inside(data_root, root, "data.root", "data root")
         parts = [
-            read_osv5m(root, s, check_images=check) for s in ("train", "test") if (Path(root) / f"{s}.csv").is_file()
+            read_osv5m(root, s, check_images=check, drop_invalid=drop_invalid)
+            for s in ("train", "test")
+            if (Path(root) / f"{s}.csv").is_file()
         ]
         if not parts:
             raise FileNotFoundError(f"{root}: no train.csv or test.csv; not an OSV-5M folder")
         out = pd.concat(parts, ignore_index=True)
         out.attrs["root"] = str(Path(root).resolve())
-        return out
-    if not table:
-        raise ValueError("data.table is empty: give a sample table (CSV / parquet) or set data.synthetic=true")
-    return read_table(table, root or None, check_images=check)
+    else:
+        if not table:
+            raise ValueError("data.table is empty: give a sample table (CSV / parquet) or set data.synthetic=true")
+        if data_root:
+            resolve_inside(data_root, table, "sample table", "data root")
+            resolve_inside(data_root, root or Path(table).parent, "image root", "data root")
+        with warnings.catch_warnings():  # the reader's multi-line report; one line per file below says it
+            warnings.simplefilter("ignore" if drop_invalid else "default", UserWarning)
+            out = read_table(table, root or None, check_images=check, drop_invalid=drop_invalid)
+        parts = [out]
+    if drop_invalid:  # one line per file: how many rows went, and why
+        for part in parts:
+            r = part.attrs.get("validation") or {}
+            why = ", ".join(f"{k} {v['count']}" for k, v in (r.get("problems") or {}).items()) or "none invalid"
+            n_dropped, n_rows = r.get("n_dropped", 0), r.get("n_rows")
+            print(f"{r.get('source')}: dropped {n_dropped} of {n_rows} row(s) ({why})", file=sys.stderr)
+    return out
 
 
 def read_train_table(cfg: TrainConfig, split: str | None = None):
     """The sample table named by cfg.data, filtered to ``split`` (default: the training split)."""
     d = cfg.data
-    table = read_source(d.table, d.root, d.format, d.check_images)
+    table = read_source(d.table, d.root, d.format, d.check_images, d.drop_invalid, d.data_root or None)
     split = d.train_split if split is None else split
     if split and "split" in table.columns:
         table = table[table["split"] == split].reset_index(drop=True)
@@ -459,6 +490,41 @@ def agree_resume(resume: str | None, run_dir: Path, dist_info: Dist) -> Path | N
     return mine
 
 
+def claim_run_dir(run_dir: Path, resume: str | None, overwrite: bool, dist_info: Dist) -> bool:
+    """Make ``run_dir`` this training's own; -> whether this call created it (rank 0's answer on every rank).
+
+    A folder that holds anything is refused (swclip.runs.RunExistsError) unless ``resume`` continues it
+    or ``overwrite`` asks for it, which first removes every file of the old run (swclip.runs.clear_run).
+    Rank 0 decides and acts; every rank raises its error, so all ranks stop together.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it; give one of them")
+    decision, error = [None], None
+    if dist_info.is_main:
+        try:
+            created = not run_dir.exists()
+            if not resume:
+                if overwrite:
+                    removed = clear_run(run_dir)
+                    if removed:
+                        print(f"{run_dir}: removed the old run ({', '.join(removed)}) (--overwrite)", file=sys.stderr)
+                else:
+                    refuse_existing(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            decision[0] = {"created": created}
+        except (OSError, ValueError) as e:  # RunExistsError is a ValueError
+            error, decision[0] = e, {"error": f"{type(e).__name__}: {e}"}
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(decision, src=0)
+    if error is not None:
+        raise error
+    if "error" in decision[0]:
+        raise RunError(f"rank 0 refused the run folder {run_dir}: {decision[0]['error']}")
+    return decision[0]["created"]
+
+
 def train(cfg: TrainConfig, resume: str | None = None, table=None, then=None) -> Path:
     """Train as ``cfg`` says; -> the run directory. ``table``: an already-read training table (optional).
 
@@ -470,9 +536,20 @@ def train(cfg: TrainConfig, resume: str | None = None, table=None, then=None) ->
     dist_info = init_distributed(cfg.device)
     run_id = cfg.run_id or default_run_id(cfg)
     run_dir = Path(cfg.out_dir) / run_id
+    created = claim_run_dir(run_dir, resume, cfg.overwrite, dist_info)
+    try:
+        return _train(cfg, resume, table, then, dist_info, run_id, run_dir)
+    except BaseException:
+        # a run that failed before its first checkpoint leaves nothing: the folder it created goes
+        if created and dist_info.is_main and not list_checkpoints(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _train(cfg: TrainConfig, resume, table, then, dist_info: Dist, run_id: str, run_dir: Path) -> Path:
+    """train()'s body, in the run folder claim_run_dir made this run's."""
     if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / CONFIG)
 
     tr = Trainer(cfg, dist_info)
     device = tr.device
@@ -656,6 +733,8 @@ def save_final(run_dir: Path, model, cfg: TrainConfig, table, run_id: str) -> No
         "data": {
             "table": str(cfg.data.table),
             "root": str(cfg.data.root),
+            "data_root": str(Path(cfg.data.data_root).resolve()) if cfg.data.data_root else "",
+            "drop_invalid": cfg.data.drop_invalid,
             "format": cfg.data.format,
             "check_images": cfg.data.check_images,
             "train_split": cfg.data.train_split,

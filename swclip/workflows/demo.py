@@ -146,7 +146,8 @@ def _build_run(job: dict) -> dict:
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])
-    cfg = load_config(job["config"], job["overrides"])
+    # the bundle owns its run folders: a run without .complete is rebuilt from scratch, its old files removed
+    cfg = load_config(job["config"], [*job["overrides"], "overwrite=true"])
     run_dir = Path(cfg.out_dir) / cfg.run_id
     (run_dir / ".complete").unlink(missing_ok=True)
     t0, c0 = time.perf_counter(), time.process_time()

@@ -352,7 +352,8 @@ def run_job(job: dict) -> dict:
     config, over = _overrides(job, cfg, split_csv, runs_dir)
     table = split_table(split_csv) if lean else read_table(split_csv, split_csv.parent)
     train_rows = table[table["split"] == "train"].reset_index(drop=True)
-    run_dir = train(load_config(CONFIG_DIR / config, over), table=train_rows if lean else None)
+    # the grid owns its run folders: a job without record.json (killed, or new) trains from scratch
+    run_dir = train(load_config(CONFIG_DIR / config, [*over, "overwrite=true"]), table=train_rows if lean else None)
     t1 = time.perf_counter()
     model = load_run(run_dir).model
     for split in ("val", "test"):
