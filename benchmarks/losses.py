@@ -4,6 +4,8 @@
 
 Prints a table of median times and the ratio to ClipLoss at each batch size,
 measured interleaved in one run, and writes benchmarks/results/losses-<machine>.json.
+With --bf16 --parity each row also holds the loss's bf16-against-float32 agreement on the same
+inputs: |Δ value| / |value| and ‖Δ gradient‖ / ‖gradient‖ (image and location features together).
 The goals, on CPU at B = 4096: SoftClipLoss at most 1.10x, + NC at most 1.5x and the semivariogram
 loss at most 1.3x ClipLoss.
 """
@@ -46,6 +48,25 @@ def make_batch(b: int, d: int, device: str, seed: int = 0):
     return image.to(device), location.to(device), latlon.to(device)
 
 
+def loss_and_grad(loss, image, location, scale, latlon, bf16: bool):
+    """The loss's objective (its *_loss terms summed) and d objective / d (image, location) features, flattened."""
+    v, l_ = image.clone().requires_grad_(), location.clone().requires_grad_()
+    with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=bf16):
+        total = sum(t for k, t in loss(v, l_, scale, latlon).items() if k.endswith("_loss"))
+    total.backward()
+    return total.detach().double(), torch.cat([v.grad.flatten(), l_.grad.flatten()]).double()
+
+
+def bf16_parity(loss, image, location, scale, latlon) -> dict:
+    """{"value_rel_err", "grad_rel_err"}: the loss under bf16 autocast against float32, same inputs."""
+    value, grad = loss_and_grad(loss, image, location, scale, latlon, bf16=True)
+    value32, grad32 = loss_and_grad(loss, image, location, scale, latlon, bf16=False)
+    return {
+        "value_rel_err": float((value - value32).abs() / value32.abs().clamp_min(1e-12)),
+        "grad_rel_err": float((grad - grad32).norm() / grad32.norm().clamp_min(1e-12)),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[256, 1024, 4096])
@@ -54,6 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sigma-m", type=float, default=150.0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="run under bf16 autocast")
+    parser.add_argument("--parity", action="store_true", help="with --bf16: each loss's value and gradient vs fp32")
     args = parser.parse_args(argv)
 
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -82,11 +104,16 @@ def main(argv=None) -> int:
         times = interleaved_times({name: step(loss) for name, loss in losses.items()}, args.repeats, sync=sync)
         base = times["clip"]["median_s"]
         for name, t in times.items():
-            rows.append({"batch": b, "dim": args.dim, "loss": name, **t, "ratio_to_clip": t["median_s"] / base})
+            row = {"batch": b, "dim": args.dim, "loss": name, **t, "ratio_to_clip": t["median_s"] / base}
+            if args.parity:
+                row.update(bf16_parity(losses[name], image, location, scale, latlon))
+            rows.append(row)
 
-    print(f"{'B':>6} {'loss':<22} {'median ms':>10} {'x clip':>7}")
+    head = f"{'B':>6} {'loss':<22} {'median ms':>10} {'x clip':>7}"
+    print(head + ("  bf16 vs fp32: value  grad" if args.parity else ""))
     for r in rows:
-        print(f"{r['batch']:>6} {r['loss']:<22} {1000 * r['median_s']:>10.1f} {r['ratio_to_clip']:>7.2f}")
+        parity = f"  {r['value_rel_err']:>18.1e} {r['grad_rel_err']:>5.1e}" if args.parity else ""
+        print(f"{r['batch']:>6} {r['loss']:<22} {1000 * r['median_s']:>10.1f} {r['ratio_to_clip']:>7.2f}{parity}")
     path = write_result("losses", {"device": args.device, "bf16": args.bf16, "sigma_m": args.sigma_m, "rows": rows})
     print(f"wrote {path}  ({machine()['cpu_cores']} cores, device {args.device})")
     return 0

@@ -34,13 +34,43 @@ def tiny_batch(b=16, seed=0):
 # ----------------------------------------------------------------------------- host syncs
 
 SYNC_OPS = ("aten._local_scalar_dense", "aten.is_nonzero", "aten.nonzero", "aten.masked_select", "aten.item")
+# every loss the trainer builds, with GeoCLIP's GPS queue too; the semivariogram loss with a fitted γ (refits
+# every refit_every optimiser steps read the memory bank back by design; between them a step never does)
+STEP_LOSSES = [
+    ("clip",),
+    ("swclip",),
+    ("swclip+nc",),
+    ("semivariogram",),
+    ("semivariogram", "loss.variant=chen2025"),
+    ("clip", "loss.gps_queue=24"),
+    ("swclip", "loss.gps_queue=24"),
+    ("semivariogram", "loss.gps_queue=24"),
+    ("semivariogram", "loss.variant=chen2025", "loss.gps_queue=24"),
+]
+
+
+def step_trainer(loss, *extra):
+    """A tiny Trainer for ``loss``; a semivariogram loss gets a fixed exponential γ and no refits."""
+    from swclip.analysis.variogram import VariogramFit
+    from swclip.method.semivariogram_loss import LossVariogram
+    from swclip.training.loop import Trainer
+
+    tr = Trainer(tiny_cfg(loss, "loss.refit_every=0", *extra))
+    base = getattr(tr.loss_fn, "base", tr.loss_fn)
+    if hasattr(base, "set_variogram"):
+        fit = VariogramFit(ok=True, model="exponential", nugget=0.1, partial_sill=0.8, sill=0.9, range_m=200.0)
+        base.set_variogram(LossVariogram(fit, 150.0, "practical", 0, 0))
+    return tr
 
 
 def count_host_syncs(fn):
     """Run fn and return the ops that would make the host wait for the device, with where they came from.
 
     Ops that read a value back (item, bool(), float()) and ops whose output size depends on
-    the data (nonzero, boolean indexing, masked_select) block the host on CUDA. The non-capturable
+    the data (nonzero, boolean indexing, masked_select) block the host on CUDA, and so does
+    ``torch.tensor`` / ``torch.as_tensor`` of host data (a blocking copy to the device): on the
+    CPU that is a lift_fresh called from a line with ``tensor(`` in it (``x[i] = 0.0`` lifts its
+    scalar too, but on CUDA fills it on the device). The non-capturable
     optimisers read their step count with .item(), but that tensor lives on the host on CUDA
     too, so torch/optim/ frames are left out.
     """
@@ -54,8 +84,12 @@ def count_host_syncs(fn):
             bool_index = name == "aten.index" and any(
                 isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (args[1] if len(args) > 1 else []) or []
             )
-            if name in SYNC_OPS or bool_index:
-                stack = traceback.extract_stack()
+            stack = traceback.extract_stack() if name == "aten.lift_fresh" else None
+            host_copy = stack is not None and "tensor(" in (
+                next((f.line for f in reversed(stack[:-1]) if "/torch/" not in f.filename), None) or ""
+            )
+            if name in SYNC_OPS or bool_index or host_copy:
+                stack = stack or traceback.extract_stack()
                 if not any("torch/optim/" in f.filename for f in stack):
                     found.append(
                         (name, [f"{Path(f.filename).name}:{f.lineno}" for f in stack if "swclip" in f.filename])
@@ -67,14 +101,19 @@ def count_host_syncs(fn):
     return found
 
 
-@pytest.mark.parametrize("loss", ["clip", "swclip+nc"])
+@pytest.mark.parametrize("loss", STEP_LOSSES, ids=" ".join)
 def test_a_training_step_never_waits_for_the_device(loss):
-    from swclip.training.loop import StepMetrics, Trainer
+    from swclip.training.loop import StepMetrics
 
-    tr = Trainer(tiny_cfg(loss))
+    tr = step_trainer(*loss)
     tr.step(tiny_batch())  # first step outside: lazy set-up may look at values once
     metrics = StepMetrics()
     batch = tiny_batch(seed=1)
+    terms = tr.step(batch)[0]
+    if loss[0] == "semivariogram":  # the weighted path ran: some pair was re-weighted
+        assert float(terms["false_negative_frac"] + terms["hard_negative_frac"]) > 0
+    if "loss.gps_queue=24" in loss:  # the queue's columns took part (and wrapped round: 16 + 16 > 24)
+        assert float(terms["gps_queue_fill"]) == 1.0
 
     def step():
         terms, out = tr.step(batch)
@@ -82,8 +121,9 @@ def test_a_training_step_never_waits_for_the_device(loss):
 
     syncs = count_host_syncs(step)
     assert syncs == [], syncs
-    # the watch does catch a sync: reading the loss back is one
+    # the watch does catch a sync: reading the loss back is one, and so is a tensor made from host data
     assert count_host_syncs(lambda: float(tr.step(batch)[0]["contrastive_loss"]))
+    assert count_host_syncs(lambda: torch.tensor(1.0) + tr.step(batch)[0]["contrastive_loss"])
 
 
 # ----------------------------------------------------------------------------- memory layout and precision flags
@@ -115,6 +155,36 @@ def test_resume_across_memory_layouts_gives_the_optimiser_state_its_parameters_s
                 moments += p.ndim == 4
     assert moments == 2 * len(conv)  # exp_avg and exp_avg_sq of every conv kernel were checked
     terms, _ = tr2.step(tiny_batch(seed=1))
+    assert torch.isfinite(terms["contrastive_loss"])
+
+
+def test_a_cpu_checkpoint_resumed_by_fused_adamw_stays_fused(tmp_path, monkeypatch):
+    """CUDA's trainer builds fused AdamW; a checkpoint from the CPU's unfused one must not switch it off.
+
+    Fused AdamW runs on the CPU too, so the CUDA trainer's optimiser is stood in for by a fused one here.
+    """
+    import swclip.training.loop as loop
+    from swclip.training.checkpoint import rng_state, save_checkpoint
+    from swclip.training.optim import param_groups
+
+    cpu = loop.Trainer(tiny_cfg("clip"))
+    assert not any(g.get("fused") for g in cpu.optimizer.param_groups)
+    cpu.step(tiny_batch())
+    save_checkpoint(tmp_path, 1, cpu.model, {**cpu.state(), "rng": [rng_state()]}, {})
+    monkeypatch.setattr(
+        loop,
+        "build_optimizer",
+        lambda model, cfg, device: torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True),
+    )
+    fused = loop.Trainer(tiny_cfg("clip"))
+    fused.load(tmp_path / "checkpoints" / "step_00000001")
+    assert all(g["fused"] for g in fused.optimizer.param_groups)
+    for p, p_saved in zip(fused.model.parameters(), cpu.model.parameters()):
+        state, saved = fused.optimizer.state[p], cpu.optimizer.state[p_saved]
+        assert state["step"].dtype == torch.float32 and state["step"].device == p.device  # where the kernel wants it
+        assert float(state["step"]) == 1.0
+        torch.testing.assert_close(state["exp_avg"], saved["exp_avg"], rtol=0, atol=0)
+    terms, _ = fused.step(tiny_batch(seed=1))
     assert torch.isfinite(terms["contrastive_loss"])
 
 
@@ -298,14 +368,15 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("loss", ["clip", "swclip+nc"])
+@pytest.mark.parametrize("loss", STEP_LOSSES, ids=" ".join)
 def test_cuda_step_in_bf16_never_syncs(loss):
-    from swclip.training.loop import StepMetrics, Trainer
+    from swclip.training.loop import StepMetrics
 
-    tr = Trainer(tiny_cfg(loss, "device=cuda", "precision=bf16"))
+    tr = step_trainer(*loss, "device=cuda", "precision=bf16")
     assert tr.channels_last and tr.optimizer.defaults.get("fused")
     batch = {k: v.cuda() for k, v in tiny_batch().items()}
     tr.step(batch)
+    tr.step(batch)  # the GPS queue is filled from the second step on
     metrics = StepMetrics()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any host sync in the step raises
@@ -330,5 +401,6 @@ def test_cuda_resumes_a_cpu_checkpoint_with_fused_adamw_and_channels_last(tmp_pa
     save_checkpoint(tmp_path, 1, cpu.model, {**cpu.state(), "rng": [rng_state()]}, {})
     gpu = Trainer(tiny_cfg("clip", "device=cuda", "precision=bf16"))
     gpu.load(tmp_path / "checkpoints" / "step_00000001")
+    assert all(g["fused"] for g in gpu.optimizer.param_groups)  # the checkpoint's unfused groups did not win
     terms, _ = gpu.step({k: v.cuda() for k, v in tiny_batch(seed=1).items()})  # fused AdamW: strides must agree
     assert torch.isfinite(terms["contrastive_loss"]).item()

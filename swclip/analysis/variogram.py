@@ -62,6 +62,7 @@ class VariogramFit:
     nugget_ratio: float = float("nan")  # nugget / sill: near 1 means little spatial structure
     warning: str = ""  # why to trust the range less, for display ("" if nothing stands out)
     _table: Any = field(default=None, repr=False, compare=False)  # Matérn lookup (h grid, γ) for torch
+    _table_on: dict = field(default_factory=dict, repr=False, compare=False)  # that table as tensors per device
 
     @property
     def skgstat_params(self) -> tuple:
@@ -113,7 +114,11 @@ class VariogramFit:
             log_h = np.linspace(math.log(MATERN_TABLE_MIN * r), math.log(MATERN_TABLE_RANGES * r), MATERN_TABLE)
             self._table = (float(log_h[0]), float(log_h[1] - log_h[0]), self.gamma(np.exp(log_h)))
         log_h0, step, table = self._table
-        t = torch.as_tensor(table, dtype=dtype, device=h.device)  # (T,)
+        # the table on the device once per fit and device: a copy from the host in every step would wait for the GPU
+        key = (str(h.device), dtype)
+        if key not in self._table_on:
+            self._table_on[key] = torch.as_tensor(table, dtype=dtype, device=h.device)  # (T,)
+        t = self._table_on[key]
         pos = ((h.clamp_min(MATERN_TABLE_MIN * r).log() - log_h0) / step).clamp(0, t.numel() - 1)
         i0 = pos.floor().long().clamp(max=t.numel() - 2)
         g = torch.lerp(t[i0], t[i0 + 1], pos - i0.to(dtype))

@@ -20,7 +20,9 @@ Differences from GeoCLIP's code, and why:
   gathered batch (each rank takes its own rows), so DDP equals one process on
   the global batch, and a resumed run draws what the uninterrupted run drew.
 
-Everything the queue holds is a buffer: ``state_dict()`` carries it.
+Everything the queue holds is a buffer: ``state_dict()`` carries it. The pointer, fill count and
+forward count are also kept as Python ints, which a step reads instead of the buffers: reading a CUDA
+buffer makes the host wait for the GPU. Loading a state dict refreshes them (one read, outside any step).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def jitter_latlon(latlon: torch.Tensor, noise_m: float, generator: torch.Generat
 class GPSQueue(nn.Module):
     """Ring buffer of ``size`` coordinates (and, with ``embed_dim`` > 0, image embeddings aligned with them).
 
-    Buffers: latlon (Q, 2) float64, image (Q, D) float32, ptr, count, draws (forwards seen).
+    Buffers: latlon (Q, 2) float64, image (Q, D) float32, ptr, count, draws (forwards seen); the last three
+    mirrored on the host in ``n_ptr``, ``n_filled``, ``n_draws``.
     """
 
     def __init__(
@@ -76,17 +79,27 @@ class GPSQueue(nn.Module):
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
         self.register_buffer("draws", torch.zeros((), dtype=torch.long))
+        self.n_ptr = self.n_filled = self.n_draws = 0
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.n_ptr, self.n_filled, self.n_draws = int(self.ptr), int(self.count), int(self.draws)
 
     def contents(self):
         """(latlon (n, 2), image (n, D) or None) of the filled rows, n ≤ Q."""
-        n = int(self.count)
+        n = self.n_filled
         return self.latlon[:n], (self.image[:n] if self.image.shape[1] else None)
 
     def generator(self) -> torch.Generator:
         """This forward's noise generator: seeded by (seed, draws), the same on every rank."""
         g = torch.Generator(device=self.latlon.device)
-        g.manual_seed(self.seed * 1_000_003 + int(self.draws))
+        g.manual_seed(self.seed * 1_000_003 + self.n_draws)
         return g
+
+    def count_draw(self) -> None:
+        """One training forward drew its noise: the next one seeds its generator one further."""
+        self.n_draws += 1
+        self.draws.fill_(self.n_draws)
 
     @torch.no_grad()
     def push(self, latlon: torch.Tensor, image: torch.Tensor | None = None) -> None:
@@ -95,13 +108,14 @@ class GPSQueue(nn.Module):
         n = latlon.shape[0]
         if n >= self.size:  # GeoCLIP keeps the batch's last Q rows and resets the pointer
             latlon, image, n = latlon[-self.size :], None if image is None else image[-self.size :], self.size
-            self.ptr.zero_()
-        idx = (int(self.ptr) + torch.arange(n, device=self.latlon.device)) % self.size
+            self.n_ptr = 0
+        idx = (self.n_ptr + torch.arange(n, device=self.latlon.device)) % self.size
         self.latlon[idx] = latlon.to(self.latlon)
         if self.image.shape[1] and image is not None:
             self.image[idx] = image.detach().to(self.image)
-        self.ptr.fill_((int(self.ptr) + n) % self.size)
-        self.count.fill_(min(int(self.count) + n, self.size))
+        self.n_ptr, self.n_filled = (self.n_ptr + n) % self.size, min(self.n_filled + n, self.size)
+        self.ptr.fill_(self.n_ptr)
+        self.count.fill_(self.n_filled)
 
 
 class GPSQueueLoss(nn.Module):
@@ -142,7 +156,7 @@ class GPSQueueLoss(nn.Module):
             **kw,
         )
         if self.training:
-            self.queue.draws += 1
+            self.queue.count_draw()
             all_latlon = _gather(latlon.detach().to(torch.float64), self.world_size)
             all_image = _gather(image_features.detach().float(), self.world_size) if self.queue.image.shape[1] else None
             self.queue.push(all_latlon, all_image)

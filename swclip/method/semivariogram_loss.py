@@ -533,6 +533,6 @@ class SemivariogramWeightedLoss(nn.Module):
             stats = {
                 "false_negative_frac": n_false / n_neg,
                 "hard_negative_frac": n_hard / n_neg,
-                "variogram_range_m": torch.tensor(split_m, device=log_w.device),
+                "variogram_range_m": log_w.new_full((), split_m),  # a fill: torch.tensor would copy from the host
             }
         return log_w, stats

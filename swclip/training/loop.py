@@ -62,7 +62,13 @@ from swclip.training.checkpoint import (
 from swclip.training.config import TrainConfig, config_to_dict, save_config, validate_config
 from swclip.training.distributed import Dist, autocast_dtype, init_distributed, pick_device, setup_device
 from swclip.training.objective import build_loss, sigma_at
-from swclip.training.optim import NonFiniteLossError, build_optimizer, build_scheduler, clamp_logit_scale
+from swclip.training.optim import (
+    NonFiniteLossError,
+    build_optimizer,
+    build_scheduler,
+    clamp_logit_scale,
+    load_optimizer_state,
+)
 
 # --------------------------------------------------------------------------- model and data
 
@@ -378,7 +384,7 @@ class Trainer:
         """Restore from a checkpoint folder; -> its step."""
         weights, state, meta = load_checkpoint(ckpt, map_location="cpu")
         self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         match_state_layout(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -565,7 +571,7 @@ def _train(cfg: TrainConfig, resume, table, then, dist_info: Dist, run_id: str, 
         mean,
         std,
         table=table,
-        transform=_train_transform(tr.model, cfg),
+        transform=train_transform(tr.model, cfg),
         tokenize=location_tokenizer(tr.model, table),
     )
     ckpt = agree_resume(resume, run_dir, dist_info)
@@ -710,7 +716,7 @@ def _tokenize_rows(tokenizer, cities, latlon, index):
     return tokenizer(latlon, None if cities is None else cities[np.asarray(index)].tolist())
 
 
-def _train_transform(model, cfg: TrainConfig):
+def train_transform(model, cfg: TrainConfig):
     """Per-sample transform for the file-backed loader: the model's deterministic preprocess
     (augmentation runs per batch)."""
     if cfg.data.synthetic or cfg.data.preload:

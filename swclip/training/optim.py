@@ -39,6 +39,24 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.devi
     )
 
 
+# how AdamW computes, which follows the device it runs on, not the one a checkpoint was written on
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """``optimizer.load_state_dict(saved)``, keeping this optimiser's implementation flags (fused, foreach, capturable).
+
+    load_state_dict takes every group setting from the checkpoint, so a checkpoint written on the CPU (fused
+    unset) and resumed on CUDA would step with the unfused AdamW. With the flags set before loading, torch
+    also puts each parameter's step count where the fused kernel expects it (float32 on the parameter's device).
+    """
+    groups = [
+        {**old, **{k: now[k] for k in IMPLEMENTATION_FLAGS if k in now}}
+        for old, now in zip(saved["param_groups"], optimizer.param_groups)
+    ]
+    optimizer.load_state_dict({**saved, "param_groups": groups + saved["param_groups"][len(groups) :]})
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0) -> float:
     """Multiplier of the base lr at ``step`` (0-based): linear warmup to 1, then cosine to min_lr_ratio."""
     if warmup_steps > 0 and step < warmup_steps:

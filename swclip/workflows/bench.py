@@ -28,7 +28,7 @@ from swclip.analysis.variogram import VariogramFit
 from swclip.loss_names import LOSSES
 from swclip.training.batches import make_train_data
 from swclip.training.config import CONFIG_DIR, load_config
-from swclip.training.loop import Trainer, image_spec, location_tokenizer, read_train_table
+from swclip.training.loop import Trainer, image_spec, location_tokenizer, read_train_table, train_transform
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -79,7 +79,14 @@ def measure(args) -> dict:
         if args.data == "demo" and table is None:
             table = read_train_table(cfg)
         data = make_train_data(
-            cfg, size, tr.device, mean=mean, std=std, table=table, tokenize=location_tokenizer(tr.model, table)
+            cfg,
+            size,
+            tr.device,
+            mean=mean,
+            std=std,
+            table=table,
+            transform=train_transform(tr.model, cfg),
+            tokenize=location_tokenizer(tr.model, table),
         )
         trainers[name] = tr
         streams[name] = _endless(data)
