@@ -10,3 +10,4 @@ SHUFFLED = "shuffled"  # SW-CLIP's kernel on a random permutation of the batch's
 
 LOSSES = (CLIP, SWCLIP, SWCLIP_NC, SEMIVARIOGRAM, SMOOTH, SHUFFLED)
 SOFT_LABEL_LOSSES = (SWCLIP, SWCLIP_NC, SMOOTH, SHUFFLED)  # the objectives with a soft-label σ
+CONTROL_LOSSES = (SMOOTH, SHUFFLED)  # experiment controls, not methods (same cost as SWCLIP)

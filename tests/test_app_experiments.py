@@ -41,6 +41,17 @@ def test_page_shows_the_committed_experiment(monkeypatch, tmp_path):
     assert set(boot.index) == set(table["config"]) - {"clip"}
     row = table.set_index("config").loc[es.VAL_SIGMA]
     assert boot.loc[es.VAL_SIGMA, "Δ median (m)"] == pytest.approx(row["d_median_m"])
+    ci = f"[{row['d_median_m_lo']:+.0f}, {row['d_median_m_hi']:+.0f}]"
+    assert boot.loc[es.VAL_SIGMA, "Δ median 95 % CI (seeds + blocks)"] == ci
+    assert boot.loc[es.VAL_SIGMA, "role"] == "headline (pre-registered)"
+    assert (boot.drop(es.VAL_SIGMA)["role"] == "exploratory").all()
+    assert "block-only CI (seeds fixed)" in boot.columns
+    assert f"Pre-registered headline**: `{es.VAL_SIGMA}` against `clip`" in _text(at) and ci in _text(at)
+    # per city: the same rows on the first city's test rows, against the library's table for that city
+    city = es.held_out_cities(exp)[0]
+    city_table = es.summary_table(exp, n_boot=1000, seed=0, city=city).set_index("config")
+    shown = at.dataframe[-2].value.set_index("config")
+    assert shown.loc[es.VAL_SIGMA, "Δ median (m)"] == pytest.approx(city_table.loc[es.VAL_SIGMA, "d_median_m"])
     assert len(at.get("plotly_chart")) == 2  # σ curve + per-city bars
     at.selectbox[1].set_value("acc@250m").run()  # another metric redraws without error
     assert not at.exception

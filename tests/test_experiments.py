@@ -87,23 +87,19 @@ def test_bootstrap_rejects_unpaired_input():
 
 def _naive_two_level(ea, eb, block, city, stat, n_boot, seed, ci=0.95):
     """The textbook two-level loop, with the draws of ``two_level_draws`` (same RNG calls, same order):
-    per resample, draw seeds; per drawn seed, draw each city's blocks; concatenate their rows, score B and A
-    on them, average the differences over the drawn seeds."""
+    per resample, draw seeds and each city's blocks; concatenate the drawn blocks' rows, score B and A of
+    each drawn seed on them, average the differences over the drawn seeds."""
     cities = sorted(set(city))
     blocks = {c: sorted({b for b, cc in zip(block, city) if cc == c}) for c in cities}
     rows = {b: [i for i, x in enumerate(block) if x == b] for b in set(block)}
     n_seeds = len(ea)
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, n_seeds, (n_boot, n_seeds))
-    drawn = {c: rng.integers(0, len(blocks[c]), (n_boot, n_seeds, len(blocks[c]))) for c in cities}
+    drawn = {c: rng.integers(0, len(blocks[c]), (n_boot, len(blocks[c]))) for c in cities}
     diffs = []
     for r in range(n_boot):
-        per_seed = []
-        for k in range(n_seeds):
-            s = seeds[r, k]
-            idx = [i for c in cities for j in drawn[c][r, k] for i in rows[blocks[c][j]]]
-            per_seed.append(stat(eb[s][idx]) - stat(ea[s][idx]))
-        diffs.append(np.mean(per_seed))
+        idx = [i for c in cities for j in drawn[c][r] for i in rows[blocks[c][j]]]
+        diffs.append(np.mean([stat(eb[s][idx]) - stat(ea[s][idx]) for s in seeds[r]]))
     return np.percentile(diffs, [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100])
 
 
@@ -127,18 +123,28 @@ def test_two_level_bootstrap_matches_the_naive_loop():
     assert out["median_m"]["n_blocks"] == 10 and out["median_m"]["n_cities"] == 2 and out["median_m"]["n_seeds"] == 3
 
 
-def test_two_level_interval_is_wider_than_block_only_when_seeds_disagree():
-    """Each seed's B − A shifts by its own amount: resampling seeds shows that spread, fixed seeds hide it."""
+def test_two_level_interval_contains_the_block_only_spread_and_the_seeds():
+    """Each seed's B − A shifts by its own amount: resampling seeds shows that spread, fixed seeds hide it;
+    and with seeds that agree, the two-level interval keeps the block-only one's width (the block draw is
+    shared by the seeds, not averaged over them)."""
     rng = np.random.default_rng(3)
     n = 400
     city = np.array(["A", "B"])[rng.integers(0, 2, n)]
     block = np.array([f"{c}{rng.integers(0, 10)}" for c in city])
+    per_block = {b: rng.normal(0, 60.0) for b in set(block)}
     ea = rng.exponential(400.0, (5, n))
-    eb = ea + np.array([-150.0, -100.0, 0.0, 40.0, -200.0])[:, None]
-    two = es.two_level_bootstrap(ea, eb, block, city, {"mean_m": es.STATISTICS["mean_m"]}, n_boot=400)[0]
-    one = es.paired_block_bootstrap(ea, eb, block, {"mean_m": es.STATISTICS["mean_m"]}, n_boot=400)[0]
-    assert two["diff_hi"] - two["diff_lo"] > 5 * (one["diff_hi"] - one["diff_lo"])
-    assert two["diff_lo"] < -150 and two["diff_hi"] > -40
+    stat = {"mean_m": es.STATISTICS["mean_m"]}
+
+    def widths(eb):
+        two = es.two_level_bootstrap(ea, eb, block, city, stat, n_boot=400)[0]
+        one = es.paired_block_bootstrap(ea, eb, block, stat, n_boot=400)[0]
+        return two, two["diff_hi"] - two["diff_lo"], one["diff_hi"] - one["diff_lo"]
+
+    agree = ea + np.array([per_block[b] for b in block])  # the same per-block effect for every seed
+    _, two_w, one_w = widths(agree)
+    assert 0.8 * one_w < two_w < 1.5 * one_w
+    two, two_w, one_w = widths(agree + np.array([-150.0, -100.0, 0.0, 40.0, -200.0])[:, None])
+    assert two_w > 3 * one_w and two["diff_lo"] < -120 and two["diff_hi"] > -40  # the seeds' mean shift: -82
 
 
 def test_two_level_bootstrap_rejects_bad_input():

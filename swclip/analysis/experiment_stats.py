@@ -127,19 +127,19 @@ def two_level_draws(n_seeds: int, city_blocks: tuple, n_boot: int, seed: int = 0
     """The two-level bootstrap's draws, in a fixed order a plain loop can repeat.
 
     rng = np.random.default_rng(seed); ``rng.integers(0, n_seeds, (n_boot, n_seeds))``: the seeds of each
-    resample, with replacement; then for each city c in turn ``rng.integers(0, n_c, (n_boot, n_seeds, n_c))``
-    with n_c = city_blocks[c]: the blocks of that city drawn for slot k of resample r, with replacement.
-    -> (seeds (R, S) seed indices, counts (R, S, sum(city_blocks)) how often each block is drawn, the blocks
+    resample, with replacement; then for each city c in turn ``rng.integers(0, n_c, (n_boot, n_c))`` with
+    n_c = city_blocks[c]: that city's blocks of each resample, with replacement.
+    -> (seeds (R, S) seed indices, counts (R, sum(city_blocks)) how often each block is drawn, the blocks
     numbered city by city), both read-only (cached: every config of an experiment shares them).
     """
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, n_seeds, (n_boot, n_seeds))  # (R, S)
     parts = []
     for n in city_blocks:
-        drawn = rng.integers(0, n, (n_boot, n_seeds, n))  # (R, S, n_c) block indices within the city
-        flat = drawn + (np.arange(n_boot * n_seeds) * n).reshape(n_boot, n_seeds, 1)  # unique per (r, k, block)
-        parts.append(np.bincount(flat.ravel(), minlength=n_boot * n_seeds * n).reshape(n_boot, n_seeds, n))
-    counts = np.concatenate(parts, axis=2)  # (R, S, B)
+        drawn = rng.integers(0, n, (n_boot, n))  # (R, n_c) block indices within the city
+        flat = drawn + (np.arange(n_boot) * n)[:, None]  # unique per (resample, block)
+        parts.append(np.bincount(flat.ravel(), minlength=n_boot * n).reshape(n_boot, n))
+    counts = np.concatenate(parts, axis=1)  # (R, B)
     seeds.flags.writeable = counts.flags.writeable = False
     return seeds, counts
 
@@ -154,13 +154,16 @@ def two_level_bootstrap(
     ci: float = 0.95,
     seed: int = 0,
 ) -> list[dict]:
-    """Intervals of each statistic for A, B and B − A from a two-level paired bootstrap: seeds, then blocks.
+    """Intervals of each statistic for A, B and B − A from a two-level paired bootstrap: seeds and blocks.
 
-    A resample draws S seeds with replacement (the seeds are a sample too: another five would give other
-    numbers), then, for each drawn seed independently, each city's held-out blocks with replacement (so
-    every resample keeps each city's number of blocks). The statistic of a resample is the mean over its
-    drawn seeds of the per-seed statistic on that seed's resampled rows, B and A on the same rows of the
-    same seed (paired twice). The draws, and their RNG order, are ``two_level_draws``'.
+    Seeds and test places are crossed (every seed is scored on the same test blocks), so a resample draws
+    both: S seeds with replacement (another five seeds would give other numbers), and each city's held-out
+    blocks with replacement (stratified: every resample keeps each city's number of blocks), one block draw
+    shared by all the drawn seeds (an easy set of places is easy for every seed). The statistic of a
+    resample is the mean over its drawn seeds of the per-seed statistic on the resampled rows, B and A on
+    the same seed and rows (paired twice). Drawing blocks anew for each seed would treat them as nested in
+    the seeds and average their variance away: narrower than the block-only interval, wrongly. The draws
+    and their RNG order are ``two_level_draws``'.
 
     errors_a_m, errors_b_m: (S, N) metres, seed k of A in row k paired with row k of B; block, city: (N,)
     labels (every block inside one city). Returns the dicts of ``paired_block_bootstrap`` (statistic, a, b,
@@ -187,19 +190,15 @@ def two_level_bootstrap(
     block_idx = np.array([number[p] for p in zip(city, block)])  # (N,)
     city_blocks = [sum(1 for c, _ in pairs if c == name) for name in cities]
     n_seeds = ea.shape[0]
-    seeds, counts = two_level_draws(n_seeds, tuple(city_blocks), n_boot, seed)  # (R, S), (R, S, B)
+    seeds, counts = two_level_draws(n_seeds, tuple(city_blocks), n_boot, seed)  # (R, S), (R, B)
+    weights = counts[:, block_idx].astype(np.float64)  # (R, N) each row weighted by its block's count
     full = np.ones((1, ea.shape[1]))
+    resample = np.arange(n_boot)[:, None]
     out = []
     for name, fn in dict(statistics or STATISTICS).items():
-        sa, sb = np.empty((n_boot, n_seeds)), np.empty((n_boot, n_seeds))  # per (resample, drawn seed)
-        for s in range(n_seeds):  # each original seed's statistic, on every resample slot that drew it
-            r_idx, k_idx = np.nonzero(seeds == s)
-            if r_idx.size == 0:
-                continue
-            weights = counts[r_idx, k_idx][:, block_idx].astype(np.float64)  # (n, N)
-            sa[r_idx, k_idx] = fn(ea[s : s + 1], weights)[:, 0]
-            sb[r_idx, k_idx] = fn(eb[s : s + 1], weights)[:, 0]
-        row = _interval(name, fn(ea, full).mean(), fn(eb, full).mean(), sa.mean(1), sb.mean(1), ci)
+        fa, fb = fn(ea, weights), fn(eb, weights)  # (R, S): every seed on every resample's rows
+        sa, sb = fa[resample, seeds].mean(1), fb[resample, seeds].mean(1)  # (R,) mean over the drawn seeds
+        row = _interval(name, fn(ea, full).mean(), fn(eb, full).mean(), sa, sb, ci)
         n = dict(n_seeds=int(n_seeds), n_blocks=int(len(pairs)), n_cities=int(len(cities)), n_boot=int(n_boot))
         out.append({**row, **n})
     return out
@@ -238,8 +237,8 @@ CONTROL_COMPARISONS = ((VAL_SIGMA, VAL_CLIP), (VAL_SIGMA, VAL_SMOOTH), (VAL_SIGM
 METRICS = ("median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "recall@1")
 DELTA_METRICS = ("median_m", "acc@250m")  # the differences with intervals
 INTERVAL = (
-    "95 % two-level paired bootstrap: seeds resampled, then each city's held-out test blocks within each "
-    "drawn seed; B and A on the same seeds and rows"
+    "95 % two-level paired bootstrap: seeds and each city's held-out test blocks resampled (crossed: one block "
+    "draw for all drawn seeds); B and A on the same seeds and rows"
 )
 BLOCK_INTERVAL = "95 % block-only bootstrap: test blocks resampled, the seeds fixed (secondary)"
 

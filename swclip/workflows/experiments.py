@@ -20,8 +20,21 @@ The protocol (fixed before any test number is looked at):
   validation ``select_metric`` (median error), and λ likewise among the NC runs. The
   selected configs ("swclip (val σ)", "swclip+nc (val σ, λ)") are then reported on
   test once, beside the whole sweep (labelled as a sweep).
-- **Statistics.** Mean and spread across seeds, and a paired block bootstrap on test
-  against CLIP (``swclip.analysis.experiment_stats``).
+- **Controls, kernel shape, convergence** (optional, ``controls``, ``kernels``,
+  ``variogram_kernel``, ``long_seeds``): CLIP tuned over (temperature init, learning rate);
+  label smoothing with SW-CLIP's off-diagonal mass at each σ (loss ``smooth``); SW-CLIP's
+  kernel on shuffled locations at each σ (loss ``shuffled``), each chosen per seed on
+  validation with the σ sweep's budget; the σ sweep with the exponential kernel; SW-CLIP with
+  the kernel the variogram's fitted family picks; CLIP and the validation-chosen SW-CLIP at
+  ``long_factor`` × the steps.
+- **Statistics.** Mean and spread across seeds; against CLIP on test, a two-level paired
+  bootstrap (seeds, then each city's test blocks) as the reported interval, the block-only one
+  beside it; overall and per city (``swclip.analysis.experiment_stats``). The pre-registered
+  headline is the validation-chosen σ against CLIP; every other comparison is exploratory.
+- **Reproducibility.** Each run uses one torch and one faiss thread; its record holds the
+  hash of its trained weights and its provenance (commit, CPU model, thread counts, library
+  versions). The same job on the same CPU model and versions gives the same weights and
+  numbers, bit for bit (tests/test_experiments.py reruns a tiny grid).
 
 Layout of ``out``: ``world/`` (the world + split.csv), ``runs/<config>-seed<k>/`` (one
 run each; ``record.json`` written last marks it finished, so a restart skips it), and
@@ -126,9 +139,12 @@ class ExperimentConfig:
 
 QUICK = dict(seeds=(0, 1), sigmas_m=(50.0, 150.0, 400.0))
 
-# The whole grid behind the README's tables, one experiment each (``swclip experiment --grid full``):
-# the main world, the second world (exponential covariance), and the main world with a 30 m buffer
-# (CLIP and three σ only: it asks how much of the gain is interpolation, not which σ).
+# The whole grid behind the README's tables, one experiment each (``swclip experiment --grid full``): the main
+# world with everything (the Gaussian and exponential kernels' σ sweeps, the variogram's σ and kernel, NC,
+# semivariogram, the three controls with the sweep's budget, and CLIP and the validation-chosen SW-CLIP at 4×
+# the steps on seeds 0-2); the second world (exponential covariance) with the kernel-shape runs but without
+# the controls and long runs, to fit the budget; and the main world with a 30 m buffer (CLIP and three σ only:
+# it asks how much of the gain is interpolation, not which σ). 296 runs, 314 run-lengths.
 GRIDS = {
     "full": (
         ExperimentConfig(
@@ -770,7 +786,9 @@ def configure(parser) -> None:
         "Train and evaluate a grid of configs x seeds on the demo world (CLIP, SW-CLIP over a σ sweep, SW-CLIP at the "
         "variogram-suggested σ, SW-CLIP+NC at the validation-chosen σ, semivariogram-weighted CLIP), with spatial "
         "train/val/test blocks; writes <out>/experiment.json and prints a summary. Restarting skips finished runs. "
-        "--grid full runs the README's whole grid (main world, exponential world, 30 m buffer) in one command."
+        "--grid full runs the README's whole grid in one command: the main world with the controls (tuned CLIP, "
+        "label smoothing, shuffled distances), both kernels and 4x-step runs; the exponential world with both "
+        "kernels; the 30 m buffer (296 runs)."
     )
     parser.add_argument(
         "--out",
@@ -783,7 +801,7 @@ def configure(parser) -> None:
         choices=sorted(GRIDS),
         default=None,
         help="run a whole grid of experiments (full: gaussian-b100, exponential-b100, gaussian-b30, "
-        "each at its protocol's seeds and σ) under one progress bar; writes "
+        "each at its protocol's seeds, σ, controls, kernels and long runs) under one progress bar; writes "
         "<results>/experiment-<name>.json for each",
     )
     parser.add_argument(
