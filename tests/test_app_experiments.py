@@ -50,7 +50,7 @@ def test_page_shows_the_committed_experiment(monkeypatch, tmp_path):
     # per city: the same rows on the first city's test rows, against the library's table for that city
     city = es.held_out_cities(exp)[0]
     city_table = es.summary_table(exp, n_boot=1000, seed=0, city=city).set_index("config")
-    shown = at.dataframe[-2].value.set_index("config")
+    shown = at.dataframe[-1].value.set_index("config")  # the last table: the per-city one
     assert shown.loc[es.VAL_SIGMA, "Δ median (m)"] == pytest.approx(city_table.loc[es.VAL_SIGMA, "d_median_m"])
     assert len(at.get("plotly_chart")) == 2  # σ curve + per-city bars
     at.selectbox[1].set_value("acc@250m").run()  # another metric redraws without error

@@ -286,7 +286,8 @@ def test_quick_grid_runs_resumes_and_refuses_a_changed_world(tmp_path, capsys):
         assert len(commits) == 1 and commits.pop().split("-")[0] == head.stdout.strip()
         assert exp["git_commits"] == sorted({r["git_commit"] for r in exp["runs"]})
     printed = capsys.readouterr().out
-    assert "| clip | 2 |" in printed and "14 of 14 runs finished" in printed
+    assert "| clip | clip | 2 |" in printed and "14 of 14 runs finished" in printed
+    assert "Headline (pre-registered): swclip (val σ) vs clip" in printed
 
     # resume: only the run whose record is gone is trained again
     records = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/record.json")}
