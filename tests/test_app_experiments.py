@@ -79,3 +79,35 @@ def test_page_says_what_to_do_without_any_experiment(monkeypatch, tmp_path):
     at = _app(monkeypatch, tmp_path).run()
     assert not at.exception
     assert any("swclip experiment" in str(w.value) for w in at.warning)
+
+
+def test_page_shows_the_controls_and_the_provenance(monkeypatch, tmp_path):
+    """An experiment with control runs (here the committed CLIP runs relabelled, errors scaled) and provenance:
+    the controls' comparison table lists SW-CLIP against each, and the machine caption names CPU and versions."""
+    if not COMMITTED:
+        pytest.skip("no committed experiment to copy")
+    exp = json.loads(Path(COMMITTED[0]).read_text())
+    clip = [r for r in exp["runs"] if r["kind"] == "clip"]
+    for kind, config, scale in (("clip-tuned", "clip-t0.03-lr0.004", 0.97), ("smooth", "smooth-s150", 0.95)):
+        for r in clip:
+            e = [round(x * scale, 1) for x in r["test_error_m"]]
+            exp["runs"].append(
+                {**r, "name": f"{config}-seed{r['seed']}", "config": config, "kind": kind, "test_error_m": e}
+            )
+    exp["provenance"] = dict(
+        git_commits=["abc"],
+        cpu_models=["Test CPU 9000"],
+        libraries={"torch": ["2.9"], "numpy": ["2.3"], "faiss": ["1.12"], "open_clip": ["3.2"]},
+        threads=["torch 1, faiss 1"],
+    )
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "experiment.json").write_text(json.dumps(exp))
+    at = _app(monkeypatch, tmp_path).run()
+    at.text_input[0].set_value("exp/experiment.json").run()
+    assert not at.exception and not at.error
+    assert "Machine: Test CPU 9000 · threads per run: torch 1, faiss 1 · torch 2.9, numpy 2.3, faiss 1.12" in _text(at)
+    controls = at.dataframe[1].value
+    assert list(controls["A"]) == ["clip", es.VAL_CLIP, es.VAL_SMOOTH]
+    assert list(controls["role"]) == ["headline (pre-registered)", "exploratory", "exploratory"]
+    table = es.comparisons_table(rx.load_experiment(tmp_path / "exp" / "experiment.json"), n_boot=1000, seed=0)
+    assert list(controls["Δ median (m)"]) == list(table["d_median_m"].round(0))
