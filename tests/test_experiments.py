@@ -85,6 +85,78 @@ def test_bootstrap_rejects_unpaired_input():
         es.paired_block_bootstrap(np.ones((1, 5)), np.ones((1, 5)), list("ab"))
 
 
+def _naive_two_level(ea, eb, block, city, stat, n_boot, seed, ci=0.95):
+    """The textbook two-level loop, with the draws of ``two_level_draws`` (same RNG calls, same order):
+    per resample, draw seeds and each city's blocks; concatenate the drawn blocks' rows, score B and A of
+    each drawn seed on them, average the differences over the drawn seeds."""
+    cities = sorted(set(city))
+    blocks = {c: sorted({b for b, cc in zip(block, city) if cc == c}) for c in cities}
+    rows = {b: [i for i, x in enumerate(block) if x == b] for b in set(block)}
+    n_seeds = len(ea)
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, n_seeds, (n_boot, n_seeds))
+    drawn = {c: rng.integers(0, len(blocks[c]), (n_boot, len(blocks[c]))) for c in cities}
+    diffs = []
+    for r in range(n_boot):
+        idx = [i for c in cities for j in drawn[c][r] for i in rows[blocks[c][j]]]
+        diffs.append(np.mean([stat(eb[s][idx]) - stat(ea[s][idx]) for s in seeds[r]]))
+    return np.percentile(diffs, [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100])
+
+
+def _two_cities(n=120, seed=1, n_seeds=3):
+    rng = np.random.default_rng(seed)
+    city = np.array(["Leeds", "York"])[rng.integers(0, 2, n)]
+    block = np.array([f"{c[0]}{rng.integers(0, 6 if c == 'Leeds' else 4)}" for c in city])
+    ea = np.round(rng.exponential(400.0, (n_seeds, n)), 1)
+    eb = np.round(ea * rng.uniform(0.6, 1.1, (n_seeds, n)) + rng.normal(0, 80, (n_seeds, 1)), 1).clip(0)
+    return ea, eb, block, city
+
+
+def test_two_level_bootstrap_matches_the_naive_loop():
+    ea, eb, block, city = _two_cities()
+    out = {r["statistic"]: r for r in es.two_level_bootstrap(ea, eb, block, city, n_boot=200, seed=7)}
+    for name, fn in (("median_m", np.median), ("mean_m", np.mean), ("acc@250m", lambda e: np.mean(e <= 250.0))):
+        lo, hi = _naive_two_level(ea, eb, list(block), list(city), fn, 200, 7)
+        assert out[name]["diff_lo"] == pytest.approx(lo, rel=1e-9, abs=1e-9), name
+        assert out[name]["diff_hi"] == pytest.approx(hi, rel=1e-9, abs=1e-9), name
+        assert out[name]["diff"] == pytest.approx(np.mean([fn(eb[s]) - fn(ea[s]) for s in range(3)]))
+    assert out["median_m"]["n_blocks"] == 10 and out["median_m"]["n_cities"] == 2 and out["median_m"]["n_seeds"] == 3
+
+
+def test_two_level_interval_contains_the_block_only_spread_and_the_seeds():
+    """Each seed's B − A shifts by its own amount: resampling seeds shows that spread, fixed seeds hide it;
+    and with seeds that agree, the two-level interval keeps the block-only one's width (the block draw is
+    shared by the seeds, not averaged over them)."""
+    rng = np.random.default_rng(3)
+    n = 400
+    city = np.array(["A", "B"])[rng.integers(0, 2, n)]
+    block = np.array([f"{c}{rng.integers(0, 10)}" for c in city])
+    per_block = {b: rng.normal(0, 60.0) for b in set(block)}
+    ea = rng.exponential(400.0, (5, n))
+    stat = {"mean_m": es.STATISTICS["mean_m"]}
+
+    def widths(eb):
+        two = es.two_level_bootstrap(ea, eb, block, city, stat, n_boot=400)[0]
+        one = es.paired_block_bootstrap(ea, eb, block, stat, n_boot=400)[0]
+        return two, two["diff_hi"] - two["diff_lo"], one["diff_hi"] - one["diff_lo"]
+
+    agree = ea + np.array([per_block[b] for b in block])  # the same per-block effect for every seed
+    _, two_w, one_w = widths(agree)
+    assert 0.8 * one_w < two_w < 1.5 * one_w
+    two, two_w, one_w = widths(agree + np.array([-150.0, -100.0, 0.0, 40.0, -200.0])[:, None])
+    assert two_w > 3 * one_w and two["diff_lo"] < -120 and two["diff_hi"] > -40  # the seeds' mean shift: -82
+
+
+def test_two_level_bootstrap_rejects_bad_input():
+    ea, eb, block, city = _two_cities()
+    with pytest.raises(ValueError, match="paired"):
+        es.two_level_bootstrap(ea, eb[:2], block, city)
+    with pytest.raises(ValueError, match="spans two cities"):
+        es.two_level_bootstrap(ea, eb, np.full(block.size, "b0"), city)
+    with pytest.raises(ValueError, match="one label per row"):
+        es.two_level_bootstrap(ea, eb, block[:-1], city)
+
+
 def _record(config, kind, seed, sigma, val_median, test_errors, nc=None):
     e = np.asarray(test_errors, dtype=float)
     summary = {
@@ -214,7 +286,8 @@ def test_quick_grid_runs_resumes_and_refuses_a_changed_world(tmp_path, capsys):
         assert len(commits) == 1 and commits.pop().split("-")[0] == head.stdout.strip()
         assert exp["git_commits"] == sorted({r["git_commit"] for r in exp["runs"]})
     printed = capsys.readouterr().out
-    assert "| clip | 2 |" in printed and "14 of 14 runs finished" in printed
+    assert "| clip | clip | 2 |" in printed and "14 of 14 runs finished" in printed
+    assert "Headline (pre-registered): swclip (val σ) vs clip" in printed
 
     # resume: only the run whose record is gone is trained again
     records = {p.parent.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*/record.json")}
@@ -266,17 +339,104 @@ def test_lean_runs_record_the_same_numbers_as_runs_with_the_apps_artefacts(tmp_p
         assert "image_knn" in metrics and metrics["median_m"] == b["test"]["median_m"]
 
 
-def test_full_grid_is_the_committed_protocol():
-    """`swclip experiment --grid full` plans the protocols of the committed experiment-*.json, 130 runs."""
+@pytest.mark.slow
+def test_evidence_grid_runs_every_kind_and_reruns_to_identical_numbers(tmp_path):
+    """A tiny grid with the controls, both kernels, the variogram's kernel and the long runs, run twice from
+    scratch (world rendered again; two workers, then one): every recorded metric identical, each run's
+    provenance recorded, and the summary's tables overall and per city in experiment.json."""
+    cfg = ex.ExperimentConfig(
+        name="tiny",
+        **{**TINY, "seeds": (0, 1)},
+        controls=True,
+        clip_tuning=((0.05, 2e-3),),
+        kernels=("gaussian", "exponential"),
+        variogram_kernel=True,
+        long_seeds=(1,),
+        long_factor=2,
+    )
+    first = ex.run_experiment(tmp_path / "a", cfg, workers=2, progress=False)
+    again = ex.run_experiment(tmp_path / "b", cfg, workers=1, progress=False)
+    kinds = {r["kind"] for r in first["runs"]}
+    assert kinds == {"clip", "swclip", ex.SWCLIP_EXP, ex.SWCLIP_VAR_KERNEL, ex.CLIP_TUNED, "smooth", "shuffled"} | {
+        ex.CLIP_LONG,
+        ex.SWCLIP_LONG,
+    }
+    assert first["status"]["complete"] and not first["status"]["failed"] and first["status"]["finished"] == 16
+    for a, b in zip(first["runs"], again["runs"]):
+        assert a["name"] == b["name"]
+        for key in ("weights_sha256", "val", "test", "test_error_m", "sigma_m", "kernel", "steps"):
+            assert a[key] == b[key], (a["name"], key)
+    by = {r["name"]: r for r in first["runs"]}
+    assert by["swclip-long-seed1"]["steps"] == by["clip-long-seed1"]["steps"] == 2 * TINY["steps"]
+    assert by["swclip-varkernel-seed0"]["kernel"] == by["swclip-varkernel-seed0"]["variogram"]["kernel"]
+    assert by["clip-t0.05-lr0.002-seed0"]["temperature"] == 0.05
+    prov = first["provenance"]
+    assert set(prov["libraries"]) >= {"torch", "numpy", "faiss", "open_clip"} and len(prov["cpu_models"]) == 1
+    assert prov["threads"] == ["torch 1, faiss 1"] and prov["git_commits"] == first["git_commits"]
+    summary = first["summary"]
+    assert summary == again["summary"]
+    overall = {r["config"]: r for r in summary["overall"]}
+    assert overall[es.VAL_SIGMA]["role"] == "headline (pre-registered)" and overall[es.VAL_SIGMA]["vs"] == "clip"
+    assert overall["swclip-long"]["vs"] == "clip-long" and overall[es.VAL_SMOOTH]["role"] == "exploratory"
+    assert {es.VAL_CLIP, es.VAL_SHUFFLED, es.VAL_EXP} <= set(overall)
+    cities = sorted(set(first["test_rows"]["city"]))
+    assert sorted({r["city"] for r in summary["per_city"]}) == cities
+    assert len(summary["per_city"]) == len(cities) * len(overall)
+    assert {(r["b"], r["a"]) for r in summary["comparisons"]} == {
+        es.HEADLINE,
+        *es.CONTROL_COMPARISONS,
+        (ex.SWCLIP_LONG, ex.CLIP_LONG),
+    }
+
+
+def test_full_grid_plans_the_evidence_protocol():
+    """`swclip experiment --grid full`: the committed protocols' fields, plus the controls (main world), the
+    kernel-shape runs (both worlds) and the long runs (main world, three seeds); 296 runs, 314 run-lengths."""
     cfgs = ex.grid_plan("full")
-    assert sum(len(ex.plan_jobs(c)) for c in cfgs) == 130
+    plans = {c.name: ex.plan_jobs(c) for c in cfgs}
+    assert {k: len(v) for k, v in plans.items()} == {"gaussian-b100": 186, "exponential-b100": 90, "gaussian-b30": 20}
+    steps = sum((j["steps"] or c.steps) / c.steps for c in cfgs for j in plans[c.name])
+    assert steps == 314
     for cfg in cfgs:
         committed = json.loads((results.RESULTS_DIR / f"experiment-{cfg.name}.json").read_text())
         planned = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as JSON lists
-        assert {k: committed["protocol"][k] for k in planned} == planned, cfg.name
-        assert committed["status"]["planned"] == len(ex.plan_jobs(cfg))
+        shared = [k for k in committed["protocol"] if k in planned]
+        assert {k: committed["protocol"][k] for k in shared} == {k: planned[k] for k in shared}, cfg.name
+        assert {r["name"] for r in committed["runs"]} <= {j["name"] for j in plans[cfg.name]}, cfg.name
+    main = {j["name"]: j for j in plans["gaussian-b100"]}
+    for seed in range(5):  # the controls' budget is the σ sweep's: six runs each, per seed
+        for kind in (ex.CLIP_TUNED, "smooth", "shuffled", ex.SWCLIP_EXP, "swclip"):
+            assert sum(1 for j in main.values() if j["kind"] == kind and j["seed"] == seed) == 6, (kind, seed)
+    long = [j for j in main.values() if j["kind"] in (ex.CLIP_LONG, ex.SWCLIP_LONG)]
+    assert sorted({j["seed"] for j in long}) == [0, 1, 2] and all(j["steps"] == 1200 for j in long)
+    assert main["swclip-long-seed1"]["after"] == [f"swclip-s{s:g}-seed1" for s in (25, 50, 100, 150, 250, 400)]
+    assert not any(j["kind"] in ("smooth", ex.CLIP_LONG) for j in plans["exponential-b100"])
+    assert sum(j["kind"] == ex.SWCLIP_VAR_KERNEL for j in plans["exponential-b100"]) == 5
     with pytest.raises(ValueError, match="unknown grid"):
         ex.grid_plan("huge")
+
+
+def test_controls_get_the_sweeps_budget_and_long_runs_take_the_validation_sigma():
+    cfg = ex.ExperimentConfig(seeds=(0,), sigmas_m=(50.0, 100.0), controls=True, clip_tuning=((0.07, 1e-3),))
+    with pytest.raises(ValueError, match="budget"):
+        ex.plan_jobs(cfg)
+    with pytest.raises(ValueError, match="kernels"):
+        ex.plan_jobs(dataclasses.replace(cfg, controls=False, kernels=("exponential",)))
+    cfg = dataclasses.replace(cfg, clip_tuning=((0.07, 1e-3), (0.03, 2e-3)), long_seeds=(0,), nc_weights=())
+    by = {j["name"]: j for j in ex.plan_jobs(cfg)}
+    recs = {
+        "swclip-s50-seed0": {"sigma_m": 50.0, "kernel": "gaussian", "val": {"median_m": 300.0}},
+        "swclip-s100-seed0": {"sigma_m": 100.0, "kernel": "gaussian", "val": {"median_m": 200.0}},
+    }
+    long = ex._ready(by["swclip-long-seed0"], recs, cfg)
+    assert long["sigma_m"] == 100.0 and long["steps"] == 4 * cfg.steps
+    config, over = ex._overrides(by["clip-t0.03-lr0.002-seed0"], cfg, Path("s.csv"), Path("runs"))
+    assert config == "demo_clip.yaml" and "optim.lr=0.002" in over
+    assert f"model.init_logit_scale={float(np.log(1 / 0.03))!r}" in over
+    config, over = ex._overrides(by["smooth-s50-seed0"], cfg, Path("s.csv"), Path("runs"))
+    assert config == "demo_swclip.yaml"
+    assert over[-3:] == ["loss.sigma_m=50.0", "loss.kernel=gaussian", "loss.name=smooth"]
+    assert f"steps={4 * cfg.steps}" in ex._overrides(long, cfg, Path("s.csv"), Path("runs"))[1]
 
 
 @pytest.mark.slow

@@ -316,6 +316,26 @@ def fit_best(
     return _no_fit("; ".join(f"{f.model}: {f.reason}" for f in fits), "", empirical.dissimilarity)
 
 
+# The variogram family's behaviour at the origin picks the soft-label kernel: parabolic (Gaussian; stable with
+# shape s >= 1.5, Matérn with smoothness ν >= 1.5) -> gaussian; linear (exponential, spherical; stable with
+# s < 1.5, Matérn with ν < 1.5) -> exponential. 1.5 is the midpoint of the stable family's exponential (s = 1)
+# and Gaussian (s = 2) members, and Matérn's first twice-differentiable smoothness.
+SMOOTH_SHAPE = 1.5
+
+
+def kernel_for_model(model: str, shape: float | None = None) -> str:
+    """The soft-label kernel (``swclip.kernels.KERNELS``) that a fitted variogram ``model`` (MODELS) picks."""
+    if model not in MODELS:
+        raise ValueError(f"unknown variogram model {model!r}; choose one of {MODELS}")
+    if model == "gaussian":
+        return "gaussian"
+    if model in SHAPED_MODELS:
+        if shape is None or not math.isfinite(shape):
+            raise ValueError(f"a {model} variogram needs its shape to pick a kernel")
+        return "gaussian" if shape >= SMOOTH_SHAPE else "exponential"
+    return "exponential"
+
+
 def suggest_sigma_m(range_m: float, kernel: str = "gaussian", level: float = 0.05) -> float:
     """The soft-label bandwidth σ (metres) whose kernel falls to ``level`` at ``range_m``.
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from swclip.kernels import check_kernel
-from swclip.method.soft_labels import soft_targets
+from swclip.method.soft_labels import matched_smoothing_targets, shuffled_targets, soft_targets
 
 
 def _all_gather_with_grad(x):
@@ -268,13 +268,19 @@ class NeighbourhoodConsistencyLoss(nn.Module):
         return world_size * weighted_kl / torch.where(total_mass > 0, total_mass, torch.ones_like(total_mass))
 
 
+TARGETS = ("kernel", "uniform", "shuffled")  # SoftClipLoss's target matrices: SW-CLIP's, and two controls
+
+
 class SoftClipLoss(nn.Module):
     """SW-CLIP: symmetric soft cross-entropy against geodesic-kernel targets.
 
     sigma_m: kernel bandwidth in metres (0 gives one-hot and equals ClipLoss
     for distinct locations). kernel: "gaussian", "exponential" or "onehot".
     nc_weight (λ) > 0 adds the "nc_loss" term with temperature nc_temperature,
-    sharing the same target matrix.
+    sharing the same target matrix. targets (TARGETS): "kernel", SW-CLIP's own; the controls
+    "uniform" (``matched_smoothing_targets``: each row's off-diagonal mass at σ, spread uniformly) and
+    "shuffled" (``shuffled_targets``: the kernel on a fresh random permutation of the batch's locations
+    every step, drawn from a generator seeded with ``seed``, the same on every rank).
     """
 
     def __init__(
@@ -285,14 +291,31 @@ class SoftClipLoss(nn.Module):
         nc_temperature: float = 0.1,
         world_size: int = 1,
         rank: int = 0,
+        targets: str = "kernel",
+        seed: int = 0,
     ):
         super().__init__()
         check_kernel(kernel, sigma_m)
         if nc_weight < 0:
             raise ValueError(f"nc_weight must be >= 0, got {nc_weight}")
+        if targets not in TARGETS:
+            raise ValueError(f"unknown targets {targets!r}; choose one of {TARGETS}")
         self.sigma_m, self.kernel, self.nc_weight = float(sigma_m), kernel, float(nc_weight)
-        self.world_size, self.rank = world_size, rank
+        self.world_size, self.rank, self.targets = world_size, rank, targets
+        self.generator = torch.Generator().manual_seed(int(seed)) if targets == "shuffled" else None
         self.nc = NeighbourhoodConsistencyLoss(nc_temperature)
+
+    def target_matrix(self, latlon, all_latlon):
+        """(B, 2) this rank's locations, (W·B, 2) the global batch's -> (B, W·B) targets of ``self.targets``."""
+        if self.targets == "shuffled":
+            b = latlon.shape[0]
+            perm = torch.randperm(all_latlon.shape[0], generator=self.generator).to(all_latlon.device)  # (W·B,)
+            own = slice(self.rank * b, (self.rank + 1) * b)
+            return shuffled_targets(all_latlon, perm, self.sigma_m, self.kernel, rows=own)
+        targets = soft_targets(latlon, self.sigma_m, self.kernel, latlon_cols=all_latlon, check=False)
+        if self.targets == "uniform":
+            targets = matched_smoothing_targets(targets, _self_columns(latlon.shape[0], self.rank, latlon.device))
+        return targets
 
     def forward(
         self,
@@ -313,8 +336,10 @@ class SoftClipLoss(nn.Module):
         _check_inputs(image_features, location_features, latlon)
         all_image, all_location, all_latlon = gather_batch(image_features, location_features, latlon, self.world_size)
         queued = queue_location_features is not None
+        if queued and self.targets != "kernel":
+            raise ValueError(f"targets {self.targets!r} (a control) takes no GPS queue")
         with torch.no_grad():
-            targets = soft_targets(latlon, self.sigma_m, self.kernel, latlon_cols=all_latlon, check=False)  # (B, W·B)
+            targets = self.target_matrix(latlon, all_latlon)  # (B, W·B)
             targets_image = targets
             if queued:  # (B, W·B + n)
                 cols = torch.cat([all_latlon, queue_latlon.to(all_latlon.dtype)])

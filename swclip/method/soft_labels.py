@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from swclip.geo import check_latlon, pairwise_haversine_m
 from swclip.kernels import check_kernel, kernel_weights
 
@@ -57,3 +59,44 @@ def effective_positives(targets: Any):
     targets: (B, M) row-stochastic. Returns (B,).
     """
     return 1.0 / (targets * targets).sum(1)
+
+
+def matched_smoothing_targets(targets: Any, own_cols: Any):
+    """Label smoothing with the same per-row off-diagonal mass as ``targets``, spread uniformly.
+
+    targets: (B, M) row-stochastic (SW-CLIP's ``soft_targets``); own_cols: (B,) the column of each row's own
+    sample. Row i keeps its own-column entry q_i = targets[i, own_cols[i]] and gives 1 − q_i, the mass SW-CLIP
+    puts on other samples, to the other M − 1 columns in equal parts, whatever their distance:
+
+        q'_i,own = q_i        q'_ij = (1 − q_i) / (M − 1)   for j ≠ own
+
+    A control for SW-CLIP: the same amount of soft-label regularisation, none of the spatial structure.
+    -> (B, M), the input's type and dtype (rows sum to 1); M = 1 returns a copy.
+    """
+    b, m = targets.shape
+    if type(targets).__module__.startswith("torch"):
+        import torch
+
+        rows = torch.arange(b, device=targets.device)
+        own = targets[rows, own_cols]  # (B,)
+        out = ((1.0 - own) / max(m - 1, 1)).unsqueeze(1).expand(b, m).clone()  # (B, M)
+    else:
+        rows = np.arange(b)
+        own = targets[rows, own_cols]
+        out = np.repeat(((1.0 - own) / max(m - 1, 1))[:, None], m, axis=1)
+    out[rows, own_cols] = own
+    return out
+
+
+def shuffled_targets(latlon_cols: Any, permutation: Any, sigma_m: float, kernel: str = "gaussian", rows: Any = None):
+    """SW-CLIP's targets computed on permuted locations: the kernel's weights, given to the wrong pairs.
+
+    latlon_cols: (M, 2) degrees, the batch's locations (the gathered global batch when distributed);
+    permutation: (M,) a permutation of range(M); rows: the slice of columns that are this process's rows
+    (default all). Pair (i, j) gets k_σ(d(π(i), π(j))), so the diagonal is still k(0) and each row's mass off
+    it has the distribution SW-CLIP's has, but it no longer says which samples are near.
+    -> (len(rows), M) row-stochastic, as ``soft_targets``.
+    """
+    permuted = latlon_cols[permutation]  # (M, 2)
+    own = permuted if rows is None else permuted[rows]
+    return soft_targets(own, sigma_m, kernel, latlon_cols=permuted, check=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swclip.loss_names import CLIP, LOSSES, SOFT_LABEL_LOSSES, SWCLIP_NC
+from swclip.loss_names import CLIP, LOSSES, SHUFFLED, SMOOTH, SOFT_LABEL_LOSSES, SWCLIP_NC
 from swclip.method import losses
 from swclip.method.gps_queue import GPSQueue, GPSQueueLoss
 from swclip.method.semivariogram_loss import LossVariogramFitter, SemivariogramWeightedLoss
@@ -15,9 +15,10 @@ def build_loss(cfg: LossConfig, world_size: int = 1, rank: int = 0, fit_fn=None,
     """The loss module named by ``cfg.name``, wrapped in GeoCLIP's GPS queue when ``cfg.gps_queue`` > 0.
 
     fit_fn: the semivariogram loss's variogram fit (default :func:`variogram_fit_fn`). model: the SWCLIP
-    model, whose ``encode_location`` encodes the queue (needed with a queue). seed: the queue's noise seed.
+    model, whose ``encode_location`` encodes the queue (needed with a queue). seed: the queue's noise seed and the
+    shuffled control's permutations.
     """
-    base = _base_loss(cfg, world_size, rank, fit_fn)
+    base = _base_loss(cfg, world_size, rank, fit_fn, seed)
     if cfg.gps_queue <= 0:
         return base
     if model is None:
@@ -27,7 +28,7 @@ def build_loss(cfg: LossConfig, world_size: int = 1, rank: int = 0, fit_fn=None,
     return GPSQueueLoss(base, queue, lambda ll: model.encode_location(ll, None, check=False), world_size, rank)
 
 
-def _base_loss(cfg: LossConfig, world_size: int, rank: int, fit_fn):
+def _base_loss(cfg: LossConfig, world_size: int, rank: int, fit_fn, seed: int = 0):
 
     if cfg.name == CLIP:
         return losses.ClipLoss(world_size=world_size, rank=rank)
@@ -40,6 +41,8 @@ def _base_loss(cfg: LossConfig, world_size: int, rank: int, fit_fn):
             nc_temperature=cfg.nc_temperature,
             world_size=world_size,
             rank=rank,
+            targets={SMOOTH: "uniform", SHUFFLED: "shuffled"}.get(cfg.name, "kernel"),
+            seed=seed,
         )
     if cfg.name == "semivariogram":
         if fit_fn is None:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from swclip.analysis import experiment_stats as es
 from swclip.viz.figures import PALETTE, _fig
 
 METRIC_LABELS = {
@@ -130,7 +131,17 @@ def sigma_figure(
     return _fig(title or f"{label} on {split} against σ", traces, xaxis=xaxis, yaxis=dict(title=label), height=460)
 
 
-HEADLINE_CONFIGS = ("clip", "swclip (val σ)", "swclip-var", "swclip+nc (val σ, λ)", "semivariogram")
+HEADLINE_CONFIGS = (
+    "clip",
+    es.VAL_SIGMA,
+    es.SWCLIP_VAR,
+    es.VAL_NC,
+    "semivariogram",
+    es.VAL_EXP,
+    es.VAL_CLIP,
+    es.VAL_SMOOTH,
+    es.VAL_SHUFFLED,
+)
 
 
 def per_city_figure(per_city: pd.DataFrame, label: str, configs=HEADLINE_CONFIGS) -> go.Figure:

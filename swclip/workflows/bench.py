@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from swclip.analysis.variogram import VariogramFit
-from swclip.loss_names import LOSSES
+from swclip.loss_names import CONTROL_LOSSES, LOSSES
 from swclip.training.batches import make_train_data
 from swclip.training.config import CONFIG_DIR, load_config
 from swclip.training.loop import Trainer, image_spec, location_tokenizer, read_train_table, train_transform
@@ -45,7 +45,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the config's)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per loss")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per loss first")
-    p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES, help="losses to time (default: all)")
+    p.add_argument(
+        "--losses",
+        nargs="+",
+        default=[n for n in LOSSES if n not in CONTROL_LOSSES],
+        choices=LOSSES,
+        help=f"losses to time (default: all but the experiment controls {', '.join(CONTROL_LOSSES)})",
+    )
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA if present), cpu, cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--sigma-m", type=float, default=150.0, help="SW-CLIP bandwidth in metres (default 150)")

@@ -20,8 +20,21 @@ The protocol (fixed before any test number is looked at):
   validation ``select_metric`` (median error), and λ likewise among the NC runs. The
   selected configs ("swclip (val σ)", "swclip+nc (val σ, λ)") are then reported on
   test once, beside the whole sweep (labelled as a sweep).
-- **Statistics.** Mean and spread across seeds, and a paired block bootstrap on test
-  against CLIP (``swclip.analysis.experiment_stats``).
+- **Controls, kernel shape, convergence** (optional, ``controls``, ``kernels``,
+  ``variogram_kernel``, ``long_seeds``): CLIP tuned over (temperature init, learning rate);
+  label smoothing with SW-CLIP's off-diagonal mass at each σ (loss ``smooth``); SW-CLIP's
+  kernel on shuffled locations at each σ (loss ``shuffled``), each chosen per seed on
+  validation with the σ sweep's budget; the σ sweep with the exponential kernel; SW-CLIP with
+  the kernel the variogram's fitted family picks; CLIP and the validation-chosen SW-CLIP at
+  ``long_factor`` × the steps.
+- **Statistics.** Mean and spread across seeds; against CLIP on test, a two-level paired
+  bootstrap (seeds, then each city's test blocks) as the reported interval, the block-only one
+  beside it; overall and per city (``swclip.analysis.experiment_stats``). The pre-registered
+  headline is the validation-chosen σ against CLIP; every other comparison is exploratory.
+- **Reproducibility.** Each run uses one torch and one faiss thread; its record holds the
+  hash of its trained weights and its provenance (commit, CPU model, thread counts, library
+  versions). The same job on the same CPU model and versions gives the same weights and
+  numbers, bit for bit (tests/test_experiments.py reruns a tiny grid).
 
 Layout of ``out``: ``world/`` (the world + split.csv), ``runs/<config>-seed<k>/`` (one
 run each; ``record.json`` written last marks it finished, so a restart skips it), and
@@ -36,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -45,14 +59,24 @@ from pathlib import Path
 import numpy as np
 
 from swclip.analysis.empirical_variogram import empirical_variogram
-from swclip.analysis.experiment_stats import summary_table
+from swclip.analysis.experiment_stats import (
+    CLIP_LONG,
+    CLIP_TUNED,
+    HEADLINE,
+    SWCLIP_EXP,
+    SWCLIP_LONG,
+    SWCLIP_VAR,
+    SWCLIP_VAR_KERNEL,
+    experiment_summary,
+    summary_table,
+)
 from swclip.analysis.metrics import summarize
-from swclip.analysis.variogram import fit_best, suggest_sigma_m
+from swclip.analysis.variogram import fit_best, kernel_for_model, suggest_sigma_m
 from swclip.data import read_table, spatial_split
 from swclip.geo import EARTH_RADIUS_M, unit_vectors
 from swclip.io import atomic_write, atomic_write_json
-from swclip.loss_names import SWCLIP_NC
-from swclip.runs import git_commit, load_run, read_predictions
+from swclip.loss_names import CLIP, SEMIVARIOGRAM, SHUFFLED, SMOOTH, SWCLIP, SWCLIP_NC
+from swclip.runs import git_commit, library_versions, load_run, read_predictions
 from swclip.synth import make_world
 from swclip.synth.world import load_world
 from swclip.training.config import CONFIG_DIR, load_config
@@ -61,7 +85,13 @@ from swclip.training.loop import train
 from swclip.workflows.benchmark import cpu_model
 from swclip.workflows.results import FORMAT, VERSION
 
+RECORD_JOB_KEYS = ("name", "config", "seed", "kind", "sigma_m", "nc_weight", "kernel", "temperature", "lr")
 RECORD_KEYS = ("n", "median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "acc@1km", "acc@25km", "recall@1")
+
+
+# CLIP's tuning grid: (temperature init τ, so logit scale exp(t) = 1/τ; learning rate), six pairs for the six σ
+# of the main sweep; the demo's own CLIP is (0.07, 2e-3)
+CLIP_TUNING = ((0.07, 1e-3), (0.07, 2e-3), (0.07, 4e-3), (0.03, 1e-3), (0.03, 2e-3), (0.03, 4e-3))
 
 
 @dataclass
@@ -92,17 +122,44 @@ class ExperimentConfig:
     steps: int = 300
     batch_size: int = 128
     variogram_max_lag_m: float = 3000.0  # street-level lags only: the cities are tens of km apart
+    # controls, each chosen per seed on validation with the σ sweep's budget (as many runs as sigmas_m):
+    # CLIP tuned over (temperature init, learning rate) pairs; label smoothing with SW-CLIP's off-diagonal
+    # mass at each σ (loss "smooth"); SW-CLIP's kernel on shuffled locations at each σ (loss "shuffled")
+    controls: bool = False
+    clip_tuning: tuple = CLIP_TUNING
+    # kernel shape: the σ sweep once per kernel ("exponential" adds the exponential kernel's sweep), and
+    # SW-CLIP with the kernel the variogram's fitted family picks, at the σ its range gives
+    kernels: tuple = ("gaussian",)
+    variogram_kernel: bool = False
+    # convergence: on these seeds, CLIP and SW-CLIP at that seed's validation-chosen σ also train
+    # long_factor × steps
+    long_seeds: tuple = ()
+    long_factor: int = 4
 
 
 QUICK = dict(seeds=(0, 1), sigmas_m=(50.0, 150.0, 400.0))
 
-# The whole grid behind the README's tables, one experiment each (``swclip experiment --grid full``):
-# the main world, the second world (exponential covariance), and the main world with a 30 m buffer
-# (CLIP and three σ only: it asks how much of the gain is interpolation, not which σ).
+# The whole grid behind the README's tables, one experiment each (``swclip experiment --grid full``): the main
+# world with everything (the Gaussian and exponential kernels' σ sweeps, the variogram's σ and kernel, NC,
+# semivariogram, the three controls with the sweep's budget, and CLIP and the validation-chosen SW-CLIP at 4×
+# the steps on seeds 0-2); the second world (exponential covariance) with the kernel-shape runs but without
+# the controls and long runs, to fit the budget; and the main world with a 30 m buffer (CLIP and three σ only:
+# it asks how much of the gain is interpolation, not which σ). 296 runs, 314 run-lengths.
 GRIDS = {
     "full": (
-        ExperimentConfig(name="gaussian-b100"),
-        ExperimentConfig(name="exponential-b100", covariance="exponential"),
+        ExperimentConfig(
+            name="gaussian-b100",
+            controls=True,
+            kernels=("gaussian", "exponential"),
+            variogram_kernel=True,
+            long_seeds=(0, 1, 2),
+        ),
+        ExperimentConfig(
+            name="exponential-b100",
+            covariance="exponential",
+            kernels=("gaussian", "exponential"),
+            variogram_kernel=True,
+        ),
         ExperimentConfig(
             name="gaussian-b30",
             buffer_m=30.0,
@@ -119,69 +176,67 @@ def job_name(config: str, seed: int) -> str:
     return f"{config}-seed{seed}"
 
 
-def sigma_name(sigma_m: float) -> str:
-    return f"swclip-s{sigma_m:g}"
+def sigma_name(sigma_m: float, kernel: str = "gaussian") -> str:
+    return f"swclip-s{sigma_m:g}" if kernel == "gaussian" else f"swclip-{kernel[:3]}-s{sigma_m:g}"
+
+
+SWEEP_KIND = {"gaussian": SWCLIP, "exponential": SWCLIP_EXP}  # the kind of each kernel's σ sweep
+
+
+def _job(name: str, config: str, seed: int, kind: str, after=(), **params) -> dict:
+    base = dict(sigma_m=None, nc_weight=None, kernel=None, temperature=None, lr=None, steps=None)
+    return dict(name=name, config=config, seed=seed, kind=kind, **{**base, **params}, after=list(after))
 
 
 def plan_jobs(cfg: ExperimentConfig) -> list[dict]:
     """The grid as jobs, seed-major (a stopped grid leaves whole seeds), each with the jobs it waits for.
 
-    Job: {name, config, seed, kind (clip | swclip | swclip-var | swclip+nc | semivariogram),
-    sigma_m, nc_weight, after: [job names]}.
+    Job: {name, config, seed, kind, sigma_m, nc_weight, kernel, temperature, lr, steps (None: the
+    experiment's), after: [job names]}. Kinds: clip, swclip (the Gaussian σ sweep), swclip-exp (the
+    exponential sweep), swclip-var, swclip-varkernel, swclip+nc, semivariogram, clip-tuned, smooth,
+    shuffled, clip-long, swclip-long. Raises ValueError when the controls' budget differs from the sweep's.
     """
+    if cfg.controls and len(cfg.clip_tuning) != len(cfg.sigmas_m):
+        raise ValueError(
+            f"clip_tuning has {len(cfg.clip_tuning)} configurations and the σ sweep {len(cfg.sigmas_m)}: "
+            "the controls get the sweep's budget"
+        )
+    unknown = [k for k in cfg.kernels if k not in SWEEP_KIND]
+    if unknown or "gaussian" not in cfg.kernels:
+        raise ValueError(f"kernels must include gaussian and be among {tuple(SWEEP_KIND)}; got {cfg.kernels}")
     jobs = []
     for seed in cfg.seeds:
         clip = job_name("clip", seed)
         sweep = [job_name(sigma_name(s), seed) for s in cfg.sigmas_m]
-        jobs.append(dict(name=clip, config="clip", seed=seed, kind="clip", sigma_m=None, nc_weight=None, after=[]))
-        for s, name in zip(cfg.sigmas_m, sweep):
-            jobs.append(
-                dict(
-                    name=name,
-                    config=sigma_name(s),
-                    seed=seed,
-                    kind="swclip",
-                    sigma_m=float(s),
-                    nc_weight=None,
-                    after=[],
-                )
-            )
+        jobs.append(_job(clip, "clip", seed, CLIP))
+        for kernel in cfg.kernels:
+            for s in cfg.sigmas_m:
+                name = sigma_name(s, kernel)
+                jobs.append(_job(job_name(name, seed), name, seed, SWEEP_KIND[kernel], sigma_m=float(s), kernel=kernel))
         if cfg.semivariogram:
-            jobs.append(
-                dict(
-                    name=job_name("semivariogram", seed),
-                    config="semivariogram",
-                    seed=seed,
-                    kind="semivariogram",
-                    sigma_m=None,
-                    nc_weight=None,
-                    after=[],
-                )
-            )
+            jobs.append(_job(job_name("semivariogram", seed), "semivariogram", seed, SEMIVARIOGRAM))
         if cfg.variogram:
-            jobs.append(
-                dict(
-                    name=job_name("swclip-var", seed),
-                    config="swclip-var",
-                    seed=seed,
-                    kind="swclip-var",
-                    sigma_m=None,
-                    nc_weight=None,
-                    after=[clip],
-                )
-            )
+            jobs.append(_job(job_name(SWCLIP_VAR, seed), SWCLIP_VAR, seed, SWCLIP_VAR, [clip], kernel="gaussian"))
+        if cfg.variogram_kernel:
+            jobs.append(_job(job_name(SWCLIP_VAR_KERNEL, seed), SWCLIP_VAR_KERNEL, seed, SWCLIP_VAR_KERNEL, [clip]))
         for lam in cfg.nc_weights:
             cname = f"swclip-nc-l{lam:g}"
-            jobs.append(
-                dict(
-                    name=job_name(cname, seed),
-                    config=cname,
-                    seed=seed,
-                    kind=SWCLIP_NC,
-                    sigma_m=None,
-                    nc_weight=float(lam),
-                    after=list(sweep),
+            jobs.append(_job(job_name(cname, seed), cname, seed, SWCLIP_NC, sweep, nc_weight=float(lam)))
+        if cfg.controls:
+            for temperature, lr in cfg.clip_tuning:
+                cname = f"clip-t{temperature:g}-lr{lr:g}"
+                jobs.append(
+                    _job(job_name(cname, seed), cname, seed, CLIP_TUNED, temperature=float(temperature), lr=float(lr))
                 )
+            for kind in (SMOOTH, SHUFFLED):
+                for s in cfg.sigmas_m:
+                    cname = f"{kind}-s{s:g}"
+                    jobs.append(_job(job_name(cname, seed), cname, seed, kind, sigma_m=float(s), kernel="gaussian"))
+        if seed in cfg.long_seeds:
+            steps = int(cfg.steps * cfg.long_factor)
+            jobs.append(_job(job_name(CLIP_LONG, seed), CLIP_LONG, seed, CLIP_LONG, steps=steps))
+            jobs.append(
+                _job(job_name(SWCLIP_LONG, seed), SWCLIP_LONG, seed, SWCLIP_LONG, sweep, kernel="gaussian", steps=steps)
             )
     return jobs
 
@@ -251,11 +306,13 @@ def oracle_errors_m(table, split: str = "test") -> np.ndarray:
 # --------------------------------------------------------------------------- one run
 
 
-def variogram_sigma(clip_dir: Path, split_csv: Path, max_lag_m: float) -> dict:
+def variogram_sigma(clip_dir: Path, split_csv: Path, max_lag_m: float, kernel: str | None = "gaussian") -> dict:
     """σ from the CLIP run's image-embedding variogram on the training split.
 
-    -> {range_m (practical range of the best-fitting model), sigma_m (suggest_sigma_m, gaussian
-    kernel), model, nugget_ratio, n}; sigma_m is None with a ``reason`` when no variogram fits.
+    kernel: the soft-label kernel σ is for; None: the kernel the best-fitting model's family picks
+    (``kernel_for_model``). -> {range_m (practical range of the best-fitting model), sigma_m
+    (suggest_sigma_m for the kernel), kernel, model, shape, nugget_ratio, n}; sigma_m is None with a
+    ``reason`` when no variogram fits.
     """
     import torch
 
@@ -272,10 +329,13 @@ def variogram_sigma(clip_dir: Path, split_csv: Path, max_lag_m: float) -> dict:
     if not fit.ok:
         return dict(sigma_m=None, range_m=None, reason=f"no variogram fit: {fit.reason}", n=len(train))
     range_m = fit.practical_range_m()
+    kernel = kernel or kernel_for_model(fit.model, fit.shape)
     return dict(
-        sigma_m=suggest_sigma_m(range_m, "gaussian"),
+        sigma_m=suggest_sigma_m(range_m, kernel),
         range_m=range_m,
+        kernel=kernel,
         model=fit.model,
+        shape=fit.shape,
         nugget_ratio=float(fit.nugget_ratio),
         n=len(train),
     )
@@ -290,17 +350,23 @@ def _overrides(job: dict, cfg: ExperimentConfig, split_csv: Path, runs_dir: Path
         f"data.root={split_csv.parent}",
         "data.eval_split=test",
         "progress=false",
-        f"steps={cfg.steps}",
+        f"steps={job.get('steps') or cfg.steps}",
         f"batch_size={cfg.batch_size}",
     ]
     kind = job["kind"]
-    if kind == "clip":
+    if kind in (CLIP, CLIP_LONG):
         return "demo_clip.yaml", over
-    if kind in ("swclip", "swclip-var"):
-        return "demo_swclip.yaml", over + [f"loss.sigma_m={job['sigma_m']}"]
+    if kind == CLIP_TUNED:
+        t = math.log(1.0 / job["temperature"])
+        return "demo_clip.yaml", over + [f"model.init_logit_scale={t!r}", f"optim.lr={job['lr']!r}"]
+    soft = [f"loss.sigma_m={job['sigma_m']}", f"loss.kernel={job['kernel']}"]
+    if kind in (SWCLIP, SWCLIP_EXP, SWCLIP_VAR, SWCLIP_VAR_KERNEL, SWCLIP_LONG):
+        return "demo_swclip.yaml", over + soft
+    if kind in (SMOOTH, SHUFFLED):
+        return "demo_swclip.yaml", over + soft + [f"loss.name={kind}"]
     if kind == SWCLIP_NC:
-        return "demo_swclip_nc.yaml", over + [f"loss.sigma_m={job['sigma_m']}", f"loss.nc_weight={job['nc_weight']}"]
-    if kind == "semivariogram":
+        return "demo_swclip_nc.yaml", over + soft + [f"loss.nc_weight={job['nc_weight']}"]
+    if kind == SEMIVARIOGRAM:
         return "demo_semivariogram.yaml", over + [f"loss.variogram_max_lag_m={cfg.variogram_max_lag_m}"]
     raise ValueError(f"unknown job kind {kind!r}")
 
@@ -332,30 +398,39 @@ def run_job(job: dict) -> dict:
     (predictions.parquet, embeddings, galleries, metrics.json) so the run opens in the app. The record's
     numbers are the same either way (tests/test_experiments.py runs a grid both ways).
     """
+    import faiss
     import torch
 
+    # one thread for torch and for faiss (whose OpenMP team defaults to every core): the same numbers
+    # whatever the machine's core count and however many workers share it
     torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     cfg = ExperimentConfig(**job["experiment"])
     split_csv, runs_dir = Path(job["split_csv"]), Path(job["runs_dir"])
     lean = not job.get("artefacts", False)
     t0, c0 = time.perf_counter(), time.process_time()
-    record = {k: job[k] for k in ("name", "config", "seed", "kind", "sigma_m", "nc_weight")}
-    if job["kind"] == "swclip-var":
-        vg = variogram_sigma(runs_dir / job_name("clip", job["seed"]), split_csv, cfg.variogram_max_lag_m)
+    record = {k: job.get(k) for k in RECORD_JOB_KEYS}
+    if job["kind"] in (SWCLIP_VAR, SWCLIP_VAR_KERNEL):
+        kernel = job["kernel"] if job["kind"] == SWCLIP_VAR else None  # None: the fitted family's kernel
+        vg = variogram_sigma(runs_dir / job_name("clip", job["seed"]), split_csv, cfg.variogram_max_lag_m, kernel)
         record["variogram"] = vg
         if vg["sigma_m"] is None:
             record["skipped"] = vg["reason"]
             atomic_write_json(runs_dir / job["name"] / "record.json", record)
             return record
-        job = {**job, "sigma_m": vg["sigma_m"]}
-        record["sigma_m"] = vg["sigma_m"]
+        job = {**job, "sigma_m": vg["sigma_m"], "kernel": vg["kernel"]}
+        record["sigma_m"], record["kernel"] = vg["sigma_m"], vg["kernel"]
+    record["steps"] = job.get("steps") or cfg.steps
     config, over = _overrides(job, cfg, split_csv, runs_dir)
     table = split_table(split_csv) if lean else read_table(split_csv, split_csv.parent)
     train_rows = table[table["split"] == "train"].reset_index(drop=True)
     # the grid owns its run folders: a job without record.json (killed, or new) trains from scratch
     run_dir = train(load_config(CONFIG_DIR / config, [*over, "overwrite=true"]), table=train_rows if lean else None)
     t1 = time.perf_counter()
-    model = load_run(run_dir).model
+    run = load_run(run_dir)
+    model = run.model
+    # the trained weights' hash: two runs of one job agree on it exactly when training was deterministic
+    record["weights_sha256"] = run.manifest.get("weights_sha256")
     for split in ("val", "test"):
         rows = table[table["split"] == split].reset_index(drop=True)
         if lean or split == "val":
@@ -369,6 +444,7 @@ def run_job(job: dict) -> dict:
                 raise RuntimeError("evaluation reordered the test rows")
             record["test_error_m"] = np.round(pred["error_m"].to_numpy(), 1).tolist()
     record["git_commit"] = git_commit()  # per run: a grid resumed across commits shows it (None outside a checkout)
+    record["provenance"] = run_provenance()
     record["timings"] = dict(
         train_s=t1 - t0,
         eval_s=time.perf_counter() - t1,
@@ -378,6 +454,35 @@ def run_job(job: dict) -> dict:
     )
     atomic_write_json(run_dir / "record.json", record)
     return record
+
+
+def run_provenance() -> dict:
+    """What a run's numbers depend on beside the code: the CPU model, the thread counts and the library
+    versions (torch, numpy, faiss, open_clip, ...: swclip.runs.library_versions)."""
+    import faiss
+    import torch
+
+    return dict(
+        cpu_model=cpu_model(),
+        torch_threads=torch.get_num_threads(),
+        faiss_threads=faiss.omp_get_max_threads(),
+        python=sys.version.split()[0],
+        libraries=library_versions(),
+    )
+
+
+def experiment_provenance(runs: list[dict]) -> dict:
+    """The distinct commits, CPU models and library versions of the finished runs (one value each when the
+    grid ran in one go; more when it was resumed elsewhere). Runs from before provenance was recorded count
+    as None."""
+    prov = [r.get("provenance") or {} for r in runs]
+    libs = sorted({k for p in prov for k in p.get("libraries", {})})
+    return dict(
+        git_commits=sorted({str(r.get("git_commit")) for r in runs}),
+        cpu_models=sorted({str(p.get("cpu_model")) for p in prov}),
+        libraries={k: sorted({str(p.get("libraries", {}).get(k)) for p in prov}) for k in libs},
+        threads=sorted({f"torch {p.get('torch_threads')}, faiss {p.get('faiss_threads')}" for p in prov}),
+    )
 
 
 # --------------------------------------------------------------------------- the grid
@@ -392,12 +497,12 @@ def _ready(job: dict, records: dict, cfg: ExperimentConfig) -> dict | None:
     dependency failed (the caller skips the job)."""
     if any(a not in records for a in job["after"]):
         return None
-    if job["kind"] == SWCLIP_NC:
+    if job["kind"] in (SWCLIP_NC, SWCLIP_LONG):  # SW-CLIP's validation-chosen σ (and kernel) of this seed
         sweep = [records[a] for a in job["after"] if "val" in records[a]]
         if not sweep:
             raise KeyError("no finished sweep run to choose σ from")
         best = min(sweep, key=lambda r: r["val"][cfg.select_metric])
-        return {**job, "sigma_m": best["sigma_m"]}
+        return {**job, "sigma_m": best["sigma_m"], "kernel": best.get("kernel") or "gaussian"}
     return job
 
 
@@ -509,7 +614,7 @@ def run_experiment(
         pool.shutdown(wait=False, cancel_futures=True)
         if own_bar:
             bar.close()
-    exp = write_experiment(out, cfg, jobs, records, failed, split_csv, time.perf_counter() - t_start)
+    exp = write_experiment(out, cfg, jobs, records, failed, split_csv, time.perf_counter() - t_start, summary=True)
     if progress:
         print(summary_markdown(exp))
     return exp
@@ -566,10 +671,24 @@ def run_grid(
     return exps
 
 
+SUMMARY_BOOT = 1000  # bootstrap resamples of the summary written into experiment.json (seed 0)
+
+
 def write_experiment(
-    out: Path, cfg: ExperimentConfig, jobs: list, records: dict, failed: dict, split_csv: Path, elapsed_s: float
+    out: Path,
+    cfg: ExperimentConfig,
+    jobs: list,
+    records: dict,
+    failed: dict,
+    split_csv: Path,
+    elapsed_s: float,
+    summary: bool = False,
 ) -> dict:
-    """Assemble experiment.json from the finished records (atomically). -> the dict."""
+    """Assemble experiment.json from the finished records (atomically). -> the dict.
+
+    summary: also the tables with their intervals, overall and per city (``experiment_summary``; tens of
+    seconds for a full experiment, so only at the end of ``run_experiment``, not after every run).
+    """
 
     table = split_table(split_csv)  # read once per process: this runs after every finished run
     test = table[table["split"] == "test"]
@@ -596,6 +715,7 @@ def write_experiment(
         ),
         # the code the finished runs were trained with (usually one commit; more when resumed across commits)
         git_commits=sorted({str(records[j["name"]].get("git_commit")) for j in jobs if j["name"] in records}),
+        provenance=experiment_provenance([records[j["name"]] for j in jobs if j["name"] in records]),
         world=world_summary(split_csv.parent),
         split=split_meta,
         oracle_test={k: v for k, v in summarize(oracle).items() if k in RECORD_KEYS},
@@ -606,36 +726,39 @@ def write_experiment(
         ),
         runs=[records[j["name"]] for j in jobs if j["name"] in records],
     )
+    if summary and exp["runs"]:
+        exp["summary"] = experiment_summary(exp, n_boot=SUMMARY_BOOT, seed=0)
     atomic_write_json(out / "experiment.json", exp)
     return exp
 
 
 def summary_markdown(exp: dict) -> str:
-    """The printed summary: per config, mean ± sd across seeds of val and test metrics, and Δ vs CLIP."""
+    """The printed summary: per config, mean ± sd across seeds of val and test metrics, and Δ test median
+    against its baseline with the two-level interval (the reported one) and the block-only one."""
 
     df = summary_table(exp)
     head = (
-        "| config | seeds | val median (m) | test median (m) | test acc@250 m | test acc@500 m "
-        "| Δ test median vs CLIP [95 % block CI] |"
+        "| config | vs | seeds | val median (m) | test median (m) | test acc@250 m "
+        "| Δ test median [95 % two-level CI] | block-only CI (seeds fixed) | role |"
     )
-    lines = [head, "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [head, "|---|---|---:|---:|---:|---:|---|---|---|"]
     for _, r in df.iterrows():
-        ci = (
-            ""
-            if not np.isfinite(r["d_median_m"])
-            else f"{r['d_median_m']:+.0f} [{r['d_median_m_lo']:+.0f}, {r['d_median_m_hi']:+.0f}]"
-        )
+        ci, block = "", ""
+        if np.isfinite(r["d_median_m"]):
+            ci = f"{r['d_median_m']:+.0f} [{r['d_median_m_lo']:+.0f}, {r['d_median_m_hi']:+.0f}]"
+            block = f"[{r['d_median_m_block_lo']:+.0f}, {r['d_median_m_block_hi']:+.0f}]"
         lines.append(
-            f"| {r['config']} | {r['n_seeds']} | {r['val_median_m']:.0f} ± {r['val_median_m_sd']:.0f} | "
+            f"| {r['config']} | {r['vs']} | {r['n_seeds']} | {r['val_median_m']:.0f} ± {r['val_median_m_sd']:.0f} | "
             f"{r['test_median_m']:.0f} ± {r['test_median_m_sd']:.0f} | "
-            f"{r['test_acc@250m']:.3f} ± {r['test_acc@250m_sd']:.3f} | "
-            f"{r['test_acc@500m']:.3f} ± {r['test_acc@500m_sd']:.3f} | {ci} |"
+            f"{r['test_acc@250m']:.3f} ± {r['test_acc@250m_sd']:.3f} | {ci} | {block} | {r['role']} |"
         )
     st = exp["status"]
     lines.append(
         f"\n{st['finished']} of {st['planned']} runs finished"
         + ("" if st["complete"] else " (PARTIAL)")
         + (f"; failed: {st['failed']}" if st["failed"] else "")
+        + f"\nHeadline (pre-registered): {HEADLINE[0]} vs {HEADLINE[1]}; every other row is exploratory "
+        "(no correction for multiple comparisons)."
     )
     return "\n".join(lines)
 
@@ -664,7 +787,9 @@ def configure(parser) -> None:
         "Train and evaluate a grid of configs x seeds on the demo world (CLIP, SW-CLIP over a σ sweep, SW-CLIP at the "
         "variogram-suggested σ, SW-CLIP+NC at the validation-chosen σ, semivariogram-weighted CLIP), with spatial "
         "train/val/test blocks; writes <out>/experiment.json and prints a summary. Restarting skips finished runs. "
-        "--grid full runs the README's whole grid (main world, exponential world, 30 m buffer) in one command."
+        "--grid full runs the README's whole grid in one command: the main world with the controls (tuned CLIP, "
+        "label smoothing, shuffled distances), both kernels and 4x-step runs; the exponential world with both "
+        "kernels; the 30 m buffer (296 runs)."
     )
     parser.add_argument(
         "--out",
@@ -677,7 +802,7 @@ def configure(parser) -> None:
         choices=sorted(GRIDS),
         default=None,
         help="run a whole grid of experiments (full: gaussian-b100, exponential-b100, gaussian-b30, "
-        "each at its protocol's seeds and σ) under one progress bar; writes "
+        "each at its protocol's seeds, σ, controls, kernels and long runs) under one progress bar; writes "
         "<results>/experiment-<name>.json for each",
     )
     parser.add_argument(
