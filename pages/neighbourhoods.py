@@ -92,12 +92,14 @@ def sample_knn(runs_root, run_id, stamp, city):
     emb = np.asarray(loaders.embeddings(runs_root, run_id, stamp)[df.index.to_numpy()[pos]], dtype=np.float32)  # (N, D)
     latlon = df.iloc[pos][["lat", "lon"]].to_numpy(np.float64)
     table = df.iloc[pos].reset_index(drop=True)
-    if len(pos) < 3:
+    place = table["place_id"].astype(str).to_numpy()  # neighbours are other places' photos
+    others = len(pos) - int(table["place_id"].value_counts().max()) if len(pos) else 0
+    if len(pos) < 3 or others < 1:
         return table, emb, latlon, None, None
     # One thread: on the shared 2-core machine two BLAS / OpenMP threads made the PCA's SVD 30x slower
     # (32 s against 1 s).
     with threadpool_limits(1):
-        wide = neighbourhood_overlap(emb, latlon, min(K_MAX, len(pos) - 1))
+        wide = neighbourhood_overlap(emb, latlon, min(K_MAX, others), place=place)
         xy = pca_2d(emb)
     return table, emb, latlon, wide, xy
 
@@ -109,7 +111,7 @@ def neighbourhoods(runs_root, run_id, stamp, city, k):
     if wide is None:
         return table, None, None, None, None
     knn = (wide.embedding_knn, wide.geo_knn) if wide.ok else None
-    ov = neighbourhood_overlap(emb, latlon, min(k, len(table) - 1), knn=knn)
+    ov = neighbourhood_overlap(emb, latlon, min(k, wide.k), knn=knn)
     return table, ov.embedding_knn, ov.geo_knn, ov, xy
 
 

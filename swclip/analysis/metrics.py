@@ -21,6 +21,7 @@ from swclip.geo import EARTH_RADIUS_M, check_latlon, chord_to_m, haversine_m, un
 
 THRESHOLDS_M = (25, 50, 100, 250, 500, 1000)
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
+THRESHOLDS_REGION_KM = (1, 5, 10, 25, 50, 100, 200)  # one region or country (swclip.viz.scale's middle scale)
 GEOSCORE_MAX = 5000.0
 # The headline numbers of a run: its manifest's metrics summary, `swclip evaluate`'s printout, the app's run table.
 SUMMARY_KEYS = ("n", "median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "acc@1km", "recall@1", "geoscore")
@@ -81,7 +82,7 @@ def _summary(err: np.ndarray) -> dict:
         "geoscore": geoscore(err),
     }
     out.update(accuracy_at(err, THRESHOLDS_M))
-    out.update(accuracy_at(err, [t * 1000.0 for t in THRESHOLDS_KM if t > 1]))
+    out.update(accuracy_at(err, [t * 1000.0 for t in sorted(set(THRESHOLDS_REGION_KM) | set(THRESHOLDS_KM)) if t > 1]))
     return out
 
 
@@ -89,7 +90,7 @@ def summarize(error_m: Any, city: Sequence | None = None) -> dict:
     """Overall error summary, and per city when ``city`` (N,) is given.
 
     Returns {"n", "median_m", "mean_m", "p90_m", "p95_m", "geoscore",
-    "acc@25m" … "acc@1km", "acc@25km" … "acc@2500km"[, "per_city": {city: same keys}]}.
+    "acc@25m" … "acc@1km", "acc@5km" … "acc@2500km" (every scale's thresholds)[, "per_city": {city: same keys}]}.
     """
     err = _check_errors(error_m)
     out = _summary(err)
@@ -102,6 +103,24 @@ def summarize(error_m: Any, city: Sequence | None = None) -> dict:
         bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
         out["per_city"] = {str(c): _summary(err[order[bounds[k] : bounds[k + 1]]]) for k, c in enumerate(names)}
     return out
+
+
+def summarize_places(error_m: Any, place: Sequence) -> dict:
+    """The error summary over places, each place once: :func:`summarize`'s keys of the per-place median errors.
+
+    error_m: (N,) metres; place: (N,) place ids (several photos of one place share one). A place with four
+    headings counts once, so a dataset's well-photographed places do not outweigh the rest. Adds
+    "photos" (N) and "photos_per_place" (mean); "n" is the number of places.
+    """
+    err = _check_errors(error_m)
+    place = np.asarray(place).astype(str)
+    if place.shape != err.shape:
+        raise ValueError(f"place has shape {place.shape}, error_m has {err.shape}: one place id per sample")
+    _, inverse = np.unique(place, return_inverse=True)
+    order = np.lexsort((err, inverse))  # by place, then error
+    bounds = np.searchsorted(inverse[order], np.arange(inverse.max() + 2))
+    medians = np.array([np.median(err[order[bounds[k] : bounds[k + 1]]]) for k in range(len(bounds) - 1)])
+    return {**_summary(medians), "photos": int(err.size), "photos_per_place": float(err.size / medians.size)}
 
 
 def recall_at_k(ranked_ids: Any, true_ids: Any, ks: Iterable[int] = (1, 5, 10)) -> dict:
