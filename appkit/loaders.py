@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from swclip import catalog, runs
+from swclip.analysis.countries import country_accuracy
 from swclip.analysis.metrics import extent_m, rva_summary, summarize, threshold_label
 from swclip.data import ImageError, exif_gps, open_image, read_table
 from swclip.io import RunError
@@ -266,6 +267,19 @@ def accuracy_table(runs_root: str, run_id: str, stamp: float, by: str, threshold
     rows = [{by: "all", **summary}] + [{by: c, **v} for c, v in summary.get("per_city", {}).items()]
     acc = [threshold_label(t) for t in thresholds_m]
     return pd.DataFrame(rows)[[by, "n", "median_m", "mean_m", *acc]]
+
+
+@st.cache_data(show_spinner="Countries by point-in-polygon…", max_entries=16)
+def polygon_countries(runs_root: str, run_id: str, stamp: float) -> dict:
+    """Country accuracy by point-in-polygon (swclip.analysis.countries): metrics.json's when evaluation wrote it,
+    else computed here from the predictions. Adds "source"."""
+    run = _run(runs_root, run_id)
+    stored = catalog.read_metrics(run).get("countries") if run else None
+    if isinstance(stored, dict) and "acc_country" in stored:
+        return {**stored, "source": "from metrics.json"}
+    df = predictions(runs_root, run_id, stamp)
+    out = country_accuracy(df[["pred_lat", "pred_lon"]].to_numpy(np.float64), df[["lat", "lon"]].to_numpy(np.float64))
+    return {**out, "source": "computed here (metrics.json has none)"}
 
 
 @st.cache_data(show_spinner="Recall vs Area…", max_entries=32)

@@ -234,8 +234,8 @@ def autocorrelation(runs_root, run_id, stamp, city):
     df = loaders.city_predictions(runs_root, run_id, stamp, city)
     latlon = df[["lat", "lon"]].to_numpy(np.float64)
     values = log10_error(df["error_m"])
-    place = df["place_id"].astype(str).to_numpy()  # neighbours are other places: co-located headings are not
-    k = min(8, len(df) - int(df["place_id"].value_counts().max())) if len(df) else 8
+    place = df["place_id"].astype(str).to_numpy()  # one value per place: co-located headings are one observation
+    k = min(8, df["place_id"].nunique() - 2)
     return morans_i(values, latlon, k=max(k, 1), permutations=999, seed=0, place=place), local_morans_i(
         values, latlon, k=max(k, 1), permutations=999, seed=0, place=place
     )
@@ -264,7 +264,8 @@ with right:
             else "errors are dispersed"
         )
         st.markdown(
-            f"**Global Moran's I** of log10 error ({gi.k} nearest neighbours in other places): I = **{gi.I:.3f}** "
+            f"**Global Moran's I** of log10 error over {gi.n:,} places (each the mean of its photos; "
+            f"{gi.k} nearest places as neighbours): I = **{gi.I:.3f}** "
             f"(expected {gi.expected_I:.3f} without structure), permutation p = **{gi.p_value:.3f}** "
             f"({gi.permutations} permutations): {verdict}."
         )

@@ -4,7 +4,8 @@ All errors are great-circle metres (``error_m``). Street-level work reads the
 metre thresholds; the field's global benchmarks (IM2GPS, OSV-5M) read the km
 thresholds (street 1 km, city 25 km, region 200 km, country 750 km,
 continent 2500 km). Beyond one city: OSV-5M's administrative accuracy
-(:func:`admin_accuracy`, its keys from the offline reverse_geocoder), and
+(:func:`admin_accuracy`, its keys from the offline reverse_geocoder: the nearest populated place), beside
+countries by point-in-polygon (``swclip.analysis.countries``: the true country of the true coordinates), and
 Recall-vs-Area of the knn-kde density (:func:`hdr_area_km2`, :func:`rva_curve`);
 evaluation writes both through :func:`scale_metrics`.
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from swclip.analysis.countries import CONVENTION_OSV5M, country_accuracy
 from swclip.geo import EARTH_RADIUS_M, check_latlon, chord_to_m, haversine_m, unit_vectors
 
 THRESHOLDS_M = (25, 50, 100, 250, 500, 1000)
@@ -273,12 +275,14 @@ def distance_km(pred_latlon: Any, true_latlon: Any, parity: str | None = None) -
 
 
 def osv5m_metrics(pred_latlon: Any, true_latlon: Any, parity: str | None = "osv5m", mode: int | None = None) -> dict:
-    """OSV-5M's world-scale table for one run: admin_accuracy plus median_km and mean_km (its haversine by default)."""
+    """OSV-5M's world-scale table for one run: admin_accuracy plus median_km and mean_km (its haversine by default),
+    and "convention": how the admin levels were decided (the nearest populated place, reverse_geocoder)."""
     d = distance_km(pred_latlon, true_latlon, parity)
     return {
         "median_km": float(np.median(d)),
         "mean_km": float(np.mean(d)),
         "distance_parity": parity or "swclip",
+        "convention": CONVENTION_OSV5M,
         **admin_accuracy(pred_latlon, true_latlon, mode=mode),
     }
 
@@ -446,11 +450,15 @@ def scale_metrics(
     kde_bandwidth_m: float,
     mode: int | None = None,
 ) -> dict:
-    """What evaluation adds beyond :func:`summarize`: {"rva": rva_summary(...)} always, and
-    {"osv5m": osv5m_metrics(...)} (admin-level accuracy, median / mean km with OSV-5M's haversine)
-    when the true locations spread wider than ADMIN_MIN_EXTENT_M. Also {"extent_m"}."""
+    """What evaluation adds beyond :func:`summarize`: {"rva": rva_summary(...)} always, and, when the true
+    locations spread wider than ADMIN_MIN_EXTENT_M, two country conventions side by side:
+    {"osv5m": osv5m_metrics(...)} (admin-level accuracy by reverse_geocoder's nearest populated place, median /
+    mean km with OSV-5M's haversine: for parity with OSV-5M's numbers) and {"countries":
+    swclip.analysis.countries.country_accuracy(...)} (the true country of the true coordinates, point-in-polygon
+    on Natural Earth outlines). Each records its "convention". Also {"extent_m"}."""
     spread = extent_m(true_latlon)
     out = {"extent_m": spread, "rva": rva_summary(topk_latlon, topk_prob, true_latlon, kde_bandwidth_m)}
     if spread > ADMIN_MIN_EXTENT_M:
         out["osv5m"] = osv5m_metrics(pred_latlon, true_latlon, parity="osv5m", mode=mode)
+        out["countries"] = country_accuracy(pred_latlon, true_latlon)
     return out

@@ -55,6 +55,17 @@ def _place_codes(place: Any, n: int) -> np.ndarray | None:
     return np.unique(place.astype(str), return_inverse=True)[1].reshape(-1)
 
 
+def place_means(values: Any, latlon: Any, place: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One value and one spot per place: (values (G,) the mean of each place's photos, latlon (G, 2) its first
+    photo's coordinates, inverse (N,) the place of each photo), places in order of their ids."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    latlon = np.asarray(latlon, dtype=np.float64)
+    codes = _place_codes(place, len(values))
+    _, first = np.unique(codes, return_index=True)
+    means = np.bincount(codes, weights=values) / np.bincount(codes)
+    return means, latlon[first], codes
+
+
 def _knn_other_places(idx: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
     """(N, K) neighbour lists (nearest first, self included) -> (N, k): the first k in another place than the row's.
 
@@ -199,10 +210,15 @@ def morans_i(
     for a distance band. ``permutations`` random relabellings (seeded) give
     the pseudo p-value; 0 skips them. Bad data (too few samples, NaN, zero
     variance) gives ok=False with a reason; malformed arguments raise ValueError.
-    place: (N,) place ids: neighbours are samples of other places (several photos of one spot would
-    otherwise be each other's nearest neighbours and inflate I).
+    place: (N,) place ids: I is then that of the places, one value each (the mean of its photos, at its
+    first photo's spot; :func:`place_means`), neighbours being other places. Several photos of one spot
+    would otherwise be each other's nearest neighbours and inflate I; keeping the photos but excluding
+    their own place from the neighbours instead biases I downwards (a photo's value then leaves out the
+    photos most like it). ``n`` is the number of places.
     """
     values, latlon = _check_values(values, latlon)
+    if place is not None:
+        values, latlon, _ = place_means(values, latlon, place)
     if band_m is not None:
         k = None
     n = values.shape[0]
@@ -211,7 +227,7 @@ def morans_i(
     problem = _values_problem(values, n_min=max(3, (k or 0) + 2))
     if problem:
         return MoransI(ok=False, reason=problem, n=n, k=k, band_m=band_m, seed=seed)
-    w, islands = spatial_weights(latlon, k=k, band_m=band_m, place=place)
+    w, islands = spatial_weights(latlon, k=k, band_m=band_m)
     z = values - values.mean()
     zz = float(z @ z)
     s0 = float(w.sum())
@@ -311,10 +327,18 @@ def local_morans_i(
 
     Conditional permutation as esda: ``permutations`` draws (seeded), each a
     random set of other samples put in i's neighbour slots, the same draws for
-    every i (shifted past i). Weights as :func:`morans_i` (``place``: neighbours in other places). Bad data
-    gives ok=False with a reason.
+    every i (shifted past i). Weights as :func:`morans_i`. ``place``: computed on the places as
+    :func:`morans_i` does, then each photo gets its place's numbers (arrays stay (N,)). Bad data gives
+    ok=False with a reason.
     """
     values, latlon = _check_values(values, latlon)
+    if place is not None:
+        g_values, g_latlon, inverse = place_means(values, latlon, place)
+        out = local_morans_i(g_values, g_latlon, k, permutations, seed, alpha, band_m)
+        if out.ok:
+            for name in ("Is", "p_values", "quadrant", "labels", "z", "lag"):
+                setattr(out, name, np.asarray(getattr(out, name))[inverse])
+        return out
     if band_m is not None:
         k = None
     n = values.shape[0]
@@ -323,7 +347,7 @@ def local_morans_i(
     problem = _values_problem(values, n_min=max(3, (k or 0) + 2))
     if problem:
         return LocalMoran(ok=False, reason=problem, alpha=alpha, k=k, band_m=band_m, seed=seed)
-    w, _ = spatial_weights(latlon, k=k, band_m=band_m, place=place)
+    w, _ = spatial_weights(latlon, k=k, band_m=band_m)
     z = (values - values.mean()) / values.std()
     lag = w @ z
     scaling = (n - 1) / float(z @ z)

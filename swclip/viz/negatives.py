@@ -7,7 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from swclip.method.negatives import BatchNegatives
-from swclip.viz.figures import _fig, _rules
+from swclip.viz.figures import _fig, _rules, length_axis
+from swclip.viz.scale import fmt_m
 
 FALSE_COLOUR, HARD_COLOUR = "#1f77b4", "#d62728"  # blue: false negatives, red: hard negatives
 
@@ -64,14 +65,14 @@ def gamma_figure(neg: BatchNegatives, variogram, max_points: int = 4000, seed: i
     fig = _fig(
         "γ(h) and the batch's pairs",
         traces,
-        xaxis=dict(title="distance h (m)"),
+        xaxis=length_axis(grid[-1], "distance h"),
         yaxis=dict(title="cosine distance 1 − v·v'"),
     )
     label = {"rho": "ρ", "practical": "practical range", "effective": "effective range"}.get(
         variogram.split_kind, "range"
     )
     return _rules(
-        fig, [dict(x=min(variogram.split_m, grid[-1]), dash="dash", text=f"{label} {variogram.split_m:,.0f} m")]
+        fig, [dict(x=min(variogram.split_m, grid[-1]), dash="dash", text=f"{label} {fmt_m(variogram.split_m)}")]
     )
 
 
@@ -95,6 +96,6 @@ def share_figure(shares: pd.DataFrame) -> go.Figure:
                 line=dict(color=HARD_COLOUR),
             ),
         ],
-        xaxis=dict(title="distance h (m)"),
+        xaxis=length_axis(float(np.nanmax(shares["lag_m"])) * 1.05 if len(shares) else 1.0, "distance h"),
         yaxis=dict(title="share of pairs", range=[0, 1]),
     )
