@@ -92,15 +92,6 @@ if isinstance(joined, str):
     st.stop()
 scope = city or "all cities"
 sc = loaders.run_scale(view.runs_root, ra.run_id, ra.stamp, city)
-n_places = int(joined["place_id"].nunique()) if "place_id" in joined else len(joined)
-by_place = n_places < len(joined)
-st.markdown(
-    f"**{len(joined):,}** shared evaluation samples ({scope}) at **{n_places:,}** places. "
-    f"A = `{a_id}`, B = `{b_id}`; differences are B − A, "
-    f"95 % paired-bootstrap intervals ({n_boot} resamples of "
-    + ("**places**, each with all its photos: photos of one place are not independent" if by_place else "samples")
-    + ", seed 0)."
-)
 if len(joined) < 2:
     st.warning("Fewer than two shared samples here.")
     st.stop()
@@ -114,15 +105,23 @@ def bootstrap(runs_root, a, a_stamp, b, b_stamp, city, thresholds_m):
     j = paired(runs_root, a, a_stamp, b, b_stamp, city)
     stats = statistics_at(thresholds_m)
     ea, eb = j["error_a_m"].to_numpy(), j["error_b_m"].to_numpy()
-    if "place_id" in j and j["place_id"].nunique() < len(j):
+    if "place_id" in j and 2 <= j["place_id"].nunique() < len(j):
         return PlacePairedBootstrap(ea, eb, j["place_id"].to_numpy(), stats, seed=0)
     return PairedBootstrap(ea, eb, stats, seed=0)
 
 
 with st.spinner("Bootstrapping…"):
-    table = bootstrap(view.runs_root, ra.run_id, ra.stamp, rb.run_id, rb.stamp, city, sc.headline_thresholds_m).table(
-        int(n_boot)
-    )
+    boot = bootstrap(view.runs_root, ra.run_id, ra.stamp, rb.run_id, rb.stamp, city, sc.headline_thresholds_m)
+    table = boot.table(int(n_boot))
+by_place = isinstance(boot, PlacePairedBootstrap)
+n_places = boot.n_places if by_place else int(joined["place_id"].nunique()) if "place_id" in joined else len(joined)
+st.markdown(
+    f"**{len(joined):,}** shared evaluation samples ({scope}) at **{n_places:,}** places. "
+    f"A = `{a_id}`, B = `{b_id}`; differences are B − A, "
+    f"95 % paired-bootstrap intervals ({n_boot} resamples of "
+    + ("**places**, each with all its photos: photos of one place are not independent" if by_place else "samples")
+    + ", seed 0)."
+)
 
 
 def change_delta(j):

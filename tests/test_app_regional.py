@@ -4,9 +4,11 @@ the region/country scale, in km, with places."""
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from swclip.analysis.compare import PlacePairedBootstrap, statistics_at
 from tests.regional_fixture import HEADINGS, N_PLACES, cached_regional
 from tests.test_app import _env, _scoped_environment, errors_of, text_of  # noqa: F401 (the autouse fixture)
 
@@ -87,6 +89,7 @@ def test_per_city_and_global_variograms_agree_and_a_short_lag_reaches_no_range(r
     at.run()
     assert not errors_of(at)
     city, glob = at.dataframe[0].value, at.dataframe[1].value
+    assert city["largest lag"].iloc[0] == glob["largest lag"].iloc[0]  # one lag rule
     r_city, r_glob = km(city["range"].iloc[0]), km(glob["range"].iloc[0])
     assert abs(r_city - r_glob) <= 0.25 * r_glob  # the same rows, the same lag rule
     assert 30_000 < r_city < 150_000  # the field's 95 % correlation range is about 2.45 × 25 km
@@ -103,6 +106,13 @@ def test_places_reach_compare_soft_labels_and_negatives(region):
     at.run()
     txt = text_of(at)
     assert f"at **{N_PLACES}** places" in txt and "resamples of **places**" in txt
+    # the intervals are the place bootstrap's, not the photo bootstrap's
+    pa, pb = (pd.read_parquet(region / r / "predictions.parquet") for r in ("regional-swclip", "regional-clip"))
+    stats = statistics_at((1000, 25_000, 200_000))
+    want = PlacePairedBootstrap(pa["error_m"], pb["error_m"], pa["place_id"], stats, seed=0).table(1000)
+    shown = at.dataframe[0].value.set_index("statistic")
+    lo, hi = want.set_index("statistic").loc["acc@25km", ["diff_lo", "diff_hi"]]
+    assert shown.loc["acc@25km", "B − A"].endswith(f"[{lo:.3f}, {hi:.3f}]")
     at.switch_page("pages/soft_labels.py")
     at.run()
     assert "per place here" in text_of(at) and "Positives per place" in text_of(at)
