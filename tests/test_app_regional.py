@@ -80,6 +80,10 @@ def test_error_map_follows_the_region_scale(region):
     assert acc == ["acc@1km", "acc@5km", "acc@10km", "acc@25km", "acc@50km", "acc@100km", "acc@200km"]
     assert "median error (km)" in at.dataframe[-1].value.columns
     assert re.search(r"median error \d+ km", text_of(at))
+    # admin accuracy by two stated conventions: point-in-polygon (every place is in France) and OSV-5M's
+    assert "Point-in-polygon" in text_of(at) and "Nearest place" in text_of(at)
+    admin = next(d.value for d in at.dataframe if "convention" in d.value.columns).set_index("convention")
+    assert admin.loc["point-in-polygon", "accuracy"] == 1.0
 
 
 def test_per_city_and_global_variograms_agree_and_a_short_lag_reaches_no_range(region):
