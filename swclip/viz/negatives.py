@@ -41,6 +41,7 @@ def negatives_heatmap(neg: BatchNegatives, title: str = "", height: int = 440) -
 def gamma_figure(neg: BatchNegatives, variogram, max_points: int = 4000, seed: int = 0) -> go.Figure:
     """The batch's pairs (distance, cosine distance) coloured by class, the fitted γ(h), and the split distance."""
     iu = np.triu_indices(neg.h_m.shape[0], 1)
+    iu = (iu[0][~neg.same_place[iu]], iu[1][~neg.same_place[iu]])  # negatives only: same-place pairs are positives
     h, c = neg.h_m[iu], neg.cos_dist[iu]
     cls = np.where(neg.false[iu] | neg.false.T[iu], 1, np.where(neg.hard[iu] | neg.hard.T[iu], 2, 0))
     if h.size > max_points:
