@@ -233,6 +233,7 @@ with right:
     )
 
 st.subheader("Across the bandwidth sweep")
+sc = loaders.run_scale(view.runs_root, run.run_id, run.stamp, city)  # lengths in the view's unit
 rows = []
 for r in sweep:
     _, _, _, ov_r, _ = neighbourhoods(view.runs_root, r.run_id, r.stamp, city, int(k))
@@ -241,9 +242,9 @@ for r in sweep:
     rows.append(
         {
             "run": ("★ " if r is nearest else "") + r.run_id,
-            "σ (m)": r.sigma_m or 0.0,
+            "σ": fmt_m(r.sigma_m) if r.sigma_m else "one-hot",
             f"mean overlap@{k}": ov_r.mean_overlap,
-            "median distance to embedding neighbours (m)": ov_r.median_embedding_neighbour_dist_m,
+            f"median distance to embedding neighbours ({sc.unit})": sc.in_unit(ov_r.median_embedding_neighbour_dist_m),
             "shown": r is run,
         }
     )
@@ -253,7 +254,7 @@ st.dataframe(
     width="stretch",
     column_config={
         f"mean overlap@{k}": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.3f"),
-        "median distance to embedding neighbours (m)": st.column_config.NumberColumn(format="%.0f"),
+        f"median distance to embedding neighbours ({sc.unit})": st.column_config.NumberColumn(format=sc.number_format),
     },
 )
 st.caption(

@@ -64,6 +64,8 @@ def test_every_page_on_the_region_scale_in_km(region):
         assert not errors_of(at), f"{page}: {errors_of(at)}"
         bad = [c for c in columns_of(at) if METRE_ACCURACY.match(str(c))]
         assert not bad, f"{page} shows street-scale accuracy columns {bad}"
+        metres = [c for c in columns_of(at) if str(c).endswith("(m)")]
+        assert not metres, f"{page} shows lengths in metres at the region scale: {metres}"
         # no raw metre counts of regional distances: '119034' would print as '119 km'
         assert not re.search(r"\b\d{5,} ?m\b", text_of(at)), f"{page}: a distance in raw metres"
 
