@@ -127,3 +127,15 @@ def test_places_reach_compare_soft_labels_and_negatives(region):
     assert "Same-place pairs are positives, never negatives" in text_of(at)
     n_same = int(re.search(r"never negatives: ([\d,]+) pair", text_of(at)).group(1).replace(",", ""))
     assert n_same > 0 and HEADINGS == 4
+
+
+def test_predict_on_an_evaluation_photo_of_the_region(region):
+    """The region's model and gallery predict an evaluation photo; the map opens at the region's zoom."""
+    at = new_app(region)
+    at.run()
+    at.switch_page("pages/predict.py")
+    at.run()
+    at.multiselect(key="url:pick").set_value(["test-000-0"]).run()
+    assert not errors_of(at)
+    txt = text_of(at)
+    assert "knn-kde estimate" in txt and re.search(r"error \*\*[\d.,]+ k?m\*\*", txt)
