@@ -11,12 +11,11 @@ own metric code. Kept in pytest's cache under a hash of the code that writes it.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import shutil
 from pathlib import Path
 
 import numpy as np
+
+from tests.world_fixture import cached_build
 
 REPO = Path(__file__).resolve().parents[1]
 CENTRE = (46.6, 2.4)  # central France: 300 km around it stays in France
@@ -150,23 +149,5 @@ def build(root: Path, seed: int = 0) -> Path:
 
 
 def cached_regional(cache_dir: Path) -> Path:
-    """:func:`build` once per version of the code that writes it (a file lock keeps two workers apart)."""
-    h = hashlib.sha256()
-    for f in sorted((REPO / "swclip").rglob("*.py")) + [Path(__file__)]:
-        h.update(f.read_bytes())
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    root = cache_dir / h.hexdigest()[:16]
-    with open(cache_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not (root / ".complete").is_file():
-                shutil.rmtree(root, ignore_errors=True)
-                for old in cache_dir.iterdir():
-                    if old.is_dir() and old != root:
-                        shutil.rmtree(old, ignore_errors=True)
-                build(root)
-                (root / ".complete").write_text("test fixture\n")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return root
+    """:func:`build` once per version of the code that writes it (tests/world_fixture.py's cached_build)."""
+    return cached_build(cache_dir, sorted((REPO / "swclip").rglob("*.py")) + [Path(__file__)], build)

@@ -12,17 +12,16 @@ from pathlib import Path
 import pytest
 
 from tests.regional_fixture import cached_regional
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, DECK_PAGES, PAGES, _no_exception, _settle, serve
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.xdist_group(name="app"),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run does)",
-    ),
-]
+from tests.test_browser import (  # noqa: F401 (pytestmark: the same marks, skipped without chromium)
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DECK_PAGES,
+    PAGES,
+    _no_exception,
+    _settle,
+    pytestmark,
+    serve,
+)
 
 
 @pytest.fixture(scope="module")
