@@ -69,6 +69,7 @@ class View:
     selected: list = field(default_factory=list)
     city: str | None = None
     sigma_m: float = 100.0
+    scale: scale.Scale | None = None  # of the main run's samples in the chosen city (all of them: All cities)
 
     @property
     def run(self) -> RunInfo | None:
@@ -142,8 +143,15 @@ def sidebar() -> View:
             valid=lambda v: v in cities,
             options=cities,
         )
+        view.scale = run_scale(runs_root, view.run.run_id, view.run.stamp, view.city)
+        st.caption(
+            view.scale.describe(),
+            help="Street/city up to 30 km across (metres, accuracy at 25 m – 1 km); region/country up to "
+            "2,500 km (km, accuracy at 1 – 200 km); world beyond (km, accuracy at 1 – 2,500 km and admin levels). "
+            "Thresholds, units, sliders, map zoom and variogram lags follow it.",
+        )
         # The run's own σ; a one-hot run gets a σ on the scale of its samples' spread (a twentieth of it).
-        spread = run_scale(runs_root, view.run.run_id, view.run.stamp, view.city).extent_m
+        spread = view.scale.extent_m
         default_sigma = scale.nearest(SIGMA_CHOICES_M, view.run.sigma_m or max(spread / 20, 10.0))
         view.sigma_m = float(
             url_widget(

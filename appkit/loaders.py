@@ -16,7 +16,8 @@ import pandas as pd
 import streamlit as st
 
 from swclip import catalog, runs
-from swclip.analysis.metrics import THRESHOLDS_KM, THRESHOLDS_M, extent_m, rva_summary, summarize, threshold_label
+from swclip.analysis.countries import country_accuracy
+from swclip.analysis.metrics import extent_m, rva_summary, summarize, threshold_label
 from swclip.data import ImageError, exif_gps, open_image, read_table
 from swclip.io import RunError
 from swclip.retrieval.search import SearchIndex
@@ -291,14 +292,27 @@ def error_hexes(
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def accuracy_table(runs_root: str, run_id: str, stamp: float, by: str, world: bool) -> pd.DataFrame:
-    """One row for all samples, then one per value of ``by`` ("city" or "country"): n, median, mean, accuracy at
-    the km thresholds (``world``) or the metre ones."""
+def accuracy_table(runs_root: str, run_id: str, stamp: float, by: str, thresholds_m: tuple) -> pd.DataFrame:
+    """One row for all samples, then one per value of ``by`` ("city" or "country"): n, median, mean (metres),
+    accuracy at ``thresholds_m`` (the view's scale, ``Scale.thresholds_m``)."""
     df = predictions(runs_root, run_id, stamp)
     summary = summarize(df["error_m"].to_numpy(), df[by].astype(str).to_numpy() if by in df else None)
     rows = [{by: "all", **summary}] + [{by: c, **v} for c, v in summary.get("per_city", {}).items()]
-    acc = [threshold_label(t * 1000.0) for t in THRESHOLDS_KM] if world else [threshold_label(t) for t in THRESHOLDS_M]
+    acc = [threshold_label(t) for t in thresholds_m]
     return pd.DataFrame(rows)[[by, "n", "median_m", "mean_m", *acc]]
+
+
+@st.cache_data(show_spinner="Countries by point-in-polygon…", max_entries=16)
+def polygon_countries(runs_root: str, run_id: str, stamp: float) -> dict:
+    """Country accuracy by point-in-polygon (swclip.analysis.countries): metrics.json's when evaluation wrote it,
+    else computed here from the predictions. Adds "source"."""
+    run = _run(runs_root, run_id)
+    stored = catalog.read_metrics(run).get("countries") if run else None
+    if isinstance(stored, dict) and "acc_country" in stored:
+        return {**stored, "source": "from metrics.json"}
+    df = predictions(runs_root, run_id, stamp)
+    out = country_accuracy(df[["pred_lat", "pred_lon"]].to_numpy(np.float64), df[["lat", "lon"]].to_numpy(np.float64))
+    return {**out, "source": "computed here (metrics.json has none)"}
 
 
 @st.cache_data(show_spinner="Recall vs Area…", max_entries=32)

@@ -200,7 +200,7 @@ PAGES = {  # page file -> (widget kind, key, new value) changed for the rerun
     "soft_labels": ("select_slider", "url:sigma", 2000),
     "neighbourhoods": ("slider", "url:k", 6),
     "compare": ("select_slider", "url:boot", 500),
-    "failures": ("number_input", "url:minerr", 100),
+    "failures": ("select_slider", "url:minerr", 50_000),  # a stop of the world scale's error filter
 }
 
 

@@ -5,9 +5,17 @@ import pandas as pd
 import streamlit as st
 
 from appkit import frame, loaders, urlstate
-from swclip.analysis.compare import PairedBootstrap, higher_is_better, manifest_diff, paired_errors, verdicts
+from swclip.analysis.compare import (
+    PairedBootstrap,
+    PlacePairedBootstrap,
+    higher_is_better,
+    manifest_diff,
+    paired_errors,
+    statistics_at,
+    verdicts,
+)
 from swclip.viz import figures, maps
-from swclip.viz.scale import POINTS_MAX
+from swclip.viz.scale import POINTS_MAX, fmt_m
 from swclip.viz.spatial_bins import h3_bins
 
 view = frame.ensure_frame()
@@ -83,25 +91,37 @@ if isinstance(joined, str):
     st.error(f"Cannot compare: {joined}")
     st.stop()
 scope = city or "all cities"
-st.markdown(
-    f"**{len(joined):,}** shared evaluation samples ({scope}). A = `{a_id}`, B = `{b_id}`; differences are B − A, "
-    f"95 % paired-bootstrap intervals ({n_boot} resamples, seed 0)."
-)
+sc = loaders.run_scale(view.runs_root, ra.run_id, ra.stamp, city)
 if len(joined) < 2:
     st.warning("Fewer than two shared samples here.")
     st.stop()
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def bootstrap(runs_root, a, a_stamp, b, b_stamp, city):
-    """The pair's PairedBootstrap (seed 0), keyed by run identity: it keeps its resamples, so a larger count
-    only draws the new ones (hashing 210,000 errors per rerun would cost more than the key)."""
+def bootstrap(runs_root, a, a_stamp, b, b_stamp, city, thresholds_m):
+    """The pair's bootstrap (seed 0), keyed by run identity: it keeps its resamples, so a larger count
+    only draws the new ones (hashing 210,000 errors per rerun would cost more than the key). Places
+    (PlacePairedBootstrap) when some place has several photos, else samples (PairedBootstrap)."""
     j = paired(runs_root, a, a_stamp, b, b_stamp, city)
-    return PairedBootstrap(j["error_a_m"].to_numpy(), j["error_b_m"].to_numpy(), seed=0)
+    stats = statistics_at(thresholds_m)
+    ea, eb = j["error_a_m"].to_numpy(), j["error_b_m"].to_numpy()
+    if "place_id" in j and 2 <= j["place_id"].nunique() < len(j):
+        return PlacePairedBootstrap(ea, eb, j["place_id"].to_numpy(), stats, seed=0)
+    return PairedBootstrap(ea, eb, stats, seed=0)
 
 
 with st.spinner("Bootstrapping…"):
-    table = bootstrap(view.runs_root, ra.run_id, ra.stamp, rb.run_id, rb.stamp, city).table(int(n_boot))
+    boot = bootstrap(view.runs_root, ra.run_id, ra.stamp, rb.run_id, rb.stamp, city, sc.headline_thresholds_m)
+    table = boot.table(int(n_boot))
+by_place = isinstance(boot, PlacePairedBootstrap)
+n_places = boot.n_places if by_place else int(joined["place_id"].nunique()) if "place_id" in joined else len(joined)
+st.markdown(
+    f"**{len(joined):,}** shared evaluation samples ({scope}) at **{n_places:,}** places. "
+    f"A = `{a_id}`, B = `{b_id}`; differences are B − A, "
+    f"95 % paired-bootstrap intervals ({n_boot} resamples of "
+    + ("**places**, each with all its photos: photos of one place are not independent" if by_place else "samples")
+    + ", seed 0)."
+)
 
 
 def change_delta(j):
@@ -117,7 +137,7 @@ def change_cells(runs_root, a, a_stamp, b, b_stamp, city, edge_m):
 
 
 def fmt(v, stat):
-    return f"{v:.3f}" if higher_is_better(stat) else f"{v:.0f}"
+    return f"{v:.3f}" if higher_is_better(stat) else fmt_m(v) if v >= 0 else "−" + fmt_m(-v)
 
 
 rows = []
@@ -136,7 +156,9 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 left, right = st.columns(2)
 with left:
     st.plotly_chart(
-        figures.error_cdf({f"A: {a_id}": joined["error_a_m"], f"B: {b_id}": joined["error_b_m"]}),
+        figures.error_cdf(
+            {f"A: {a_id}": joined["error_a_m"], f"B: {b_id}": joined["error_b_m"]}, thresholds_m=sc.thresholds_m
+        ),
         width="stretch",
         key="cdf",
     )
@@ -155,17 +177,16 @@ with left:
 with right:
     delta = change_delta(joined)
     latlon = joined[["lat", "lon"]].to_numpy(np.float64)
-    sc = loaders.run_scale(view.runs_root, ra.run_id, ra.stamp, city)
     if len(joined) <= POINTS_MAX:
         pts = maps.points_frame(
             latlon,
             maps.diverging(delta, 3.0),
             id=joined["id"],
-            a_m=joined["error_a_m"].round(0),
-            b_m=joined["error_b_m"].round(0),
+            a=joined["error_a_m"].map(fmt_m),
+            b=joined["error_b_m"].map(fmt_m),
         )
         layer = maps.scatter_layer(pts, radius_m=16, alpha=240)
-        tooltip = {"text": "{id}: A {a_m} m → B {b_m} m"}
+        tooltip = {"text": "{id}: A {a} → B {b}"}
     else:
         bins = change_cells(view.runs_root, ra.run_id, ra.stamp, rb.run_id, rb.stamp, city, sc.hex_default_m)
         layer = maps.hex_layer(bins, -3.0, 3.0, log=False, alpha=220, colours=maps.diverging(bins["value"], 3.0))

@@ -7,7 +7,7 @@ import streamlit as st
 from appkit import frame, loaders, urlstate
 from swclip import catalog
 from swclip.viz import figures, maps
-from swclip.viz.scale import POINTS_MAX, fmt_m
+from swclip.viz.scale import POINTS_MAX, fmt_m, fmt_stop
 
 view = frame.ensure_frame()
 run = frame.require_run(view, "the error map")
@@ -31,7 +31,7 @@ with c1:
         fmt=lambda v: f"{v[0]}-{v[1]}",
         valid=lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(x in stops for x in v) and v[0] < v[1],
         options=stops,
-        format_func=fmt_m,
+        format_func=fmt_stop,
     )
 with c2:
     worst_n = urlstate.url_widget(
@@ -64,7 +64,8 @@ n_shown = int(keep.sum())
 points = n_shown <= POINTS_MAX
 hex_edge = hex_r or (0.0 if points else sc.hex_default_m)  # above POINTS_MAX the hexagons are the map
 st.markdown(
-    f"**{where}**: {n_shown:,} of {len(df):,} evaluation samples with error between {fmt_m(lo)} and {fmt_m(hi)} · "
+    f"**{where}**: {n_shown:,} of {len(df):,} evaluation samples with error between {fmt_stop(lo)} "
+    f"and {fmt_stop(hi)} · "
     f"median error {fmt_m(float(np.median(err)))} · the samples span about {fmt_m(sc.extent_m)}"
 )
 
@@ -77,7 +78,7 @@ if points and n_shown:
     pts = maps.points_frame(
         shown[["lat", "lon"]],
         maps.ramp(shown["error_m"], vmin, vmax, log=True),
-        error_m=shown["error_m"].round(0),
+        error=shown["error_m"].map(fmt_m),
         id=shown["id"].astype(str),
     )
     layers.append(maps.scatter_layer(pts, radius_m=10, alpha=230))
@@ -88,7 +89,7 @@ if worst_n and n_shown:
             worst[["lat", "lon"]],
             worst[["pred_lat", "pred_lon"]],
             id=worst["id"].astype(str),
-            error_m=worst["error_m"].round(0),
+            error=worst["error_m"].map(fmt_m),
         )
     )
     layers.append(
@@ -104,7 +105,7 @@ deck = frame.city_deck(
     city,
     layers,
     df[["lat", "lon"]].to_numpy(np.float64),
-    tooltip={"html": "<b>{id}</b><br/>error {error_m} m"},
+    tooltip={"html": "<b>{id}</b><br/>error {error}"},
     width_px=900,
     height_px=520,
 )
@@ -144,24 +145,41 @@ with left:
 with right:
     osv = metrics.get("osv5m")
     if isinstance(osv, dict):
-        st.markdown("**OSV-5M's table** (all cities; reverse_geocoder keys, haversine R = 6,371 km)")
+        countries = loaders.polygon_countries(view.runs_root, run.run_id, run.stamp)
+        st.markdown(
+            "**Admin-level accuracy** (all cities), by two conventions. *Point-in-polygon*: the country each point "
+            "lies in on Natural Earth's outlines (the true country of the true coordinates). *Nearest place*: "
+            "OSV-5M's, reverse_geocoder's nearest GeoNames populated place, which puts points near a border in "
+            "the neighbouring country's town; kept for parity with OSV-5M's numbers."
+        )
+        rows = [
+            {
+                "level": "country",
+                "convention": "point-in-polygon",
+                "accuracy": countries["acc_country"],
+                "scored": countries["n_country"],
+                "skipped (no key)": countries["skipped_country"],
+            }
+        ] + [
+            {
+                "level": lv,
+                "convention": "nearest place (OSV-5M)",
+                "accuracy": osv.get(f"acc_{lv}"),
+                "scored": osv.get(f"n_{lv}"),
+                "skipped (no key)": osv.get(f"skipped_{lv}"),
+            }
+            for lv in ("country", "region", "sub-region", "city")
+        ]
         st.dataframe(
-            pd.DataFrame(
-                [
-                    {
-                        "level": lv,
-                        "accuracy": osv.get(f"acc_{lv}"),
-                        "scored": osv.get(f"n_{lv}"),
-                        "skipped (no key)": osv.get(f"skipped_{lv}"),
-                    }
-                    for lv in ("country", "region", "sub-region", "city")
-                ]
-            ),
+            pd.DataFrame(rows),
             hide_index=True,
             width="stretch",
             column_config={"accuracy": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.3f")},
         )
-        st.caption(f"Median {osv['median_km']:,.1f} km · mean {osv['mean_km']:,.1f} km.")
+        st.caption(
+            f"Median {osv['median_km']:,.1f} km · mean {osv['mean_km']:,.1f} km (OSV-5M's haversine, R = 6,371 km). "
+            f"Point-in-polygon {countries['source']}."
+        )
     elif sc.world:
         st.caption(
             "No admin-level accuracy in metrics.json: evaluate the run again (`python train/evaluate.py RUN`) "
@@ -175,7 +193,7 @@ with right:
     st.plotly_chart(
         figures.error_cdf(
             groups,
-            thresholds_m=(1000, 25_000, 200_000, 750_000, 2_500_000) if sc.world else (25, 50, 100, 250, 500, 1000),
+            thresholds_m=sc.thresholds_m,
         ),
         width="stretch",
         key="cdf",
@@ -183,14 +201,16 @@ with right:
 
 by = "country" if "country" in df.columns else "city"
 st.subheader(f"Accuracy per {by}")
-table = loaders.accuracy_table(view.runs_root, run.run_id, run.stamp, by, sc.world)
+table = loaders.accuracy_table(view.runs_root, run.run_id, run.stamp, by, sc.thresholds_m)
 acc_cols = [c for c in table.columns if c.startswith("acc@")]
+lengths = {"median_m": f"median error ({sc.unit})", "mean_m": f"mean error ({sc.unit})"}
+table = table.assign(**{c: sc.in_unit(table[c]) for c in lengths}).rename(columns=lengths)
 st.dataframe(
     table,
     hide_index=True,
     width="stretch",
     height=min(38 + 35 * len(table), 460),
-    column_config={c: st.column_config.NumberColumn(format="%.0f") for c in ("median_m", "mean_m")}
+    column_config={c: st.column_config.NumberColumn(format=sc.number_format) for c in lengths.values()}
     | {c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="%.2f") for c in acc_cols},
 )
 st.plotly_chart(figures.error_histogram(groups), width="stretch", key="hist")

@@ -29,15 +29,16 @@ with c1:
         max_value=30,
     )
 with c2:
+    stops = view.scale.error_stops_m[:-1]  # 0 … ten times the extent, on the run's scale
     min_err = urlstate.url_widget(
-        st.number_input,
-        "Only errors of at least (m)",
+        st.select_slider,
+        "Only errors of at least",
         "minerr",
         0,
         parse=int,
-        valid=lambda v: isinstance(v, int) and v >= 0,
-        min_value=0,
-        step=100,
+        valid=lambda v: v in stops,
+        options=stops,
+        format_func=fmt_m,
     )
 with c3:
     order = urlstate.url_widget(

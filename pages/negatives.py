@@ -11,9 +11,11 @@ import numpy as np
 import streamlit as st
 
 from appkit import frame, loaders, urlstate
+from swclip.geo import PLACE_TOLERANCE_M
 from swclip.method.negatives import batch_negatives, run_variogram, share_by_distance, strongest_pairs
 from swclip.method.semivariogram_loss import VARIANTS
 from swclip.viz import negatives as figs
+from swclip.viz.scale import fmt_m
 from swclip.viz.spatial_bins import hilbert_order
 
 view = frame.ensure_frame()
@@ -103,7 +105,8 @@ def variogram_for(runs_root: str, run_id: str, stamp: float, city: str, variant:
         pred.iloc[sel][["lat", "lon"]].to_numpy(np.float64),
         variant,
         range_kind=loss_cfg.get("range_kind", "practical"),
-        max_lag_m=loss_cfg.get("variogram_max_lag_m"),
+        max_lag_m=loss_cfg.get("variogram_max_lag_m")
+        or loaders.run_scale(runs_root, run_id, stamp, city).lag_default_m,  # the view's lag rule
     )
 
 
@@ -127,9 +130,14 @@ compute_s = time.perf_counter() - t0
 label = "ρ" if variogram.split_kind == "rho" else f"{variogram.split_kind} range"
 st.markdown(
     f"**{city}** · B = {len(pick)} · variant `{variant}` · β = {beta:g} · m = {margin:g} · γ: {variogram.fit.model}, "
-    f"{label} **{variogram.split_m:,.0f} m** ({source}). "
+    f"{label} **{fmt_m(variogram.split_m)}** ({source}). "
     f"False negatives **{100 * false_share:.1f} %**, hard negatives **{100 * hard_share:.1f} %** of the "
-    f"{neg.n_negatives:,} negatives. Computed in {compute_s * 1000:.0f} ms."
+    f"{neg.n_negatives:,} negatives (pairs of different places). Computed in {compute_s * 1000:.0f} ms."
+)
+st.caption(
+    f"Same-place pairs are positives, never negatives: {neg.n_same_place:,} pair(s) in this batch are photos of "
+    f"one place (at most {fmt_m(PLACE_TOLERANCE_M)} apart, e.g. the headings of one panorama); the loss gives them "
+    "weight 1 and they are left out of the false and hard counts."
 )
 if variant == "chen2025":
     st.caption(
@@ -168,6 +176,6 @@ for kind, title in (("false", "Strongest false negatives (near and alike)"), ("h
                 )
                 if thumb is not None:
                     st.image(thumb, width=96)
-            st.caption(f"{p['h_m']:,.0f} m apart · c = {p['cos_dist']:.3f} · γ(h) = {p['gamma']:.3f}")
+            st.caption(f"{fmt_m(p['h_m'])} apart · c = {p['cos_dist']:.3f} · γ(h) = {p['gamma']:.3f}")
 if not img_root:
     st.info(f"{loaders.NO_IMAGES}: the pairs are listed without thumbnails.")

@@ -96,12 +96,14 @@ def sample_knn(runs_root, run_id, stamp, city):
     emb = np.asarray(loaders.embeddings(runs_root, run_id, stamp)[df.index.to_numpy()[pos]], dtype=np.float32)  # (N, D)
     latlon = df.iloc[pos][["lat", "lon"]].to_numpy(np.float64)
     table = df.iloc[pos].reset_index(drop=True)
-    if len(pos) < 3:
+    place = table["place_id"].astype(str).to_numpy()  # neighbours are other places' photos
+    others = len(pos) - int(table["place_id"].value_counts().max()) if len(pos) else 0
+    if len(pos) < 3 or others < 1:
         return table, emb, latlon, None, None
     # One thread: on the shared 2-core machine two BLAS / OpenMP threads made the PCA's SVD 30x slower
     # (32 s against 1 s).
     with threadpool_limits(1):
-        wide = neighbourhood_overlap(emb, latlon, min(K_MAX, len(pos) - 1))
+        wide = neighbourhood_overlap(emb, latlon, min(K_MAX, others), place=place)
         xy = pca_2d(emb)
     return table, emb, latlon, wide, xy
 
@@ -113,7 +115,7 @@ def neighbourhoods(runs_root, run_id, stamp, city, k):
     if wide is None:
         return table, None, None, None, None
     knn = (wide.embedding_knn, wide.geo_knn) if wide.ok else None
-    ov = neighbourhood_overlap(emb, latlon, min(k, len(table) - 1), knn=knn)
+    ov = neighbourhood_overlap(emb, latlon, min(k, wide.k), knn=knn)
     return table, ov.embedding_knn, ov.geo_knn, ov, xy
 
 
@@ -235,6 +237,7 @@ with right:
     )
 
 st.subheader("Across the bandwidth sweep")
+sc = loaders.run_scale(view.runs_root, run.run_id, run.stamp, city)  # lengths in the view's unit
 rows = []
 for r in sweep:
     _, _, _, ov_r, _ = neighbourhoods(view.runs_root, r.run_id, r.stamp, city, int(k))
@@ -243,9 +246,9 @@ for r in sweep:
     rows.append(
         {
             "run": ("★ " if r is nearest else "") + r.run_id,
-            "σ (m)": r.sigma_m or 0.0,
+            "σ": fmt_m(r.sigma_m) if r.sigma_m else "one-hot",
             f"mean overlap@{k}": ov_r.mean_overlap,
-            "median distance to embedding neighbours (m)": ov_r.median_embedding_neighbour_dist_m,
+            f"median distance to embedding neighbours ({sc.unit})": sc.in_unit(ov_r.median_embedding_neighbour_dist_m),
             "shown": r is run,
         }
     )
@@ -255,7 +258,7 @@ st.dataframe(
     width="stretch",
     column_config={
         f"mean overlap@{k}": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.3f"),
-        "median distance to embedding neighbours (m)": st.column_config.NumberColumn(format="%.0f"),
+        f"median distance to embedding neighbours ({sc.unit})": st.column_config.NumberColumn(format=sc.number_format),
     },
 )
 st.caption(

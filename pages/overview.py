@@ -5,7 +5,9 @@ import streamlit as st
 
 from appkit import frame, loaders
 from swclip import catalog
+from swclip.analysis.metrics import threshold_label
 from swclip.viz import figures
+from swclip.viz.scale import fmt_m
 
 view = frame.ensure_frame()
 frame.require_run(view, "the explorer")
@@ -20,22 +22,28 @@ st.caption(
     "(σ chosen on a validation split, block bootstrap against CLIP), see the **Experiments** page."
 )
 
+# The columns follow the main run's scale (the sidebar): metres and acc@100 m … in a city, km beyond.
+sc = view.scale
+acc_keys = [threshold_label(t) for t in sc.headline_thresholds_m]
+u = sc.unit
 rows = []
 for run in view.available:
     overall = catalog.overall_metrics(catalog.read_metrics(run))
+    per_place = catalog.read_metrics(run).get("per_place") or {}
+    length = {k: (None if overall.get(k) is None else sc.in_unit(float(overall[k]))) for k in ("median_m", "mean_m")}
     rows.append(
         {
             "run": run.run_id,
             "kind": run.kind,
             "model / source": f"{run.manifest.get('model')} · {run.source}" if run.kind == "imported" else "",
             "demo": run.is_demo,
-            "σ (m)": run.sigma_m,
-            "median error (m)": overall.get("median_m"),
-            "mean error (m)": overall.get("mean_m"),
-            "acc@100m": overall.get("acc@100m"),
-            "acc@1km": overall.get("acc@1km"),
+            "σ": fmt_m(run.sigma_m) if run.sigma_m else "one-hot",
+            f"median error ({u})": length["median_m"],
+            f"mean error ({u})": length["mean_m"],
+            **{k: overall.get(k) for k in acc_keys},
             "samples": overall.get("n_rows", overall.get("n")),
             "coverage": overall.get("coverage", 1.0),
+            "places": per_place.get("n"),
         }
     )
 st.dataframe(
@@ -43,11 +51,14 @@ st.dataframe(
     hide_index=True,
     width="stretch",
     column_config={
-        "median error (m)": st.column_config.NumberColumn(format="%.0f"),
-        "mean error (m)": st.column_config.NumberColumn(format="%.0f"),
-        "acc@100m": st.column_config.NumberColumn(format="%.2f"),
-        "acc@1km": st.column_config.NumberColumn(format="%.2f"),
-    },
+        f"median error ({u})": st.column_config.NumberColumn(format=sc.number_format),
+        f"mean error ({u})": st.column_config.NumberColumn(format=sc.number_format),
+    }
+    | {k: st.column_config.NumberColumn(format="%.2f") for k in acc_keys},
+)
+st.caption(
+    f"{sc.describe()}. Accuracy columns are the share of samples within each distance; "
+    "'places' counts distinct places (photos of one place share a place id) where evaluation recorded them."
 )
 
 run = view.run

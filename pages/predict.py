@@ -132,17 +132,17 @@ p = preds[choice]
 left, right = st.columns([1, 2])
 with left:
     st.image(img, caption=name, width="stretch")
-    st.markdown(f"**knn-kde estimate** {p.estimate[0]:.5f}, {p.estimate[1]:.5f}, within about **{p.radius_m:.0f} m**")
+    st.markdown(f"**knn-kde estimate** {p.estimate[0]:.5f}, {p.estimate[1]:.5f}, within about **{fmt_m(p.radius_m)}**")
     if truth:
         err = haversine_m(np.array([p.estimate]), np.array([truth]))[0]
-        st.markdown(f"**True spot** ({source}) {truth[0]:.5f}, {truth[1]:.5f}: error **{err:.0f} m**")
+        st.markdown(f"**True spot** ({source}) {truth[0]:.5f}, {truth[1]:.5f}: error **{fmt_m(err)}**")
     st.dataframe(
         pd.DataFrame(p.as_rows()).round({"lat": 5, "lon": 5, "prob": 3, "score": 3}), hide_index=True, width="stretch"
     )
 with right:
     import folium
 
-    m = maps.folium_map(p.estimate, zoom=15)
+    m = maps.folium_map(p.estimate, zoom=view.scale.map_zoom if view.scale else 15)  # the run's scale
     lines = loaders.streets(view.runs_root, run.run_id, run.stamp)
     near = maps.streets_near([line for lines_c in lines.values() for line in lines_c], p.estimate)
     maps.folium_streets(m, near)
@@ -152,7 +152,7 @@ with right:
         color="#9467bd",
         fill=True,
         fill_opacity=0.08,
-        tooltip=f"confidence radius {p.radius_m:.0f} m",
+        tooltip=f"confidence radius {fmt_m(p.radius_m)}",
     ).add_to(m)
     for rank, ((la, lo), pr) in enumerate(zip(p.latlon_topk, p.prob), start=1):
         folium.CircleMarker(

@@ -10,7 +10,7 @@ from swclip import catalog
 from swclip.analysis.empirical_variogram import bin_pairs, variogram_pairs
 from swclip.analysis.metrics import log10_error
 from swclip.analysis.spatial_stats import local_morans_i, morans_i
-from swclip.analysis.variogram import MODELS, fit_best, fit_variogram, suggest_sigma_m
+from swclip.analysis.variogram import MODELS, RANGE_NOT_REACHED, fit_best, fit_variogram, suggested_sigma_from_fit
 from swclip.viz import figures, maps
 from swclip.viz.scale import fmt_m
 
@@ -40,7 +40,7 @@ with c4:
         st.select_slider,
         "Largest lag",
         "maxlag",
-        0,
+        sc.lag_default_m,
         parse=int,
         valid=lambda v: v in lags,
         options=lags,
@@ -120,19 +120,22 @@ def curve(name, emp, fit):
 
 
 def fit_row(name, emp, fit):
+    # the bandwidth rule expects the 95 % range; scikit-gstat's gaussian/spherical ranges sit at 98-100 %;
+    # a range at the largest lag suggests no σ (it is only a lower bound)
+    sigma = suggested_sigma_from_fit(fit, kernel)
     row = {
         "variogram": name,
         "model": fit.model if fit.ok else "—",
         "nugget": fit.nugget,
         "sill": fit.sill,
-        "range (m)": fit.range_m,
-        # the bandwidth rule expects the 95 % range; scikit-gstat's gaussian/spherical ranges sit at 98-100 %
-        f"suggested σ, {kernel} (m)": suggest_sigma_m(fit.practical_range_m(), kernel) if fit.ok else np.nan,
+        "range": fmt_m(fit.range_m) if fit.ok else "—",
+        f"suggested σ, {kernel}": fmt_m(sigma) if sigma is not None else RANGE_NOT_REACHED if fit.ok else "—",
+        "largest lag": fmt_m(fit.max_lag_m) if fit.ok else "—",
         "pairs used": emp.n_pairs_used if emp is not None else 0,
         "note": "" if fit.ok else fit.reason,
     }
     if fit.ok and fit.range_at_bound:
-        row["note"] = "range at the largest lag: the true range may be longer"
+        row["note"] = f"{RANGE_NOT_REACHED} by {fmt_m(fit.max_lag_m)}: the true range may be longer; widen the lags"
     elif fit.ok and fit.warning:
         row["note"] = fit.warning
     return row
@@ -153,8 +156,8 @@ for r in view.selected:
         continue
     curves.append(curve(r.run_id, emp, fit))
     rows.append(fit_row(f"{r.run_id}: embeddings (1 − cos)", emp, fit))
-    if suggested is None and fit.ok:
-        suggested = suggest_sigma_m(fit.practical_range_m(), kernel)
+    if r is run:  # the main run's
+        suggested = suggested_sigma_from_fit(fit, kernel)
 
 if curves:
     st.plotly_chart(
@@ -189,13 +192,11 @@ st.dataframe(
     column_config={
         "nugget": st.column_config.NumberColumn(format="%.4f"),
         "sill": st.column_config.NumberColumn(format="%.4f"),
-        "range (m)": st.column_config.NumberColumn(format="%.0f"),
-        f"suggested σ, {kernel} (m)": st.column_config.NumberColumn(format="%.0f"),
     },
 )
 
 sc_all = loaders.run_scale(view.runs_root, run.run_id, run.stamp, None)
-if sc_all.world and city is not None:
+if sc_all.kind != "street" and city is not None:
     st.subheader("Over every city: the global variogram")
     g_lags = (0, *sc_all.lag_choices_m)
     g_lag = urlstate.url_widget(
@@ -231,7 +232,8 @@ if sc_all.world and city is not None:
             f"Great-circle lags up to {fmt_m(g_lag) if g_lag else 'half the widest pair'}, "
             f"on a seeded sample of at most {GLOBAL_SAMPLES:,} samples and 300,000 of their pairs, "
             f"as the semivariogram paper samples pairs over OSV-5M. "
-            f"The run spans about {fmt_m(sc_all.extent_m)}; the per-city variogram above is {city}'s."
+            f"The run spans about {fmt_m(sc_all.extent_m)}; the per-city variogram above is {city}'s. "
+            "Both default to the same largest lag, half the samples' extent, so on the same rows they agree."
         )
 
 st.subheader(f"Spatial structure of the errors of {run.run_id}")
@@ -242,8 +244,10 @@ def autocorrelation(runs_root, run_id, stamp, city):
     df = loaders.city_predictions(runs_root, run_id, stamp, city)
     latlon = df[["lat", "lon"]].to_numpy(np.float64)
     values = log10_error(df["error_m"])
-    return morans_i(values, latlon, k=8, permutations=999, seed=0), local_morans_i(
-        values, latlon, k=8, permutations=999, seed=0
+    place = df["place_id"].astype(str).to_numpy()  # one value per place: co-located headings are one observation
+    k = min(8, df["place_id"].nunique() - 2)
+    return morans_i(values, latlon, k=max(k, 1), permutations=999, seed=0, place=place), local_morans_i(
+        values, latlon, k=max(k, 1), permutations=999, seed=0, place=place
     )
 
 
@@ -270,7 +274,8 @@ with right:
             else "errors are dispersed"
         )
         st.markdown(
-            f"**Global Moran's I** of log10 error (8 nearest neighbours): I = **{gi.I:.3f}** "
+            f"**Global Moran's I** of log10 error over {gi.n:,} places (each the mean of its photos; "
+            f"{gi.k} nearest places as neighbours): I = **{gi.I:.3f}** "
             f"(expected {gi.expected_I:.3f} without structure), permutation p = **{gi.p_value:.3f}** "
             f"({gi.permutations} permutations): {verdict}."
         )

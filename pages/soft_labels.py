@@ -11,9 +11,11 @@ import numpy as np
 import streamlit as st
 
 from appkit import frame, loaders, urlstate
+from swclip.geo import place_ids
 from swclip.kernels import KERNELS
 from swclip.method.soft_labels import effective_positives, soft_targets
 from swclip.viz import figures, maps
+from swclip.viz.scale import fmt_m
 from swclip.viz.spatial_bins import hilbert_order
 
 view = frame.ensure_frame()
@@ -31,13 +33,14 @@ elif view.city_or_none() is None and city:
 samples = loaders.sample_table(view.runs_root, run.run_id, run.stamp)
 if samples is not None and "city" in samples:
     source = "the run's sample table"  # what training batches are drawn from
-    rows = samples if city is None else samples.loc[samples["city"].astype(str) == city]
-    latlon_all = rows[["lat", "lon"]].to_numpy(np.float64)
+    rows_all = samples if city is None else samples.loc[samples["city"].astype(str) == city]
 else:
     source = "the evaluation samples (the sample table is not under the runs directory)"
-    latlon_all = loaders.city_predictions(view.runs_root, run.run_id, run.stamp, city)[["lat", "lon"]].to_numpy(
-        np.float64
-    )
+    rows_all = loaders.city_predictions(view.runs_root, run.run_id, run.stamp, city)
+latlon_all = rows_all[["lat", "lon"]].to_numpy(np.float64)
+place_all = (
+    rows_all["place_id"].astype(str).to_numpy() if "place_id" in rows_all else place_ids(latlon_all)
+)  # (N,) photos of one place share it
 
 if len(latlon_all) < 2:
     st.warning("This city has fewer than two samples; there is no batch to show.")
@@ -68,22 +71,32 @@ pick = rng.choice(len(latlon_all), size=min(int(batch), len(latlon_all)), replac
 latlon = latlon_all[pick]
 order = hilbert_order(latlon)
 latlon = latlon[order]  # (B, 2) in space-filling order
+place = place_all[pick][order]  # (B,)
+_, place_code = np.unique(place, return_inverse=True)
+per_place = np.bincount(place_code)[place_code]  # (B,) photos of each row's place in the batch
 sigma_m = view.sigma_m
 q = soft_targets(latlon, sigma_m, kernel)  # (B, B), rows sum to 1
 onehot = soft_targets(latlon, 0.0, "onehot")
 neff = effective_positives(q)  # (B,)
 compute_s = time.perf_counter() - t0
 
+n_places = int(place_code.max()) + 1
 st.markdown(
-    f"**{city or 'all cities'}** · B = {len(latlon)} drawn from {source} · σ = {sigma_m:g} m · kernel `{kernel}` · "
-    f"median effective positives per row **{np.median(neff):.2f}** (one-hot: 1). "
-    f"Targets computed in {compute_s * 1000:.0f} ms."
+    f"**{city or 'all cities'}** · B = {len(latlon)} photos of {n_places} places drawn from {source} · "
+    f"σ = {fmt_m(sigma_m)} · "
+    f"kernel `{kernel}` · median effective positives per row **{np.median(neff):.2f}** "
+    f"(one-hot: the photos of the row's own place, **{np.median(per_place):.0f}** per place here; "
+    f"1 only when every place has one photo). Targets computed in {compute_s * 1000:.0f} ms."
+)
+st.caption(
+    "Positives per place: photos of one place (the same coordinates, or the same `place_id`) are positives of "
+    "each other under every kernel, one-hot included, so several photos per place show as square blocks."
 )
 
 left, right = st.columns(2)
 with left:
     st.plotly_chart(
-        figures.target_heatmap(q, f"SW-CLIP targets Q (σ = {sigma_m:g} m, {kernel})"), width="stretch", key="q"
+        figures.target_heatmap(q, f"SW-CLIP targets Q (σ = {fmt_m(sigma_m)}, {kernel})"), width="stretch", key="q"
     )
 with right:
     st.plotly_chart(

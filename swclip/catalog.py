@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from swclip import runs
+from swclip.geo import place_ids
 from swclip.io import RunError, resolve_inside
 from swclip.runs import RunInfo
 
@@ -279,7 +280,8 @@ def check_predictions(df, n_embeddings: int | None = None, run_id: str = "run"):
     Returns (usable rows, problems): rows with missing or out-of-range coordinates, or a missing or
     negative error_m, are left out (the index keeps the original row numbers, so embeddings stay
     aligned), and so are abstentions (a valid truth, no prediction: a model that declined), said once
-    with the coverage; every other row stays. Each problem is one sentence naming the run, what is wrong, how
+    with the coverage; every other row stays. A table without ``place_id`` gets one derived from the coordinates
+    (``swclip.geo.place_ids``, 1 m). Each problem is one sentence naming the run, what is wrong, how
     many rows and the first one, and what the app does about it. Never drops a row without one.
     Raises RunError when a required column is missing (nothing can be shown).
     """
@@ -343,4 +345,7 @@ def check_predictions(df, n_embeddings: int | None = None, run_id: str = "run"):
             "pages that need embeddings skip this run"
         )
     keep = ~(bad_coord | bad_err | abstained)
-    return (df if keep.all() else df[keep]), problems
+    df = df if keep.all() else df[keep]
+    if "place_id" not in df.columns:  # runs evaluated without places: photos at one spot (1 m) are one place
+        df = df.assign(place_id=place_ids(df[["lat", "lon"]].to_numpy(np.float64)))
+    return df, problems

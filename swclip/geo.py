@@ -257,3 +257,25 @@ def equal_earth(latlon: Any, radius_m: float = EARTH_RADIUS_M):
     )
     y = theta * (_EE_A1 + _EE_A2 * t2 + t6 * (_EE_A3 + _EE_A4 * t2))
     return xp.stack([x * radius_m, y * radius_m], -1)
+
+
+PLACE_TOLERANCE_M = 1.0  # photos whose coordinates round to the same 1 m cell are one place
+
+
+def place_ids(latlon: Any, tolerance_m: float = PLACE_TOLERANCE_M) -> np.ndarray:
+    """A place id per photo, from its coordinates rounded to ``tolerance_m``: (N, 2) degrees -> (N,) str.
+
+    Latitude is rounded to ``tolerance_m`` of arc, longitude to ``tolerance_m`` along that rounded
+    latitude's parallel, so photos taken at one spot (the headings of one panorama) share an id like
+    ``'@51.50000900,-0.12001600'``. Two photos closer than the tolerance may still fall either side of a
+    cell edge; a dataset that knows its places should give a ``place_id`` column instead.
+    """
+    if not (math.isfinite(tolerance_m) and tolerance_m > 0):
+        raise ValueError(f"tolerance_m must be a positive number of metres, got {tolerance_m!r}")
+    check_latlon(latlon)
+    ll = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
+    step_lat = tolerance_m / (EARTH_RADIUS_M * math.pi / 180.0)  # degrees of latitude per tolerance
+    lat = np.round(ll[:, 0] / step_lat) * step_lat
+    step_lon = step_lat / np.maximum(np.cos(np.deg2rad(lat)), 1e-9)
+    lon = np.round(ll[:, 1] / step_lon) * step_lon
+    return np.char.add(np.char.add(np.char.mod("@%.8f", lat), ","), np.char.mod("%.8f", lon)).astype(object)

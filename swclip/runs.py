@@ -43,6 +43,7 @@ from swclip.method.model import build_model
 from swclip.retrieval.gallery import Gallery
 from swclip.retrieval.gallery_source import check_gallery_source, gallery_places, stored_gallery_source
 from swclip.retrieval.predictor import Predictor
+from swclip.viz.scale import fmt_m
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -727,7 +728,7 @@ class RunInfo:
         if self.loss_name:
             bits.append(self.loss_name)
         if self.sigma_m:
-            bits.append(f"σ={self.sigma_m:g} m")
+            bits.append(f"σ={fmt_m(self.sigma_m)}")
         if self.stale:
             bits.append("STALE: artefacts of other weights")
         return " · ".join(bits)

@@ -64,7 +64,7 @@ def test_error_map_all_cities_is_one_world_map_with_hexagons_and_tables(world):
     table = at.dataframe[-1].value
     assert list(table["city"])[0] == "all" and len(table) == N_CITIES + 1 and table["n"].iloc[0] == N_EVAL
     # OSV-5M's admin table and Recall vs Area come from metrics.json
-    assert "OSV-5M's table" in txt and "metrics.json" in txt
+    assert "Admin-level accuracy" in txt and "Point-in-polygon" in txt and "metrics.json" in txt
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert "Recall vs Area, all cities" in titles
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from swclip.analysis.metrics import extent_m
+from swclip.analysis.metrics import extent_m, summarize
 from swclip.geo import destination, haversine_m, local_metres_to_degrees
 from swclip.viz import figures, scale
 from swclip.viz.spatial_bins import H3_EDGE_M, h3_bins, h3_resolution
@@ -42,10 +42,10 @@ def test_ladder_and_sigma_choices():
     assert scale.nearest(s, 21_000) == 20_000
 
 
-@pytest.mark.parametrize("extent, world", [(2_500.0, False), (530_000.0, True), (18_000_000.0, True)])
-def test_scale_defaults_follow_the_extent(extent, world):
+@pytest.mark.parametrize("extent, kind", [(2_500.0, "street"), (530_000.0, "region"), (18_000_000.0, "world")])
+def test_scale_defaults_follow_the_extent(extent, kind):
     sc = scale.scale_for(extent)
-    assert sc.world == world
+    assert sc.kind == kind and sc.world == (kind == "world")
     assert sc.hex_default_m in sc.hex_choices_m and all(extent / 1000 <= e <= extent / 4 for e in sc.hex_choices_m)
     assert 20 <= extent / sc.hex_default_m <= 200  # tens of hexagons across the run
     assert sc.lag_default_m in sc.lag_choices_m and extent / 4 <= sc.lag_default_m <= extent
@@ -57,13 +57,82 @@ def test_scale_defaults_follow_the_extent(extent, world):
 
 
 def test_fmt_m():
-    assert [scale.fmt_m(v) for v in (0.5, 150, 1500, 12_000, 2_000_000)] == [
+    assert [scale.fmt_m(v) for v in (0.5, 150, 1500, 12_000, 119_034, 2_000_000, float("nan"))] == [
         "0.5 m",
         "150 m",
         "1.5 km",
         "12 km",
+        "119 km",
         "2,000 km",
+        "—",
     ]
+
+
+@pytest.mark.parametrize(
+    "extent, kind, unit, labels",
+    [
+        (3_000.0, "street", "m", ["acc@25m", "acc@50m", "acc@100m", "acc@250m", "acc@500m", "acc@1km"]),
+        (
+            320_000.0,
+            "region",
+            "km",
+            ["acc@1km", "acc@5km", "acc@10km", "acc@25km", "acc@50km", "acc@100km", "acc@200km"],
+        ),
+        (12_000_000.0, "world", "km", ["acc@1km", "acc@25km", "acc@200km", "acc@750km", "acc@2500km"]),
+    ],
+)
+def test_three_scales_set_thresholds_units_and_ranges(extent, kind, unit, labels):
+    """Street/city, region/country and world: thresholds, unit, error filter, lags and zoom follow the extent."""
+    sc = scale.scale_for(extent)
+    assert (sc.kind, sc.unit, list(sc.accuracy_keys)) == (kind, unit, labels)
+    assert set(sc.headline_thresholds_m) <= set(sc.thresholds_m) | {750_000, 2_500_000}
+    # the error filter stops at ten times the extent (then "no limit"), not at half the Earth
+    assert sc.error_stops_m[-2] <= max(10 * extent, 10_000.0) and scale.fmt_stop(sc.error_stops_m[-1]) == "no limit"
+    assert sc.lag_default_m == scale.nearest(sc.lag_choices_m, extent / 2)  # one lag rule: half the extent
+    assert sc.unit in sc.describe() or unit == "m"
+    assert sc.label in sc.describe()
+    # a map of the whole extent: zoom in for a street, out for the world
+    assert {"street": 12 <= sc.map_zoom <= 16, "region": 5 <= sc.map_zoom <= 9, "world": 1 <= sc.map_zoom <= 3}[kind]
+    # every label is a key summarize() writes, so every page can read it from metrics.json
+    assert set(labels) <= set(summarize(np.array([10.0, 2e6])))
+
+
+def test_scale_boundaries():
+    assert [scale.scale_kind(e) for e in (29_999, 30_001, 2_499_999, 2_500_001)] == [
+        "street",
+        "region",
+        "region",
+        "world",
+    ]
+
+
+def test_a_range_at_the_largest_lag_suggests_no_sigma():
+    """A variogram still rising at its largest lag: 'range not reached', no σ; one that levels off: suggest_sigma_m."""
+    from swclip.analysis.empirical_variogram import EmpiricalVariogram
+    from swclip.analysis.variogram import RANGE_NOT_REACHED, fit_variogram, suggest_sigma_m, suggested_sigma_from_fit
+
+    edges = np.linspace(0, 160_000, 17)
+    lag = (edges[:-1] + edges[1:]) / 2
+
+    def emp(gamma):
+        return EmpiricalVariogram(
+            ok=True,
+            bin_edges_m=edges,
+            bin_centres_m=lag,
+            lag_m=lag,
+            gamma=gamma,
+            counts=np.full(16, 100),
+            max_lag_m=160_000.0,
+            dissimilarity="cosine",
+        )
+
+    rising = fit_variogram(emp(0.1 + 1e-6 * lag), "exponential")
+    assert rising.ok and rising.range_at_bound and RANGE_NOT_REACHED in rising.warning
+    assert suggested_sigma_from_fit(rising) is None
+    level = fit_variogram(emp(0.1 + 0.5 * (1 - np.exp(-3 * lag / 30_000))), "exponential")
+    assert level.ok and not level.range_at_bound
+    assert suggested_sigma_from_fit(level) == pytest.approx(suggest_sigma_m(level.practical_range_m()))
+    assert level.range_m == pytest.approx(30_000, rel=0.02)
 
 
 def test_h3_bins_against_a_per_point_loop():

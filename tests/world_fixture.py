@@ -44,16 +44,15 @@ def broken_copy(src_run: Path, dst_run: Path, problem: str) -> Path:
     return dst_run
 
 
-def cached_world(cache_dir: Path) -> Path:
-    """world_runs built once per version of the code that writes it, kept in pytest's cache (a file lock
-    keeps two workers from building it at once)."""
+def cached_build(cache_dir: Path, sources: list, build) -> Path:
+    """``build(root)`` once per version of ``sources`` (files whose bytes are hashed), kept in pytest's cache
+    folder ``cache_dir``; older versions are removed, and a file lock keeps two workers from building at once."""
     import fcntl
     import hashlib
 
-    repo = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for f in sorted((repo / "swclip").rglob("*.py")) + [repo / "benchmarks" / "app_scale.py", Path(__file__)]:
-        h.update(f.read_bytes())
+    for f in sources:
+        h.update(Path(f).read_bytes())
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     root = cache_dir / h.hexdigest()[:16]
@@ -65,8 +64,15 @@ def cached_world(cache_dir: Path) -> Path:
                 for old in cache_dir.iterdir():
                     if old.is_dir() and old != root:
                         shutil.rmtree(old, ignore_errors=True)
-                world_runs(root)
+                build(root)
                 (root / ".complete").write_text("test fixture\n")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return root
+
+
+def cached_world(cache_dir: Path) -> Path:
+    """world_runs built once per version of the code that writes it (:func:`cached_build`)."""
+    repo = Path(__file__).resolve().parents[1]
+    sources = sorted((repo / "swclip").rglob("*.py")) + [repo / "benchmarks" / "app_scale.py", Path(__file__)]
+    return cached_build(cache_dir, sources, world_runs)

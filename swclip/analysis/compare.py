@@ -21,6 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from swclip.analysis.metrics import threshold_label
+
 BOOT_BLOCK = 100  # resamples per seed stream: block i depends on (seed, i) only, so 500 resamples extend 200
 CHUNK_ELEMENTS = (
     1 << 22
@@ -66,8 +68,16 @@ STATISTICS: dict[str, ErrorStatistic] = {
 }
 
 
+def statistics_at(thresholds_m: Any) -> dict[str, ErrorStatistic]:
+    """median, mean and the accuracy at each of ``thresholds_m`` (metres): a scale's comparison
+    (``swclip.viz.scale.Scale.compare_thresholds_m``). Keys as metrics.json's ('acc@25km')."""
+    from_keys = {threshold_label(t): ErrorStatistic("share_at_most", float(t)) for t in thresholds_m}
+    return {"median_m": STATISTICS["median_m"], "mean_m": STATISTICS["mean_m"], **from_keys}
+
+
 def paired_errors(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
-    """Inner join of two predictions tables on ``id``: id, city, lat, lon, error_a_m, error_b_m.
+    """Inner join of two predictions tables on ``id``: id, city, place_id (when A has them), lat, lon,
+    error_a_m, error_b_m.
 
     Raises ValueError when the runs share no sample (different evaluation sets).
     """
@@ -75,9 +85,8 @@ def paired_errors(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
         missing = {"id", "error_m", "lat", "lon"} - set(df.columns)
         if missing:
             raise ValueError(f"the {name} run's predictions lack column(s) {sorted(missing)}")
-    a = pred_a[["id", "lat", "lon", "error_m"] + (["city"] if "city" in pred_a else [])].rename(
-        columns={"error_m": "error_a_m"}
-    )
+    extra = [c for c in ("city", "place_id") if c in pred_a]
+    a = pred_a[["id", "lat", "lon", "error_m", *extra]].rename(columns={"error_m": "error_a_m"})
     b = pred_b[["id", "error_m"]].rename(columns={"error_m": "error_b_m"})
     a = a.assign(id=a["id"].astype(str))
     b = b.assign(id=b["id"].astype(str))
@@ -422,6 +431,106 @@ class PairedBootstrap:
             if len(sizes) > full:
                 pos = np.concatenate([pos, starts[full] + rng.integers(0, sizes[full], size=counts[full])])
             yield pos
+
+
+class PlacePairedBootstrap(PairedBootstrap):
+    """:class:`PairedBootstrap` over places: a cluster bootstrap that resamples places, keeping each whole.
+
+    Several photos of one place (the headings of a panorama, a sequence) are not independent samples:
+    resampling photos treats them as if they were and gives intervals that are too narrow. Here a resample
+    draws G places with replacement (G = the number of places) and takes every photo of each drawn place,
+    as often as the place was drawn; a statistic is then the statistic of those photos' errors.
+
+    error_a_m, error_b_m: (N,) metres; place: (N,) any hashable ids. Statistics are :class:`ErrorStatistic`
+    (computed exactly from the resample's per-photo weights, the number of times its place was drawn:
+    a weighted share, a weighted mean, and numpy's linear quantile of the photos repeated that often)
+    or callables (called on the repeated photos' errors: slower). Seeding, blocks and :meth:`table` as in
+    :class:`PairedBootstrap`; :meth:`place_draws` gives a block's drawn places, and
+    :meth:`resample_places` is the naive reference the tests hold the fast path to.
+    """
+
+    def __init__(
+        self,
+        error_a_m: Any,
+        error_b_m: Any,
+        place: Any,
+        statistics: Mapping[str, Callable] | None = None,
+        seed: int = 0,
+    ):
+        ea = np.asarray(error_a_m, dtype=np.float64).ravel()
+        eb = np.asarray(error_b_m, dtype=np.float64).ravel()
+        place = np.asarray(place).ravel()
+        if ea.shape != eb.shape or place.shape != ea.shape:
+            raise ValueError(
+                f"error_a_m {ea.shape}, error_b_m {eb.shape} and place {place.shape} must describe the same samples"
+            )
+        for name, e in (("error_a_m", ea), ("error_b_m", eb)):
+            if not np.isfinite(e).all():
+                raise ValueError(f"{name} has {int((~np.isfinite(e)).sum()):,} non-finite value(s)")
+        _, self._place_of = np.unique(place.astype(str), return_inverse=True)  # (N,) place index per photo
+        self.n_places = int(self._place_of.max()) + 1 if ea.size else 0
+        if self.n_places < 2:
+            raise ValueError(f"need at least 2 places to bootstrap places, got {self.n_places}")
+        self.n, self.seed = int(ea.size), int(seed)
+        self.statistics = dict(statistics or STATISTICS)
+        self._ea, self._eb = ea, eb
+        self._order = [np.argsort(e, kind="stable") for e in (ea, eb)]  # each run's photos by error
+        self._sorted = [e[o] for e, o in zip((ea, eb), self._order)]
+        self._blocks = {}
+        self._lock = threading.Lock()
+
+    def place_draws(self, rng: np.random.Generator, m: int) -> np.ndarray:
+        """(m, G) place indices drawn uniformly with replacement: m resamples of G places."""
+        return rng.integers(0, self.n_places, size=(m, self.n_places))
+
+    def resample_places(self, drawn: np.ndarray) -> np.ndarray:
+        """(m, S, 3) the statistics of resamples given as drawn places (m, G), the naive way: concatenate every
+        photo of each drawn place and call each statistic on the errors."""
+        members = [np.flatnonzero(self._place_of == g) for g in range(self.n_places)]
+        out = np.full((len(drawn), len(self.statistics), 3), np.nan)
+        for r, places in enumerate(drawn):
+            rows = np.concatenate([members[g] for g in places])
+            for s, fn in enumerate(self.statistics.values()):
+                out[r, s, 0], out[r, s, 1] = fn(self._ea[rows]), fn(self._eb[rows])
+        out[:, :, 2] = out[:, :, 1] - out[:, :, 0]
+        return out
+
+    def _weighted(self, fn: ErrorStatistic, col: int, weight: np.ndarray) -> np.ndarray:
+        """(m,) ``fn`` of run ``col``'s errors with each photo repeated ``weight`` (m, N) times."""
+        e = self._ea if col == 0 else self._eb
+        total = weight.sum(1)  # (m,) photos in each resample
+        if fn.kind == "mean":
+            return (weight @ e) / total
+        if fn.kind == "share_at_most":
+            return (weight @ (e <= fn.value)) / total
+        cum = np.cumsum(weight[:, self._order[col]], axis=1)  # (m, N) photos at or below each sorted error
+        pos = fn.value * (total - 1)
+        k0 = np.floor(pos).astype(np.int64)
+        k1 = np.minimum(k0 + 1, total - 1)
+        # the k-th (0-based) of the repeated sorted errors is the first sorted error whose cumulative count exceeds k
+        r0 = np.array([np.searchsorted(c, k, side="right") for c, k in zip(cum, k0)])
+        r1 = np.array([np.searchsorted(c, k, side="right") for c, k in zip(cum, k1)])
+        lo_v, hi_v, gamma = self._sorted[col][r0], self._sorted[col][r1], pos - k0
+        diff = hi_v - lo_v
+        return np.where(gamma >= 0.5, hi_v - diff * (1 - gamma), lo_v + diff * gamma)  # numpy's lerp
+
+    def _block(self, block: int) -> np.ndarray:
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(block,)))
+        drawn = self.place_draws(rng, BOOT_BLOCK)  # (m, G)
+        counts = np.stack([np.bincount(d, minlength=self.n_places) for d in drawn])  # (m, G) draws of each place
+        weight = counts[:, self._place_of].astype(np.float64)  # (m, N) copies of each photo
+        out = np.empty((BOOT_BLOCK, len(self.statistics), 3))
+        slow = []
+        for s, fn in enumerate(self.statistics.values()):
+            if isinstance(fn, ErrorStatistic):
+                out[:, s, 0], out[:, s, 1] = self._weighted(fn, 0, weight), self._weighted(fn, 1, weight)
+            else:
+                slow.append(s)
+        if slow:
+            ref = self.resample_places(drawn)
+            out[:, slow, :2] = ref[:, slow, :2]
+        out[:, :, 2] = out[:, :, 1] - out[:, :, 0]
+        return out
 
 
 def paired_bootstrap(

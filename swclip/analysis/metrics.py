@@ -4,7 +4,8 @@ All errors are great-circle metres (``error_m``). Street-level work reads the
 metre thresholds; the field's global benchmarks (IM2GPS, OSV-5M) read the km
 thresholds (street 1 km, city 25 km, region 200 km, country 750 km,
 continent 2500 km). Beyond one city: OSV-5M's administrative accuracy
-(:func:`admin_accuracy`, its keys from the offline reverse_geocoder), and
+(:func:`admin_accuracy`, its keys from the offline reverse_geocoder: the nearest populated place), beside
+countries by point-in-polygon (``swclip.analysis.countries``: the true country of the true coordinates), and
 Recall-vs-Area of the knn-kde density (:func:`hdr_area_km2`, :func:`rva_curve`);
 evaluation writes both through :func:`scale_metrics`.
 """
@@ -17,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from swclip.analysis.countries import CONVENTION_OSV5M, country_accuracy
 from swclip.geo import EARTH_RADIUS_M, check_latlon, chord_to_m, haversine_m, unit_vectors
 
 THRESHOLDS_M = (25, 50, 100, 250, 500, 1000)
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
+THRESHOLDS_REGION_KM = (1, 5, 10, 25, 50, 100, 200)  # one region or country (swclip.viz.scale's middle scale)
 GEOSCORE_MAX = 5000.0
 # The headline numbers of a run: its manifest's metrics summary, `swclip evaluate`'s printout, the app's run table.
 SUMMARY_KEYS = ("n", "median_m", "mean_m", "acc@100m", "acc@250m", "acc@500m", "acc@1km", "recall@1", "geoscore")
@@ -81,7 +84,7 @@ def _summary(err: np.ndarray) -> dict:
         "geoscore": geoscore(err),
     }
     out.update(accuracy_at(err, THRESHOLDS_M))
-    out.update(accuracy_at(err, [t * 1000.0 for t in THRESHOLDS_KM if t > 1]))
+    out.update(accuracy_at(err, [t * 1000.0 for t in sorted(set(THRESHOLDS_REGION_KM) | set(THRESHOLDS_KM)) if t > 1]))
     return out
 
 
@@ -89,7 +92,7 @@ def summarize(error_m: Any, city: Sequence | None = None) -> dict:
     """Overall error summary, and per city when ``city`` (N,) is given.
 
     Returns {"n", "median_m", "mean_m", "p90_m", "p95_m", "geoscore",
-    "acc@25m" … "acc@1km", "acc@25km" … "acc@2500km"[, "per_city": {city: same keys}]}.
+    "acc@25m" … "acc@1km", "acc@5km" … "acc@2500km" (every scale's thresholds)[, "per_city": {city: same keys}]}.
     """
     err = _check_errors(error_m)
     out = _summary(err)
@@ -134,6 +137,24 @@ def summarize_answered(error_m: Any, city: Sequence | None = None) -> dict:
             raise ValueError(f"city has shape {city.shape}, error_m has {err.shape}: one city per sample")
         out["per_city"] = {str(c): block(city == c) for c in np.unique(city)}
     return out
+
+
+def summarize_places(error_m: Any, place: Sequence) -> dict:
+    """The error summary over places, each place once: :func:`summarize`'s keys of the per-place median errors.
+
+    error_m: (N,) metres; place: (N,) place ids (several photos of one place share one). A place with four
+    headings counts once, so a dataset's well-photographed places do not outweigh the rest. Adds
+    "photos" (N) and "photos_per_place" (mean); "n" is the number of places.
+    """
+    err = _check_errors(error_m)
+    place = np.asarray(place).astype(str)
+    if place.shape != err.shape:
+        raise ValueError(f"place has shape {place.shape}, error_m has {err.shape}: one place id per sample")
+    _, inverse = np.unique(place, return_inverse=True)
+    order = np.lexsort((err, inverse))  # by place, then error
+    bounds = np.searchsorted(inverse[order], np.arange(inverse.max() + 2))
+    medians = np.array([np.median(err[order[bounds[k] : bounds[k + 1]]]) for k in range(len(bounds) - 1)])
+    return {**_summary(medians), "photos": int(err.size), "photos_per_place": float(err.size / medians.size)}
 
 
 def recall_at_k(ranked_ids: Any, true_ids: Any, ks: Iterable[int] = (1, 5, 10)) -> dict:
@@ -299,12 +320,14 @@ def distance_km(pred_latlon: Any, true_latlon: Any, parity: str | None = None) -
 
 
 def osv5m_metrics(pred_latlon: Any, true_latlon: Any, parity: str | None = "osv5m", mode: int | None = None) -> dict:
-    """OSV-5M's world-scale table for one run: admin_accuracy plus median_km and mean_km (its haversine by default)."""
+    """OSV-5M's world-scale table for one run: admin_accuracy plus median_km and mean_km (its haversine by default),
+    and "convention": how the admin levels were decided (the nearest populated place, reverse_geocoder)."""
     d = distance_km(pred_latlon, true_latlon, parity)
     return {
         "median_km": float(np.median(d)),
         "mean_km": float(np.mean(d)),
         "distance_parity": parity or "swclip",
+        "convention": CONVENTION_OSV5M,
         **admin_accuracy(pred_latlon, true_latlon, mode=mode),
     }
 
@@ -472,11 +495,15 @@ def scale_metrics(
     kde_bandwidth_m: float,
     mode: int | None = None,
 ) -> dict:
-    """What evaluation adds beyond :func:`summarize`: {"rva": rva_summary(...)} always, and
-    {"osv5m": osv5m_metrics(...)} (admin-level accuracy, median / mean km with OSV-5M's haversine)
-    when the true locations spread wider than ADMIN_MIN_EXTENT_M. Also {"extent_m"}."""
+    """What evaluation adds beyond :func:`summarize`: {"rva": rva_summary(...)} always, and, when the true
+    locations spread wider than ADMIN_MIN_EXTENT_M, two country conventions side by side:
+    {"osv5m": osv5m_metrics(...)} (admin-level accuracy by reverse_geocoder's nearest populated place, median /
+    mean km with OSV-5M's haversine: for parity with OSV-5M's numbers) and {"countries":
+    swclip.analysis.countries.country_accuracy(...)} (the true country of the true coordinates, point-in-polygon
+    on Natural Earth outlines). Each records its "convention". Also {"extent_m"}."""
     spread = extent_m(true_latlon)
     out = {"extent_m": spread, "rva": rva_summary(topk_latlon, topk_prob, true_latlon, kde_bandwidth_m)}
     if spread > ADMIN_MIN_EXTENT_M:
         out["osv5m"] = osv5m_metrics(pred_latlon, true_latlon, parity="osv5m", mode=mode)
+        out["countries"] = country_accuracy(pred_latlon, true_latlon)
     return out

@@ -45,21 +45,64 @@ def _knn_without_self(idx: np.ndarray, k: int) -> np.ndarray:
     return idx[~is_self].reshape(n, k)
 
 
-def geographic_knn(latlon: np.ndarray, k: int) -> np.ndarray:
-    """Indices (N, k) of each sample's k nearest other samples by great-circle distance (KD-tree)."""
+def _place_codes(place: Any, n: int) -> np.ndarray | None:
+    """(N,) int codes of place ids (None stays None: every sample its own place)."""
+    if place is None:
+        return None
+    place = np.asarray(place).reshape(-1)
+    if place.shape[0] != n:
+        raise ValueError(f"place has {place.shape[0]} entries for {n} samples: one place id per sample")
+    return np.unique(place.astype(str), return_inverse=True)[1].reshape(-1)
+
+
+def place_means(values: Any, latlon: Any, place: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One value and one spot per place: (values (G,) the mean of each place's photos, latlon (G, 2) its first
+    photo's coordinates, inverse (N,) the place of each photo), places in order of their ids."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    latlon = np.asarray(latlon, dtype=np.float64)
+    codes = _place_codes(place, len(values))
+    _, first = np.unique(codes, return_index=True)
+    means = np.bincount(codes, weights=values) / np.bincount(codes)
+    return means, latlon[first], codes
+
+
+def _knn_other_places(idx: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
+    """(N, K) neighbour lists (nearest first, self included) -> (N, k): the first k in another place than the row's.
+
+    K must be at least k + the largest place's size, so that k remain."""
+    other = codes[idx] != codes[:, None]  # (N, K)
+    if (other.sum(1) < k).any():
+        raise ValueError(f"too few neighbours in other places searched for k = {k}")
+    pos = np.argsort(~other, axis=1, kind="stable")[:, :k]  # the first k other-place columns, in order
+    return np.take_along_axis(idx, pos, axis=1)
+
+
+def geographic_knn(latlon: np.ndarray, k: int, place: Any = None) -> np.ndarray:
+    """Indices (N, k) of each sample's k nearest other samples by great-circle distance (KD-tree).
+
+    place: (N,) place ids: neighbours are then samples of *other* places (the headings of one panorama are
+    one observation, not neighbours of each other)."""
     from scipy.spatial import cKDTree
 
     x = unit_vectors(latlon)
-    _, idx = cKDTree(x).query(x, k=k + 1)
-    return _knn_without_self(np.asarray(idx).reshape(len(x), k + 1), k)
+    codes = _place_codes(place, len(x))
+    if codes is None:
+        _, idx = cKDTree(x).query(x, k=k + 1)
+        return _knn_without_self(np.asarray(idx).reshape(len(x), k + 1), k)
+    extra = int(np.bincount(codes).max())
+    if len(x) - extra < k:
+        raise ValueError(f"k = {k} neighbours in other places, but only {len(x) - extra} samples lie in other places")
+    _, idx = cKDTree(x).query(x, k=min(k + extra, len(x)))
+    return _knn_other_places(np.asarray(idx).reshape(len(x), -1), codes, k)
 
 
-def spatial_weights(latlon: Any, k: int | None = 8, band_m: float | None = None):
+def spatial_weights(latlon: Any, k: int | None = 8, band_m: float | None = None, place: Any = None):
     """Row-standardised spatial weights as a scipy CSR matrix (N, N), and the number of islands.
 
     k: k nearest neighbours (geodesic), each weighted 1/k. band_m: instead,
     every sample within ``band_m`` metres, weighted 1/count; a sample with none
     is an island (a zero row), as in PySAL. Give one of k or band_m.
+    place: (N,) place ids: a sample's neighbours are samples of other places only.
     """
     from scipy import sparse
     from scipy.spatial import cKDTree
@@ -72,7 +115,7 @@ def spatial_weights(latlon: Any, k: int | None = 8, band_m: float | None = None)
     if band_m is None:
         if not 1 <= int(k) < n:
             raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {k}")
-        idx = geographic_knn(latlon, int(k))
+        idx = geographic_knn(latlon, int(k), place)
         rows = np.repeat(np.arange(n), k)
         w = sparse.csr_matrix((np.full(n * k, 1.0 / k), (rows, idx.ravel())), shape=(n, n))
         return w, 0
@@ -81,6 +124,9 @@ def spatial_weights(latlon: Any, k: int | None = 8, band_m: float | None = None)
     x = unit_vectors(latlon)
     chord = m_to_chord(band_m)
     pairs = cKDTree(x).query_pairs(chord, output_type="ndarray")  # (P, 2), i < j
+    codes = _place_codes(place, n)
+    if codes is not None:
+        pairs = pairs[codes[pairs[:, 0]] != codes[pairs[:, 1]]]
     i = np.concatenate([pairs[:, 0], pairs[:, 1]])
     j = np.concatenate([pairs[:, 1], pairs[:, 0]])
     card = np.bincount(i, minlength=n)
@@ -154,6 +200,7 @@ def morans_i(
     permutations: int = 999,
     seed: int = 0,
     band_m: float | None = None,
+    place: Any = None,
 ) -> MoransI:
     """Global Moran's I of ``values`` (N,) at ``latlon`` (N, 2), geodesic row-standardised weights.
 
@@ -163,8 +210,15 @@ def morans_i(
     for a distance band. ``permutations`` random relabellings (seeded) give
     the pseudo p-value; 0 skips them. Bad data (too few samples, NaN, zero
     variance) gives ok=False with a reason; malformed arguments raise ValueError.
+    place: (N,) place ids: I is then that of the places, one value each (the mean of its photos, at its
+    first photo's spot; :func:`place_means`), neighbours being other places. Several photos of one spot
+    would otherwise be each other's nearest neighbours and inflate I; keeping the photos but excluding
+    their own place from the neighbours instead biases I downwards (a photo's value then leaves out the
+    photos most like it). ``n`` is the number of places.
     """
     values, latlon = _check_values(values, latlon)
+    if place is not None:
+        values, latlon, _ = place_means(values, latlon, place)
     if band_m is not None:
         k = None
     n = values.shape[0]
@@ -267,15 +321,24 @@ def local_morans_i(
     seed: int = 0,
     alpha: float = 0.05,
     band_m: float | None = None,
+    place: Any = None,
 ) -> LocalMoran:
     """LISA of ``values`` (N,) at ``latlon`` (N, 2): I_i = (N−1) z_i (Wz)_i / zᵀz, z standardised.
 
     Conditional permutation as esda: ``permutations`` draws (seeded), each a
     random set of other samples put in i's neighbour slots, the same draws for
-    every i (shifted past i). Weights as :func:`morans_i`. Bad data gives
+    every i (shifted past i). Weights as :func:`morans_i`. ``place``: computed on the places as
+    :func:`morans_i` does, then each photo gets its place's numbers (arrays stay (N,)). Bad data gives
     ok=False with a reason.
     """
     values, latlon = _check_values(values, latlon)
+    if place is not None:
+        g_values, g_latlon, inverse = place_means(values, latlon, place)
+        out = local_morans_i(g_values, g_latlon, k, permutations, seed, alpha, band_m)
+        if out.ok:
+            for name in ("Is", "p_values", "quadrant", "labels", "z", "lag"):
+                setattr(out, name, np.asarray(getattr(out, name))[inverse])
+        return out
     if band_m is not None:
         k = None
     n = values.shape[0]
@@ -349,19 +412,26 @@ class NeighbourhoodOverlap:
     geo_knn: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
 
-def embedding_knn(embeddings: np.ndarray, k: int) -> np.ndarray:
-    """Indices (N, k) of each row's k nearest other rows by cosine similarity (exact faiss search)."""
+def embedding_knn(embeddings: np.ndarray, k: int, place: Any = None) -> np.ndarray:
+    """Indices (N, k) of each row's k nearest other rows by cosine similarity (exact faiss search);
+    with ``place`` (N,) ids, rows of other places only."""
     import faiss
 
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
-    _, idx = index.search(x, k + 1)
-    return _knn_without_self(idx, k)
+    codes = _place_codes(place, len(x))
+    if codes is None:
+        _, idx = index.search(x, k + 1)
+        return _knn_without_self(idx, k)
+    _, idx = index.search(x, min(k + int(np.bincount(codes).max()), len(x)))
+    return _knn_other_places(idx, codes, k)
 
 
-def neighbourhood_overlap(embeddings: Any, latlon: Any, k: int = 10, knn: tuple | None = None) -> NeighbourhoodOverlap:
+def neighbourhood_overlap(
+    embeddings: Any, latlon: Any, k: int = 10, knn: tuple | None = None, place: Any = None
+) -> NeighbourhoodOverlap:
     """overlap@k and the geographic distance to embedding neighbours; embeddings (N, D), latlon (N, 2).
 
     knn: (embedding_knn, geo_knn), (N, K) each with K >= k, nearest first, from an earlier call with a
@@ -373,9 +443,9 @@ def neighbourhood_overlap(embeddings: Any, latlon: Any, k: int = 10, knn: tuple 
     O(N·k), never an N × N matrix. Bad data (N <= k, NaN or zero rows) gives
     ok=False with a reason.
 
-    Samples at one spot (several photos per panorama) tie geographically; the
-    KD-tree keeps an arbitrary k of them, so with many duplicates the overlap
-    is a lower bound.
+    place: (N,) place ids: both neighbour lists then hold other places' samples only (the headings of one
+    panorama are not each other's neighbours; without it they tie geographically and the KD-tree keeps an
+    arbitrary k of them).
     """
     emb = to_numpy(embeddings, np.float32)
     latlon = to_numpy(latlon, np.float64)
@@ -401,8 +471,8 @@ def neighbourhood_overlap(embeddings: Any, latlon: Any, k: int = 10, knn: tuple 
                 f"knn must be two (N, K >= k) = ({n}, >= {k}) arrays, got {np.shape(knn[0])} and {np.shape(knn[1])}"
             )
     else:
-        e_idx = embedding_knn(emb, k)  # (N, k)
-        g_idx = geographic_knn(latlon, k)  # (N, k)
+        e_idx = embedding_knn(emb, k, place)  # (N, k)
+        g_idx = geographic_knn(latlon, k, place)  # (N, k)
     overlap = (e_idx[:, :, None] == g_idx[:, None, :]).any(-1).sum(1) / k  # (N,)
     here = latlon[:, None, :]
     e_dist = haversine_m(here, latlon[e_idx], check=False).mean(1)

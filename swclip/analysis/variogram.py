@@ -23,6 +23,7 @@ from swclip.kernels import check_kernel
 
 MODELS = ("spherical", "exponential", "gaussian", "stable", "matern")
 SHAPED_MODELS = ("stable", "matern")  # models with a 4th (shape / smoothness) parameter
+RANGE_NOT_REACHED = "range not reached"  # a fit whose range sits at the largest lag suggests no σ
 NUGGET_WARN = 0.9  # nugget / sill at which a fit's range is flagged as meaningless
 MATERN_TABLE = 4097  # grid points of the Matérn lookup table on the torch path
 MATERN_TABLE_RANGES = 8.0  # the table spans [1e-9, 8] · range_m, uniform in log h; beyond it γ is held
@@ -283,7 +284,7 @@ def fit_variogram(
             f"the nugget is {100 * b / sill:.0f} % of the sill: little spatial structure, the range means little"
         )
     if at_bound:
-        notes.append(f"the range reached the largest lag ({xmax:.0f} m): the true range may be longer")
+        notes.append(f"{RANGE_NOT_REACHED}: the range hit the largest lag ({xmax:.0f} m); the true one may be longer")
     return VariogramFit(
         ok=True,
         model=model,
@@ -359,6 +360,24 @@ def suggest_sigma_m(range_m: float, kernel: str = "gaussian", level: float = 0.0
         raise ValueError(f"level must be in (0, 1), got {level}")
     log_inv = math.log(1.0 / level)
     return float(range_m) / (math.sqrt(2.0 * log_inv) if kernel == "gaussian" else log_inv)
+
+
+def suggested_sigma_from_fit(fit: VariogramFit, kernel: str = "gaussian") -> float | None:
+    """The σ (metres) a fit suggests (:func:`suggest_sigma_m` of its practical range), or None when it suggests
+    none: no fit, or a range at the largest lag (``range_at_bound``: the variogram has not levelled off by
+    then, so the range, and any σ from it, is only a lower bound; widen the lags)."""
+    if not fit.ok or fit.range_at_bound:
+        return None
+    return suggest_sigma_m(fit.practical_range_m(), kernel)
+
+
+def max_lag_rule_m(extent: float) -> float:
+    """The largest lag of a variogram over samples spanning ``extent`` metres: half of it (pairs further
+    apart are few and sit at the edges). One rule for every variogram the app draws, so the per-city and the
+    global variogram of the same rows bin the same lags."""
+    if not (math.isfinite(extent) and extent > 0):
+        raise ValueError(f"extent must be a positive number of metres, got {extent!r}")
+    return extent / 2.0
 
 
 def fit_embedding_variogram(

@@ -1,7 +1,8 @@
 """Data: the sample table, its readers, validation, spatial splits, images and shards.
 
 The sample table is a pandas DataFrame with columns ``id, image, lat, lon, city``
-plus optional ``country, split, heading, captured_at`` (see ``swclip.data.table``).
+plus optional ``country, split, heading, captured_at, place_id`` (see ``swclip.data.table``; readers derive
+``place_id`` from the coordinates rounded to 1 m when the table has none).
 
 - readers: ``read_table`` (CSV/TSV/Parquet), ``read_osv5m``, ``read_exif_folder``,
   ``read_webdataset`` / ``stream_webdataset`` (tar shards, written by ``write_webdataset``);

@@ -9,6 +9,10 @@ The rule, so that nothing is lost silently: every row gets ``split`` in
 ``buffer_m`` of some test row; they are excluded from both sides, and counted
 in ``table.attrs["split"]``. After the split, every train row is more than
 ``buffer_m`` (great-circle) from every test row.
+
+Places stay whole: with a ``place_id`` column every photo of a place takes the block of the place's first
+photo, and a place with one photo in the buffer has all of its training photos there, so the headings of
+one panorama never sit on both sides.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def spatial_split(
 ) -> pd.DataFrame:
     """Assign ``split`` = train / test / buffer by spatial blocks plus a buffer.
 
-    table: a sample table with ``lat, lon`` (and ``city`` when ``by="city"``).
+    table: a sample table with ``lat, lon`` (and ``city`` when ``by="city"``; ``place_id`` keeps places whole).
     test_frac: target share of test rows, reached per group by whole blocks
     (so the achieved share is close, not exact; it is in ``attrs["split"]``).
     block_m: side of the square blocks, metres, on a grid in each group's local
@@ -75,12 +79,16 @@ def spatial_split(
     is_val = np.zeros(n, dtype=bool)
     block_name = np.empty(n, dtype=object)
     group_names = np.zeros(n, dtype=object) if by is None else table[by].astype(str).to_numpy()
+    place = table["place_id"].astype(str).to_numpy() if "place_id" in table.columns else None
     for g in range(groups.max() + 1 if n else 0):
         rows = np.flatnonzero(groups == g)
         centre = (float(np.mean(latlon[rows, 0])), float(np.mean(latlon[rows, 1])))
         xy = degrees_to_local_metres(latlon[rows], centre)  # (n_g, 2) metres
         offset = rng.uniform(0.0, block_m, size=2)
         block = np.floor((xy + offset) / block_m).astype(np.int64)  # (n_g, 2) block indices
+        if place is not None:  # every photo of a place in the block of its first photo
+            _, first, place_inv = np.unique(place[rows], return_index=True, return_inverse=True)
+            block = block[first[place_inv.reshape(-1)]]
         keys, inverse, counts = np.unique(block, axis=0, return_inverse=True, return_counts=True)
         order = rng.permutation(len(keys))
         # take whole blocks until the group's test share is reached, then the val share
@@ -109,6 +117,9 @@ def spatial_split(
         # chord ≤ arc, so a chord radius of chord(buffer_m) finds every arc ≤ buffer_m; nudge up for rounding
         dist, _ = tree.query(xyz[train_rows], k=1, distance_upper_bound=_chord_m(buffer_m) * (1 + 1e-9) + 1e-6)
         split[train_rows[np.isfinite(dist)]] = "buffer"
+        if place is not None:  # a place partly in the buffer goes there whole
+            buffered = np.isin(place, place[split == "buffer"]) & (split == "train")
+            split[buffered] = "buffer"
     out = table.copy()
     out["split"] = split
     if block_column:

@@ -4,7 +4,8 @@ One in-memory schema, a pandas DataFrame::
 
     id (str), image (str: path relative to the dataset root, or a shard key),
     lat, lon (float64 degrees), city (str)
-    optional: country, split, heading (degrees from north), captured_at
+    optional: country, split, heading (degrees from north), captured_at,
+    place_id (str: photos of one place share it; derived when absent, see :func:`with_place_ids`)
 
 Every reader validates (``swclip.data.validate``) and by default raises
 ``DataValidationError`` with the full report; ``drop_invalid=True`` drops the
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from swclip.data.validate import OPTIONAL, REQUIRED, apply_report, validate
+from swclip.geo import PLACE_TOLERANCE_M, place_ids
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 
@@ -34,6 +36,8 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     out["id"] = out["id"].astype(str)
     out["image"] = out["image"].astype(str)
     out["city"] = out["city"].where(out["city"].isna(), out["city"].astype(str))
+    if "place_id" in out.columns:
+        out["place_id"] = out["place_id"].where(out["place_id"].isna(), out["place_id"].astype(str))
     for c in ("lat", "lon", "heading"):
         if c in out.columns:
             out[c] = pd.to_numeric(out[c], errors="coerce").astype(np.float64)
@@ -43,9 +47,26 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     return out[cols]
 
 
-def _finish(df, root, drop_invalid, min_city_samples, check_images, source) -> pd.DataFrame:
+def with_place_ids(df: pd.DataFrame, tolerance_m: float = PLACE_TOLERANCE_M) -> pd.DataFrame:
+    """The table with a ``place_id`` for every row: the given one where the column has it, else derived from
+    the coordinates rounded to ``tolerance_m`` (``swclip.geo.place_ids``). The tolerance used is kept in
+    ``attrs["place_tolerance_m"]`` (None when every id was given)."""
+    given = df["place_id"].notna().to_numpy() if "place_id" in df.columns else np.zeros(len(df), dtype=bool)
+    out = df.copy()
+    if given.all() and len(df):
+        out.attrs["place_tolerance_m"] = None
+        return out
+    derived = place_ids(df[["lat", "lon"]].to_numpy(np.float64), tolerance_m)
+    out["place_id"] = np.where(given, out["place_id"] if "place_id" in out.columns else "", derived).astype(object)
+    out.attrs["place_tolerance_m"] = float(tolerance_m)
+    return out
+
+
+def _finish(
+    df, root, drop_invalid, min_city_samples, check_images, source, place_tolerance_m=PLACE_TOLERANCE_M
+) -> pd.DataFrame:
     report = validate(df, root, min_city_samples=min_city_samples, check_images=check_images, source=source)
-    out = apply_report(df, report, drop_invalid)
+    out = with_place_ids(apply_report(df, report, drop_invalid), place_tolerance_m)
     out.attrs["root"] = str(Path(root).resolve()) if root is not None else None
     return out
 
@@ -83,6 +104,7 @@ def read_table(
     min_city_samples: int = 1,
     check_images: str | bool = "header",
     city: str | None = None,
+    place_tolerance_m: float = PLACE_TOLERANCE_M,
 ) -> pd.DataFrame:
     """Read a generic CSV/TSV/Parquet sample table.
 
@@ -91,6 +113,7 @@ def read_table(
     columns: schema name -> the file's column name, for files that name them
     differently, e.g. ``{"lat": "latitude", "lon": "longitude", "image": "path"}``.
     city: a constant city for tables without a city column.
+    place_tolerance_m: rows without a place_id get one from their coordinates rounded to this many metres.
     drop_invalid, min_city_samples, check_images: see ``swclip.data.validate``.
     Returns the sample table (schema columns first, extra columns kept).
     Raises ValueError naming missing columns, DataValidationError with the report.
@@ -114,7 +137,9 @@ def read_table(
             f"Map them with columns={{schema_name: file_column}}"
         )
     renamed = raw.rename(columns={v: k for k, v in mapping.items() if v in raw.columns and v != k})
-    return _finish(_normalise(renamed), root, drop_invalid, min_city_samples, check_images, str(path))
+    return _finish(
+        _normalise(renamed), root, drop_invalid, min_city_samples, check_images, str(path), place_tolerance_m
+    )
 
 
 def read_osv5m(

@@ -17,7 +17,7 @@ import pandas as pd
 from swclip.data.images import check_image_file, resolve_image_path
 
 REQUIRED = ("id", "image", "lat", "lon", "city")
-OPTIONAL = ("country", "split", "heading", "captured_at")
+OPTIONAL = ("country", "split", "heading", "captured_at", "place_id")
 
 # problem key -> what it means, in the report's words
 PROBLEMS = {

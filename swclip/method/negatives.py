@@ -7,6 +7,7 @@ embeddings as the loss would fit it.
 
     h_ij   great-circle distance (metres)       c_ij = 1 − v_i·v_j (image embeddings)
     r_ij = γ(h_ij) − c_ij                        > 0: more alike than the variogram expects
+    same place:     h ≤ PLACE_TOLERANCE_M (1 m)   positives of each other, never negatives
     false negative: h ≤ split and r > m          (near and alike)
     hard negative:  swclip: h > split and r > m  (far and alike)
                     chen2025: h ≤ ρ and c − γ > m (near and less alike than expected: penalised)
@@ -20,14 +21,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from swclip.geo import pairwise_haversine_m
+from swclip.geo import PLACE_TOLERANCE_M, pairwise_haversine_m
 from swclip.method.semivariogram_loss import LossVariogram, fit_loss_variogram, negative_weights
 from swclip.threads import limit_threads
 
 
 @dataclass
 class BatchNegatives:
-    """One batch's negatives. All matrices (B, B), the diagonal (positives) excluded from the masks.
+    """One batch's negatives. All matrices (B, B), the diagonal and other photos of the same place (positives,
+    ``same_place``) excluded from the masks.
 
     log_w: the log of each negative's weight (swclip: added to its logit; chen2025: the log of the factor
     multiplying its logit). strength: |r − m| for the false and hard pairs, 0 elsewhere.
@@ -42,10 +44,17 @@ class BatchNegatives:
     strength: np.ndarray
     variant: str
     split_m: float
+    same_place: np.ndarray  # (B, B) bool: other photos of the row's place (positives), diagonal excluded
 
     @property
     def n_negatives(self) -> int:
-        return self.h_m.shape[0] * (self.h_m.shape[0] - 1)
+        """Ordered pairs of different places: B(B − 1) less the same-place pairs."""
+        return self.h_m.shape[0] * (self.h_m.shape[0] - 1) - int(self.same_place.sum())
+
+    @property
+    def n_same_place(self) -> int:
+        """Unordered same-place pairs (positives beside the diagonal)."""
+        return int(self.same_place.sum()) // 2
 
     def shares(self) -> tuple[float, float]:
         """(false, hard) as fractions of the B(B − 1) negatives."""
@@ -84,12 +93,15 @@ def batch_negatives(
         np.clip(strength, 0.0, None),
         variant,
         float(variogram.split_m),
+        (h.numpy() <= PLACE_TOLERANCE_M) & ~eye.numpy(),
     )
 
 
 def share_by_distance(neg: BatchNegatives, bins: int = 15) -> pd.DataFrame:
-    """Per distance bin (equal width up to the largest pair distance): pairs, false share, hard share."""
+    """Per distance bin (equal width up to the largest pair distance): pairs, false share, hard share; pairs of
+    different places only (same-place pairs are positives)."""
     iu = np.triu_indices(neg.h_m.shape[0], 1)
+    iu = (iu[0][~neg.same_place[iu]], iu[1][~neg.same_place[iu]])
     h = neg.h_m[iu]
     both = lambda m: m[iu] | m.T[iu]  # noqa: E731  (a pair counts when either direction is flagged)
     fal, hrd = both(neg.false), both(neg.hard)

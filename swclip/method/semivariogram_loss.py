@@ -8,7 +8,8 @@ than the variogram expects at its distance.
 
 variant "swclip" (ours, the default):
     symmetric InfoNCE, ½ [CE(S, I) + CE(Sᵀ, I)], S = scale · V Lᵀ, with the
-    negatives' terms in the denominators multiplied by w_ij:
+    negatives' terms in the denominators multiplied by w_ij (photos of one place, h ≤ PLACE_TOLERANCE_M,
+    are positives of each other: never false or hard, w = 1):
         h ≤ R and r > m:   w = exp(−β (r − m))   likely false negative (near and alike)
         h > R and r > m:   w = exp(+β (r − m))   hard negative (far and alike)
         otherwise          w = 1
@@ -55,7 +56,7 @@ from torch import nn
 
 from swclip.analysis.empirical_variogram import empirical_variogram
 from swclip.analysis.variogram import NUGGET_WARN, VariogramFit, fit_best, fit_variogram
-from swclip.geo import EARTH_RADIUS_M, pairwise_haversine_m
+from swclip.geo import EARTH_RADIUS_M, PLACE_TOLERANCE_M, pairwise_haversine_m
 from swclip.method.losses import gather_batch, similarity
 
 log = logging.getLogger("swclip")
@@ -207,8 +208,12 @@ def negative_weights(
     beta: float,
     margin: float = 0.0,
     inplace: bool = False,
+    same_place_m: float = PLACE_TOLERANCE_M,
 ):
     """Per-pair re-weighting of negatives. All inputs (B, M) float32 except split_m, beta, margin.
+
+    Pairs at most ``same_place_m`` apart are photos of one place (the headings of one panorama): positives of
+    each other, never false or hard negatives, weight 1 (log_w 0).
 
     -> (log_w (B, M), false (B, M) bool, hard (B, M) bool).
     swclip: log_w = ∓β(r − m) is added to the logits (w multiplies exp(s)).
@@ -220,6 +225,7 @@ def negative_weights(
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    same_place = h_m <= same_place_m  # (B, M) bool, before the in-place path overwrites h_m
     log_w = cos_dist if inplace else cos_dist.clone()
     r = torch.sub(gamma, log_w, out=log_w)  # (B, M) r = γ − c: > 0 when the pair is more alike than expected
     near = h_m <= split_m  # (B, M) bool
@@ -241,8 +247,10 @@ def negative_weights(
         p.clamp_(min=0.0).mul_(near_f)  # p = max(0, c − γ − m) near, 0 beyond ρ
         hard = p > 0
         p.mul_(beta)
-    # a γ that is NaN (or inf) somewhere changes nothing there
-    return log_w.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0), false, hard
+    # a γ that is NaN (or inf) somewhere changes nothing there; one place's photos are never negatives
+    false &= ~same_place
+    hard &= ~same_place
+    return log_w.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).masked_fill_(same_place, 0.0), false, hard
 
 
 def gamma_blocked(variogram, h_m: torch.Tensor) -> torch.Tensor:

@@ -38,8 +38,9 @@ import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 
 from swclip import runs
-from swclip.analysis.metrics import SUMMARY_KEYS, errors_m, recall_at_k, scale_metrics, summarize
+from swclip.analysis.metrics import SUMMARY_KEYS, errors_m, recall_at_k, scale_metrics, summarize, summarize_places
 from swclip.data import ImageDataset
+from swclip.geo import place_ids
 from swclip.retrieval.gallery import Gallery
 from swclip.retrieval.gallery_source import gallery_places, gallery_record, stored_gallery_source
 from swclip.retrieval.predictor import Predictor
@@ -193,9 +194,11 @@ def evaluate(
             "topk_prob": [p.prob.tolist() for p in preds],
             "topk_score": [p.score.tolist() for p in preds],
             "image": eval_table["image"].astype(str).to_numpy(),
+            "place_id": eval_table["place_id"].astype(str).to_numpy() if "place_id" in eval_table else place_ids(true),
         }
     )
     metrics = summarize(err, city)
+    metrics["per_place"] = summarize_places(err, df["place_id"].to_numpy())
     metrics.update(retrieval_recall(model, emb, true, city if text else None))
     metrics["knn_kde"] = summarize(kde_err)
     # Recall-vs-Area of the knn-kde density; OSV-5M's admin-level table when the samples span > 50 km

@@ -33,6 +33,16 @@ def _fig(title: str, data: Sequence = (), **layout: Any) -> go.Figure:
     return go.Figure(data=list(data), layout=dict(title=dict(text=title, font=dict(size=14)), **{**_LAYOUT, **layout}))
 
 
+def length_axis(max_m: float, title: str, n: int = 6) -> dict:
+    """A linear axis of lengths in metres from 0 to ``max_m`` with round ticks labelled for people
+    ('0 m', '50 km', '100 km'): the data stay in metres. -> plotly axis dict."""
+    max_m = max(float(max_m), 1.0)
+    raw = max_m / n
+    step = min((s * 10.0 ** math.floor(math.log10(raw)) for s in (1, 2, 5, 10)), key=lambda v: (v < raw, v))
+    ticks = np.arange(0.0, max_m + step / 2, step)
+    return dict(title=title, tickvals=ticks.tolist(), ticktext=[fmt_m(t) if t else "0" for t in ticks])
+
+
 def _rules(fig: go.Figure, lines: Sequence[dict]) -> go.Figure:
     """Vertical (``x``) or horizontal (``y``) reference lines with optional labels, added in one update.
 
@@ -126,9 +136,9 @@ def kernel_curve(
             )
         )
     fig = _fig(
-        f"Kernel k_σ(d), σ = {sigma_m:g} m",
+        f"Kernel k_σ(d), σ = {fmt_m(sigma_m)}",
         traces,
-        xaxis_title="distance d (m)",
+        xaxis=length_axis(max_m, "distance d"),
         yaxis=dict(title="weight", range=[0, 1.05]),
         height=300,
     )
@@ -314,7 +324,10 @@ def variogram_figure(
     and ``fit_gamma`` for the model line, optional ``range_m``. Vertical lines:
     the sidebar σ, the σ the fitted range suggests, and true field ranges.
     """
-    fig = _fig(title, xaxis_title="lag h (m)", yaxis_title=y_title, height=400)
+    finite = [np.asarray(c["lags_m"], dtype=np.float64) for c in curves]
+    finite = [v[np.isfinite(v)] for v in finite]
+    top = max([float(v.max()) for v in finite if v.size] + [float(c.get("range_m") or 0) for c in curves] + [1.0])
+    fig = _fig(title, xaxis=length_axis(top * 1.05, "lag h"), yaxis_title=y_title, height=400)
     rules = []
     for i, c in enumerate(curves):
         colour = PALETTE[i % len(PALETTE)]

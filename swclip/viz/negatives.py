@@ -7,7 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from swclip.method.negatives import BatchNegatives
-from swclip.viz.figures import _fig, _rules
+from swclip.viz.figures import _fig, _rules, length_axis
+from swclip.viz.scale import fmt_m
 
 FALSE_COLOUR, HARD_COLOUR = "#1f77b4", "#d62728"  # blue: false negatives, red: hard negatives
 
@@ -40,6 +41,7 @@ def negatives_heatmap(neg: BatchNegatives, title: str = "", height: int = 440) -
 def gamma_figure(neg: BatchNegatives, variogram, max_points: int = 4000, seed: int = 0) -> go.Figure:
     """The batch's pairs (distance, cosine distance) coloured by class, the fitted γ(h), and the split distance."""
     iu = np.triu_indices(neg.h_m.shape[0], 1)
+    iu = (iu[0][~neg.same_place[iu]], iu[1][~neg.same_place[iu]])  # negatives only: same-place pairs are positives
     h, c = neg.h_m[iu], neg.cos_dist[iu]
     cls = np.where(neg.false[iu] | neg.false.T[iu], 1, np.where(neg.hard[iu] | neg.hard.T[iu], 2, 0))
     if h.size > max_points:
@@ -64,14 +66,14 @@ def gamma_figure(neg: BatchNegatives, variogram, max_points: int = 4000, seed: i
     fig = _fig(
         "γ(h) and the batch's pairs",
         traces,
-        xaxis=dict(title="distance h (m)"),
+        xaxis=length_axis(grid[-1], "distance h"),
         yaxis=dict(title="cosine distance 1 − v·v'"),
     )
     label = {"rho": "ρ", "practical": "practical range", "effective": "effective range"}.get(
         variogram.split_kind, "range"
     )
     return _rules(
-        fig, [dict(x=min(variogram.split_m, grid[-1]), dash="dash", text=f"{label} {variogram.split_m:,.0f} m")]
+        fig, [dict(x=min(variogram.split_m, grid[-1]), dash="dash", text=f"{label} {fmt_m(variogram.split_m)}")]
     )
 
 
@@ -95,6 +97,6 @@ def share_figure(shares: pd.DataFrame) -> go.Figure:
                 line=dict(color=HARD_COLOUR),
             ),
         ],
-        xaxis=dict(title="distance h (m)"),
+        xaxis=length_axis(float(np.nanmax(shares["lag_m"])) * 1.05 if len(shares) else 1.0, "distance h"),
         yaxis=dict(title="share of pairs", range=[0, 1]),
     )
