@@ -138,7 +138,7 @@ with left:
             f"of the knn-kde density (bandwidth {fmt_m(c0['kde_bandwidth_m'])}) of at most that area; "
             f"{c0['n_queries']:,} of {c0['of']:,} queries "
             f"({c0['source']}). Median area needed: {c0['median_area_km2']:,.3g} km². "
-            f"See the README for the definition."
+            f"Definition: docs/method.md, Recall vs Area."
         )
     else:
         st.info("No Recall vs Area: the run has no top-k candidates or no knn-kde bandwidth.")

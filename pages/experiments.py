@@ -19,7 +19,7 @@ from swclip.workflows import results as rx
 view = frame.ensure_frame()
 st.title("Experiments")
 st.caption(
-    "The evidence behind the README's headline: a grid of configs × seeds trained by `swclip experiment`, "
+    "The evidence behind the headline (docs/evidence.md): a grid of configs × seeds trained by `swclip experiment`, "
     "σ and λ chosen on a validation split, test reported once. The Runs page shows single demo runs; this page "
     "shows whether the differences survive other seeds and other held-out places."
 )

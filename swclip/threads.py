@@ -21,7 +21,7 @@ def limit_threads(n: int | None):
     """Run the block with at most ``n`` torch intra-op and faiss OpenMP threads (None: unchanged).
 
     One photo's encode and search are tiny; waking a thread team costs more than the work, and
-    on a loaded machine far more (figures in the README, "Measured figures"). The settings are
+    on a loaded machine far more (figures in docs/benchmarks.md). The settings are
     process-wide: overlapping blocks (app sessions in threads) share one saved state, restored
     when the last block leaves.
     """

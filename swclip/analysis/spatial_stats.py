@@ -9,7 +9,7 @@ The statistics follow PySAL's ``esda`` (Moran, Moran_Local), and the tests hold
 them to it on the same points and weights. They are computed here rather than
 through esda because the weights must be geodesic and built from a KD-tree
 (never n × n), the permutations are vectorised and seeded with a local
-generator, and esda's LISA spends many seconds compiling numba (README, "Spatial statistics")
+generator, and esda's LISA spends many seconds compiling numba (docs/benchmarks.md)
 on its first call, which an app page cannot afford.
 
 Geographic neighbours come from a KD-tree on unit vectors: the chord

@@ -42,7 +42,7 @@ def package_file(relative: str) -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise FileNotFoundError(
             "GeoCLIP's files come from the geoclip wheel, which is not installed: "
-            "pip install --no-deps geoclip==1.3.0 (see README, Dependencies)"
+            "pip install --no-deps geoclip==1.3.0 (see docs/dependencies.md)"
         ) from None
     path = Path(dist.locate_file(relative))
     if not path.is_file():

@@ -232,7 +232,7 @@ def build_demo(
 
             bar = tqdm(total=len(jobs), desc="demo runs", unit="run")
         # All runs in the pool, one thread each, even a last lone one: a lone 2-thread run is slower than a
-        # one-thread run on 2 cores (README, "The demo bundle", has the timings), and the thread count
+        # one-thread run on 2 cores (docs/benchmarks.md has the timings), and the thread count
         # changes float reduction order, so one thread everywhere also keeps the bundle reproducible.
         n_pool = 0 if workers == 1 else len(jobs)
         pool = None

@@ -139,7 +139,7 @@ class ExperimentConfig:
 
 QUICK = dict(seeds=(0, 1), sigmas_m=(50.0, 150.0, 400.0))
 
-# The whole grid behind the README's tables, one experiment each (``swclip experiment --grid full``): the main
+# The whole grid behind docs/evidence.md's tables, one experiment each (``swclip experiment --grid full``): the main
 # world with everything (the Gaussian and exponential kernels' σ sweeps, the variogram's σ and kernel, NC,
 # semivariogram, the three controls with the sweep's budget, and CLIP and the validation-chosen SW-CLIP at 4×
 # the steps on seeds 0-2); the second world (exponential covariance) with the kernel-shape runs but without
@@ -787,7 +787,7 @@ def configure(parser) -> None:
         "Train and evaluate a grid of configs x seeds on the demo world (CLIP, SW-CLIP over a σ sweep, SW-CLIP at the "
         "variogram-suggested σ, SW-CLIP+NC at the validation-chosen σ, semivariogram-weighted CLIP), with spatial "
         "train/val/test blocks; writes <out>/experiment.json and prints a summary. Restarting skips finished runs. "
-        "--grid full runs the README's whole grid in one command: the main world with the controls (tuned CLIP, "
+        "--grid full runs the whole evidence grid (docs/evidence.md) in one command: the main world with the controls (tuned CLIP, "
         "label smoothing, shuffled distances), both kernels and 4x-step runs; the exponential world with both "
         "kernels; the 30 m buffer (296 runs)."
     )
