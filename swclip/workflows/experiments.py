@@ -787,7 +787,8 @@ def configure(parser) -> None:
         "Train and evaluate a grid of configs x seeds on the demo world (CLIP, SW-CLIP over a σ sweep, SW-CLIP at the "
         "variogram-suggested σ, SW-CLIP+NC at the validation-chosen σ, semivariogram-weighted CLIP), with spatial "
         "train/val/test blocks; writes <out>/experiment.json and prints a summary. Restarting skips finished runs. "
-        "--grid full runs the whole evidence grid (docs/evidence.md) in one command: the main world with the controls (tuned CLIP, "
+        "--grid full runs the whole evidence grid (docs/evidence.md) in one command: the main world with the "
+        "controls (tuned CLIP, "
         "label smoothing, shuffled distances), both kernels and 4x-step runs; the exponential world with both "
         "kernels; the 30 m buffer (296 runs)."
     )

@@ -40,7 +40,8 @@ def load_experiment(path) -> dict:
     return exp
 
 
-MAIN_EXPERIMENT = "experiment-gaussian-b100.json"  # the headline protocol (docs/evidence.md): Gaussian world, 100 m buffer
+# the headline protocol (docs/evidence.md): Gaussian world, 100 m buffer
+MAIN_EXPERIMENT = "experiment-gaussian-b100.json"
 
 
 def find_experiments(runs_root=None, results_dir=None, max_depth: int = 3) -> list[Path]:
