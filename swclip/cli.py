@@ -467,8 +467,7 @@ def run_baseline(args) -> int:
 
     out = Path(args.out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not args.force:  # before the ViT-L work
-        print(f"swclip baseline: {out} exists; choose another --out or pass --force to replace it", file=sys.stderr)
-        return 2
+        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
     weights = find_vit_l14_weights(args.weights)  # FileNotFoundError naming the file and where it looked
     from swclip.workflows.importer import import_predictions  # the run writer, shared with `swclip import`
 
@@ -567,29 +566,23 @@ examples:
 
 
 def run_import(args) -> int:
-    from swclip.data.predictions import PredictionsError
     from swclip.workflows.importer import import_file
 
     columns = {}
     for item in args.columns:
         name, sep, col = item.partition("=")
         if not sep or not name or not col:
-            print(f"swclip import: --columns takes NAME=COLUMN pairs, got {item!r}", file=sys.stderr)
-            return 2
+            raise ValueError(f"--columns takes NAME=COLUMN pairs, got {item!r}")
         columns[name] = col
-    try:
-        written = import_file(
-            args.predictions,
-            args.out,
-            model=args.model,
-            columns=columns or None,
-            embeddings=args.embeddings,
-            images_root=args.images_root,
-            force=args.force,
-        )
-    except (PredictionsError, FileExistsError) as e:
-        print(f"swclip import: {e}", file=sys.stderr)
-        return 1
+    written = import_file(
+        args.predictions,
+        args.out,
+        model=args.model,
+        columns=columns or None,
+        embeddings=args.embeddings,
+        images_root=args.images_root,
+        force=args.force,
+    )
     for run_dir in written:
         m = json.loads((run_dir / "manifest.json").read_text())["metrics"]
         print(
@@ -667,8 +660,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 def known_errors() -> tuple[type[BaseException], ...]:
     """What a person can fix from one line: bad data or config values (DataValidationError, RunError,
-    ImageError and EmptyTableError are ValueErrors) and missing files."""
-    return (ValueError, FileNotFoundError)
+    ImageError and EmptyTableError are ValueErrors), missing files and runs that exist."""
+    return (ValueError, FileNotFoundError, FileExistsError)
 
 
 def one_line(error: BaseException) -> str:

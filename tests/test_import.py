@@ -237,9 +237,9 @@ def test_existing_run_is_kept_without_force_and_a_failed_replace_loses_nothing(t
 
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     small().drop(columns=["true_lat"]).to_csv(tmp_path / "p.csv", index=False)
-    assert main(["import", str(tmp_path / "p.csv"), "--out", str(tmp_path / "r")]) == 1
+    assert main(["import", str(tmp_path / "p.csv"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("swclip import: missing column(s) 'lat'") and "\n" not in err
+    assert err.startswith("swclip: error: missing column(s) 'lat'") and "\n" not in err
     assert main(["import", str(tmp_path / "p.csv"), "--out", str(tmp_path / "r"), "--columns", "lat"]) == 2
 
 
