@@ -561,7 +561,10 @@ examples:
         metavar="NAME=COLUMN",
         help="schema name = the file's column, e.g. lat=gps_lat pred_lat=guess_lat (overrides recognition)",
     )
-    p.add_argument("--embeddings", help="(N, D) .npy of image embeddings, rows in table order")
+    p.add_argument(
+        "--embeddings", help="(N, D) .npy of image embeddings, rows in table order (or in --embedding-ids order)"
+    )
+    p.add_argument("--embedding-ids", help="text file, one id per line: the id of each --embeddings row, any order")
     p.add_argument("--force", action="store_true", help="replace an existing run at --out")
 
 
@@ -580,6 +583,7 @@ def run_import(args) -> int:
         model=args.model,
         columns=columns or None,
         embeddings=args.embeddings,
+        embedding_ids=args.embedding_ids,
         images_root=args.images_root,
         force=args.force,
     )

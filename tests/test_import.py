@@ -145,6 +145,30 @@ def test_topk_suffixes_give_recall_vs_area_and_embeddings_are_kept(tmp_path):
     assert "rva" in run.metrics() and run.metrics()["top_k"] == 3
 
 
+def test_embeddings_listed_by_id_are_stored_in_table_order(tmp_path, capsys):
+    small(8).to_csv(tmp_path / "p.csv", index=False)
+    order = [5, 2, 7, 0, 1, 6, 3, 4]  # the embedding file's own order
+    emb = np.array([[float(i), -float(i)] for i in order], dtype=np.float32)  # row k holds table row order[k]
+    np.save(tmp_path / "emb.npy", emb)
+    (tmp_path / "ids.txt").write_text("".join(f"p{i}\n" for i in order))
+    argv = ["import", str(tmp_path / "p.csv"), "--embeddings", str(tmp_path / "emb.npy")]
+    assert main([*argv, "--embedding-ids", str(tmp_path / "ids.txt"), "--out", str(tmp_path / "r")]) == 0
+    stored = np.load(tmp_path / "r" / "embeddings.npy", allow_pickle=False).astype(np.float32)
+    np.testing.assert_array_equal(stored[:, 0], np.arange(8))  # row i of the run is table row i
+
+    bad = {
+        "missing": ([f"p{i}" for i in order[:-1]] + ["p99"], "1 table id(s) have no embedding, first 'p4'"),
+        "repeated": ([f"p{i}" for i in order[:-1]] + ["p5"], "1 embedding id(s) repeat, first 'p5'"),
+        "count": ([f"p{i}" for i in order[:-1]], "7 embedding ids for 8 embedding rows"),
+    }
+    for name, (ids, said) in bad.items():
+        (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+        assert main([*argv, "--embedding-ids", str(tmp_path / "ids.txt"), "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert said in err and "\n" not in err, (name, err)
+        assert not (tmp_path / name).exists()
+
+
 # ----------------------------------------------------------------- abstentions
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +92,27 @@ def _images_record(images_root, run_dir: Path) -> str | None:
     return str(root)
 
 
+def embeddings_in_table_order(embeddings: np.ndarray, embedding_ids: Sequence[str], table_ids) -> np.ndarray:
+    """(N, D) embeddings listed in ``embedding_ids`` order -> the same rows in ``table_ids`` order.
+
+    PredictionsError names the count and the first id when the two lists do not hold the same ids once each.
+    """
+    ids = pd.Index(np.asarray(embedding_ids).astype(str))
+    table = pd.Index(np.asarray(table_ids).astype(str))
+    if len(ids) != len(embeddings):
+        raise PredictionsError(f"{len(ids)} embedding ids for {len(embeddings)} embedding rows: one id per row")
+    if ids.has_duplicates:
+        dup = ids[ids.duplicated()]
+        raise PredictionsError(f"{len(dup)} embedding id(s) repeat, first {dup[0]!r}")
+    missing = table.difference(ids, sort=False)
+    if len(missing):
+        raise PredictionsError(f"{len(missing)} table id(s) have no embedding, first {missing[0]!r}")
+    extra = ids.difference(table, sort=False)
+    if len(extra):
+        raise PredictionsError(f"{len(extra)} embedding id(s) are not in the table, first {extra[0]!r}")
+    return embeddings[ids.get_indexer(table)]
+
+
 def import_predictions(
     table: pd.DataFrame,
     out_dir,
@@ -100,6 +121,7 @@ def import_predictions(
     source: dict,
     columns: Mapping[str, str] | None = None,
     embeddings: np.ndarray | None = None,
+    embedding_ids: Sequence[str] | None = None,
     images_root=None,
     force: bool = False,
 ) -> Path:
@@ -109,7 +131,8 @@ def import_predictions(
     ``columns``, {schema name: table column}). model: the model's name; in a wide table it also picks
     the prediction pair (``pred_lat_<model>``). source: where the table came from, kept in the manifest
     ({"path", "sha256", "format", ...}; the sha256 of an existing "path" is computed when absent).
-    embeddings: (N, D) image embeddings in table order (Neighbourhoods, embedding semivariogram).
+    embeddings: (N, D) image embeddings (Neighbourhoods, embedding semivariogram), in table order, or in
+    the order of ``embedding_ids`` (N ids, each id of the table once), which puts them in table order.
     images_root: the folder the image column is relative to; every image must exist under it.
     force: replace an existing run at ``out_dir``. PredictionsError names what is wrong with the
     table; FileExistsError when the run exists and ``force`` is not set. Nothing is written on error.
@@ -122,6 +145,10 @@ def import_predictions(
             raise FileExistsError(f"{out_dir} already exists; pass force=True (CLI: --force) to replace it")
     mapping = resolve_columns(table.columns, columns, model)
     df = normalise_predictions(table, mapping, images_root)
+    if embedding_ids is not None:
+        if embeddings is None:
+            raise PredictionsError("embedding ids go with embeddings (CLI: --embedding-ids with --embeddings)")
+        embeddings = embeddings_in_table_order(np.asarray(embeddings), embedding_ids, df["id"])
     if embeddings is not None:
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or len(embeddings) != len(df):
@@ -177,6 +204,7 @@ def import_file(
     model: str | None = None,
     columns: Mapping[str, str] | None = None,
     embeddings=None,
+    embedding_ids=None,
     images_root=None,
     force: bool = False,
 ) -> list[Path]:
@@ -185,7 +213,8 @@ def import_file(
     One run at ``out_dir`` for a table with one prediction pair (named ``model``, else out_dir's name).
     A wide table (several ``pred_lat_<model>`` pairs) gives one run per model at ``out_dir/<model>``,
     or only the one ``model`` names. embeddings: a .npy file (read with allow_pickle=False), rows in
-    table order. images_root: default the table's folder when the table has an image column.
+    table order, or in the order of ``embedding_ids``: a text file with one id per line.
+    images_root: default the table's folder when the table has an image column.
     """
     path = Path(path)
     table = read_predictions_file(path)
@@ -196,6 +225,9 @@ def import_file(
             emb = np.load(embeddings, allow_pickle=False)
         except (ValueError, OSError) as e:
             raise PredictionsError(f"{embeddings}: not a plain .npy array (pickled files are refused): {e}") from None
+    ids = None
+    if embedding_ids is not None:
+        ids = [line.strip() for line in Path(embedding_ids).read_text().splitlines() if line.strip()]
     out_dir = Path(out_dir)
     models = prediction_models(table.columns) if not (columns and "pred_lat" in columns) else {}
     if images_root is None and resolve_columns(table.columns, columns, model or next(iter(models), None)).get("image"):
@@ -223,6 +255,7 @@ def import_file(
             source=source,
             columns=columns,
             embeddings=emb,
+            embedding_ids=ids,
             images_root=images_root,
             force=force,
         )
