@@ -101,6 +101,22 @@ def predictions(runs_root: str, run_id: str, stamp: float) -> pd.DataFrame:
     return _loaded(runs_root, run_id, stamp)[0]
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def id_errors(runs_root: str, run_id: str, stamp: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids (N,), error_m (N,) metres, NaN for an abstention) of every row of predictions.parquet, abstentions
+    included (the Runs page's leaderboard scores them); None without a readable table."""
+    run = _run(runs_root, run_id)
+    if run is None or not (run.path / runs.ARTEFACTS["predictions"]).is_file():
+        return None
+    try:
+        df = runs.read_predictions(run.path, scalar_only=True)
+    except RunError:
+        return None
+    if not {"id", "error_m"} <= set(df.columns) or df["id"].duplicated().any():
+        return None
+    return df["id"].astype(str).to_numpy(), df["error_m"].to_numpy(np.float64)
+
+
 def run_problems(runs_root: str, run_id: str, stamp: float) -> list:
     """Sentences naming what is wrong with a run's predictions / embeddings (empty when nothing is)."""
     try:

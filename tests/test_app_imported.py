@@ -91,3 +91,23 @@ def test_compare_pairs_a_trained_run_with_an_imported_one(runs_root, monkeypatch
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert "bootstrap" in text_of(at).lower()
+
+
+def test_runs_page_ranks_the_selected_runs_on_their_shared_photos(runs_root, monkeypatch):
+    """OSV-5M's model and baseline (same 50 photos) and a.vlm that abstains on a third of demo/clip's photos."""
+    at = new_app(runs_root, monkeypatch, [PLONK, BASE])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Leaderboard on the 50 photos every selected run holds" in str(h.value) for h in at.subheader)
+    board = at.dataframe[1].value
+    assert set(board["run"]) == {PLONK, BASE} and (board["coverage"] == 1.0).all()
+    assert list(board["GeoScore"]) == sorted(board["GeoScore"], reverse=True)
+
+    at = new_app(runs_root, monkeypatch, ["demo/clip", "mine/vlm"])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    board = at.dataframe[1].value.set_index("run")
+    n = len(read_predictions(runs_root / "demo" / "clip", scalar_only=True))
+    assert any(f"Leaderboard on the {n:,} photos" in str(h.value) for h in at.subheader)
+    assert board.loc["demo/clip", "coverage"] == 1.0
+    assert board.loc["mine/vlm", "coverage"] == pytest.approx(1 - len(range(0, n, 3)) / n)

@@ -13,7 +13,7 @@ evaluation writes both through :func:`scale_metrics`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -137,6 +137,32 @@ def summarize_answered(error_m: Any, city: Sequence | None = None) -> dict:
             raise ValueError(f"city has shape {city.shape}, error_m has {err.shape}: one city per sample")
         out["per_city"] = {str(c): block(city == c) for c in np.unique(city)}
     return out
+
+
+def leaderboard(errors_by_run: Mapping[str, tuple[Any, Any]]) -> tuple[dict, int]:
+    """Several runs scored on the photos they all hold: -> ({run: summarize_answered's dict}, n shared ids).
+
+    errors_by_run: {run name: (ids (N,), error_m (N,) metres, NaN where the model gave no prediction)}; each
+    run's ids once. Every run is scored on the same ids (the intersection, in sorted order), so a model that
+    abstains is not compared on easier photos: its coverage and its GeoScore (abstentions score 0) say so.
+    No shared id gives ({}, 0).
+    """
+    shared = None
+    for name, (ids, _) in errors_by_run.items():
+        ids = np.asarray(ids).astype(str)
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError(f"run {name}: ids repeat; a leaderboard needs each photo once")
+        shared = ids if shared is None else np.intersect1d(shared, ids)
+    if shared is None or len(shared) == 0:
+        return {}, 0
+    shared = np.sort(shared)
+    board = {}
+    for name, (ids, error_m) in errors_by_run.items():
+        ids = np.asarray(ids).astype(str)
+        order = np.argsort(ids)
+        at = order[np.searchsorted(ids[order], shared)]  # each shared id's row in this run
+        board[name] = summarize_answered(np.asarray(error_m, dtype=np.float64)[at])
+    return board, int(len(shared))
 
 
 def summarize_places(error_m: Any, place: Sequence) -> dict:
