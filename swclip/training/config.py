@@ -10,6 +10,7 @@ directory. ``model: demo`` in a YAML file stands for
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class DataConfig:
         ""  # the one trusted folder: table and image root must lie inside it (symlinks resolved); "" = none
     )
     drop_invalid: bool = False  # drop the rows validation flags (and say how many) instead of stopping
+    place_tolerance_m: float = 1.0  # a table without place_id: photos whose coordinates round together are one place
     format: str = "table"  # table (CSV / TSV / parquet, swclip.data.read_table) | osv5m (root = the OSV-5M folder)
     check_images: str = "header"  # read_table's image check: header | decode | none (millions of images: none)
     train_split: str = "train"  # rows of the split column used for training
@@ -239,6 +241,9 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(
             f"optim.accum_steps ({cfg.optim.accum_steps}) must be >= 1 and divide batch_size ({cfg.batch_size})"
         )
+    if not (math.isfinite(cfg.data.place_tolerance_m) and cfg.data.place_tolerance_m > 0):
+        tol = cfg.data.place_tolerance_m
+        raise ValueError(f"data.place_tolerance_m must be a positive number of metres, got {tol!r}")
     if cfg.data.format not in ("table", "osv5m"):
         raise ValueError(f"data.format {cfg.data.format!r} unknown; choose table or osv5m")
     check_gallery_source(cfg.data.gallery, "data.gallery")

@@ -40,7 +40,7 @@ from torch.utils.data.distributed import DistributedSampler
 from swclip import runs
 from swclip.analysis.metrics import SUMMARY_KEYS, errors_m, recall_at_k, scale_metrics, summarize, summarize_places
 from swclip.data import ImageDataset
-from swclip.geo import place_ids
+from swclip.geo import PLACE_TOLERANCE_M, place_ids
 from swclip.retrieval.gallery import Gallery
 from swclip.retrieval.gallery_source import gallery_places, gallery_record, stored_gallery_source
 from swclip.retrieval.predictor import Predictor
@@ -291,7 +291,8 @@ def evaluate_run(
             raise FileNotFoundError(f"sample table {table} not found (run trained elsewhere? pass table= and root=)")
     data_root = data_root or data.get("data_root") or None
     drop_invalid = bool(data.get("drop_invalid", False)) if drop_invalid is None else drop_invalid
-    full = read_source(table, root, fmt, data.get("check_images", "header"), drop_invalid, data_root)
+    tolerance_m = float(data.get("place_tolerance_m", PLACE_TOLERANCE_M))
+    full = read_source(table, root, fmt, data.get("check_images", "header"), drop_invalid, data_root, tolerance_m)
     split = split or data.get("eval_split") or "test"
     train_split = train_split or data.get("train_split") or "train"
     eval_rows, train_rows = _split_rows(full, split), _split_rows(full, train_split)

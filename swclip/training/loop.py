@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from swclip.data import read_osv5m, read_table, table_hash
+from swclip.geo import PLACE_TOLERANCE_M
 from swclip.io import RunError, resolve_inside
 from swclip.loss_names import SOFT_LABEL_LOSSES, SWCLIP_NC
 from swclip.method.model import build_model
@@ -92,6 +93,7 @@ def read_source(
     check_images: str = "header",
     drop_invalid: bool = False,
     data_root: str | None = None,
+    place_tolerance_m: float = PLACE_TOLERANCE_M,
 ):
     """The whole sample table of a data source (all splits).
 
@@ -99,6 +101,7 @@ def read_source(
     default the table's folder). "osv5m": the OSV-5M folder ``root`` (``table`` unused), its train
     and test CSVs together, with split = train / test.
     drop_invalid: drop the rows validation flags, and say on stderr how many and why, instead of stopping.
+    place_tolerance_m: a table without place_id gets one from its coordinates rounded to this (metres).
     data_root: the one trusted folder; the table and the image root must lie inside it, symlinks resolved
     (RunError naming the symlink otherwise).
     """
@@ -127,7 +130,9 @@ def read_source(
             resolve_inside(data_root, root or Path(table).parent, "image root", "data root")
         with warnings.catch_warnings():  # the reader's multi-line report; one line per file below says it
             warnings.simplefilter("ignore" if drop_invalid else "default", UserWarning)
-            out = read_table(table, root or None, check_images=check, drop_invalid=drop_invalid)
+            out = read_table(
+                table, root or None, check_images=check, drop_invalid=drop_invalid, place_tolerance_m=place_tolerance_m
+            )
         parts = [out]
     if drop_invalid:  # one line per file: how many rows went, and why
         for part in parts:
@@ -141,7 +146,9 @@ def read_source(
 def read_train_table(cfg: TrainConfig, split: str | None = None):
     """The sample table named by cfg.data, filtered to ``split`` (default: the training split)."""
     d = cfg.data
-    table = read_source(d.table, d.root, d.format, d.check_images, d.drop_invalid, d.data_root or None)
+    table = read_source(
+        d.table, d.root, d.format, d.check_images, d.drop_invalid, d.data_root or None, d.place_tolerance_m
+    )
     split = d.train_split if split is None else split
     if split and "split" in table.columns:
         table = table[table["split"] == split].reset_index(drop=True)
