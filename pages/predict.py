@@ -9,7 +9,7 @@ import streamlit as st
 from streamlit_folium import st_folium
 
 from appkit import frame, loaders, urlstate
-from swclip.data import ImageError, open_image
+from swclip.data import ImageError, open_image, tiny_image_warning
 from swclip.geo import haversine_m
 from swclip.viz import maps
 from swclip.viz.scale import fmt_m
@@ -98,6 +98,11 @@ st.caption(
     f"Run `{run.run_id}` · gallery of {len(predictor.gallery):,} candidate locations · "
     f"knn-kde bandwidth {fmt_m(predictor.kde_bandwidth_m)}"
 )
+
+for name, img, _, _ in queries:
+    tiny = tiny_image_warning(img.size, predictor.input_px, name)
+    if tiny:
+        st.warning(tiny)
 
 with st.spinner(f"Predicting {len(queries)} photo(s)…"):
     preds = predictor.predict([q[1] for q in queries], top_k=int(top_k), progress=False)

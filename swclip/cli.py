@@ -383,8 +383,6 @@ def run_predict(args) -> int:
         kde_bandwidth_m=args.kde_bandwidth_m,
         progress=True,
     )
-    input_px = predictor.model.image_size
-    input_px = int(input_px[0] if isinstance(input_px, (tuple, list)) else input_px)
     paths, images, failed = [], [], 0
     for path in args.images:  # an unreadable file costs its own line, not the batch
         try:
@@ -395,7 +393,7 @@ def run_predict(args) -> int:
             print(f"swclip: error: {one_line(e)}", file=sys.stderr)
             failed += 1
             continue
-        warning = tiny_image_warning(image.size, input_px, path)
+        warning = tiny_image_warning(image.size, predictor.input_px, path)
         if warning:
             print(f"swclip: warning: {warning}", file=sys.stderr)
         paths.append(path)

@@ -210,6 +210,7 @@ def test_predict_survives_hostile_uploads_and_reads_exif_gps(runs_root):
         ("cmyk.jpg", _jpeg(rgb.convert("CMYK")), "image/jpeg"),
         ("wide.png", _png(Image.fromarray((np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16))), "image/png"),
         ("alpha.png", _png(rgb.convert("RGBA")), "image/png"),
+        ("tiny.png", _png(Image.new("RGB", (1, 1), (90, 90, 90))), "image/png"),  # predicted, with a warning
     ]
     at = new_app(runs_root)
     at.run()
@@ -223,7 +224,10 @@ def test_predict_survives_hostile_uploads_and_reads_exif_gps(runs_root):
         assert name in errs, f"{name} should get its own message:\n{errs}"
     assert len(at.error) == 4
     table = at.dataframe[-1].value
-    assert list(table["photo"]) == ["gps.jpg", "cmyk.jpg", "wide.png", "alpha.png"]
+    assert list(table["photo"]) == ["gps.jpg", "cmyk.jpg", "wide.png", "alpha.png", "tiny.png"]
+    tiny = [w.value for w in at.warning if "tiny.png" in str(w.value)]
+    assert len(tiny) == 1 and "1×1 px" in tiny[0] and "unreliable" in tiny[0], [w.value for w in at.warning]
+    assert not any("gps.jpg" in str(w.value) for w in at.warning)  # 48 x 64 px is enough for a 32 px model
     gps = table.set_index("photo").loc["gps.jpg"]
     assert gps["truth_from"] == "EXIF GPS"
     assert gps["true_lat"] == pytest.approx(51.5) and gps["true_lon"] == pytest.approx(-(7.5 / 60))

@@ -121,6 +121,12 @@ class Predictor:
         ]
         return np.concatenate(out) if out else np.zeros((0, self.gallery.dim), np.float32)
 
+    @property
+    def input_px(self) -> int:
+        """The side, in pixels, of the square the model's preprocess resizes a photo to."""
+        size = self.model.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
     def predict_embeddings(self, embeddings: np.ndarray, top_k: int = 5) -> list[Prediction]:
         """(Q, D) L2-normalised image embeddings -> Q predictions (search, softmax, knn-kde, radius)."""
         scores, idx = self.index.search(embeddings, top_k)
