@@ -159,7 +159,8 @@ class PreloadedData(TrainData):
             raise ValueError(f"latlon must be (N, 2) = ({images_u8.shape[0]}, 2), got {latlon.shape}")
         self.images = images_u8.to(device)
         self.latlon_host, self.tokenize = latlon, tokenize
-        self.latlon = torch.as_tensor(latlon, device=device)
+        # a copy: the table's arrays may be read-only views (pandas copy-on-write), which torch cannot wrap
+        self.latlon = torch.tensor(latlon, device=device)  # (N, 2) float64
         self.n_samples = len(latlon)
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self.rank, self.world_size, self.augment = rank, world_size, augment
