@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from swclip.analysis.experiment_stats import VAL_NC, VAL_SIGMA, seed_records, summary_table
+from swclip.analysis.experiment_stats import VAL_NC, VAL_SIGMA, comparisons_table, seed_records, summary_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -132,6 +132,29 @@ def experiment_summary(name: str) -> str:
         f"source: `benchmarks/results/experiment-{name}.json`."
     )
     return table(head, rows, "lrrrrllrl") + foot
+
+
+def experiment_comparisons(name: str) -> str:
+    """The named comparisons of experiment-<name>.json: the headline, SW-CLIP against each control and the
+    longer runs against each other, each with its two-level and block-only intervals."""
+    exp = load(f"experiment-{name}.json")
+    df = comparisons_table(exp, n_boot=1000, seed=0)
+    head = ["B", "A", "role", "seeds", "test median B / A (m)", "Δ median B − A, 95 % CI (seeds × blocks)",
+            "block-only CI", "Δ acc@250 m, 95 % CI (seeds × blocks)"]  # fmt: skip
+    rows = [
+        [
+            r["b"],
+            r["a"],
+            r["role"],
+            r["n_paired"],
+            f"{r['b_test_median_m']:.0f} / {r['a_test_median_m']:.0f}",
+            _ci(r, "median_m", "+.0f"),
+            _block_ci(r, "median_m", "+.0f"),
+            _ci(r, "acc@250m", "+.3f"),
+        ]
+        for _, r in df.iterrows()
+    ]
+    return table(head, rows, "lllrrlll")
 
 
 def experiment_sigmas(name: str) -> str:
@@ -450,6 +473,7 @@ def layout() -> str:
 TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "experiment-gaussian-b100": ("evidence.md", lambda: experiment_summary("gaussian-b100")),
     "experiment-gaussian-b100-sigmas": ("evidence.md", lambda: experiment_sigmas("gaussian-b100")),
+    "experiment-gaussian-b100-comparisons": ("evidence.md", lambda: experiment_comparisons("gaussian-b100")),
     "experiment-exponential-b100": ("evidence.md", lambda: experiment_summary("exponential-b100")),
     "experiment-exponential-b100-sigmas": ("evidence.md", lambda: experiment_sigmas("exponential-b100")),
     "experiment-gaussian-b30": ("evidence.md", lambda: experiment_summary("gaussian-b30")),
