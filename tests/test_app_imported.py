@@ -11,22 +11,11 @@ from streamlit.testing.v1 import AppTest
 from swclip.runs import read_predictions
 from swclip.workflows.importer import import_predictions
 from tests.app_fixture import fixture_runs
+from tests.test_app import PAGES
 
 pytestmark = [pytest.mark.xdist_group(name="app"), pytest.mark.slow]
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = [
-    "pages/overview.py",
-    "pages/experiments.py",
-    "pages/predict.py",
-    "pages/error_map.py",
-    "pages/semivariogram.py",
-    "pages/soft_labels.py",
-    "pages/negatives.py",
-    "pages/neighbourhoods.py",
-    "pages/compare.py",
-    "pages/failures.py",
-]
 PLONK, BASE = "demo/osv5m/plonk", "demo/osv5m/baseline"
 
 
