@@ -290,6 +290,24 @@ def test_gamma_torch_and_gamma_match_skgstat_models(model):
             assert out32.dtype == torch.float32 and out32.shape == (3, 134)
 
 
+def test_stable_model_tiny_shape_is_the_sill_without_overflow_warning():
+    """A fit may try shapes so small that 3 ** (1 / s) overflows; the model is then the sill beyond lag 0,
+    as scikit-gstat's formula gives, and no RuntimeWarning leaks out of the fit."""
+    import warnings
+
+    models = pytest.importorskip("skgstat.models")
+    from swclip.analysis.variogram import _skgstat_model
+
+    h = np.array([0.0, 1e-3, 10.0, 500.0, 4000.0])
+    with np.errstate(all="ignore"):  # the reference's own arithmetic overflows too
+        ref = np.array([models.stable.py_func(float(x), 700.0, 1.3, 1e-3, 0.2) for x in h])  # scalar-only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = _skgstat_model("stable")(h, 700.0, 1.3, 1e-3, 0.2)
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+    np.testing.assert_allclose(out[1:], 1.5, rtol=1e-12)  # nugget + partial sill
+
+
 # --------------------------------------------------------------------------- bandwidth
 
 

@@ -173,8 +173,9 @@ def _gaussian(h, r, c0, b=0.0):
 
 
 def _stable(h, r, c0, s, b=0.0):
-    a = r / np.power(3, 1 / s)
+    # a tiny shape s overflows 3 ** (1 / s) to inf during a fit; a = 0 then gives the sill, as the limit does
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        a = r / np.power(3, 1 / s)
         g = b + c0 * (1.0 - np.exp(-np.power(h / a, s)))
     return np.where(h == 0, b, g)  # as scikit-gstat: b at lag 0 (a small s would divide by zero there)
 
