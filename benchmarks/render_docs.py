@@ -27,7 +27,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from swclip.analysis.experiment_stats import VAL_NC, VAL_SIGMA, comparisons_table, seed_records, summary_table
+from swclip.analysis.experiment_stats import (
+    CONTROL_COMPARISONS,
+    SWCLIP_LONG,
+    SWCLIP_VAR,
+    SWCLIP_VAR_KERNEL,
+    VAL_EXP,
+    VAL_NC,
+    VAL_SIGMA,
+    comparisons_table,
+    seed_records,
+    summary_table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -155,6 +166,38 @@ def experiment_comparisons(name: str) -> str:
         for _, r in df.iterrows()
     ]
     return table(head, rows, "lllrrlll")
+
+
+# the per-city table's rows: each selected config against its baseline, then SW-CLIP against each control
+CITY_CONFIGS = (VAL_SIGMA, SWCLIP_VAR, VAL_NC, "semivariogram", VAL_EXP, SWCLIP_VAR_KERNEL, SWCLIP_LONG)
+
+
+def experiment_cities(name: str) -> str:
+    """Per city, the headline and the other selected configs against their baseline, and SW-CLIP against each
+    control: Δ test median with its two-level interval, from the per-city rows experiment-<name>.json's
+    summary holds (``swclip.analysis.experiment_stats.experiment_summary``: each city's test rows, selection
+    on the whole validation split). The first row is CLIP's test median per city, for scale."""
+    summary = load(f"experiment-{name}.json")["summary"]
+    cities = list(dict.fromkeys(r["city"] for r in summary["per_city"]))
+    per = {(r["config"], r["city"]): r for r in summary["per_city"]}
+    comp = {(r["b"], r["a"], r["city"]): r for r in summary["comparisons_per_city"]}
+    rows = [["clip", "", "test median (m), for scale"] + [f"{per['clip', c]['test_median_m']:.0f}" for c in cities]]
+    for config in CITY_CONFIGS:
+        if (config, cities[0]) in per:
+            first = per[config, cities[0]]
+            cells = [_ci(per[config, c], "median_m", "+.0f") for c in cities]
+            rows.append([config, first["vs"], first["role"], *cells])
+    for b, a in CONTROL_COMPARISONS:
+        if (b, a, cities[0]) in comp:
+            cells = [_ci(comp[b, a, c], "median_m", "+.0f") for c in cities]
+            rows.append([b, a, comp[b, a, cities[0]]["role"], *cells])
+    head = ["B", "A", "role"] + cities
+    foot = (
+        "\n\nEach city's cell: Δ test median B − A (m) on that city's test rows, mean over seeds, with its 95 % "
+        "two-level interval (seeds × blocks); the first row is CLIP's test median there. "
+        f"Source: `benchmarks/results/experiment-{name}.json` (its summary's per-city rows)."
+    )
+    return table(head, rows, "lll" + "l" * len(cities)) + foot
 
 
 def experiment_sigmas(name: str) -> str:
@@ -474,10 +517,13 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "experiment-gaussian-b100": ("evidence.md", lambda: experiment_summary("gaussian-b100")),
     "experiment-gaussian-b100-sigmas": ("evidence.md", lambda: experiment_sigmas("gaussian-b100")),
     "experiment-gaussian-b100-comparisons": ("evidence.md", lambda: experiment_comparisons("gaussian-b100")),
+    "experiment-gaussian-b100-cities": ("evidence.md", lambda: experiment_cities("gaussian-b100")),
     "experiment-exponential-b100": ("evidence.md", lambda: experiment_summary("exponential-b100")),
     "experiment-exponential-b100-sigmas": ("evidence.md", lambda: experiment_sigmas("exponential-b100")),
+    "experiment-exponential-b100-cities": ("evidence.md", lambda: experiment_cities("exponential-b100")),
     "experiment-gaussian-b30": ("evidence.md", lambda: experiment_summary("gaussian-b30")),
     "experiment-gaussian-b30-sigmas": ("evidence.md", lambda: experiment_sigmas("gaussian-b30")),
+    "experiment-gaussian-b30-cities": ("evidence.md", lambda: experiment_cities("gaussian-b30")),
     "losses": ("benchmarks.md", losses),
     "train-step": ("benchmarks.md", train_step),
     "train-step-loader": ("benchmarks.md", train_step_loader),
