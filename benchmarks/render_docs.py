@@ -36,6 +36,7 @@ from swclip.analysis.experiment_stats import (
     VAL_NC,
     VAL_SIGMA,
     comparisons_table,
+    held_out_cities,
     seed_records,
     summary_table,
 )
@@ -174,28 +175,27 @@ CITY_CONFIGS = (VAL_SIGMA, SWCLIP_VAR, VAL_NC, "semivariogram", VAL_EXP, SWCLIP_
 
 def experiment_cities(name: str) -> str:
     """Per city, the headline and the other selected configs against their baseline, and SW-CLIP against each
-    control: Δ test median with its two-level interval, from the per-city rows experiment-<name>.json's
-    summary holds (``swclip.analysis.experiment_stats.experiment_summary``: each city's test rows, selection
-    on the whole validation split). The first row is CLIP's test median per city, for scale."""
-    summary = load(f"experiment-{name}.json")["summary"]
-    cities = list(dict.fromkeys(r["city"] for r in summary["per_city"]))
-    per = {(r["config"], r["city"]): r for r in summary["per_city"]}
-    comp = {(r["b"], r["a"], r["city"]): r for r in summary["comparisons_per_city"]}
-    rows = [["clip", "", "test median (m), for scale"] + [f"{per['clip', c]['test_median_m']:.0f}" for c in cities]]
-    for config in CITY_CONFIGS:
-        if (config, cities[0]) in per:
-            first = per[config, cities[0]]
-            cells = [_ci(per[config, c], "median_m", "+.0f") for c in cities]
-            rows.append([config, first["vs"], first["role"], *cells])
-    for b, a in CONTROL_COMPARISONS:
-        if (b, a, cities[0]) in comp:
-            cells = [_ci(comp[b, a, c], "median_m", "+.0f") for c in cities]
-            rows.append([b, a, comp[b, a, cities[0]]["role"], *cells])
+    control: Δ test median with its two-level interval on that city's test rows (selection stays on the whole
+    validation split), from experiment-<name>.json's runs like the other experiment tables. The first row is
+    CLIP's test median per city, for scale."""
+    exp = load(f"experiment-{name}.json")
+    cities = held_out_cities(exp)
+    per = {c: summary_table(exp, n_boot=1000, seed=0, city=c).set_index("config") for c in cities}
+    comp = {c: comparisons_table(exp, n_boot=1000, seed=0, city=c).set_index(["b", "a"]) for c in cities}
+    rows = [["clip", "", "test median (m), for scale"] + [f"{per[c].loc['clip', 'test_median_m']:.0f}" for c in cities]]
+    for config in (c for c in CITY_CONFIGS if c in per[cities[0]].index):
+        first = per[cities[0]].loc[config]
+        rows.append(
+            [config, first["vs"], first["role"], *(_ci(per[c].loc[config], "median_m", "+.0f") for c in cities)]
+        )
+    for b, a in (p for p in CONTROL_COMPARISONS if p in comp[cities[0]].index):
+        first = comp[cities[0]].loc[(b, a)]
+        rows.append([b, a, first["role"], *(_ci(comp[c].loc[(b, a)], "median_m", "+.0f") for c in cities)])
     head = ["B", "A", "role"] + cities
     foot = (
         "\n\nEach city's cell: Δ test median B − A (m) on that city's test rows, mean over seeds, with its 95 % "
         "two-level interval (seeds × blocks); the first row is CLIP's test median there. "
-        f"Source: `benchmarks/results/experiment-{name}.json` (its summary's per-city rows)."
+        f"Source: `benchmarks/results/experiment-{name}.json`."
     )
     return table(head, rows, "lll" + "l" * len(cities)) + foot
 
