@@ -36,9 +36,9 @@ from swclip.method.soft_labels import matched_smoothing_targets, shuffled_target
 def _all_gather_with_grad(x):
     """(B, D) on each rank -> (W·B, D), gradients flowing back to every rank's slice (summed).
 
-    torch.distributed.nn.functional.all_gather warns that it is deprecated in favour of the
-    functional collectives, but their autograd all-gather aborted (SIGABRT) about one run in
-    five in tests/test_losses_distributed.py on torch 2.14 CPU/gloo; this one never did.
+    The autograd all-gather open_clip's ``gather_with_grad`` uses. It warns that it is deprecated in
+    favour of the functional collectives; the warning is silenced until the pinned torch drops it.
+    tests/test_losses_distributed.py holds every loss's two-rank gradient to the single-process one.
     """
 
     import torch.distributed.nn.functional as dist_nn
