@@ -118,9 +118,8 @@ def test_two_process_gloo_equals_single_process_global_batch(tmp_path):
 
 if __name__ == "__main__":
     worker(sys.argv[1])
-    # Leave without interpreter teardown. The results are on disk and the process group destroyed, yet
-    # torch's gloo teardown then aborted at exit ("terminate called without an active exception", no
-    # Python frame) in 13 of 60 runs of this worker on the loaded 2-core machine; with os._exit, 0 of 44.
-    # A 0.1 s pause before destroy_process_group also avoided it (0 of 24): a teardown race inside torch,
-    # not in the losses. `swclip train` under torchrun with the SW-CLIP+NC loss exited cleanly 42 times of 42.
+    # Leave without interpreter teardown: the results are on disk and the process group is destroyed, and
+    # torch's gloo teardown can still abort at exit ("terminate called without an active exception", no
+    # Python frame; about one loaded run in five on 2 cores). A short pause before destroy_process_group
+    # avoids it too, so it is a race inside torch, not in the losses.
     os._exit(0)
